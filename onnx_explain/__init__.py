@@ -1,0 +1,43 @@
+"""onnx-explain: explain ONNX models with gradients and LRP, evaluate explanations on onnxruntime.
+
+The public API is imported lazily, so ``import onnx_explain`` (and the CLI's ``--help``) does not pay
+for importing torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError",
+    "InputDataError",
+    "InputSpecError",
+    "Model",
+    "ModelLoadError",
+    "OnnxExplainError",
+    "ParityError",
+    "load",
+]
+
+_LAZY = {
+    "load": "onnx_explain.model",
+    "Model": "onnx_explain.model",
+    "OnnxExplainError": "onnx_explain.errors",
+    "ModelLoadError": "onnx_explain.errors",
+    "InputSpecError": "onnx_explain.errors",
+    "InputDataError": "onnx_explain.errors",
+    "ConversionError": "onnx_explain.errors",
+    "ParityError": "onnx_explain.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'onnx_explain' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

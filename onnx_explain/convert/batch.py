@@ -1,0 +1,73 @@
+"""Free a batch dimension that an exporter fixed (``torch.onnx.export`` with batch 1 and no dynamic axes).
+
+Such files carry the batch size in the input and output shapes and often inside ``Reshape`` shape
+constants (ViT, Swin). :func:`free_batch_dim` makes the batch symbolic and rewrites each Reshape whose
+constant shape starts with the batch size, using the statically inferred output shape for any other
+``-1``. The caller verifies the result on a larger batch and falls back to running in fixed-size chunks
+when the graph bakes the batch in elsewhere (Expand, Tile, ConstantOfShape ...).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {t.name: t for t in model.graph.initializer}
+    out = {name: numpy_helper.to_array(t) for name, t in values.items() if len(t.dims) == 1}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out
+
+
+def _static_shape(vi: onnx.ValueInfoProto) -> list[int] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return None if any(d is None for d in dims) else dims
+
+
+def free_batch_dim(model: onnx.ModelProto, input_name: str, n: int) -> tuple[onnx.ModelProto | None, str]:
+    """Return a copy of ``model`` with batch dimension ``n`` made symbolic, or ``(None, reason)``.
+
+    The result is unverified: run it on a batch other than ``n`` and compare before using it.
+    """
+    shapes = {vi.name: _static_shape(vi) for vi in list(model.graph.value_info) + list(model.graph.output)}
+    consts = _const_values(model)
+    out = copy.deepcopy(model)
+    g = out.graph
+    inp = next(i for i in g.input if i.name == input_name)
+    inp.type.tensor_type.shape.dim[0].Clear()
+    inp.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for o in g.output:
+        dims = o.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == n:
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    rewritten = 0
+    for k, node in enumerate(g.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        shape = [int(v) for v in consts[node.input[1]].reshape(-1)]
+        target = shapes.get(node.output[0])
+        if not shape or shape[0] != n or not target or target[0] != n:
+            continue
+        new = list(shape)
+        for i, v in enumerate(new[1:], 1):
+            if v == -1:
+                new[i] = target[i]
+            elif v == 0:
+                new[i] = target[i]
+        new[0] = -1
+        name = f"{node.input[1]}__onnx_explain_batch_{k}"
+        g.initializer.append(numpy_helper.from_array(np.asarray(new, dtype=np.int64), name))
+        node.input[1] = name
+        rewritten += 1
+    del g.value_info[:]  # inferred shapes carry the old batch size
+    return out, f"{rewritten} Reshape constant(s) rewritten"

@@ -1,0 +1,7 @@
+"""Converters this package adds to, or fixes in, onnx2torch. Importing this package registers them.
+
+One module per op family, as in onnx2torch; every converter goes through
+:func:`onnx_explain.convert.registry.converter`.
+"""
+
+from . import activations, ml, norm, reduce, tensor, versions  # noqa: F401  (registration)

@@ -1,0 +1,100 @@
+"""LayerNormalization and BatchNormalization that need no shape information.
+
+onnx2torch read the input rank/shape from shape inference and failed where it was unknown; its
+BatchNormalization also refused nodes that declare the optional mean/var outputs. These modules
+work on any rank at run time and keep their parameters as buffers (the LRP canonizer folds them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import converter
+from ._common import const, result, unsupported
+
+
+def _as_buffers(module: nn.Module, names, tensors) -> bool:
+    if any(t is None for t in tensors):
+        return False
+    for name, t in zip(names, tensors, strict=True):
+        module.register_buffer(name, t)
+    return True
+
+
+class OnnxLayerNormalization(nn.Module):
+    """Normalise over axes ``axis..`` then scale and shift (Scale/B broadcast as in ONNX)."""
+
+    def __init__(self, axis: int, epsilon: float, n_outputs: int = 1):
+        super().__init__()
+        self.axis = axis
+        self.epsilon = epsilon
+        self.n_outputs = n_outputs
+
+    def forward(self, x, scale=None, bias=None):
+        scale = getattr(self, "weight", None) if scale is None else scale
+        bias = getattr(self, "bias", None) if bias is None else bias
+        axis = self.axis % x.dim()
+        shape = tuple(x.shape[axis:])
+        if (
+            self.n_outputs == 1
+            and scale is not None
+            and tuple(scale.shape) == shape
+            and (bias is None or tuple(bias.shape) == shape)
+        ):
+            return F.layer_norm(x, shape, scale, bias, self.epsilon)
+        dims = tuple(range(axis, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        inv_std = torch.rsqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + self.epsilon)
+        y = (x - mean) * inv_std
+        if scale is not None:
+            y = y * scale
+        if bias is not None:
+            y = y + bias
+        return y if self.n_outputs == 1 else (y, mean, inv_std)[: self.n_outputs]
+
+
+@converter("LayerNormalization", 17, override=True)
+def _layer_norm(node, graph):
+    module = OnnxLayerNormalization(
+        node.attributes.get("axis", -1), node.attributes.get("epsilon", 1e-5), len(node.output_values)
+    )
+    names = node.input_values
+    tensors = [const(n, graph) for n in names[1:]]
+    if _as_buffers(module, ("weight", "bias")[: len(tensors)], tensors):
+        return result(module, node, inputs=(names[0],))
+    return result(module, node)
+
+
+class OnnxBatchNormalization(nn.Module):
+    """Inference-mode BatchNormalization on any rank ≥ 2 (channels on axis 1).
+
+    With the optional outputs declared (some exporters do), it returns ``(y, mean, var)`` with the
+    running statistics unchanged, which is what inference mode means.
+    """
+
+    def __init__(self, epsilon: float, n_outputs: int = 1):
+        super().__init__()
+        self.eps = epsilon
+        self.n_outputs = n_outputs
+
+    def forward(self, x, weight=None, bias=None, running_mean=None, running_var=None):
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        mean = self.running_mean if running_mean is None else running_mean
+        var = self.running_var if running_var is None else running_var
+        y = F.batch_norm(x, mean, var, weight, bias, training=False, momentum=0.0, eps=self.eps)
+        return y if self.n_outputs == 1 else (y, mean, var)[: self.n_outputs]
+
+
+@converter("BatchNormalization", [9, 14, 15], override=True)
+def _batch_norm(node, graph):
+    if node.attributes.get("training_mode", 0):
+        raise unsupported(node, "training_mode=1")
+    module = OnnxBatchNormalization(node.attributes.get("epsilon", 1e-5), len(node.output_values))
+    names = node.input_values
+    tensors = [const(n, graph) for n in names[1:5]]
+    if _as_buffers(module, ("weight", "bias", "running_mean", "running_var"), tensors):
+        return result(module, node, inputs=(names[0],))
+    return result(module, node)

@@ -1,0 +1,57 @@
+"""The torch module handed to the attribution methods: one input tensor in, the explained output out."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+
+class ConvertedModel(nn.Module):
+    """Wrap the converted ``fx.GraphModule`` as ``f(x) -> explained output``.
+
+    Parameters
+    ----------
+    graph : torch.fx.GraphModule
+        The converted graph (``self.graph``; LRP canonizers work on it).
+    position : int or None
+        Position of the explained input among the graph's inputs (None: the graph ignores it).
+    n_inputs : int
+        Number of graph inputs.
+    others : dict
+        Position -> tensor (batch 1, repeated to the batch) for the other inputs.
+    fixed_batch : int or None
+        When the batch size is baked into the graph, inputs run in chunks of exactly this size (the last
+        padded by repeating its last row); gradients flow through the chunking unchanged.
+    """
+
+    def __init__(self, graph: fx.GraphModule, position, n_inputs: int, others: dict, fixed_batch=None):
+        super().__init__()
+        self.graph = graph
+        self.position = position
+        self.n_inputs = n_inputs
+        self.fixed_batch = fixed_batch
+        for k, v in others.items():
+            self.register_buffer(f"other_{k}", v)
+        self._others = sorted(others)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        args = [None] * self.n_inputs
+        if self.position is not None:
+            args[self.position] = x
+        for k in self._others:
+            v = getattr(self, f"other_{k}")
+            args[k] = v.expand(x.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
+        return self.graph(*args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.fixed_batch
+        if not n or x.shape[0] == n:
+            return self._run(x)
+        outs = []
+        for start in range(0, x.shape[0], n):
+            chunk = x[start : start + n]
+            real = chunk.shape[0]
+            if real < n:
+                chunk = torch.cat([chunk, chunk[-1:].expand(n - real, *chunk.shape[1:])], dim=0)
+            outs.append(self._run(chunk)[:real])
+        return torch.cat(outs, dim=0)
