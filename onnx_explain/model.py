@@ -453,7 +453,13 @@ class Model:
         names = [self.output.name]
 
         def run(chunk):
-            return session.run(names, self._feed(chunk))[0]
+            out = session.run(names, self._feed(chunk))[0]
+            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
+                raise InputSpecError(
+                    f"{self.source}: output {self.output.name!r} is not batch-first (shape {list(out.shape)} "
+                    f"for a batch of {chunk.shape[0]}); onnx-explain explains per-sample outputs"
+                )
+            return out
 
         return run_chunked(run, x, batch_size, self.fixed_batch)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import converter
-from ._common import const, result, unsupported
+from ._common import const, result
 
 
 def _as_buffers(module: nn.Module, names, tensors) -> bool:
@@ -68,33 +68,49 @@ def _layer_norm(node, graph):
 
 
 class OnnxBatchNormalization(nn.Module):
-    """Inference-mode BatchNormalization on any rank ≥ 2 (channels on axis 1).
+    """BatchNormalization on any rank >= 2 (channels on axis 1), parameters as buffers.
 
-    With the optional outputs declared (some exporters do), it returns ``(y, mean, var)`` with the
-    running statistics unchanged, which is what inference mode means.
+    In inference mode it uses the running statistics. ONNX puts the op in *training* mode when
+    ``training_mode=1`` (opset 14+) or, before opset 14, when the optional outputs are declared: then,
+    as onnxruntime does, it normalises with the batch statistics and also returns the updated running
+    mean and variance (and, for BN-9, the batch mean and variance).
     """
 
-    def __init__(self, epsilon: float, n_outputs: int = 1):
+    def __init__(self, epsilon: float, momentum: float = 0.9, n_outputs: int = 1, training: bool = False):
         super().__init__()
         self.eps = epsilon
+        self.momentum = momentum
         self.n_outputs = n_outputs
+        self.batch_stats = training
 
     def forward(self, x, weight=None, bias=None, running_mean=None, running_var=None):
         weight = self.weight if weight is None else weight
         bias = self.bias if bias is None else bias
         mean = self.running_mean if running_mean is None else running_mean
         var = self.running_var if running_var is None else running_var
-        y = F.batch_norm(x, mean, var, weight, bias, training=False, momentum=0.0, eps=self.eps)
-        return y if self.n_outputs == 1 else (y, mean, var)[: self.n_outputs]
+        if not self.batch_stats:
+            return F.batch_norm(x, mean, var, weight, bias, training=False, momentum=0.0, eps=self.eps)
+        dims = [0] + list(range(2, x.dim()))
+        batch_mean = x.mean(dim=dims)
+        batch_var = x.var(dim=dims, unbiased=False)
+        y = F.batch_norm(x, batch_mean, batch_var, weight, bias, training=False, momentum=0.0, eps=self.eps)
+        m = self.momentum
+        outs = (y, mean * m + batch_mean * (1 - m), var * m + batch_var * (1 - m), batch_mean, batch_var)
+        return y if self.n_outputs == 1 else outs[: self.n_outputs]
 
 
-@converter("BatchNormalization", [9, 14, 15], override=True)
-def _batch_norm(node, graph):
-    if node.attributes.get("training_mode", 0):
-        raise unsupported(node, "training_mode=1")
-    module = OnnxBatchNormalization(node.attributes.get("epsilon", 1e-5), len(node.output_values))
+def _batch_norm(node, graph, since: int):
+    a = node.attributes
+    training = bool(a.get("training_mode", 0)) or (since < 14 and len(node.output_values) > 1)
+    module = OnnxBatchNormalization(
+        a.get("epsilon", 1e-5), a.get("momentum", 0.9), len(node.output_values), training
+    )
     names = node.input_values
     tensors = [const(n, graph) for n in names[1:5]]
     if _as_buffers(module, ("weight", "bias", "running_mean", "running_var"), tensors):
         return result(module, node, inputs=(names[0],))
     return result(module, node)
+
+
+converter("BatchNormalization", 9, override=True)(lambda node, graph: _batch_norm(node, graph, 9))
+converter("BatchNormalization", [14, 15], override=True)(lambda node, graph: _batch_norm(node, graph, 14))

@@ -1,0 +1,55 @@
+"""The ``onnx-explain`` command line: a thin, lazy shell over the library.
+
+Each command lives in its own module and is imported only when it runs, so ``onnx-explain --help``
+does not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .. import __version__
+
+#: command name -> (module, function, one-line help shown by ``--help`` without importing the module)
+COMMANDS = {
+    "info": (
+        "onnx_explain.cli.info",
+        "info",
+        "Describe a model: inputs, outputs, ops, conversion and parity.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnx-explain")
+def main():
+    """Explain ONNX models: gradients and LRP on a converted torch graph, masking metrics on onnxruntime.
+
+    \b
+    Example:
+      onnx-explain info models/digits.onnx
+    """
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,101 @@
+"""``onnx-explain info MODEL``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import fail, handle_errors, model_options
+
+
+@click.command("info")
+@click.argument("model", type=click.Path(dir_okay=False))
+@model_options
+@click.option(
+    "--convert/--no-convert",
+    default=True,
+    show_default=True,
+    help="Convert to torch and check parity with onnxruntime.",
+)
+@click.option(
+    "--probe",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A .npy batch to check parity on (default: random data of the input's dtype).",
+)
+@click.option(
+    "--rtol", type=float, default=1e-4, show_default=True, help="Parity tolerance, relative to max|output|."
+)
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, absolute.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@handle_errors
+def info(model, input_name, output_name, device, convert, probe, rtol, atol, as_json):
+    """Describe MODEL: IR version, opsets, producer, inputs and outputs, op histogram, and whether it
+    converts to torch with outputs matching onnxruntime.
+
+    \b
+    Example:
+      onnx-explain info models/digits.onnx
+      onnx-explain info resnet.onnx --json --probe batch.npy
+    """
+    import numpy as np
+
+    from ..errors import ConversionError, ParityError
+    from ..model import load
+
+    m = load(model, input=input_name, output=output_name, device=device)
+    data = m.describe()
+    status = 0
+    if convert:
+        try:
+            m.torch_module(probe=None if probe is None else np.load(probe), rtol=rtol, atol=atol)
+            data["conversion"] = {"ok": True, "batch_mode": m.batch_mode, "parity": m.parity.to_dict()}
+        except (ConversionError, ParityError) as exc:
+            data["conversion"] = {"ok": False, "error": str(exc)}
+            status = 2
+    data["notes"] = list(m.notes)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_text(data)
+    if status:
+        fail(data["conversion"]["error"], status)
+
+
+def _print_text(d: dict) -> None:
+    e = click.echo
+    e(f"model     {d['path']}")
+    e(
+        f"producer  {d['producer'] or '?'}   IR {d['ir_version']}   opsets "
+        + ", ".join(f"{k} {v}" for k, v in d["opsets"].items())
+    )
+    e(f"size      {d['nodes']} nodes, {d['parameters']:,} parameters")
+    for title, specs, chosen in (
+        ("inputs", d["inputs"], d["explained_input"]),
+        ("outputs", d["outputs"], d["explained_output"]),
+    ):
+        e(f"{title}:")
+        for s in specs:
+            shape = (
+                "?"
+                if s["shape"] is None
+                else "[" + ", ".join("?" if x is None else str(x) for x in s["shape"]) + "]"
+            )
+            mark = "  <- explained" if s["name"] == chosen else ""
+            e(f"  {s['name']}: {s['kind']} {s['dtype'] or ''} {shape}{mark}")
+    e("ops:      " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
+    conv = d.get("conversion")
+    if conv is not None:
+        if conv["ok"]:
+            p = conv["parity"]
+            e(
+                f"torch:    converted in {p['convert_seconds']:.2f} s; parity with onnxruntime on a {p['probe']} batch of "
+                f"{p['batch']}: max |diff| {p['max_abs']:.3g} (relative {p['max_rel']:.3g}) -> OK"
+            )
+            if conv["batch_mode"] != "dynamic":
+                e(f"batch:    {conv['batch_mode']}")
+        else:
+            e("torch:    FAILED")
+    for note in d["notes"]:
+        e(f"note:     {note}")
