@@ -260,16 +260,19 @@ class Model:
         if missing:
             raise InputSpecError(f"{source}: inputs {missing} need values: pass fixed_inputs= for them")
         self.fixed_inputs = {k: np.asarray(v) for k, v in fixed_inputs.items()}
-        # The output search sees ZipMap outputs as the probability tensor they wrap.
-        self._tensor_proto = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
-        self._replaced = tensor_outputs(self._tensor_proto)
+        # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten
+        # graph then (it returns only graph outputs), torch always does.
+        rewritten = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
+        self._replaced = tensor_outputs(rewritten)
+        if self._replaced:
+            self._proto = rewritten
         for old, new in self._replaced.items():
             self.notes.append(
                 f"output {old!r} (ZipMap of maps) stands for its tensor {new!r}"
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        self.tensor_outputs = [_spec(v) for v in self._tensor_proto.graph.output]
+        self.tensor_outputs = [_spec(v) for v in self._proto.graph.output]
         self.output = self._choose_output(output_name)
         self._session = None
         self._batch_resolved = False
@@ -371,7 +374,7 @@ class Model:
         return self._session
 
     def _original_ort_model(self):
-        if self.path is not None:
+        if self.path is not None and not self._replaced:
             return str(self.path)
         return self._serialize(self._proto)
 
@@ -583,7 +586,7 @@ class Model:
             if k in input_names
         }
         position = input_names.index(self.input.name) if self.input.name in input_names else None
-        module = ConvertedModel(graph, position, len(input_names), others, self.fixed_batch)
+        module = ConvertedModel(graph, position, len(input_names), others, self.fixed_batch).eval()
         seconds = time.perf_counter() - t0
         notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
 

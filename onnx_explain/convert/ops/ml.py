@@ -1,4 +1,4 @@
-"""The ``ai.onnx.ml`` ops skl2onnx emits for classifiers: LinearClassifier, Normalizer,
+"""The ``ai.onnx.ml`` ops skl2onnx emits for classifiers: LinearClassifier, Normalizer, Scaler,
 ArrayFeatureExtractor. Semantics follow onnxruntime's kernels (the tests compare against it).
 
 Label outputs (class ids) are computed as int64 class indices mapped to the integer labels; string
@@ -79,8 +79,6 @@ def _linear_classifier(node, graph):
     n_rows = max(1, intercepts.numel() or (1 if labels.numel() == 2 else labels.numel()))
     weight = coef.reshape(n_rows, -1)
     bias = intercepts if intercepts.numel() else torch.zeros(n_rows)
-    if a.get("multi_class", 0):
-        raise unsupported(node, "multi_class=1")
     return result(
         OnnxLinearClassifier(weight, bias, labels, a.get("post_transform", "NONE"), len(node.output_values)),
         node,
@@ -126,3 +124,22 @@ class OnnxArrayFeatureExtractor(nn.Module):
 @converter("ArrayFeatureExtractor", 1, domain=ML)
 def _array_feature_extractor(node, graph):
     return result(OnnxArrayFeatureExtractor(), node)
+
+
+class OnnxScaler(nn.Module):
+    """(X - offset) * scale, as float (StandardScaler, MinMaxScaler ...)."""
+
+    def __init__(self, offset: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("offset", offset)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(torch.float32) - self.offset) * self.scale
+
+
+@converter("Scaler", 1, domain=ML)
+def _scaler(node, graph):
+    offset = torch.tensor(node.attributes.get("offset", [0.0]), dtype=torch.float32)
+    scale = torch.tensor(node.attributes.get("scale", [1.0]), dtype=torch.float32)
+    return result(OnnxScaler(offset, scale), node)
