@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConversionError",
+    "DeviceError",
     "InputDataError",
     "InputSpecError",
     "Model",
@@ -28,6 +29,7 @@ _LAZY = {
     "InputDataError": "onnx_explain.errors",
     "ConversionError": "onnx_explain.errors",
     "ParityError": "onnx_explain.errors",
+    "DeviceError": "onnx_explain.errors",
 }
 
 

@@ -34,6 +34,10 @@ class InputDataError(OnnxExplainError):
     """An array given to the model has the wrong shape or dtype."""
 
 
+class DeviceError(OnnxExplainError):
+    """The device asked for (``cuda``) is not available."""
+
+
 def node_label(name: str, op_type: str, domain: str = "") -> str:
     """Format an ONNX node for an error message: ``node '/layer1/Add' (Add)``."""
     op = f"{domain}.{op_type}" if domain and domain != "ai.onnx" else op_type

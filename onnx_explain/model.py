@@ -494,9 +494,9 @@ class Model:
         probe = self.probe_batch(n + 1)
         names = [self.output.name]
         try:
-            fixed = make_session(self._ort_model, device=self.device)
+            fixed = make_session(self._ort_model, device=self.device, quiet=True)
             ref = run_chunked(lambda c: fixed.run(names, self._feed(c))[0], probe, n + 1, n)
-            free = make_session(self._serialize(rewritten), device=self.device)
+            free = make_session(self._serialize(rewritten), device=self.device, quiet=True)
             got = free.run(names, self._feed(probe))[0]
         except Exception as exc:  # noqa: BLE001 - the rewrite is only an optimisation
             return False, f"a batch of {n + 1} fails: {str(exc).splitlines()[0][:120]}"

@@ -45,11 +45,16 @@ def select_providers(device: str = "auto") -> list[str]:
     """
     import onnxruntime as ort
 
+    from .errors import DeviceError
+
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+        raise DeviceError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
     if device == "cpu":
         return ["CPUExecutionProvider"]
     has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and (not has_cuda_ep or cuda_device_count() == 0):
+        why = "this onnxruntime has no CUDA provider" if not has_cuda_ep else "no CUDA device was found"
+        raise DeviceError(f"device 'cuda' was asked for, but {why}")
     if device == "cuda" or (has_cuda_ep and cuda_device_count() > 0):
         if has_cuda_ep and hasattr(ort, "preload_dlls"):
             try:  # CUDA/cuDNN from the nvidia-* wheels, when torch has not loaded them already
@@ -60,7 +65,7 @@ def select_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model: str | bytes, device: str = "auto", threads: int | None = None):
+def make_session(model: str | bytes, device: str = "auto", threads: int | None = None, quiet: bool = False):
     """Create an ``InferenceSession`` on the best provider that loads.
 
     Parameters
@@ -68,9 +73,11 @@ def make_session(model: str | bytes, device: str = "auto", threads: int | None =
     model : str or bytes
         Path of the ONNX file (external data is resolved next to it) or serialized model bytes.
     device : {'auto', 'cpu', 'cuda'}
-        Where to run. With ``'cuda'`` and no loadable CUDA provider a ``RuntimeError`` is raised.
+        Where to run. With ``'cuda'`` and no loadable CUDA provider a ``DeviceError`` is raised.
     threads : int, optional
         Intra-op threads; default: onnxruntime's choice (all physical cores), or ``ONNX_EXPLAIN_THREADS``.
+    quiet : bool
+        Log nothing, not even failing kernels (for probing runs whose failure is an expected answer).
 
     Returns
     -------
@@ -79,7 +86,7 @@ def make_session(model: str | bytes, device: str = "auto", threads: int | None =
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: no provider-fallback warnings on CPU machines
+    opts.log_severity_level = 4 if quiet else 3  # errors only: no provider-fallback warnings on CPU
     threads = threads or int(os.environ.get("ONNX_EXPLAIN_THREADS", "0"))
     if threads:
         opts.intra_op_num_threads = threads
@@ -87,7 +94,9 @@ def make_session(model: str | bytes, device: str = "auto", threads: int | None =
     providers = select_providers(device)
     session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        raise RuntimeError("device='cuda' was asked for, but onnxruntime's CUDA provider did not load")
+        from .errors import DeviceError
+
+        raise DeviceError("device 'cuda' was asked for, but onnxruntime's CUDA provider did not load")
     return session
 
 

@@ -28,7 +28,7 @@ def export(module: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str, 
                 dynamic_axes={"x": {0: "batch"}} if dynamic else None,
             )  # fmt: skip
         else:
-            shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
+            shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
             torch.onnx.export(
                 module, (x,), str(path), dynamo=True, input_names=["x"], dynamic_shapes=shapes,
                 external_data=False, verbose=False,

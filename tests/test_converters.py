@@ -199,7 +199,53 @@ def case_resize18():
     )
 
 
+def case_slice(opset, starts, ends, axes, steps):
+    if opset == 1:
+        node = helper.make_node("Slice", ["x"], ["y"], starts=starts, ends=ends, axes=axes)
+        inits = []
+    else:
+        node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])
+        inits = [_init("s", starts, np.int64), _init("e", ends, np.int64), _init("a", axes, np.int64),
+                 _init("st", steps, np.int64)]  # fmt: skip
+    return make_model([node], [vinfo("x", ["N", 5, 6])], [vinfo("y", None)], inits, opset=opset), _x(
+        (2, 5, 6)
+    )
+
+
+def case_slice_computed_bounds():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "two"], ["w"]),
+        helper.make_node("Div", ["w", "two"], ["half"]),
+        helper.make_node("Slice", ["x", "zero", "half", "two"], ["y"]),
+    ]
+    inits = [_init("two", [2], np.int64), _init("zero", [0], np.int64)]
+    return make_model(nodes, [vinfo("x", ["N", 5, 6])], [vinfo("y", None)], inits, opset=13), _x((2, 5, 6))
+
+
+def case_scatter_nd(reduction, opset):
+    # the batch axis is moved last so that the scattered axes are per-sample ones; [0, 1] repeats
+    # for the reductions, and a negative index is used where duplicates are not allowed
+    idx = np.array([[0, 1], [1, -1]] if reduction == "none" else [[0, 1], [1, 3], [0, 1]], np.int64)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 2, 0]),
+        helper.make_node("ScatterND", ["xt", "idx", "upd"], ["s"], reduction=reduction),
+        helper.make_node("Transpose", ["s"], ["y"], perm=[2, 0, 1]),
+    ]
+    inits = [_init("idx", idx, np.int64), _init("upd", _x((len(idx), 2), 3))]
+    return make_model(nodes, [vinfo("x", [2, 4, 5])], [vinfo("y", None)], inits, opset=opset), _x((2, 4, 5))
+
+
 CASES = {
+    "slice-1-attributes": lambda: case_slice(1, [1, 0], [4, -1], [1, 2], None),
+    "slice-13-negative-steps": lambda: case_slice(13, [-1, 4], [-100, 0], [1, 2], [-2, -1]),
+    "slice-13-sentinels": lambda: case_slice(13, [0, 2], [2**62, 2**62], [-2, -1], [2, 3]),
+    "slice-13-computed-bounds": case_slice_computed_bounds,
+    "scatternd-16-none": lambda: case_scatter_nd("none", 16),
+    "scatternd-16-add": lambda: case_scatter_nd("add", 16),
+    "scatternd-16-mul": lambda: case_scatter_nd("mul", 16),
+    "scatternd-18-max": lambda: case_scatter_nd("max", 18),
+    "scatternd-18-min": lambda: case_scatter_nd("min", 18),
     "gelu-none": lambda: case_gelu("none"),
     "gelu-tanh": lambda: case_gelu("tanh"),
     "mish-18": case_mish,
@@ -331,7 +377,15 @@ def test_registry_refuses_duplicates_and_bad_overrides():
 
 def test_override_list_is_exactly_the_fixed_builtins():
     fixed = {op for _, op, _ in OVERRIDDEN}
-    assert fixed == {"Reshape", "Clip", "CumSum", "LayerNormalization", "BatchNormalization"}
+    assert fixed == {
+        "Reshape",
+        "Clip",
+        "CumSum",
+        "LayerNormalization",
+        "BatchNormalization",
+        "Slice",
+        "ScatterND",
+    }
     added = {op for _, op, _ in ADDED}
     assert {
         "Gelu",

@@ -41,7 +41,9 @@ def _estimators():
 
     return {
         "mlp": MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0),
-        "scaler-mlp": make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=2000, random_state=0)),
+        "scaler-mlp": make_pipeline(
+            StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=2000, random_state=0)
+        ),
         "normalizer-logreg": make_pipeline(Normalizer(), LogisticRegression(max_iter=500)),
         "logreg-binary": LogisticRegression(max_iter=500),
     }
@@ -66,7 +68,9 @@ def test_sklearn_classifier_probabilities_and_gradient(name, tmp_path):
     np.testing.assert_allclose(m.predict(probe), est.predict_proba(probe), rtol=1e-4, atol=1e-5)
     module = m.torch_module(probe=probe)
     with torch.no_grad():
-        np.testing.assert_allclose(module(torch.from_numpy(probe)).numpy(), m.predict(probe), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            module(torch.from_numpy(probe)).numpy(), m.predict(probe), rtol=1e-5, atol=1e-6
+        )
 
     target = est.predict(probe).astype(int) if name != "logreg-binary" else np.ones(len(probe), int)
     got = input_gradient(module, torch.from_numpy(probe), torch.from_numpy(target))

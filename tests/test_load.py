@@ -31,7 +31,9 @@ def test_describe_reports_ir_opsets_producer_and_symbolic_dims():
     assert d["ir_version"] == onnx.load(DIGITS).ir_version
     assert d["opsets"] == {"ai.onnx": 17}
     assert d["producer"].startswith("pytorch")
-    assert d["inputs"] == [{"name": "image", "kind": "tensor", "dtype": "float32", "shape": ["batch", 1, 32, 32]}]
+    assert d["inputs"] == [
+        {"name": "image", "kind": "tensor", "dtype": "float32", "shape": ["batch", 1, 32, 32]}
+    ]
     assert d["outputs"][0]["name"] == "logits" and d["outputs"][0]["shape"] == ["batch", 10]
     assert d["ops"]["Conv"] == 3 and d["ops"]["Gemm"] == 2
     assert d["parameters"] == sum(int(np.prod(t.dims)) for t in onnx.load(DIGITS).graph.initializer)
@@ -69,7 +71,9 @@ def test_invalid_graph_is_refused_by_the_checker(tmp_path):
 
 def _with_external(tmp_path, location):
     model = _linear(n_in=64, n_out=32)
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
     m = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     for t in m.graph.initializer:
         for e in t.external_data:
@@ -83,7 +87,11 @@ def _with_external(tmp_path, location):
 def test_external_data_outside_the_folder_is_refused(tmp_path, location):
     (tmp_path / "sub").mkdir()
     with pytest.raises(ModelLoadError, match="outside the model's folder|leaves the model's folder"):
-        oe.load(_with_external(tmp_path / "sub", location) if location.startswith("..") else _with_external(tmp_path, location))
+        oe.load(
+            _with_external(tmp_path / "sub", location)
+            if location.startswith("..")
+            else _with_external(tmp_path, location)
+        )
 
 
 def test_missing_external_data_file(tmp_path):
@@ -95,12 +103,16 @@ def test_external_data_model_loads_predicts_and_converts(tmp_path):
     model = _linear(n_in=64, n_out=32)
     w = numpy_helper.to_array(model.graph.initializer[0])
     b = numpy_helper.to_array(model.graph.initializer[1])
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
     m = oe.load(tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     np.testing.assert_allclose(m.predict(x), x @ w + b, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        np.testing.assert_allclose(m.torch_module()(torch.from_numpy(x)).numpy(), x @ w + b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            m.torch_module()(torch.from_numpy(x)).numpy(), x @ w + b, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_big_model_path_never_serialises_the_model(tmp_path, monkeypatch):
@@ -109,10 +121,14 @@ def test_big_model_path_never_serialises_the_model(tmp_path, monkeypatch):
     import onnx_explain.model as model_mod
 
     model = _linear(n_in=64, n_out=32)
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
     monkeypatch.setattr(model_mod, "_TWO_GB", 100)
     m = oe.load(tmp_path / "m.onnx")
-    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", lambda self: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(
+        onnx.ModelProto, "SerializeToString", lambda self: (_ for _ in ()).throw(AssertionError)
+    )
     x = np.ones((2, 64), np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(m.torch_module()(torch.from_numpy(x)).numpy(), m.predict(x), rtol=1e-5)
@@ -195,7 +211,9 @@ def test_parity_error_beyond_tolerance(tmp_path, monkeypatch):
         [helper.make_node("CumSum", ["x", "axis"], ["y"])],
         [vinfo("x", ["N", 5])], [vinfo("y", None)], [numpy_helper.from_array(np.array(1, np.int64), "axis")], opset=14,
     )  # fmt: skip
-    monkeypatch.setattr(tensor.OnnxCumSum, "forward", lambda self, x, axis: torch.flip(torch.cumsum(x, 1), (1,)))
+    monkeypatch.setattr(
+        tensor.OnnxCumSum, "forward", lambda self, x, axis: torch.flip(torch.cumsum(x, 1), (1,))
+    )
     m = oe.load(save(model, tmp_path / "c.onnx"))
     with pytest.raises(ParityError, match="differs from onnxruntime on output 'y'"):
         m.torch_module()
@@ -214,5 +232,7 @@ def test_no_converter_error_names_node_and_op(tmp_path):
     nodes = [helper.make_node("Det", ["x"], ["y"], name="the_det")]
     model = make_model(nodes, [vinfo("x", ["N", 3, 3])], [vinfo("y", ["N"])])
     m = oe.load(save(model, tmp_path / "det.onnx"))
-    with pytest.raises(oe.ConversionError, match="node 'the_det' \\(Det\\) has no torch converter at opset 20"):
+    with pytest.raises(
+        oe.ConversionError, match="node 'the_det' \\(Det\\) has no torch converter at opset 20"
+    ):
         m.torch_module()

@@ -69,5 +69,10 @@ def free_batch_dim(model: onnx.ModelProto, input_name: str, n: int) -> tuple[onn
         g.initializer.append(numpy_helper.from_array(np.asarray(new, dtype=np.int64), name))
         node.input[1] = name
         rewritten += 1
-    del g.value_info[:]  # inferred shapes carry the old batch size
+    del g.value_info[:]  # inferred shapes carry the old batch size: infer them again
+    if out.ByteSize() < 2**31:
+        try:
+            out = onnx.shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - converters that need shapes will say so by node
+            pass
     return out, f"{rewritten} Reshape constant(s) rewritten"

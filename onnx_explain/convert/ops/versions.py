@@ -24,7 +24,6 @@ TYPE_ONLY: dict[str, tuple[int, list[int]]] = {
     "Squeeze": (21, [23, 24, 25]),
     "Transpose": (13, [21, 23, 24, 25]),
     "Unsqueeze": (13, [21, 23, 24, 25]),
-    "ScatterND": (16, [18]),  # 18 added reduction max/min, which onnx2torch's module refuses itself
     # opset 22 added bfloat16 to these
     "Acos": (7, [22]),
     "Asin": (7, [22]),
