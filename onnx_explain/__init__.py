@@ -17,11 +17,17 @@ __all__ = [
     "ModelLoadError",
     "OnnxExplainError",
     "ParityError",
+    "METHODS",
+    "Explanation",
+    "explain",
     "load",
 ]
 
 _LAZY = {
     "load": "onnx_explain.model",
+    "explain": "onnx_explain.explainer",
+    "METHODS": "onnx_explain.methods",
+    "Explanation": "onnx_explain.methods",
     "Model": "onnx_explain.model",
     "OnnxExplainError": "onnx_explain.errors",
     "ModelLoadError": "onnx_explain.errors",

@@ -274,14 +274,15 @@ class Model:
             )
         self.tensor_outputs = [_spec(v) for v in self._proto.graph.output]
         self.output = self._choose_output(output_name)
+        self.logit_name = self._find_logit()
         self._session = None
         self._batch_resolved = False
         self.fixed_batch: int | None = None  # chunk size when the batch is baked in
         self.batch_mode = "dynamic"
         self._ort_model = None  # bytes/path onnxruntime runs: the original unless the batch was freed
         self._tmpdir = None
-        self._torch = None
-        self.parity: ParityReport | None = None
+        self._torch: dict = {}  # space -> converted module
+        self._parity: dict = {}  # space -> ParityReport
 
     # ---------------------------------------------------------------- description
     @property
@@ -336,6 +337,36 @@ class Model:
             f"{self.source}: several float outputs ({names}); choose one with output= / --output-name"
         )
 
+    def _find_logit(self) -> str | None:
+        """The input of a Softmax/LogSoftmax over the last axis that produces the explained output."""
+        node = next((n for n in self._proto.graph.node if self.output.name in n.output), None)
+        if (
+            node is None
+            or node.op_type not in ("Softmax", "LogSoftmax")
+            or node.domain not in ("", "ai.onnx")
+        ):
+            return None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        rank = len(self.output.shape) if self.output.shape is not None else None
+        opset = self.opsets.get("ai.onnx", 13)
+        default = -1 if opset >= 13 else 1
+        axis = default if axis is None else axis
+        if rank is None or axis % rank != rank - 1:
+            return None
+        return node.input[0]
+
+    @property
+    def parity(self) -> ParityReport | None:
+        """Parity of the last converted output space (``None`` before :meth:`torch_module`)."""
+        return next(reversed(self._parity.values()), None)
+
+    def space_name(self, space: str) -> str:
+        """ONNX tensor explained in ``space``: ``'logit'`` (the input of a final Softmax, when there is one,
+        else the output) or ``'output'`` (the output as the model returns it)."""
+        if space not in ("logit", "output"):
+            raise InputSpecError(f"output space must be 'logit' or 'output', not {space!r}")
+        return self.logit_name if space == "logit" and self.logit_name else self.output.name
+
     @property
     def opsets(self) -> dict[str, int]:
         return {(o.domain or "ai.onnx"): o.version for o in self._proto.opset_import}
@@ -374,9 +405,21 @@ class Model:
         return self._session
 
     def _original_ort_model(self):
-        if self.path is not None and not self._replaced:
+        if self.path is not None and not self._replaced and not self.logit_name:
             return str(self.path)
-        return self._serialize(self._proto)
+        return self._serialize(self._with_logit_output(self._proto))
+
+    def _with_logit_output(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """``proto`` with the pre-softmax tensor as an extra graph output (onnxruntime returns only those)."""
+        if not self.logit_name or any(o.name == self.logit_name for o in proto.graph.output):
+            return proto
+        proto = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
+        vi = next((v for v in proto.graph.value_info if v.name == self.logit_name), None)
+        if vi is None:
+            vi = helper.make_tensor_value_info(self.logit_name, onnx.TensorProto.FLOAT, None)
+            vi.type.CopyFrom(next(o for o in proto.graph.output if o.name == self.output.name).type)
+        proto.graph.output.append(vi)
+        return proto
 
     def _serialize(self, proto: onnx.ModelProto):
         """bytes for onnxruntime, or a temporary file with external data when the model is > 2 GB."""
@@ -436,7 +479,7 @@ class Model:
             raise InputDataError(f"input {spec.name!r}: empty batch")
         return np.ascontiguousarray(x, dtype=want)
 
-    def predict(self, x, batch_size: int = 64) -> np.ndarray:
+    def predict(self, x, batch_size: int = 64, space: str = "output") -> np.ndarray:
         """Run the explained output on onnxruntime.
 
         Parameters
@@ -445,6 +488,8 @@ class Model:
             A batch for the explained input, batch first.
         batch_size : int
             Rows per onnxruntime call; the result does not depend on it.
+        space : {'output', 'logit'}
+            The output as the model returns it, or the logits before its final Softmax/LogSoftmax.
 
         Returns
         -------
@@ -453,13 +498,13 @@ class Model:
         """
         x = self.validate_input(x)
         session = self._session_or_build()
-        names = [self.output.name]
+        names = [self.space_name(space)]
 
         def run(chunk):
             out = session.run(names, self._feed(chunk))[0]
             if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
                 raise InputSpecError(
-                    f"{self.source}: output {self.output.name!r} is not batch-first (shape {list(out.shape)} "
+                    f"{self.source}: output {names[0]!r} is not batch-first (shape {list(out.shape)} "
                     f"for a batch of {chunk.shape[0]}); onnx-explain explains per-sample outputs"
                 )
             return out
@@ -482,7 +527,7 @@ class Model:
             ok, why = self._verify_rewrite(rewritten, dim0)
             if ok:
                 self._proto = rewritten
-                self._ort_model = self._serialize(rewritten)
+                self._ort_model = self._serialize(self._with_logit_output(rewritten))
                 self.batch_mode = "freed"
                 self.notes.append(f"batch size {dim0} was fixed in the file; made symbolic (verified)")
                 return
@@ -534,11 +579,16 @@ class Model:
                     return int(table.dims[0])
         return None
 
-    def torch_module(self, device: str = "cpu", probe=None, rtol: float = 1e-4, atol: float = 1e-5):
-        """The converted torch graph, checked against onnxruntime (cached per model).
+    def torch_module(
+        self, device: str = "cpu", probe=None, rtol: float = 1e-4, atol: float = 1e-5, space: str = "output"
+    ):
+        """The converted torch graph, checked against onnxruntime (cached per model and space).
 
         Parameters
         ----------
+        space : {'output', 'logit'}
+            Return the output as the model computes it, or the logits before a final Softmax/LogSoftmax
+            (the default of the attribution methods).
         device : str
             torch device for the module.
         probe : array_like, optional
@@ -559,11 +609,13 @@ class Model:
         ParityError
             torch and onnxruntime disagree beyond the tolerance.
         """
-        if self._torch is None:
-            self._torch, self.parity = self._convert_and_check(probe, rtol, atol)
-        return self._torch.to(device)
+        name = self.space_name(space)
+        if name not in self._torch:
+            module, report = self._convert_and_check(probe, rtol, atol, name)
+            self._torch[name], self._parity[name] = module, report
+        return self._torch[name].to(device)
 
-    def _convert_and_check(self, probe, rtol, atol):
+    def _convert_and_check(self, probe, rtol, atol, name):
         import torch
 
         from .convert.driver import to_fx
@@ -575,7 +627,9 @@ class Model:
         prepared = copy.deepcopy(self._proto)
         removed = materialize_constants(prepared)
         tensor_outputs(prepared)
-        keep_outputs(prepared, [self.output.name])
+        if not any(o.name == name for o in prepared.graph.output):
+            prepared = self._with_logit_output(prepared)
+        keep_outputs(prepared, [name])
         cap_ir_version(prepared)
         graph = to_fx(prepared, self.source)
         init_names = {t.name for t in prepared.graph.initializer}
@@ -592,12 +646,12 @@ class Model:
 
         given = probe is not None
         x = self.validate_input(probe) if given else self.probe_batch(2)
-        ref = self.predict(x)
+        ref = self.predict(x, space="logit" if name != self.output.name else "output")
         with torch.no_grad():
             got = module(torch.from_numpy(x)).cpu().numpy()
         if got.shape != ref.shape:
             raise ParityError(
-                f"{self.source}: torch output {self.output.name!r} has shape {list(got.shape)}, "
+                f"{self.source}: torch output {name!r} has shape {list(got.shape)}, "
                 f"onnxruntime {list(ref.shape)}"
             )
         diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
@@ -618,7 +672,7 @@ class Model:
         if not report.passed:
             raise ParityError(
                 f"{self.source}: the converted torch graph differs from onnxruntime on output "
-                f"{self.output.name!r}: max |diff| {max_abs:.3g} (relative {report.max_rel:.3g}) > "
+                f"{name!r}: max |diff| {max_abs:.3g} (relative {report.max_rel:.3g}) > "
                 f"atol {atol:g} + rtol {rtol:g} x {scale:.3g}"
             )
         return module, report

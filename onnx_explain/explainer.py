@@ -1,0 +1,189 @@
+"""``onnx_explain.explain``: one call for every registered attribution method."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+import torch
+
+from .errors import InputDataError, OnnxExplainError
+from .methods import METHODS, Explanation, Scorer
+from .methods.base import make_generator
+
+__all__ = ["explain", "resolve_targets"]
+
+
+def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """Targets per sample from ``target`` and the scores ``(B, C)``.
+
+    ``None`` or ``'predicted'``: the top-1 class; an int (or its string): that class for every sample;
+    a sequence of B ints: one per sample; ``'top:K'``: the K best classes, returned as ``(B, K)`` with K.
+    """
+    B, C = scores.shape
+    if target is None or (isinstance(target, str) and target == "predicted"):
+        return scores.argmax(1), None
+    if isinstance(target, str) and target.startswith("top:"):
+        k = int(target[4:])
+        if not 1 <= k <= C:
+            raise InputDataError(f"target {target!r}: K must be between 1 and the {C} classes")
+        return scores.topk(k, dim=1).indices, k
+    if isinstance(target, str):
+        try:
+            target = int(target)
+        except ValueError:
+            raise InputDataError(
+                f"target must be 'predicted', 'top:K', a class index or one per sample, not {target!r}"
+            ) from None
+    t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=scores.device)
+    if t.dim() == 0:
+        t = t.expand(B).clone()
+    if t.shape != (B,):
+        raise InputDataError(f"{t.numel()} targets given for {B} samples")
+    if (t < 0).any() or (t >= C).any():
+        raise InputDataError(f"target class out of range: the output has {C} classes")
+    return t, None
+
+
+def _options(fn, given: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    unknown = set(given) - set(params)
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"unknown option(s) {sorted(unknown)}")
+    out = {k: p.default for k, p in params.items() if p.default is not p.empty and k != "generator"}
+    out.update(given)
+    return out
+
+
+def _to_numpy(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
+    return v
+
+
+def explain(
+    model,
+    x,
+    method: str = "smoothgrad",
+    target=None,
+    *,
+    output: str = "logit",
+    batch_size: int = 64,
+    device: str = "cpu",
+    seed=None,
+    **options,
+) -> Explanation:
+    """Explain ``model`` at the inputs ``x`` with a registered attribution ``method``.
+
+    Parameters
+    ----------
+    model : Model, path or torch.nn.Module
+        An :class:`onnx_explain.Model` (or a path to load), or a torch module mapping ``x`` to scores.
+    x : array_like
+        A batch, batch first, of the model's input dtype.
+    method : str
+        One of :data:`onnx_explain.METHODS` (``gradient``, ``gradient_x_input``, ``smoothgrad``,
+        ``integrated_gradients``, ``smoothtaylor``, ``smoothtaylor_adaptive`` ...).
+    target : None, 'predicted', int, sequence of int, or 'top:K'
+        The class explained per sample (default: the predicted one). ``'top:K'`` explains the K best
+        classes: the attribution then has shape ``(B, K, *S)``.
+    output : {'logit', 'output'}
+        Explain the logits before a final Softmax/LogSoftmax (default) or the model's output as is.
+    batch_size : int
+        Rows (noisy copies, integration steps ...) per forward/backward pass: memory depends on it, the
+        result does not.
+    device : str
+        torch device (``'cpu'``, ``'cuda'``).
+    seed : int or torch.Generator, optional
+        Randomness of stochastic methods (default seed 0: reproducible).
+    **options
+        The method's own options (``sigma``, ``n_samples``, ``reduce``, ``base``, ``n_steps``,
+        ``quadrature_method``, ``baseline``, ``n_roots``, ``perturbations``, ``roots`` ...).
+
+    Returns
+    -------
+    Explanation
+        ``attribution`` (float32, x's shape), ``target``, ``score`` (f_c(x)), ``method``, ``options`` and
+        ``extras`` (``delta`` of IG, ``sigma`` ...; for integer inputs ``embedding_attribution``, the
+        attribution at the embedding, whose sum over the embedding axes is ``attribution``).
+    """
+    from .model import Model, load
+
+    if method not in METHODS:
+        raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    spec = METHODS[method]
+    opts = _options(spec.fn, options)
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    if isinstance(model, Model):
+        x_np = model.validate_input(x)
+        module = model.torch_module(device=device, space=output)
+    else:
+        module, x_np = model, np.asarray(x)
+    generator = make_generator(seed, device)
+    xt = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+    if x_np.dtype.kind in "iu":
+        return _explain_integer(module, xt, spec, target, batch_size, generator, opts)
+    if xt.dtype not in (torch.float32, torch.float64):
+        xt = xt.float()
+
+    scorer = Scorer(module, batch_size)
+    scores = scorer.scores(xt)
+    targets, k = resolve_targets(target, scores)
+    rows = xt if k is None else xt.repeat_interleave(k, 0)
+    flat_t = targets.reshape(-1)
+    with torch.no_grad():
+        attribution, extras = spec.fn(scorer, rows, flat_t, generator, **opts)
+    score = scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
+    if k is not None:
+        attribution = attribution.reshape(len(xt), k, *xt.shape[1:])
+    return Explanation(
+        attribution=attribution.detach().cpu().numpy().astype(np.float32),
+        target=targets.cpu().numpy(),
+        score=score.cpu().numpy(),
+        method=method,
+        options=opts,
+        extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},
+    )
+
+
+def _explain_integer(module, xt, spec, target, batch_size, generator, opts) -> Explanation:
+    from .convert.wrapper import ConvertedModel
+    from .methods.embedding import embedding_views
+
+    if not isinstance(module, ConvertedModel):
+        raise OnnxExplainError(
+            "integer inputs are explained through an onnx_explain.Model (the embedding is cut from its graph)"
+        )
+    e, make_view, frontier = embedding_views(module, xt)
+    full, targets, scores, extras_all = [], [], [], []
+    for b in range(len(xt)):
+        scorer = Scorer(make_view(b), batch_size)
+        eb = e[b : b + 1]
+        sc = scorer.scores(eb)
+        tb, k = resolve_targets(
+            target if np.ndim(target) == 0 or isinstance(target, str) else [np.asarray(target)[b]], sc
+        )
+        rows = eb if k is None else eb.repeat_interleave(k, 0)
+        with torch.no_grad():
+            attribution, extras = spec.fn(scorer, rows, tb.reshape(-1), generator, **opts)
+        full.append(attribution if k is None else attribution.reshape(1, k, *eb.shape[1:]))
+        targets.append(tb)
+        scores.append(sc.gather(1, tb.reshape(1, -1)).reshape(tb.shape))
+        extras_all.append(extras)
+    full_t = torch.cat(full)
+    lead = xt.dim() + (1 if full_t.dim() > e.dim() else 0)
+    per_position = full_t.sum(dim=tuple(range(lead, full_t.dim()))) if full_t.dim() > lead else full_t
+    extras = {"embedding_attribution": full_t.cpu().numpy().astype(np.float32), "embedding_node": frontier}
+    for key in extras_all[0]:
+        if key != "score" and isinstance(extras_all[0][key], torch.Tensor):
+            extras[key] = torch.cat([ex[key].reshape(-1) for ex in extras_all]).cpu().numpy()
+    return Explanation(
+        attribution=per_position.cpu().numpy().astype(np.float32),
+        target=torch.cat(targets).cpu().numpy(),
+        score=torch.cat(scores).cpu().numpy(),
+        method=spec.name,
+        options=opts,
+        extras=extras,
+    )

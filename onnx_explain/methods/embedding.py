@@ -1,0 +1,102 @@
+"""Integer inputs (token or byte ids): attribute at the first float tensor computed from them.
+
+The converted fx graph is cut at that tensor (an embedding Gather or a one-hot): the explained function
+becomes ``g(ids, e)`` with ``e`` the float tensor, differentiable in ``e`` while the ids stay fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import InputSpecError
+
+
+def find_float_frontier(graph: fx.GraphModule, position: int, x: torch.Tensor, args: list) -> fx.Node:
+    """The first node (in graph order) computed from the integer input whose output is a float tensor
+    of shape ``(B, T, ...)`` starting with the input's own shape."""
+    gm = copy.deepcopy(graph)
+    ShapeProp(gm).propagate(*args)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    depends = {placeholders[position].name}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or not any(a.name in depends for a in node.all_input_nodes):
+            continue
+        depends.add(node.name)
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "dtype"):
+            continue
+        if meta.dtype.is_floating_point and tuple(meta.shape[: x.dim()]) == tuple(x.shape):
+            return node.name
+    raise InputSpecError(
+        "no float tensor of the input's shape is computed from the integer input: nothing to attribute to"
+    )
+
+
+class _CutGraph(nn.Module):
+    """``g(ids, e)``: the graph with the frontier node's output replaced by ``e``."""
+
+    def __init__(self, graph: fx.GraphModule, frontier: str):
+        super().__init__()
+        gm = copy.deepcopy(graph)
+        g = gm.graph
+        node = next(n for n in g.nodes if n.name == frontier)
+        last_placeholder = [n for n in g.nodes if n.op == "placeholder"][-1]
+        with g.inserting_after(last_placeholder):
+            emb = g.placeholder("onnx_explain_embedding")
+        node.replace_all_uses_with(emb)
+        g.erase_node(node)
+        g.eliminate_dead_code()
+        gm.recompile()
+        self.graph = gm
+
+    def forward(self, *args):
+        return self.graph(*args)
+
+
+class EmbeddingView(nn.Module):
+    """``f(e)`` for one sample's ids: the ids are repeated to the number of rows of ``e``."""
+
+    def __init__(self, cut: _CutGraph, wrapper, ids: torch.Tensor):
+        super().__init__()
+        self.cut = cut
+        self.wrapper = wrapper
+        self.ids = ids
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        w = self.wrapper
+        args = [None] * w.n_inputs
+        args[w.position] = self.ids.expand(e.shape[0], *self.ids.shape[1:])
+        for k in w._others:
+            v = getattr(w, f"other_{k}")
+            args[k] = v.expand(e.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
+        return self.cut(*args, e)
+
+
+def embedding_views(wrapper, x: torch.Tensor):
+    """For a ConvertedModel with an integer input: ``(e, make_view)`` where ``e`` is the float tensor of
+    every sample and ``make_view(b)`` the module ``f(e_b)`` for sample ``b``."""
+    args = [None] * wrapper.n_inputs
+    args[wrapper.position] = x[:1]
+    for k in wrapper._others:
+        args[k] = getattr(wrapper, f"other_{k}")
+    frontier = find_float_frontier(wrapper.graph, wrapper.position, x[:1], args)
+    cut = _CutGraph(wrapper.graph, frontier)
+    # e itself: run the original graph up to the frontier
+    probe = copy.deepcopy(wrapper.graph)
+    node = next(n for n in probe.graph.nodes if n.name == frontier)
+    out = next(n for n in probe.graph.nodes if n.op == "output")
+    out.args = (node,)
+    probe.graph.eliminate_dead_code()
+    probe.recompile()
+    with torch.no_grad():
+        full = [None] * wrapper.n_inputs
+        full[wrapper.position] = x
+        for k in wrapper._others:
+            v = getattr(wrapper, f"other_{k}")
+            full[k] = v.expand(x.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
+        e = probe(*full)
+    return e, lambda b: EmbeddingView(cut, wrapper, x[b : b + 1]), frontier
