@@ -56,6 +56,11 @@ def _options(fn, given: dict) -> dict:
     return out
 
 
+def _out_dtype(a: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """float32, except for float64 inputs (a float64 torch module), which keep their precision."""
+    return a.detach().cpu().numpy().astype(np.float64 if x.dtype == torch.float64 else np.float32)
+
+
 def _to_numpy(v):
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().numpy()
@@ -104,7 +109,7 @@ def explain(
     Returns
     -------
     Explanation
-        ``attribution`` (float32, x's shape), ``target``, ``score`` (f_c(x)), ``method``, ``options`` and
+        ``attribution`` (float32, x's shape; float64 for float64 input to a torch module), ``target``, ``score`` (f_c(x)), ``method``, ``options`` and
         ``extras`` (``delta`` of IG, ``sigma`` ...; for integer inputs ``embedding_attribution``, the
         attribution at the embedding, whose sum over the embedding axes is ``attribution``).
     """
@@ -139,7 +144,7 @@ def explain(
     if k is not None:
         attribution = attribution.reshape(len(xt), k, *xt.shape[1:])
     return Explanation(
-        attribution=attribution.detach().cpu().numpy().astype(np.float32),
+        attribution=_out_dtype(attribution, xt),
         target=targets.cpu().numpy(),
         score=score.cpu().numpy(),
         method=method,
