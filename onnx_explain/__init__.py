@@ -19,6 +19,8 @@ __all__ = [
     "ParityError",
     "METHODS",
     "Explanation",
+    "METRICS",
+    "evaluate",
     "explain",
     "load",
 ]
@@ -26,6 +28,8 @@ __all__ = [
 _LAZY = {
     "load": "onnx_explain.model",
     "explain": "onnx_explain.explainer",
+    "evaluate": "onnx_explain.evaluation",
+    "METRICS": "onnx_explain.metrics",
     "METHODS": "onnx_explain.methods",
     "Explanation": "onnx_explain.methods",
     "Model": "onnx_explain.model",

@@ -1,0 +1,285 @@
+"""Cumulative perturbation curves: pixel flipping, region perturbation (AOPC, MoRF/LeRF), deletion and
+insertion (METHODS.md §3.1–3.3). One engine: every (sample, step) row is built chunk by chunk and all
+rows go through the model in batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Predictor, channel_map, full_attribution, make_baseline, rank, register_metric, trapezoid
+
+
+def cumulative_curve(
+    predictor: Predictor,
+    x: np.ndarray,
+    target: np.ndarray,
+    unit_of_element: np.ndarray,
+    order: np.ndarray,
+    counts: np.ndarray,
+    replacement: np.ndarray,
+) -> np.ndarray:
+    """Scores ``(B, len(counts))`` of x with its first ``counts[t]`` units (in ``order``) replaced.
+
+    ``unit_of_element`` gives the unit (pixel, region, feature) of every element of one sample (flat,
+    length C·H·W); ``order`` is ``(B, n_units)``; ``replacement`` has x's shape.
+    """
+    B = len(x)
+    T = len(counts)
+    flat_x = x.reshape(B, -1)
+    flat_r = replacement.reshape(B, -1)
+    pos = np.empty_like(order)
+    pos[np.arange(B)[:, None], order] = np.arange(order.shape[1])[None]
+    pos_el = pos[:, unit_of_element]  # (B, n_elements): when each element is replaced
+    counts = np.asarray(counts)
+
+    def make_rows(a, b):
+        r = np.arange(a, b)
+        owner, step = r // T, r % T
+        mask = pos_el[owner] < counts[step][:, None]
+        return np.where(mask, flat_r[owner], flat_x[owner]).reshape(b - a, *x.shape[1:]).astype(x.dtype)
+
+    scores = predictor.target_scores(B * T, make_rows, np.repeat(target, T))
+    return scores.reshape(B, T)
+
+
+def _quantus_mean_fill(x, unit_of_element, order, counts):
+    """Quantus' 'mean' baseline: each step fills with the mean of the array as perturbed so far."""
+    B = len(x)
+    cur = x.reshape(B, -1).astype(np.float64).copy()
+    fill = np.empty_like(cur)
+    pos = np.empty_like(order)
+    pos[np.arange(B)[:, None], order] = np.arange(order.shape[1])[None]
+    pos_el = pos[:, unit_of_element]
+    for lo, hi in zip(counts[:-1], counts[1:], strict=True):
+        m = cur.mean(1, keepdims=True)
+        sel = (pos_el >= lo) & (pos_el < hi)
+        cur = np.where(sel, m, cur)
+        fill = np.where(sel, m, fill)
+    return fill.reshape(x.shape).astype(x.dtype)
+
+
+def _replacement(x, baseline, rng, unit_of_element, order, counts):
+    if isinstance(baseline, str) and baseline == "quantus_mean":
+        return _quantus_mean_fill(x, unit_of_element, order, counts)
+    return make_baseline(x, baseline, rng)
+
+
+def _counts(n_units: int, per_step: int) -> np.ndarray:
+    steps = math.ceil(n_units / per_step)
+    return np.minimum(np.arange(steps + 1) * per_step, n_units)
+
+
+def _summaries(curve: np.ndarray) -> dict:
+    T = curve.shape[1] - 1
+    return {
+        "auc": trapezoid(curve, 1.0 / max(T, 1)),
+        "aopc": (curve[:, :1] - curve).mean(1),
+    }
+
+
+@register_metric(
+    "pixel_flipping",
+    "score while the most (MoRF) or least (LeRF) relevant pixels are replaced cumulatively",
+    score="aopc",
+    higher_is_better=lambda o: o.get("order", "morf") == "morf",
+)
+def pixel_flipping(
+    predictor: Predictor,
+    x: np.ndarray,
+    a: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    mode: str = "pixel",
+    order: str = "morf",
+    pixels_per_step: int | None = None,
+    n_steps: int | None = None,
+    baseline="zero",
+    agg: str = "sum",
+):
+    """Pixel flipping (Bach et al. 2015).
+
+    Parameters
+    ----------
+    mode : {'pixel', 'feature'}
+        ``pixel``: rank the channel-aggregated map (``agg``) and replace every channel of a pixel;
+        ``feature``: rank and replace single elements (Quantus semantics).
+    order : {'morf', 'lerf', 'random'}
+    pixels_per_step, n_steps : int, optional
+        Units replaced per step, or the number of steps (default: 1 % of the units per step).
+    baseline : see :func:`onnx_explain.metrics.base.make_baseline`
+
+    Returns
+    -------
+    dict
+        ``curve`` (B, T+1) from the unperturbed score, ``auc`` (trapezoid on a [0, 1] axis), ``aopc``,
+        and the Quantus views ``quantus_curve`` (no step 0) and ``quantus_auc`` (trapezoid, dx=1).
+    """
+    B = len(x)
+    spatial = x.shape[2:] if x.ndim > 2 else x.shape[1:]
+    if mode == "pixel" and x.ndim > 2:
+        imp = channel_map(a, x.shape, agg).reshape(B, -1)
+        n_pix = int(np.prod(spatial))
+        unit_of_element = np.tile(np.arange(n_pix), x.shape[1])
+    elif mode in ("pixel", "feature"):
+        imp = full_attribution(a, x.shape).reshape(B, -1)
+        unit_of_element = np.arange(imp.shape[1])
+    else:
+        raise ValueError(f"mode must be 'pixel' or 'feature', not {mode!r}")
+    n_units = imp.shape[1]
+    if n_steps is not None:
+        per_step = math.ceil(n_units / int(n_steps))
+    else:
+        per_step = int(pixels_per_step) if pixels_per_step else max(1, round(0.01 * n_units))
+    counts = _counts(n_units, per_step)
+    ordr = rank(imp, order, rng)
+    repl = _replacement(x, baseline, rng, unit_of_element, ordr, counts)
+    curve = cumulative_curve(predictor, x, target, unit_of_element, ordr, counts, repl)
+    out = {"curve": curve, **_summaries(curve), "units_per_step": per_step}
+    out["quantus_curve"] = curve[:, 1:]
+    out["quantus_auc"] = trapezoid(curve[:, 1:], 1.0) if curve.shape[1] > 2 else np.zeros(B)
+    return out
+
+
+def region_units(spatial: tuple, size: int, offset: tuple = (0, 0)) -> tuple[np.ndarray, int]:
+    """Region id of every pixel of an ``(H, W)`` grid of ``size`` × ``size`` squares, the grid shifted by
+    ``offset`` (Quantus pads before tiling); border regions may be smaller."""
+    H, W = spatial
+    oh, ow = offset
+    hh, ww = np.meshgrid(np.arange(H) + oh, np.arange(W) + ow, indexing="ij")
+    nbw = math.ceil((W + ow) / size)
+    rid = (hh // size) * nbw + ww // size
+    # renumber to 0..R-1 in row-major order of the grid
+    uniq, inv = np.unique(rid.reshape(-1), return_inverse=True)
+    return inv, len(uniq)
+
+
+@register_metric(
+    "region_perturbation",
+    "AOPC of square regions replaced cumulatively in order of summed relevance (Samek et al. 2017)",
+    score="aopc",
+    higher_is_better=lambda o: o.get("order", "morf") == "morf",
+)
+def region_perturbation(
+    predictor: Predictor,
+    x: np.ndarray,
+    a: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    region: int = 9,
+    order: str = "morf",
+    n_regions: int = 100,
+    baseline="zero",
+    agg: str = "sum",
+    compare_lerf: bool = False,
+    quantus_padding: bool = False,
+):
+    """Region perturbation on a grid of ``region`` × ``region`` squares (all channels).
+
+    Parameters
+    ----------
+    agg : {'sum', 'mean', 'mean_abs'}
+        How a region's relevance is scored (``sum``: signed sum over its channels and pixels, Quantus).
+    n_regions : int
+        L, the number of regions replaced (at most the number of regions).
+    compare_lerf : bool
+        Also run LeRF and report ``aopc_lerf`` and ``abpc`` = AOPC_MoRF − AOPC_LeRF.
+    quantus_padding : bool
+        Place the grid as Quantus does when H or W is not a multiple of ``region`` (padding split
+        floor/ceil on both sides).
+
+    Returns
+    -------
+    dict
+        ``curve`` (B, L+1), ``aopc`` = mean_k (f(x) − f(x^(k))) over k = 0..L, ``quantus_curve``
+        (f(x) − f(x^(k)) for k = 1..L, Quantus' return value).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"region perturbation needs images (B, C, H, W), got shape {x.shape}")
+    B, C, H, W = x.shape
+    offset = (0, 0)
+    if quantus_padding:
+        offset = tuple(((region - n % region) % region) // 2 for n in (H, W))
+    pix_region, n_reg = region_units((H, W), region, offset)
+    unit_of_element = np.tile(pix_region, C)
+    full = full_attribution(a, x.shape).reshape(B, C, -1)
+    per_pixel = {"sum": full.sum(1), "mean": full.mean(1), "mean_abs": np.abs(full).mean(1)}[agg]
+    sums = np.zeros((B, n_reg))
+    for b in range(B):
+        sums[b] = np.bincount(pix_region, weights=per_pixel[b], minlength=n_reg)
+    if agg != "sum":
+        sums /= np.bincount(pix_region, minlength=n_reg)[None]
+    L = min(int(n_regions), n_reg)
+    counts = np.arange(L + 1)
+
+    def run(o):
+        ordr = rank(sums, o, rng)
+        repl = _replacement(x, baseline, rng, unit_of_element, ordr, counts)
+        return cumulative_curve(predictor, x, target, unit_of_element, ordr, counts, repl)
+
+    curve = run(order)
+    out = {"curve": curve, **_summaries(curve), "n_regions": L, "quantus_curve": curve[:, :1] - curve[:, 1:]}
+    if compare_lerf:
+        lerf = run("lerf")
+        out["curve_lerf"] = lerf
+        out["aopc_lerf"] = (lerf[:, :1] - lerf).mean(1)
+        out["abpc"] = out["aopc"] - out["aopc_lerf"]
+    return out
+
+
+def _causal(predictor, x, a, target, rng, mode, n_steps, substrate, agg, order):
+    B = len(x)
+    sal = channel_map(a, x.shape, agg).reshape(B, -1) if x.ndim > 2 else np.asarray(a).reshape(B, -1)
+    n_pix = sal.shape[1]
+    per_step = math.ceil(n_pix / int(n_steps))
+    counts = _counts(n_pix, per_step)
+    if order == "rise":  # RISE: np.flip(np.argsort(s)) — quicksort, ties in reversed index order
+        ordr = np.stack([np.flip(np.argsort(s)) for s in sal])
+    else:
+        ordr = rank(sal, "morf", rng)
+    unit_of_element = np.tile(np.arange(n_pix), x.shape[1]) if x.ndim > 2 else np.arange(n_pix)
+    if mode == "deletion":
+        start, finish = x, make_baseline(x, substrate, rng)
+    else:
+        start, finish = make_baseline(x, substrate, rng), x
+    curve = cumulative_curve(predictor, start, target, unit_of_element, ordr, counts, finish)
+    auc = (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1)
+    return {"curve": curve, "auc": auc, "pixels_per_step": per_step}
+
+
+@register_metric("deletion", "RISE deletion: probability while the most relevant pixels are removed (AUC)",
+                 score="auc", higher_is_better=False)  # fmt: skip
+def deletion(
+    predictor,
+    x,
+    a,
+    target,
+    rng,
+    n_steps: int = 224,
+    substrate="zero",
+    agg: str = "sum",
+    order: str = "stable",
+):
+    """RISE deletion: start at x, replace ``ceil(H·W / n_steps)`` pixels per step by the substrate
+    (default zero), most relevant first. AUC = (Σ s − s_0/2 − s_n/2) / n. Use ``output='prob'``
+    (the default of :func:`onnx_explain.evaluate` for this metric) for RISE's numbers."""
+    return _causal(predictor, x, a, target, rng, "deletion", n_steps, substrate, agg, order)
+
+
+@register_metric("insertion", "RISE insertion: probability while the most relevant pixels are inserted into a blurred copy (AUC)",
+                 score="auc", higher_is_better=True)  # fmt: skip
+def insertion(
+    predictor,
+    x,
+    a,
+    target,
+    rng,
+    n_steps: int = 224,
+    substrate="blur",
+    agg: str = "sum",
+    order: str = "stable",
+):
+    """RISE insertion: start at the substrate (default: x blurred with RISE's kernel), insert x's pixels
+    most relevant first."""
+    return _causal(predictor, x, a, target, rng, "insertion", n_steps, substrate, agg, order)
