@@ -9,7 +9,6 @@ import numpy as np
 
 from .base import Predictor, make_baseline, register_metric
 
-
 TENTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
