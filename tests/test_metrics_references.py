@@ -1,0 +1,133 @@
+"""Parity of the metrics (on onnxruntime) with Quantus and Captum (on the original torch model), with float
+baselines and injected randomness, as METHODS.md §3 prescribes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import export
+from torch import nn
+
+import onnx_explain as oe
+
+quantus = pytest.importorskip("quantus")
+captum_metrics = pytest.importorskip("captum.metrics")
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                                 nn.Tanh(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))  # fmt: skip
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    net = CNN().eval()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = oe.load(export(net, x, tmp_path_factory.mktemp("q") / "cnn.onnx", "legacy"))
+    y = net(x).argmax(1).numpy()
+    a = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)  # distinct values: no ties
+    return net, model, x.numpy(), y, a
+
+
+def _tol(ref):
+    return {"rtol": 1e-4, "atol": 1e-5 * max(1.0, float(np.abs(ref).max()))}
+
+
+@pytest.mark.parametrize("k", [1, 8, 32])
+def test_pixel_flipping_matches_quantus(setup, k):
+    net, model, x, y, a = setup
+    theirs = quantus.PixelFlipping(features_in_step=k, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True)(
+        model=net, x_batch=x, y_batch=y, a_batch=a, softmax=False, channel_first=True, device="cpu"
+    )  # fmt: skip
+    ours = oe.evaluate(model, x, a, "pixel_flipping", target=y, mode="feature", pixels_per_step=k)
+    theirs = np.asarray(theirs)
+    np.testing.assert_allclose(ours["quantus_curve"], theirs, **_tol(theirs))
+
+
+@pytest.mark.parametrize(("patch", "order"), [(2, "morf"), (4, "lerf")])
+def test_region_perturbation_matches_quantus(setup, patch, order):
+    net, model, x, y, a = setup
+    L = 6
+    theirs = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=L, order=order, perturb_baseline=0.0,
+                                        normalise=False, abs=False, disable_warnings=True)(
+        model=net, x_batch=x, y_batch=y, a_batch=a, softmax=False, channel_first=True, device="cpu"
+    )  # fmt: skip
+    theirs = np.asarray(theirs)
+    ours = oe.evaluate(model, x, a, "region_perturbation", target=y, region=patch, n_regions=L, order=order)
+    np.testing.assert_allclose(ours["quantus_curve"], theirs[:, : ours["n_regions"]], **_tol(theirs))
+
+
+def test_faithfulness_correlation_matches_quantus(setup):
+    net, model, x, y, a = setup
+    runs, size = 12, 20
+    np.random.seed(42)
+    theirs = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, perturb_baseline=0.0, normalise=False,
+                                             abs=False, return_aggregate=False, disable_warnings=True)(
+        model=net, x_batch=x, y_batch=y, a_batch=a, softmax=False, channel_first=True, device="cpu"
+    )  # fmt: skip
+    # replay Quantus' draws: for each run, for each sample, one choice without replacement
+    np.random.seed(42)
+    d = a[0].size
+    subsets = np.empty((len(x), runs, size), dtype=int)
+    for r in range(runs):
+        for b in range(len(x)):
+            subsets[b, r] = np.random.choice(d, size, replace=False)
+    ours = oe.evaluate(model, x, a, "faithfulness_correlation", target=y, subsets=subsets)
+    np.testing.assert_allclose(ours["scores"], np.asarray(theirs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_matches_captum(setup, normalize):
+    net, model, x, y, a = setup
+    n = 5
+    rng = np.random.default_rng(7)
+    I = (rng.standard_normal((len(x), n, *x.shape[1:])) * 0.2).astype(np.float32)
+    flat_I = torch.from_numpy(I.reshape(-1, *x.shape[1:]))
+    calls = {"k": 0}
+
+    def perturb(inputs):
+        # Captum repeats each sample n times (repeat_interleave); rows arrive in chunks
+        rows = len(inputs)
+        out = flat_I[calls["k"] : calls["k"] + rows]
+        calls["k"] += rows
+        return out, inputs - out
+
+    theirs = captum_metrics.infidelity(net, perturb, torch.from_numpy(x), torch.from_numpy(a), target=torch.from_numpy(y),
+                                       n_perturb_samples=n, normalize=normalize)  # fmt: skip
+    ours = oe.evaluate(
+        model, x, a, "infidelity", target=y, perturbations=(I, x[:, None] - I), normalize=normalize
+    )
+    np.testing.assert_allclose(ours["scores"], theirs.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_max_sensitivity_matches_captum(setup):
+    net, model, x, y, a = setup
+    from captum.attr import Saliency
+
+    n = 4
+    deltas = (np.random.default_rng(9).uniform(-0.1, 0.1, size=(len(x), n, *x.shape[1:]))).astype(np.float32)
+    flat = torch.from_numpy(deltas.reshape(-1, *x.shape[1:]))
+    calls = {"k": 0}
+
+    def perturb(inputs, perturb_radius=0.02):
+        rows = len(inputs)
+        out = inputs + flat[calls["k"] : calls["k"] + rows]
+        calls["k"] += rows
+        return out
+
+    sal = Saliency(net)
+    theirs = captum_metrics.sensitivity_max(
+        lambda inp, target: sal.attribute(inp, target=target, abs=False), torch.from_numpy(x), perturb_func=perturb,
+        n_perturb_samples=n, target=torch.from_numpy(y),
+    )  # fmt: skip
+    ours = oe.evaluate(
+        model, x, None, "max_sensitivity", target=y, explainer="gradient", perturbations=deltas
+    )
+    np.testing.assert_allclose(ours["scores"], theirs.detach().numpy(), rtol=1e-4, atol=1e-6)
