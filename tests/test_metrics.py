@@ -164,7 +164,7 @@ def test_infidelity_normalize_is_scale_invariant(linear):
 
 
 def test_infidelity_of_a_quadratic_model_matches_its_expectation():
-    # f = 1/2 xᵀAx, Φ = ∇f(x) = Ax; f(x) − f(x − I) = Iᵀ A x − 1/2 IᵀAI: INFD = E[(1/2 IᵀAI)²]
+    # f = 1/2 xᵀAx, Φ = ∇f(x) = Ax; f(x) − f(x − pert) = Iᵀ A x − 1/2 IᵀAI: INFD = E[(1/2 IᵀAI)²]
     rng = np.random.default_rng(0)
     A = rng.standard_normal((4, 4))
     A = A + A.T
@@ -175,9 +175,9 @@ def test_infidelity_of_a_quadratic_model_matches_its_expectation():
 
     x = rng.standard_normal((1, 4))
     n = 4000
-    I = rng.standard_normal((1, n, 4)) * 0.3
-    r = oe.evaluate(model, x, x @ A, "infidelity", target=0, perturbations=(I, x[:, None] - I))
-    want = np.mean((0.5 * np.einsum("ki,ij,kj->k", I[0], A, I[0])) ** 2)
+    pert = rng.standard_normal((1, n, 4)) * 0.3
+    r = oe.evaluate(model, x, x @ A, "infidelity", target=0, perturbations=(pert, x[:, None] - pert))
+    want = np.mean((0.5 * np.einsum("ki,ij,kj->k", pert[0], A, pert[0])) ** 2)
     assert r["scores"][0] == pytest.approx(want, rel=1e-9)
 
 

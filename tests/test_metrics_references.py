@@ -67,18 +67,18 @@ def test_region_perturbation_matches_quantus(setup, patch, order):
 def test_faithfulness_correlation_matches_quantus(setup):
     net, model, x, y, a = setup
     runs, size = 12, 20
-    np.random.seed(42)
+    np.random.seed(42)  # noqa: NPY002 - Quantus draws from the legacy global RNG
     theirs = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, perturb_baseline=0.0, normalise=False,
                                              abs=False, return_aggregate=False, disable_warnings=True)(
         model=net, x_batch=x, y_batch=y, a_batch=a, softmax=False, channel_first=True, device="cpu"
     )  # fmt: skip
     # replay Quantus' draws: for each run, for each sample, one choice without replacement
-    np.random.seed(42)
+    np.random.seed(42)  # noqa: NPY002 - Quantus draws from the legacy global RNG
     d = a[0].size
     subsets = np.empty((len(x), runs, size), dtype=int)
     for r in range(runs):
         for b in range(len(x)):
-            subsets[b, r] = np.random.choice(d, size, replace=False)
+            subsets[b, r] = np.random.choice(d, size, replace=False)  # noqa: NPY002
     ours = oe.evaluate(model, x, a, "faithfulness_correlation", target=y, subsets=subsets)
     np.testing.assert_allclose(ours["scores"], np.asarray(theirs), rtol=1e-4, atol=1e-5)
 
@@ -88,8 +88,8 @@ def test_infidelity_matches_captum(setup, normalize):
     net, model, x, y, a = setup
     n = 5
     rng = np.random.default_rng(7)
-    I = (rng.standard_normal((len(x), n, *x.shape[1:])) * 0.2).astype(np.float32)
-    flat_I = torch.from_numpy(I.reshape(-1, *x.shape[1:]))
+    pert = (rng.standard_normal((len(x), n, *x.shape[1:])) * 0.2).astype(np.float32)
+    flat_I = torch.from_numpy(pert.reshape(-1, *x.shape[1:]))
     calls = {"k": 0}
 
     def perturb(inputs):
@@ -102,7 +102,7 @@ def test_infidelity_matches_captum(setup, normalize):
     theirs = captum_metrics.infidelity(net, perturb, torch.from_numpy(x), torch.from_numpy(a), target=torch.from_numpy(y),
                                        n_perturb_samples=n, normalize=normalize)  # fmt: skip
     ours = oe.evaluate(
-        model, x, a, "infidelity", target=y, perturbations=(I, x[:, None] - I), normalize=normalize
+        model, x, a, "infidelity", target=y, perturbations=(pert, x[:, None] - pert), normalize=normalize
     )
     np.testing.assert_allclose(ours["scores"], theirs.detach().numpy(), rtol=1e-4, atol=1e-6)
 
