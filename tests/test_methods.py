@@ -323,3 +323,19 @@ def test_integer_inputs_are_attributed_at_the_embedding(exporter, tmp_path):
     np.testing.assert_allclose(e.attribution, full.sum(-1), rtol=1e-4, atol=1e-6)
     ig = oe.explain(m, ids.numpy(), "integrated_gradients", target=1, n_steps=16)
     np.testing.assert_allclose(ig.extras["delta"], 0, atol=1e-4)  # completeness at the embedding
+
+
+def test_adaptive_objectives_of_the_paper(tmp_path):
+    from conftest import ROOT
+
+    m = oe.load(ROOT / "models" / "digits.onnx")
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:1]
+    e = oe.explain(m, x, "smoothtaylor_adaptive", n_roots=6, max_iteration=2, objective="autvc",
+                   objective_options={"min_size": (8, 8)})  # fmt: skip
+    # the reported objective is the AUTVC of the returned attribution, and the best of the trace
+    tv = oe.evaluate(None, x, e.attribution, "total_variation", min_size=(8, 8))
+    assert e.extras["objective"][0] == pytest.approx(tv["scores"][0], rel=1e-6)
+    assert e.extras["objective"][0] == pytest.approx(min(v for _, v in e.extras["trace"][0]), rel=1e-6)
+    e2 = oe.explain(m, x, "smoothtaylor_adaptive", n_roots=4, max_iteration=1, objective="aupc",
+                    objective_options={"kernel_size": 5, "num_regions": 3, "num_perturbs": 4})  # fmt: skip
+    assert np.isfinite(e2.extras["objective"]).all() and e2.extras["sigma"][0] >= 0

@@ -164,7 +164,7 @@ def test_infidelity_normalize_is_scale_invariant(linear):
 
 
 def test_infidelity_of_a_quadratic_model_matches_its_expectation():
-    # f = 1/2 xᵀAx, Φ = ∇f(x) = Ax; f(x) − f(x − pert) = Iᵀ A x − 1/2 IᵀAI: INFD = E[(1/2 IᵀAI)²]
+    # f = 1/2 xᵀAx, Φ = ∇f(x) = Ax; f(x) − f(x − I) = Iᵀ A x − 1/2 IᵀAI: INFD = E[(1/2 IᵀAI)²]
     rng = np.random.default_rng(0)
     A = rng.standard_normal((4, 4))
     A = A + A.T
@@ -317,3 +317,64 @@ def test_errors(linear):
         oe.evaluate(model, x, x[:3], "pixel_flipping")
     with pytest.raises(oe.OnnxExplainError, match="pass explainer="):
         oe.evaluate(model, x, x, "max_sensitivity")
+
+
+def _aupc_reference(f, x, h, target, k, n_regions, candidates, mean, std):
+    """A loop-by-loop transcription of the SmoothTaylor code's compute_perturbations + compute_aupc."""
+    from scipy.integrate import simpson
+
+    C, H, W = x.shape
+    scores = {}
+    for h0 in range(H - k):
+        for w0 in range(W - k):
+            scores[(h0, w0)] = np.abs(h[h0 : h0 + k, w0 : w0 + k]).mean()
+    ranked = sorted(scores, key=lambda p: -scores[p])  # python's sort is stable
+    chosen, banned = [], set()
+    for p in ranked:
+        if p in banned:
+            continue
+        chosen.append(p)
+        for dh in range(-(k - 1), k):
+            for dw in range(-(k - 1), k):
+                banned.add((p[0] + dh, p[1] + dw))
+        if len(chosen) == n_regions:
+            break
+    cur = x.copy()
+    f0 = f(x[None])[0, target]
+    out = [f0]
+    for i, (h0, w0) in enumerate(chosen):
+        vals = []
+        for cand in candidates[i]:
+            z = cur.copy()
+            z[:, h0 : h0 + k, w0 : w0 + k] = (cand - mean) / std
+            vals.append(f(z[None])[0, target])
+        vals = np.array(vals)
+        out.append(vals.mean())
+        best = int(np.argmin(np.abs(vals - np.median(vals))))
+        cur[:, h0 : h0 + k, w0 : w0 + k] = (candidates[i][best] - mean) / std
+    curve = np.array(out) / abs(f0)
+    return curve, simpson(curve, dx=1)
+
+
+def test_aupc_matches_the_smoothtaylor_code():
+    rng = np.random.default_rng(0)
+    Wt = rng.standard_normal((3, 3 * 12 * 12))
+
+    def f(z):
+        z = z.reshape(len(z), -1)
+        return np.tanh(z @ Wt.T) + 2.0
+
+    x = rng.standard_normal((2, 3, 12, 12))
+    a = rng.standard_normal(x.shape)
+    k, L, P = 3, 5, 7
+    cands = rng.uniform(0, 1, size=(2, L, P, 3, k, k))
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+    r = oe.evaluate(f, x, a, "aupc", target=[1, 2], kernel_size=k, num_regions=L, candidates=cands, mean=mean,
+                    std=std, batch_size=4)  # fmt: skip
+    for b, t in enumerate([1, 2]):
+        curve, area = _aupc_reference(
+            f, x[b], a[b].sum(0), t, k, L, cands[b], mean[:, None, None], std[:, None, None]
+        )
+        np.testing.assert_allclose(r["curve"][b], curve, rtol=1e-10)
+        assert r["scores"][b] == pytest.approx(area, rel=1e-10)
+    assert not r["higher_is_better"]
