@@ -1,0 +1,96 @@
+"""Composites: which rule each linear layer gets (Zennit's presets, ``composites.py``), plus the
+Montavon 2019 VGG recipe. A composite maps the ordered list of linear layers to rules; everything else is
+decided by the op table in :mod:`onnx_explain.lrp.graph`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import rules as R
+
+#: name -> fn(layers, **options) -> list of rules, one per layer; ``layers`` is a list of
+#: ``(kind, node_name)`` in graph order, kind 'conv' or 'dense'
+COMPOSITES: dict[str, Callable] = {}
+
+
+def register_composite(name: str):
+    def deco(fn):
+        if name in COMPOSITES:
+            raise ValueError(f"composite {name!r} is registered twice")
+        COMPOSITES[name] = fn
+        return fn
+
+    return deco
+
+
+def _by_kind(layers, conv, dense, first=None, first_kinds=("conv",)):
+    out = []
+    first_done = first is None
+    for kind, _ in layers:
+        if not first_done and kind in first_kinds:
+            out.append(first())
+            first_done = True
+        else:
+            out.append(conv() if kind == "conv" else dense())
+    return out
+
+
+@register_composite("epsilon_gamma_box")
+def epsilon_gamma_box(layers, low=None, high=None, epsilon=1e-6, gamma=0.25, stabilizer=1e-6):
+    """First convolution z^B(low, high); other convolutions γ = 0.25; dense layers ε."""
+    if low is None or high is None:
+        raise ValueError("epsilon_gamma_box needs the input bounds low= and high=")
+    return _by_kind(layers, lambda: R.gamma(gamma, stabilizer), lambda: R.epsilon(epsilon),
+                    first=lambda: R.zbox(low, high, stabilizer))  # fmt: skip
+
+
+@register_composite("epsilon_plus")
+def epsilon_plus(layers, epsilon=1e-6, stabilizer=1e-6):
+    """Convolutions z⁺; dense layers ε."""
+    return _by_kind(layers, lambda: R.zplus(stabilizer), lambda: R.epsilon(epsilon))
+
+
+@register_composite("epsilon_plus_flat")
+def epsilon_plus_flat(layers, epsilon=1e-6, stabilizer=1e-6):
+    """First linear layer (conv or dense) flat; convolutions z⁺; dense layers ε."""
+    return _by_kind(layers, lambda: R.zplus(stabilizer), lambda: R.epsilon(epsilon), first=lambda: R.flat(stabilizer),
+                    first_kinds=("conv", "dense"))  # fmt: skip
+
+
+@register_composite("epsilon_alpha2_beta1")
+def epsilon_alpha2_beta1(layers, epsilon=1e-6, stabilizer=1e-6):
+    """Convolutions α2β1; dense layers ε."""
+    return _by_kind(layers, lambda: R.alpha_beta(2.0, 1.0, stabilizer), lambda: R.epsilon(epsilon))
+
+
+@register_composite("epsilon_alpha2_beta1_flat")
+def epsilon_alpha2_beta1_flat(layers, epsilon=1e-6, stabilizer=1e-6):
+    """First linear layer flat; convolutions α2β1; dense layers ε."""
+    return _by_kind(layers, lambda: R.alpha_beta(2.0, 1.0, stabilizer), lambda: R.epsilon(epsilon),
+                    first=lambda: R.flat(stabilizer), first_kinds=("conv", "dense"))  # fmt: skip
+
+
+@register_composite("montavon2019")
+def montavon2019(layers, low=None, high=None):
+    """The Montavon et al. 2019 / LRP tutorial recipe for VGG-16: pixels z^B; the lower half of the other
+    convolutions γ = 0.25; the upper half ε = 0.25·RMS(z); dense layers LRP-0; stabilisers added without
+    sign (1e-9), as the tutorial. Use with ``maxpool='avgpool'`` for the tutorial's pooling."""
+    if low is None or high is None:
+        raise ValueError("montavon2019 needs the input bounds low= and high=")
+    unsigned = lambda z: R.stabilize_unsigned(z, 1e-9)  # noqa: E731
+    convs = [i for i, (k, _) in enumerate(layers) if k == "conv"]
+    out = []
+    for i, (kind, _) in enumerate(layers):
+        if convs and i == convs[0]:
+            out.append(R.zbox(low, high, unsigned))
+        elif kind == "conv":
+            rest = convs[1:]
+            lower = rest.index(i) < (len(rest) + 1) // 2
+            out.append(
+                R.gamma(0.25, unsigned)
+                if lower
+                else R.epsilon(stabilizer=lambda z: R.stabilize_unsigned(z, 1e-9, 0.25))
+            )
+        else:
+            out.append(R.epsilon(stabilizer=unsigned))
+    return out
