@@ -82,12 +82,16 @@ def lrp(
     """
     if output_relevance not in ("score", "onehot"):
         raise ValueError("output_relevance must be 'score' or 'onehot'")
+    import inspect
+
+    from ..lrp.composites import COMPOSITES
+
     opts = dict(composite_options or {})
-    if low is not None:
-        opts["low"] = _bound(low, x)
-    if high is not None:
-        opts["high"] = _bound(high, x)
-    zbox_rules = {k: (f"zbox:{_scalar(opts.get('low'))},{_scalar(opts.get('high'))}" if str(v) == "zbox" else v)
+    bounds = {k: _bound(v, x) for k, v in (("low", low), ("high", high)) if v is not None}
+    if composite in COMPOSITES:
+        accepted = inspect.signature(COMPOSITES[composite]).parameters
+        opts.update({k: v for k, v in bounds.items() if k in accepted})
+    zbox_rules = {k: (f"zbox:{_scalar(bounds.get('low'))},{_scalar(bounds.get('high'))}" if str(v) == "zbox" else v)
                   for k, v in (rules or {}).items()}  # fmt: skip
     module, assignments = lrp_graph(
         scorer.module, x[: min(len(x), 2)], composite, opts, zbox_rules, fallback, maxpool

@@ -1,0 +1,324 @@
+"""LRP: float64 matrix replicas of every rule (as Zennit's rule tests), invariants (LRP-0 = gradient×input,
+conservation on residual and concat nets, Keras exports), strict coverage, no state left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, ROOT, export
+from torch import nn
+
+import onnx_explain as oe
+from onnx_explain.lrp import LRPCoverageError
+from onnx_explain.lrp import rules as R
+
+torch.set_default_dtype(torch.float32)
+
+
+# ------------------------------------------------------------------------------ rule replicas
+def _st(z, eps=1e-6):
+    return z + eps * np.where(z == 0, 1.0, np.sign(z))
+
+
+def _replica(name, x, W, b, r, **kw):
+    """METHODS.md §2.5.2, in float64 matrix form: W is (out, in), x (n, in), r (n, out)."""
+    pos, neg = np.clip(x, 0, None), np.clip(x, None, 0)
+    Wp, Wn, bp, bn = np.clip(W, 0, None), np.clip(W, None, 0), np.clip(b, 0, None), np.clip(b, None, 0)
+    if name == "epsilon":
+        return x * ((r / _st(x @ W.T + b)) @ W)
+    if name == "zplus":
+        z = pos @ Wp.T + neg @ Wn.T + bp
+        s = r / _st(z)
+        return pos * (s @ Wp) + neg * (s @ Wn)
+    if name == "alpha_beta":
+        a, be = 2.0, 1.0
+        za = pos @ Wp.T + neg @ Wn.T + bp
+        zb = pos @ Wn.T + neg @ Wp.T + bn
+        return a * (pos * ((r / _st(za)) @ Wp) + neg * ((r / _st(za)) @ Wn)) - be * (
+            pos * ((r / _st(zb)) @ Wn) + neg * ((r / _st(zb)) @ Wp)
+        )
+    if name == "gamma":
+        g = 0.25
+        Wpg, Wng = W + g * Wp, W + g * Wn
+        z = x @ W.T + b
+        zpos = pos @ Wpg.T + neg @ Wng.T + (b + g * bp)
+        zneg = pos @ Wng.T + neg @ Wpg.T + (b + g * bn)
+        P, N = r * (z > 0) / _st(zpos), r * (z < 0) / _st(zneg)
+        return pos * (P @ Wpg) + neg * (P @ Wng) + pos * (N @ Wng) + neg * (N @ Wpg)
+    if name == "zbox":
+        lo, hi = kw["low"] * np.ones_like(x), kw["high"] * np.ones_like(x)
+        z = x @ W.T - lo @ Wp.T - hi @ Wn.T
+        s = r / _st(z)
+        return x * (s @ W) - lo * (s @ Wp) - hi * (s @ Wn)
+    if name == "wsquare":
+        W2 = W**2
+        return (r / _st(np.ones_like(x) @ W2.T + b**2)) @ W2
+    if name == "flat":
+        ones = (W != 0).astype(float)  # a kernel of ones: the receptive field (padding excluded)
+        return (r / _st(np.ones_like(x) @ ones.T)) @ ones
+    raise ValueError(name)
+
+
+RULE_CASES = {
+    "epsilon": lambda: R.epsilon(1e-6),
+    "zplus": R.zplus,
+    "alpha_beta": lambda: R.alpha_beta(2.0, 1.0),
+    "gamma": lambda: R.gamma(0.25),
+    "zbox": lambda: R.zbox(-1.5, 2.0),
+    "wsquare": R.wsquare,
+    "flat": R.flat,
+}
+
+
+def _conv_matrix(conv: nn.Conv2d, in_shape):
+    """The (out, in) matrix of a bias-free conv, from its Jacobian."""
+    w = conv.weight.detach()
+    f = lambda z: torch.nn.functional.conv2d(
+        z.reshape(1, *in_shape), w, None, conv.stride, conv.padding
+    ).reshape(-1)  # noqa: E731
+    return torch.autograd.functional.jacobian(
+        f, torch.zeros(int(np.prod(in_shape)), dtype=torch.float64)
+    ).numpy()
+
+
+@pytest.mark.parametrize("name", list(RULE_CASES))
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_rule_matches_its_matrix_form(name, layer):
+    g = torch.Generator().manual_seed(0)
+    if layer == "linear":
+        module = nn.Linear(6, 4).double()
+        x = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    else:
+        module = nn.Conv2d(2, 3, 3, padding=1).double()
+        x = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=g, dtype=torch.float64))
+        module.bias.copy_(torch.randn(module.bias.shape, generator=g, dtype=torch.float64))
+    out = module(x).detach()
+    r = out.clone()  # grad_outputs = output, as Zennit's compare_rule_pair
+    got = RULE_CASES[name]().relevance(module, [x], r)[0].detach().numpy()
+    n = len(x)
+    if layer == "linear":
+        W, b = module.weight.detach().numpy(), module.bias.detach().numpy()
+    else:
+        W = _conv_matrix(module, x.shape[1:])
+        b = np.repeat(module.bias.detach().numpy(), 16)
+    want = _replica(name, x.reshape(n, -1).numpy(), W, b, r.reshape(n, -1).numpy(), low=-1.5, high=2.0)
+    np.testing.assert_allclose(got.reshape(n, -1), want, rtol=1e-7, atol=1e-9)
+
+
+def test_alpha1_beta0_equals_zplus():
+    m = nn.Linear(5, 3).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    r = m(x).detach()
+    a = R.alpha_beta(1.0, 0.0).relevance(m, [x], r)[0]
+    z = R.zplus().relevance(m, [x], r)[0]
+    torch.testing.assert_close(a, z, rtol=1e-12, atol=1e-12)
+
+
+def test_alpha_beta_checks_its_parameters():
+    with pytest.raises(ValueError, match="must equal 1"):
+        R.alpha_beta(2.0, 2.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        R.alpha_beta(-1.0, -2.0)
+
+
+def test_parse_rule():
+    assert R.parse_rule("gamma:0.5").options["gamma"] == 0.5
+    assert R.parse_rule("epsilon:1e-3").options["epsilon"] == 1e-3
+    assert R.parse_rule("zbox:-1,2").options == {"low": -1.0, "high": 2.0}
+    assert R.parse_rule("pass") == "pass"
+    with pytest.raises(ValueError, match="unknown LRP rule"):
+        R.parse_rule("nope")
+
+
+# ------------------------------------------------------------------------------ invariants on models
+DIGITS = ROOT / "models" / "digits.onnx"
+
+
+def test_lrp0_equals_gradient_times_input_with_biases_and_maxpool():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")
+    lrp0 = oe.explain(m, x, "lrp", rules={"Conv": "epsilon0", "Gemm": "epsilon0"}).attribution
+    gxi = oe.explain(m, x, "gradient_x_input").attribution
+    np.testing.assert_allclose(lrp0, gxi, rtol=1e-4, atol=1e-5 * np.abs(gxi).max())
+
+
+class Residual(nn.Module):
+    """Bias-free residual CNN: a plain gradient at the Add would duplicate relevance."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = torch.relu(self.c3(torch.relu(self.c2(h))) + h)
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+class DenseConcat(nn.Module):
+    """Bias-free DenseNet-style block: concatenations, an un-merged BatchNorm after Concat, max pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.c3 = nn.Conv2d(8, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12 * 3 * 3, 5, bias=False)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(a))
+        c = torch.relu(self.c3(torch.cat([a, b], 1)))
+        h = self.bn(torch.cat([a, b, c], 1))
+        return self.fc(torch.nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+def _bn_without_shift(bn):
+    with torch.no_grad():  # a pure per-channel scale: keeps the net bias-free
+        bn.weight.uniform_(0.5, 1.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.running_mean.zero_()
+        bn.bias.zero_()
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("net_cls", [Residual, DenseConcat])
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_alpha2_beta1", "epsilon_plus_flat"])
+def test_conservation_on_bias_free_nets(net_cls, exporter, composite, tmp_path):
+    torch.manual_seed(0)
+    net = net_cls().eval()
+    if hasattr(net, "bn"):
+        _bn_without_shift(net.bn)
+    x = torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    m = oe.load(export(net, x, tmp_path / "n.onnx", exporter))
+    rules = (
+        {"Conv": "epsilon:1e-9", "Gemm": "epsilon:1e-9", "MatMul": "epsilon:1e-9"}
+        if composite == "epsilon_plus"
+        else None
+    )
+    e = oe.explain(m, x.numpy(), "lrp", composite=composite, rules=rules)
+    np.testing.assert_allclose(e.attribution.reshape(3, -1).sum(1), e.score, rtol=1e-4)
+    np.testing.assert_allclose(e.extras["delta"], 0, atol=1e-4 * np.abs(e.score).max())
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_residual_add_needs_the_norm_rule(exporter, tmp_path):
+    torch.manual_seed(0)
+    net = Residual().eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    m = oe.load(export(net, x, tmp_path / "r.onnx", exporter))
+    ok = oe.explain(m, x.numpy(), "lrp", composite="epsilon_plus")
+    np.testing.assert_allclose(ok.extras["delta"], 0, atol=1e-4 * np.abs(ok.score).max())
+    assert "Add: norm" in ok.extras["rules"].values()
+    bad = oe.explain(m, x.numpy(), "lrp", composite="epsilon_plus", rules={"Add": "gradient"})
+    assert (np.abs(bad.extras["delta"]) > 0.05 * np.abs(bad.score)).all()  # relevance duplicated at the Add
+
+
+def test_layer_relevance_is_conserved_layer_by_layer(tmp_path):
+    torch.manual_seed(0)
+    net = Residual().eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    m = oe.load(export(net, x, tmp_path / "r.onnx", "legacy"))
+    e = oe.explain(m, x.numpy(), "lrp", composite="epsilon_plus", layer_relevance=True)
+    layers = e.extras["layer_relevance"]
+    assert len(layers) >= 7
+    for layer in layers:
+        np.testing.assert_allclose(layer["relevance_in"], layer["relevance_out"], rtol=1e-4, atol=1e-6)
+
+
+def test_keras_relu_export_conserves_relevance():
+    m = oe.load(FIXTURES / "keras_relu.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 12, 12, 2)).astype(np.float32)
+    e = oe.explain(m, x, "lrp", composite="epsilon_plus")
+    rules = set(e.extras["rules"].values())
+    assert (
+        "MatMul: epsilon" in rules and "Mul: pass" in rules
+    )  # Dense as MatMul; BN after it as Mul by a constant
+    np.testing.assert_allclose(e.extras["delta"], 0, atol=1e-4 * np.abs(e.score).max())
+
+
+def test_keras_matmul_add_is_one_linear_layer():
+    # keras_cnn: Dense → MatMul (+ Add); canonization must keep the output (checked inside) and the
+    # MatMul must get the dense rule, not a silent gradient
+    m = oe.load(FIXTURES / "keras_cnn.onnx", output="logits")
+    x = np.load(FIXTURES / "keras_cnn_ref.npz")["x"]
+    e = oe.explain(m, x, "lrp", composite="epsilon_plus", rules={"Tanh": "pass"})
+    assert sum(v == "MatMul: epsilon" for v in e.extras["rules"].values()) == 2
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.out(h * torch.sigmoid(h))  # Mul of two activations: no LRP rule
+
+
+def test_a_node_without_rule_is_an_error_naming_it_and_leaves_no_state(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    m = oe.load(export(Gated().eval(), x, tmp_path / "g.onnx", "legacy"))
+    before = oe.explain(m, x.numpy(), "gradient").attribution
+    with pytest.raises(
+        LRPCoverageError, match=r"node '/Mul' \(Mul\) mixes two activations and has no LRP rule"
+    ):
+        oe.explain(m, x.numpy(), "lrp")
+    module = m.torch_module()
+    from onnx_explain.lrp.graph import RuleWrapper
+
+    assert not any(isinstance(mod, RuleWrapper) for mod in module.modules())
+    np.testing.assert_array_equal(oe.explain(m, x.numpy(), "gradient").attribution, before)
+    fb = oe.explain(m, x.numpy(), "lrp", fallback="gradient")
+    assert fb.extras["fallback_nodes"] == ["/Mul"]
+
+
+def test_rule_override_by_node_name_beats_op_type():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:2]
+    e = oe.explain(
+        m, x, "lrp", rules={"Conv": "gamma:0.5", "/features/features.0/Conv": "zbox"}, low=0.0, high=1.0
+    )
+    assert e.extras["rules"]["/features/features.0/Conv"] == "Conv: zbox"
+    assert e.extras["rules"]["/features/features.3/Conv"] == "Conv: gamma"
+    with pytest.raises(LRPCoverageError, match="needs a linear layer"):
+        oe.explain(m, x, "lrp", rules={"Relu": "gamma"})
+
+
+def test_lrp_under_the_smoothing_wrapper():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:2]
+    eps = np.random.default_rng(0).standard_normal((2 * 3, 1, 32, 32)).astype(np.float32) * 0.1
+    sg = oe.explain(m, x, "smoothgrad", base="lrp", perturbations=eps, composite="epsilon_plus").attribution
+    noisy = (x[:, None] + eps.reshape(2, 3, 1, 32, 32)).reshape(6, 1, 32, 32)
+    t = oe.explain(m, x, "gradient").target
+    each = oe.explain(m, noisy, "lrp", target=np.repeat(t, 3), composite="epsilon_plus").attribution
+    np.testing.assert_allclose(sg, each.reshape(2, 3, 1, 32, 32).mean(1), rtol=1e-5, atol=1e-7)
+
+
+def test_output_relevance_onehot_sums_to_one():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:2]
+    e = oe.explain(
+        m, x, "lrp", rules={"Conv": "epsilon:1e-9", "Gemm": "epsilon:1e-9"}, output_relevance="onehot"
+    )
+    s = oe.explain(m, x, "lrp", rules={"Conv": "epsilon:1e-9", "Gemm": "epsilon:1e-9"})
+    np.testing.assert_allclose(
+        e.attribution * s.score[:, None, None, None], s.attribution, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_box_composites_need_bounds():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:1]
+    with pytest.raises(ValueError, match="needs the input bounds"):
+        oe.explain(m, x, "lrp", composite="epsilon_gamma_box")
