@@ -74,9 +74,12 @@ RULE_CASES = {
 def _conv_matrix(conv: nn.Conv2d, in_shape):
     """The (out, in) matrix of a bias-free conv, from its Jacobian."""
     w = conv.weight.detach()
-    f = lambda z: torch.nn.functional.conv2d(
-        z.reshape(1, *in_shape), w, None, conv.stride, conv.padding
-    ).reshape(-1)  # noqa: E731
+
+    def f(z):
+        return torch.nn.functional.conv2d(
+            z.reshape(1, *in_shape), w, None, conv.stride, conv.padding
+        ).reshape(-1)  # noqa: E731
+
     return torch.autograd.functional.jacobian(
         f, torch.zeros(int(np.prod(in_shape)), dtype=torch.float64)
     ).numpy()
