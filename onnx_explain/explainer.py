@@ -134,19 +134,30 @@ def explain(
         xt = xt.float()
 
     scorer = Scorer(module, batch_size)
-    scores = scorer.scores(xt)
-    targets, k = resolve_targets(target, scores)
+    n_classes = model.n_classes(output) if isinstance(model, Model) else None
+    explicit = not (target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:"))))
+    if explicit and n_classes is not None:
+        # a given class: no forward pass just for the targets (the method reports f_c where it can)
+        scores = None
+        targets, k = resolve_targets(target, torch.zeros(len(xt), n_classes, device=xt.device))
+    else:
+        scores = scorer.scores(xt)
+        targets, k = resolve_targets(target, scores)
     rows = xt if k is None else xt.repeat_interleave(k, 0)
     flat_t = targets.reshape(-1)
     with torch.no_grad():
         attribution, extras = spec.fn(scorer, rows, flat_t, generator, **opts)
-    score = scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
+    if scores is None and isinstance(extras.get("score"), torch.Tensor) and extras["score"].shape == (len(xt),):
+        score = extras["score"].to(xt.dtype)
+    else:
+        scores = scorer.scores(xt) if scores is None else scores
+        score = scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
     if k is not None:
         attribution = attribution.reshape(len(xt), k, *xt.shape[1:])
     return Explanation(
         attribution=_out_dtype(attribution, xt),
         target=targets.cpu().numpy(),
-        score=score.cpu().numpy(),
+        score=score.detach().cpu().numpy(),
         method=method,
         options=opts,
         extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},

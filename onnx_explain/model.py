@@ -360,6 +360,13 @@ class Model:
         """Parity of the last converted output space (``None`` before :meth:`torch_module`)."""
         return next(reversed(self._parity.values()), None)
 
+    def n_classes(self, space: str = "logit") -> int | None:
+        """Number of scores per sample in ``space`` when the file fixes it (else None)."""
+        spec = self.output
+        if spec.shape is None or len(spec.shape) < 2 or not all(isinstance(d, int) for d in spec.shape[1:]):
+            return None
+        return int(np.prod(spec.shape[1:]))
+
     def space_name(self, space: str) -> str:
         """ONNX tensor explained in ``space``: ``'logit'`` (the input of a final Softmax, when there is one,
         else the output) or ``'output'`` (the output as the model returns it)."""

@@ -118,6 +118,7 @@ def lrp(
         set_recording(module, None)
     total = out_r.reshape(len(x), -1).sum(1).to(torch.float64)
     extras = {
+        "score": scores,
         "delta": total - scores if output_relevance == "score" else total - 1.0,
         "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
         "fallback_nodes": [a.onnx_name for a in assignments if a.fallback],

@@ -1,0 +1,115 @@
+"""LRP speed: onnx-explain vs one plain forward+backward and vs Zennit (issue: LRP, Performance).
+
+    python benchmarks/bench_lrp.py                       # ResNet-18, ResNet-50, VGG-16; 224x224; one image
+    python benchmarks/bench_lrp.py --arch resnet18 --repeats 5
+
+onnx-explain prepares the LRP graph once per model and settings (the first call, excluded like Zennit's
+import); every timed call is one forward and one modified backward. Zennit is timed as it is used: a
+``Gradient(model, composite)`` context (hooks and canonizers registered) per call, on the original model.
+Results go to ``benchmarks/results/lrp.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+LOW, HIGH = -2.5, 2.5
+
+
+def bench_arch(arch: str, repeats: int) -> list:
+    """Timings of every composite on one architecture."""
+    import torchvision
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonGammaBox, EpsilonPlus
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    import onnx_explain as oe
+
+    rows = []
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(LOW, HIGH)
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, f"{arch}.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    model = oe.load(path)
+    module = model.torch_module()
+    t = int(net(x).argmax())
+    onehot = torch.eye(1000)[[t]]
+    canon = ResNetCanonizer if arch.startswith("resnet") else VGGCanonizer
+    composites = {
+        "epsilon_plus": (lambda: EpsilonPlus(canonizers=[canon()]), {}),
+        "epsilon_gamma_box": (
+            lambda: EpsilonGammaBox(low=LOW, high=HIGH, canonizers=[canon()]),
+            {"low": LOW, "high": HIGH},
+        ),
+    }
+
+    def floor():
+        z = x.clone().requires_grad_(True)
+        torch.autograd.grad(module(z)[0, t], z)
+
+    for name, (zcomp, kw) in composites.items():
+
+        def ours(name=name, kw=kw):
+            oe.explain(model, x.numpy(), "lrp", target=t, composite=name, **kw)
+
+        def zen(zcomp=zcomp):
+            with Gradient(net, zcomp()) as attributor:
+                attributor(x, lambda out: out * onehot)
+
+        ours()  # builds the LRP graph once
+        zen()
+        times = {"floor": [], "ours": [], "zennit": []}
+        for _ in range(repeats):
+            for k, fn in (("floor", floor), ("ours", ours), ("zennit", zen)):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append((arch, name, med))
+        print(arch, name, med, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=["resnet18", "resnet50", "vgg16"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(HERE / "results" / "lrp.md"))
+    args = ap.parse_args()
+    rows = [r for arch in args.arch for r in bench_arch(arch, args.repeats)]
+    lines = [
+        "# LRP: onnx-explain vs a plain forward+backward and Zennit",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. One 224x224 image, random weights, median of",
+        f"{args.repeats} interleaved runs after a warm-up. Command: `python benchmarks/bench_lrp.py`",
+        "",
+        "| model | composite | forward+backward (s) | onnx-explain (s) | Zennit (s) | ours / fwd+bwd | ours / Zennit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arch, name, m in rows:
+        lines.append(f"| {arch} | {name} | {m['floor']:.3f} | {m['ours']:.3f} | {m['zennit']:.3f} | "
+                     f"{m['ours'] / m['floor']:.2f} | {m['ours'] / m['zennit']:.2f} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
