@@ -135,7 +135,9 @@ def explain(
 
     scorer = Scorer(module, batch_size)
     n_classes = model.n_classes(output) if isinstance(model, Model) else None
-    explicit = not (target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:"))))
+    explicit = not (
+        target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:")))
+    )
     if explicit and n_classes is not None:
         # a given class: no forward pass just for the targets (the method reports f_c where it can)
         scores = None
@@ -147,7 +149,11 @@ def explain(
     flat_t = targets.reshape(-1)
     with torch.no_grad():
         attribution, extras = spec.fn(scorer, rows, flat_t, generator, **opts)
-    if scores is None and isinstance(extras.get("score"), torch.Tensor) and extras["score"].shape == (len(xt),):
+    if (
+        scores is None
+        and isinstance(extras.get("score"), torch.Tensor)
+        and extras["score"].shape == (len(xt),)
+    ):
         score = extras["score"].to(xt.dtype)
     else:
         scores = scorer.scores(xt) if scores is None else scores

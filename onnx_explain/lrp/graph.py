@@ -76,14 +76,15 @@ class _LRPFunction(torch.autograd.Function):
     def forward(ctx, wrapper, kwargs, *args):
         ctx.wrapper = wrapper
         ctx.n = len(args)
-        ctx.save_for_backward(*args)
         with torch.no_grad():
-            return wrapper.module(*args, **kwargs)
+            out = wrapper.module(*args, **kwargs)
+        ctx.save_for_backward(*args, out)
+        return out
 
     @staticmethod
     def backward(ctx, relevance):
         w = ctx.wrapper
-        args = ctx.saved_tensors
+        *args, out = ctx.saved_tensors
         grads = [None] * ctx.n
         with torch.enable_grad():
             if w.rule == "pass":
@@ -92,7 +93,7 @@ class _LRPFunction(torch.autograd.Function):
                     relevance = relevance.sum_to_size(x.shape)
                 grads[w.dependent[0]] = relevance
             elif w.rule.uses_params:
-                grads[w.dependent[0]] = w.rule.relevance(w.module, [args[w.dependent[0]]], relevance)[0]
+                grads[w.dependent[0]] = w.rule.relevance(w.module, [args[w.dependent[0]]], relevance, out)[0]
             else:
                 layer = w.surrogate or w.module
                 rel = w.rule.relevance(layer, list(args), relevance)

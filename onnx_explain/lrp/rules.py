@@ -76,8 +76,20 @@ class Rule:
     uses_params: bool = True
     options: dict = field(default_factory=dict)
 
-    def relevance(self, module: torch.nn.Module, inputs: list[torch.Tensor], relevance: torch.Tensor) -> list:
-        """Relevance of each of ``inputs`` (tensors the layer reads) given its output relevance."""
+    def relevance(
+        self,
+        module: torch.nn.Module,
+        inputs: list[torch.Tensor],
+        relevance: torch.Tensor,
+        output: torch.Tensor | None = None,
+    ) -> list:
+        """Relevance of each of ``inputs`` (tensors the layer reads) given its output relevance.
+
+        ``output`` is the layer's forward output, when known: the unmodified pass (identity input, no
+        parameter change) then costs nothing. For Conv and Linear layers the transposed products are
+        computed directly (no autograd graph), and a pass whose input is all zero (x⁻ after a ReLU) and
+        whose bias is zeroed is skipped: it contributes exactly nothing.
+        """
         if not self.uses_params:  # Norm: proportional to each input's share of the output
             ins = [x.detach().requires_grad_(True) for x in inputs]
             out = module(*ins)
@@ -85,15 +97,54 @@ class Rule:
             grads = torch.autograd.grad(out, ins, grad_out, allow_unused=True)
             return [x * g if g is not None else None for x, g in zip(ins, grads, strict=True)]
         x = inputs[0]
-        ins, outs = [], []
+        vjp = _direct_vjp(module)
+        if vjp is None:  # any other layer type: plain autograd, as Zennit does
+            ins, outs = [], []
+            for in_mod, p_mod in zip(self.input_mods, self.param_mods, strict=True):
+                xi = in_mod(x).detach().requires_grad_(True)
+                ins.append(xi)
+                outs.append(functional_call(module, p_mod.params(module), (xi,)))
+            grad_outs = self.mapper(relevance, outs)
+            grads = torch.autograd.grad(outs, ins, grad_outs, allow_unused=True)
+            grads = [torch.zeros_like(i) if g is None else g for i, g in zip(ins, grads, strict=True)]
+            return [self.reducer(ins, grads)]
+        ins, outs, params, skip = [], [], [], []
         for in_mod, p_mod in zip(self.input_mods, self.param_mods, strict=True):
-            xi = in_mod(x).detach().requires_grad_(True)
+            xi = in_mod(x).detach()
+            p = p_mod.params(module)
+            zero = in_mod in (_pos, _neg) and (p_mod.zero_bias or "bias" not in p) and not bool(xi.any())
+            if zero:
+                out = None
+            elif in_mod is _ident and p_mod is NO_MOD and output is not None:
+                out = output
+            else:
+                out = functional_call(module, p, (xi,))
             ins.append(xi)
-            outs.append(functional_call(module, p_mod.params(module), (xi,)))
-        grad_outs = self.mapper(relevance, outs)
-        grads = torch.autograd.grad(outs, ins, grad_outs, allow_unused=True)
-        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(ins, grads, strict=True)]
+            outs.append(out)
+            params.append(p)
+            skip.append(zero)
+        zero_out = torch.zeros_like(relevance)
+        grad_outs = self.mapper(relevance, [zero_out if o is None else o for o in outs])
+        grads = []
+        for xi, p, g_out, zero in zip(ins, params, grad_outs, skip, strict=True):
+            grads.append(
+                torch.zeros_like(xi) if zero or not bool(g_out.any()) else vjp(xi, p["weight"], g_out)
+            )
         return [self.reducer(ins, grads)]
+
+
+def _direct_vjp(module: torch.nn.Module):
+    """``(x, weight, grad_out) -> Wᵀ grad_out`` for Conv1d/2d/3d (zero padding) and Linear, else None."""
+    import torch.nn.functional as F  # noqa: F401  (kept next to torch.nn.grad)
+
+    if isinstance(module, torch.nn.Linear):
+        return lambda x, w, g: g @ w
+    conv_input = {torch.nn.Conv1d: torch.nn.grad.conv1d_input, torch.nn.Conv2d: torch.nn.grad.conv2d_input,
+                  torch.nn.Conv3d: torch.nn.grad.conv3d_input}.get(type(module))  # fmt: skip
+    if conv_input is None or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    m = module
+    return lambda x, w, g: conv_input(x.shape, w, g, m.stride, m.padding, m.dilation, m.groups)
 
 
 def _ident(x):

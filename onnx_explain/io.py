@@ -1,0 +1,244 @@
+"""Inputs and outputs of the command line: image/array/CSV readers with preprocessing read from the
+model's input shape, item naming, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+ARRAY_SUFFIXES = {".npy", ".npz"}
+TABLE_SUFFIXES = {".csv"}
+
+
+@dataclass
+class Preprocess:
+    """How an image file becomes one model input.
+
+    Defaults come from the model's input shape (:meth:`from_model`): size, layout (NCHW or NHWC) and
+    channels (1: grayscale, 3: RGB). Pixels are scaled by ``scale`` (1/255) then normalised by ``mean``
+    and ``std`` per channel.
+    """
+
+    size: tuple[int, int] | None = None
+    layout: str = "NCHW"
+    channels: int = 3
+    color: str = "RGB"
+    resize: str = "resize"  # or 'center-crop': resize the shorter side, then crop
+    scale: float = 1 / 255
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    dtype: str = "float32"
+
+    @classmethod
+    def from_model(cls, spec, overrides: dict | None = None) -> Preprocess:
+        shape = list(spec.shape or [])
+        p = cls(dtype=spec.dtype or "float32")
+        if len(shape) == 4:
+            if isinstance(shape[1], int) and shape[1] in (1, 3, 4):
+                p.layout, p.channels = "NCHW", shape[1]
+                hw = shape[2:]
+            elif isinstance(shape[3], int) and shape[3] in (1, 3, 4):
+                p.layout, p.channels = "NHWC", shape[3]
+                hw = shape[1:3]
+            else:
+                hw = shape[2:]
+            if all(isinstance(d, int) for d in hw):
+                p.size = (int(hw[0]), int(hw[1]))
+        elif len(shape) == 3 and all(isinstance(d, int) for d in shape[1:]):  # (B, H, W) grayscale
+            p.layout, p.channels, p.size = "NHW", 1, (shape[1], shape[2])
+        for k, v in (overrides or {}).items():
+            if v is None:
+                continue
+            if not hasattr(p, k):
+                raise ValueError(f"unknown preprocessing key {k!r}")
+            setattr(p, k, tuple(v) if k == "size" else v)
+        return p
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def load_image(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(model input without batch axis, the resized RGB/gray uint8 image for display)."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("L" if self.channels == 1 else "RGB")
+        if self.size is not None:
+            h, w = self.size
+            if self.resize == "center-crop":
+                s = max(h / im.height, w / im.width)
+                im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.BILINEAR)
+                left, top = (im.width - w) // 2, (im.height - h) // 2
+                im = im.crop((left, top, left + w, top + h))
+            else:
+                im = im.resize((w, h), Image.BILINEAR)
+        pix = np.asarray(im)
+        arr = pix.astype(np.float64)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if self.color == "BGR" and arr.shape[-1] == 3:
+            arr = arr[..., ::-1]
+        arr = arr * self.scale
+        mean, std = np.asarray(self.mean, dtype=np.float64), np.asarray(self.std, dtype=np.float64)
+        arr = (arr - mean) / std
+        if self.layout == "NCHW":
+            arr = arr.transpose(2, 0, 1)
+        elif self.layout == "NHW":
+            arr = arr[..., 0]
+        return arr.astype(self.dtype), pix
+
+
+@dataclass
+class Item:
+    """One input of a batch run: its name, the model input (or None), display image and error."""
+
+    name: str
+    source: str
+    x: np.ndarray | None = None
+    image: np.ndarray | None = None
+    kind: str = "array"  # 'image', 'array', 'table'
+    error: str | None = None
+    columns: list[str] | None = None
+
+
+def _expand(paths) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(
+                q
+                for q in p.iterdir()
+                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES | TABLE_SUFFIXES
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
+    """Every item in ``paths`` (files and folders): images one item each, ``.npy``/``.npz`` arrays one
+    item per row (batch-first, already preprocessed), CSV one item per row. A file that cannot be read
+    becomes an item with ``error`` set; the others are unaffected."""
+    items: list[Item] = []
+    used: set[str] = set()
+
+    def name(base: str) -> str:
+        n, k = base, 1
+        while n in used:
+            k += 1
+            n = f"{base}_{k}"
+        used.add(n)
+        return n
+
+    for p in _expand(paths):
+        suffix = p.suffix.lower()
+        try:
+            if not p.exists():
+                raise FileNotFoundError("file not found")
+            if suffix in IMAGE_SUFFIXES:
+                if preprocess is None:
+                    raise ValueError("the model input is not an image")
+                x, img = preprocess.load_image(p)
+                items.append(Item(name(p.stem), str(p), x, img, "image"))
+            elif suffix in ARRAY_SUFFIXES:
+                data = np.load(p, allow_pickle=False)
+                arrays = (
+                    [(p.stem, data)] if suffix == ".npy" else [(f"{p.stem}_{k}", data[k]) for k in data.files]
+                )
+                for base, arr in arrays:
+                    arr = np.asarray(arr)
+                    rows = arr if arr.ndim == len(input_spec.shape or arr.shape) else arr[None]
+                    for i, row in enumerate(rows):
+                        items.append(
+                            Item(
+                                name(f"{base}_{i:03d}" if len(rows) > 1 else base), str(p), row, None, "array"
+                            )
+                        )
+            elif suffix in TABLE_SUFFIXES:
+                for i, (cols, row) in enumerate(_read_csv(p)):
+                    items.append(Item(name(f"{p.stem}_row{i:04d}"), str(p), row, None, "table", columns=cols))
+            else:
+                raise ValueError(f"unsupported file type {suffix or '(none)'}")
+        except Exception as exc:  # noqa: BLE001 - one unreadable input is reported, the rest go on
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            items.append(Item(name(p.stem or "input"), str(p), error=f"{p}: {msg}"))
+    return items
+
+
+def _read_csv(path: Path):
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return []
+    header = rows[0]
+    try:
+        [float(v) for v in header]
+        cols, data = [f"x{i}" for i in range(len(header))], rows
+    except ValueError:
+        cols, data = header, rows[1:]
+    return [(cols, np.asarray([float(v) for v in r], dtype=np.float32)) for r in data if r]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: a killed
+    run leaves either the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_npz(path: Path, **arrays) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line (flushed and fsynced: a line is complete or absent)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Last record of every item in a manifest (a torn last line is ignored)."""
+    out: dict[str, dict] = {}
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[rec.get("item")] = rec
+    return out
+
+
+def _json_default(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    return str(v)
