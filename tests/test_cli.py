@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -40,15 +41,21 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
-def test_readme_main_job_command():
+def test_readme_main_job_command(tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## Quickstart\s+```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
     assert len(block) == 2, "the quickstart holds exactly two commands"
     main_job = block[0].split("&&", 1)[1].strip()
-    assert main_job == "onnx-explain info models/digits.onnx"
-    out = subprocess.run(main_job.split(), capture_output=True, text=True, cwd=ROOT)
+    assert main_job == "onnx-explain demo"
+    out = subprocess.run(main_job.split(), capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "-> OK" in out.stdout
+    report = json.loads((tmp_path / "onnx-explain-demo" / "report.json").read_text())
+    assert set(report["methods"]) == {"gradient", "smoothgrad", "integrated_gradients", "lrp"}
+    for method, scores in report["methods"].items():
+        assert set(scores) == {"pixel_flipping", "deletion", "insertion", "total_variation"}
+        assert all(np.isfinite(v["mean"]) for v in scores.values()), method
+        assert len(list((tmp_path / "onnx-explain-demo" / method).glob("*.npz"))) == 8
+    assert "heatmaps, curves and report -> onnx-explain-demo/" in out.stdout
 
 
 def test_info_text():
@@ -107,3 +114,152 @@ def test_missing_model_and_unconvertible_node(tmp_path):
     assert res.exit_code == 2
     assert res.output.strip().endswith("error: " + f"{p}: node 'd' (Det) has no torch converter at opset 20 "
                                        "(onnx-explain: see onnx_explain/convert/ops to add one)")  # fmt: skip
+
+
+SAMPLES = ROOT / "models" / "samples"
+
+
+def test_explain_writes_npz_heatmaps_and_manifest_equal_to_the_library(tmp_path):
+    from PIL import Image
+
+    import onnx_explain as oe
+
+    out = tmp_path / "sg"
+    res = run("explain", DIGITS, SAMPLES / "digit_0_label8.png", SAMPLES / "digit_1_label6.png", "--method", "smoothgrad",
+              "--samples", "6", "--sigma", "0.2", "--seed", "3", "--out", out, "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"2 explained, 0 skipped, 0 failed -> {out}"
+    model = oe.load(DIGITS)
+    for name in ("digit_0_label8", "digit_1_label6"):
+        with np.load(out / f"{name}.npz") as z:
+            assert set(z.files) >= {"attribution", "target", "score", "input", "method", "options"}
+            assert z["attribution"].shape == (1, 32, 32) and z["attribution"].dtype == np.float32
+            assert str(z["method"]) == "smoothgrad"
+            assert json.loads(str(z["options"]))["n_samples"] == 6
+            lib = oe.explain(model, z["input"][None], "smoothgrad", n_samples=6, sigma=0.2, seed=3)
+            np.testing.assert_array_equal(z["attribution"], lib.attribution[0])
+            assert int(z["target"]) == int(lib.target[0])
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size == (32, 32)  # the heatmap has the input's size
+        assert (out / f"{name}_panel.png").stat().st_size > 0
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["item"] for r in lines] == ["digit_0_label8", "digit_1_label6"]
+    assert all(r["status"] == "ok" and r["npz"] == f"{r['item']}.npz" for r in lines)
+    assert [r["target"] for r in lines] == [8, 6]
+
+
+def test_explain_resume_skips_finished_items(tmp_path):
+    out = tmp_path / "g"
+    assert run("explain", DIGITS, SAMPLES / "digits.npy", "-m", "gradient", "--out", out, "-q").exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
+    assert len(before) == 8
+    res = run("explain", DIGITS, SAMPLES / "digits.npy", "-m", "gradient", "--out", out, "-q", "--resume")
+    assert res.output.strip() == f"0 explained, 8 skipped, 0 failed -> {out}"
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")} == before
+
+
+def test_a_corrupt_input_is_reported_and_the_others_finish(tmp_path):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in list(SAMPLES.glob("digit_*.png"))[:3]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "o"
+    res = run("explain", DIGITS, folder, "-m", "gradient_x_input", "--out", out, "-q")
+    assert res.exit_code == 1
+    assert "3 explained, 0 skipped, 1 failed" in res.output
+    assert f"error: {folder / 'broken.png'}:" in res.output
+    records = {
+        json.loads(line)["item"]: json.loads(line)
+        for line in (out / "manifest.jsonl").read_text().splitlines()
+    }
+    assert records["broken"]["status"] == "error"
+    assert sum(r["status"] == "ok" for r in records.values()) == 3
+    assert len(list(out.glob("*.npz"))) == 3 and not list(out.glob("*.tmp"))
+
+
+def test_explain_bad_model_leaves_nothing_on_disk(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"junk" * 10)
+    out = tmp_path / "never"
+    res = run("explain", bad, SAMPLES / "digits.npy", "--out", out)
+    assert res.exit_code == 2
+    assert res.output.strip().startswith(f"error: {bad}: not an ONNX")
+    assert not out.exists()
+
+
+def test_explain_flags_must_fit_the_method(tmp_path):
+    res = run(
+        "explain", DIGITS, SAMPLES / "digits.npy", "-m", "gradient", "--sigma", "0.3", "--out", tmp_path / "x"
+    )
+    assert res.exit_code == 2
+    assert "--sigma does not apply to method 'gradient'" in res.output
+
+
+def test_explain_lrp_rules_from_the_command_line(tmp_path):
+    out = tmp_path / "lrp"
+    res = run("explain", DIGITS, SAMPLES / "digits.npy", "-m", "lrp", "--composite", "epsilon_gamma_box", "--low", "0",
+              "--high", "1", "--rule", "Gemm=epsilon:0.01", "--out", out, "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    import onnx_explain as oe
+
+    with np.load(out / "digits_000.npz") as z:
+        lib = oe.explain(oe.load(DIGITS), z["input"][None], "lrp", composite="epsilon_gamma_box", low=0.0, high=1.0,
+                         rules={"Gemm": "epsilon:0.01"})  # fmt: skip
+        # the command batches deterministic methods over items: equal up to float32 summation order
+        np.testing.assert_allclose(
+            z["attribution"], lib.attribution[0], rtol=1e-4, atol=1e-6 * np.abs(lib.attribution).max()
+        )
+
+
+def test_evaluate_writes_the_library_scores(tmp_path):
+    import onnx_explain as oe
+
+    att = tmp_path / "ig"
+    assert (
+        run(
+            "explain",
+            DIGITS,
+            SAMPLES / "digits.npy",
+            "-m",
+            "integrated_gradients",
+            "--steps",
+            "8",
+            "--out",
+            att,
+            "-q",
+        ).exit_code
+        == 0
+    )
+    report = tmp_path / "r.json"
+    res = run("evaluate", DIGITS, "-a", att, "--metric", "pixel_flipping", "--metric", "deletion", "--out", report,
+              "--plots", tmp_path / "plots", "--option", "n_steps=16")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads(report.read_text())
+    assert list(d["metrics"]) == ["pixel_flipping", "deletion"]
+    x = np.stack([np.load(att / f"digits_{i:03d}.npz")["input"] for i in range(8)])
+    a = np.stack([np.load(att / f"digits_{i:03d}.npz")["attribution"] for i in range(8)])
+    t = np.array([int(np.load(att / f"digits_{i:03d}.npz")["target"]) for i in range(8)])
+    lib = oe.evaluate(oe.load(DIGITS), x, a, "deletion", target=t, n_steps=16)
+    np.testing.assert_allclose(
+        [d["metrics"]["deletion"]["per_item"][f"digits_{i:03d}"] for i in range(8)], lib["scores"]
+    )
+    assert d["metrics"]["deletion"]["higher_is_better"] is False
+    assert (tmp_path / "plots" / "pixel_flipping.png").exists() and (
+        tmp_path / "plots" / "deletion.png"
+    ).exists()
+    csv = tmp_path / "r.csv"
+    assert run("evaluate", DIGITS, "-a", att, "--metric", "deletion", "--out", csv).exit_code == 0
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "item,metric,score" and len(rows) == 9
+
+
+def test_evaluate_missing_folder(tmp_path):
+    res = run("evaluate", DIGITS, "-a", tmp_path / "nope", "--metric", "deletion")
+    assert res.exit_code == 2
+    assert (
+        res.output.strip()
+        == f"error: {tmp_path / 'nope'}: no such folder (the --out of 'onnx-explain explain')"
+    )

@@ -14,12 +14,11 @@ from .. import __version__
 
 #: command name -> (module, function, one-line help shown by ``--help`` without importing the module)
 COMMANDS = {
-    "info": (
-        "onnx_explain.cli.info",
-        "info",
-        "Describe a model: inputs, outputs, ops, conversion and parity.",
-    ),
-}
+    "info": ("onnx_explain.cli.info", "info", "Describe a model: inputs, outputs, ops, conversion and parity."),
+    "explain": ("onnx_explain.cli.explain", "explain", "Explain images, arrays or CSV rows; write attributions and heatmaps."),
+    "evaluate": ("onnx_explain.cli.evaluate", "evaluate", "Score attributions with perturbation and robustness metrics."),
+    "demo": ("onnx_explain.cli.demo", "demo", "Explain and evaluate the bundled model on the bundled samples."),
+}  # fmt: skip
 
 
 class LazyGroup(click.Group):
@@ -46,8 +45,11 @@ def main():
     """Explain ONNX models: gradients and LRP on a converted torch graph, masking metrics on onnxruntime.
 
     \b
-    Example:
+    Examples:
+      onnx-explain demo
       onnx-explain info models/digits.onnx
+      onnx-explain explain models/digits.onnx models/samples -m lrp --out out/lrp
+      onnx-explain evaluate models/digits.onnx -a out/lrp --metric pixel_flipping --out out/lrp.json
     """
 
 

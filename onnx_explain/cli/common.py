@@ -45,3 +45,39 @@ def model_options(fn):
         fn
     )
     return fn
+
+
+def target_option(fn):
+    """--target predicted|INDEX|top:K."""
+    return click.option("--target", "-t", default="predicted", show_default=True,
+                        help="Class to explain: predicted, an index, or top:K.")(fn)  # fmt: skip
+
+
+def parse_options(pairs) -> dict:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, lists, true/false), else text."""
+    import json
+
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--option takes KEY=VALUE, not {p!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def resolve_device(device: str) -> tuple[str, str]:
+    """(torch device, onnxruntime device) for ``--device``."""
+    if device == "cpu":
+        return "cpu", "cpu"
+    import torch
+
+    has = torch.cuda.is_available()
+    if device == "cuda" and not has:
+        from ..errors import DeviceError
+
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
+    return ("cuda", device) if has else ("cpu", "cpu")

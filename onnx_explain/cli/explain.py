@@ -1,0 +1,177 @@
+"""``onnx-explain explain MODEL INPUTS... --method NAME --out DIR``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import click
+
+from ..methods.base import METHODS
+from .common import fail, handle_errors, model_options, parse_options, resolve_device, target_option
+
+# flag -> the method parameters it may set (the first one the method has)
+FLAG_PARAMS = {
+    "samples": ("n_samples", "n_roots"),
+    "sigma": ("sigma",),
+    "noise": ("noise",),
+    "reduce": ("reduce",),
+    "base": ("base",),
+    "steps": ("n_steps",),
+    "quadrature": ("quadrature_method",),
+    "baseline": ("baseline",),
+    "composite": ("composite",),
+    "low": ("low",),
+    "high": ("high",),
+    "fallback": ("fallback",),
+}
+
+
+def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
+    """The method's options from the command's flags; a flag the method does not take is an error."""
+    fn = METHODS[method].fn
+    params = set(inspect.signature(fn).parameters)
+    if method == "smoothgrad":  # the smoothing wrapper forwards its base method's options
+        params |= set(inspect.signature(METHODS[flags.get("base") or "gradient"].fn).parameters)
+    opts = {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        target = next((p for p in FLAG_PARAMS[flag] if p in params), None)
+        if target is None:
+            raise click.UsageError(f"--{flag} does not apply to method {method!r}")
+        opts[target] = value
+    if rules:
+        if "rules" not in params:
+            raise click.UsageError(f"--rule does not apply to method {method!r}")
+        parsed = {}
+        for r in rules:
+            key, sep, rule = r.partition("=")
+            if not sep or not key or not rule:
+                raise click.UsageError(f"--rule takes OP_OR_NODE=RULE[:ARGS], not {r!r}")
+            parsed[key] = rule
+        opts["rules"] = parsed
+    opts.update(extra)
+    return opts
+
+
+@click.command("explain")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--method", "-m", type=click.Choice(sorted(METHODS)), default="smoothgrad", show_default=True)
+@click.option(
+    "--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder."
+)
+@target_option
+@click.option("--samples", type=int, help="Noisy samples (SmoothGrad) or roots (SmoothTaylor).")
+@click.option(
+    "--sigma", type=float, help="Noise level (relative to each input's range unless --noise absolute)."
+)
+@click.option("--noise", type=click.Choice(["relative", "absolute"]), help="How --sigma is read.")
+@click.option(
+    "--reduce", type=click.Choice(["mean", "mean_sq", "var"]), help="SmoothGrad, SmoothGrad² or VarGrad."
+)
+@click.option(
+    "--base", type=click.Choice(sorted(METHODS)), help="Method smoothed by smoothgrad (default gradient)."
+)
+@click.option("--steps", type=int, help="Integration steps (integrated_gradients).")
+@click.option(
+    "--quadrature",
+    type=click.Choice(
+        ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid", "captum_trapezoid"]
+    ),
+)
+@click.option("--baseline", help="IG baseline: zero, uniform, blur or a number.")
+@click.option("--composite", help="LRP composite (epsilon_plus, epsilon_gamma_box, epsilon_plus_flat, ...).")
+@click.option(
+    "--rule", "rules", multiple=True, metavar="OP_OR_NODE=RULE[:ARGS]", help="LRP rule override, repeatable."
+)
+@click.option("--low", type=float, help="Lowest input value (z^B rule).")
+@click.option("--high", type=float, help="Highest input value (z^B rule).")
+@click.option(
+    "--fallback", type=click.Choice(["gradient"]), help="LRP: let the gradient through nodes without a rule."
+)
+@click.option(
+    "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option (JSON value)."
+)
+@click.option("--output", "space", type=click.Choice(["logit", "output"]), default="logit", show_default=True,
+              help="Explain the logits before a final softmax, or the output as is.")  # fmt: skip
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward/backward pass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--preprocess",
+    "preprocess_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON preprocessing spec.",
+)
+@click.option("--size", help="Image size HxW (default: the model's input).")
+@click.option("--mean", help="Per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
+@click.option("--bgr", is_flag=True, help="Feed channels in BGR order.")
+@click.option("--crop", is_flag=True, help="Resize the shorter side, then center-crop.")
+@click.option("--sign", type=click.Choice(["signed", "abs"]), help="Heatmap of signed or absolute values.")
+@click.option(
+    "--aggregate",
+    type=click.Choice(["sum", "sum_abs", "mean_abs", "max_abs", "l2"]),
+    default="sum",
+    show_default=True,
+)
+@click.option(
+    "--percentile", type=float, default=99.0, show_default=True, help="Cap the heatmap at this percentile."
+)
+@click.option("--times-input", is_flag=True, help="Multiply the map by the input before drawing.")
+@click.option("--overlay", is_flag=True, help="Draw the heatmap over the input instead of beside it.")
+@click.option("--resume", is_flag=True, help="Skip items already finished in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@model_options
+@handle_errors
+def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
+            preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, resume, quiet,
+            as_json, **flags):  # fmt: skip
+    """Explain every input (image files or folders, .npy/.npz arrays, CSV rows) with a method; write per item
+    an .npz (attribution, target, score, input, options), heatmap PNGs and a manifest.jsonl line.
+
+    \b
+    Examples:
+      onnx-explain explain models/digits.onnx models/samples --method smoothgrad --samples 50 --out out/sg
+      onnx-explain explain resnet.onnx photos/ --method lrp --composite epsilon_gamma_box --low -2.2 --high 2.7 \\
+          --rule Conv=gamma:0.25 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out out/lrp
+    """
+    from ..batch import explain_files
+    from ..model import load
+
+    opts = method_options(method, flags, rules, parse_options(extra))
+    pre = {}
+    if preprocess_file:
+        pre.update(json.loads(open(preprocess_file).read()))
+    if size:
+        try:
+            pre["size"] = tuple(int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise click.UsageError(f"--size takes HxW, not {size!r}") from None
+    for key, val in (("mean", mean), ("std", std)):
+        if val:
+            pre[key] = [float(v) for v in val.split(",")]
+    if bgr:
+        pre["color"] = "BGR"
+    if crop:
+        pre["resize"] = "center-crop"
+    torch_device, ort_device = resolve_device(device)
+    m = load(model, input=input_name, output=output_name, device=ort_device)
+    m.torch_module(device=torch_device)  # conversion and parity first: a bad model leaves nothing on disk
+    heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
+    if sign:
+        heat["sign"] = sign
+    summary = explain_files(m, inputs, out_dir, method, target, output=space, batch_size=batch_size, device=torch_device,
+                            seed=seed, resume=resume, preprocess=pre, heatmap=heat, quiet=quiet, **opts)  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"{summary['ok']} explained, {summary['skipped']} skipped, {summary['failed']} failed -> {out_dir}"
+        )
+    for f in summary["failures"]:
+        click.echo(f"error: {f}", err=True)
+    if summary["failed"]:
+        fail(f"{summary['failed']} item(s) failed", 1)
