@@ -263,3 +263,164 @@ def test_evaluate_missing_folder(tmp_path):
         res.output.strip()
         == f"error: {tmp_path / 'nope'}: no such folder (the --out of 'onnx-explain explain')"
     )
+
+
+NET_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+
+def broken():
+    return 42
+"""
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_export_a_factory_and_verify(tmp_path, exporter, dynamic):
+    import onnx_explain as oe
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    out = tmp_path / "net.onnx"
+    flag = "--dynamic-batch" if dynamic else "--no-dynamic-batch"
+    res = run(
+        "export",
+        f"{tmp_path / 'net.py'}:build",
+        "--input-shape",
+        "1,1,8,8",
+        "--exporter",
+        exporter,
+        flag,
+        "--out",
+        out,
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["max_abs_ort_vs_source"] < 1e-5 and report["parity"]["passed"]
+    m = oe.load(out)
+    assert isinstance(m.input.shape[0], str) == dynamic
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("net", tmp_path / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    import torch
+
+    np.testing.assert_allclose(
+        m.predict(x), mod.build()(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_export_torchscript_and_errors(tmp_path):
+    import torch
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("net", tmp_path / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.jit.script(mod.build()).save(str(tmp_path / "net.pt"))
+    assert (
+        run(
+            "export",
+            tmp_path / "net.pt",
+            "--input-shape",
+            "1,1,8,8",
+            "--exporter",
+            "legacy",
+            "--out",
+            tmp_path / "ts.onnx",
+        ).exit_code
+        == 0
+    )
+    res = run(
+        "export", f"{tmp_path / 'net.py'}:broken", "--input-shape", "1,1,8,8", "--out", tmp_path / "b.onnx"
+    )
+    assert res.exit_code == 2 and "returned int, not a torch.nn.Module" in res.output
+    assert not (tmp_path / "b.onnx").exists()
+    res = run("export", f"{tmp_path / 'net.py'}:build", "--out", tmp_path / "c.onnx")
+    assert res.exit_code == 2 and "--input-shape is needed" in res.output
+
+
+def test_export_sklearn_pickle_without_zipmap(tmp_path):
+    import pickle
+
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import onnx_explain as oe
+
+    x, y = load_iris(return_X_y=True)
+    est = LogisticRegression(max_iter=500).fit(x, y)
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(est))
+    res = run("export", tmp_path / "clf.pkl", "--out", tmp_path / "clf.onnx")
+    assert res.exit_code == 0, res.output
+    m = oe.load(tmp_path / "clf.onnx")
+    assert all(o.kind == "tensor" for o in m.outputs)  # probabilities as a tensor, no ZipMap
+    np.testing.assert_allclose(
+        m.predict(x[:5].astype(np.float32)), est.predict_proba(x[:5]), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_export_keras_without_tensorflow_says_so(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("tensorflow is installed here: the missing-extra message cannot be shown")
+    (tmp_path / "m.keras").write_bytes(b"x")
+    res = run("export", tmp_path / "m.keras", "--out", tmp_path / "k.onnx")
+    assert res.exit_code == 2
+    assert (
+        res.output.strip()
+        == "error: exporting Keras models needs tensorflow and tf2onnx: pip install tensorflow tf2onnx"
+    )
+
+
+def test_audit_report(tmp_path):
+    import hashlib
+
+    out = tmp_path / "audit"
+    res = run("audit", DIGITS, SAMPLES / "digits.npy", "--out", out, "--method", "gradient", "--method", "lrp",
+              "--metric", "deletion", "--metric", "pixel_flipping")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads((out / "report.json").read_text())
+    assert d["sha256"] == hashlib.sha256(DIGITS.read_bytes()).hexdigest()
+    assert d["conversion"]["parity"]["passed"] is True
+    assert d["lrp_coverage"]["ok"] is True
+    assert set(d["scores"]) == {"deletion", "pixel_flipping"}
+    assert set(d["scores"]["deletion"]) == {"gradient", "lrp"}
+    assert len(d["scores"]["deletion"]["lrp"]["per_item"]) == 8
+    page = (out / "report.html").read_text()
+    assert d["sha256"] in page and page.count("data:image/png;base64,") >= 4  # 2 heatmap panels + 2 curves
+
+
+def test_audit_reports_missing_lrp_coverage_and_goes_on(tmp_path):
+    import torch
+    from conftest import export as export_model
+    from torch import nn
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) * torch.sigmoid(self.fc(x))
+
+    torch.manual_seed(0)
+    path = export_model(Gated().eval(), torch.randn(2, 4), tmp_path / "g.onnx", "legacy")
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
+    res = run("audit", path, tmp_path / "rows.npy", "--out", tmp_path / "a", "--metric", "faithfulness_correlation",
+              "--preprocess-option", "size=null")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert d["lrp_coverage"]["ok"] is False and "(Mul)" in d["lrp_coverage"]["error"]
+    assert set(d["scores"]["faithfulness_correlation"]) == {"gradient", "smoothgrad", "integrated_gradients"}

@@ -17,6 +17,8 @@ COMMANDS = {
     "info": ("onnx_explain.cli.info", "info", "Describe a model: inputs, outputs, ops, conversion and parity."),
     "explain": ("onnx_explain.cli.explain", "explain", "Explain images, arrays or CSV rows; write attributions and heatmaps."),
     "evaluate": ("onnx_explain.cli.evaluate", "evaluate", "Score attributions with perturbation and robustness metrics."),
+    "audit": ("onnx_explain.cli.audit", "audit", "Deployment audit: parity, LRP coverage, methods x metrics, HTML report."),
+    "export": ("onnx_explain.cli.export", "export", "Export a PyTorch, Keras or scikit-learn model to ONNX and verify it."),
     "demo": ("onnx_explain.cli.demo", "demo", "Explain and evaluate the bundled model on the bundled samples."),
 }  # fmt: skip
 

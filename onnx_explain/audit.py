@@ -1,0 +1,220 @@
+"""The deployment-time audit: conversion parity, LRP coverage, several methods × several metrics on the
+given inputs, written as a self-contained HTML report (images embedded) and JSON."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .io import Preprocess, atomic_write_bytes, read_items
+
+DEFAULT_METHODS = {
+    "gradient": {},
+    "smoothgrad": {"n_samples": 20},
+    "integrated_gradients": {"n_steps": 16},
+    "lrp": {"composite": "epsilon_plus"},
+}
+IMAGE_METRICS = ("pixel_flipping", "deletion", "insertion", "faithfulness_correlation")
+TABLE_METRICS = ("faithfulness_correlation", "sensitivity_n", "infidelity")
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _png(fig_fn) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = fig_fn(plt)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None, batch_size: int = 64, seed: int = 0,
+              preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4) -> dict:  # fmt: skip
+    """Audit ``model`` on ``inputs``; write ``report.html`` and ``report.json`` into ``out_dir``."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from . import __version__
+    from .evaluation import evaluate
+    from .explainer import explain
+    from .lrp.graph import LRPCoverageError
+    from .methods.lrp import lrp_graph
+    from .viz import heat_map
+
+    t0 = time.perf_counter()
+    methods = dict(DEFAULT_METHODS if methods is None else methods)
+    desc = model.describe()
+    report: dict = {
+        "model": desc,
+        "sha256": _sha256(model.path) if model.path else None,
+        "versions": {
+            "onnx-explain": __version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "settings": {"methods": methods, "batch_size": batch_size, "seed": seed},
+    }
+    module = model.torch_module()
+    report["conversion"] = {"batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
+    prep = Preprocess.from_model(model.input, preprocess)
+    items = read_items(inputs, prep, model.input)
+    good, failures = [], []
+    for it in items:
+        if it.error:
+            failures.append(it.error)
+            continue
+        try:
+            it.x = model.validate_input(np.asarray(it.x)[None])[0]
+            good.append(it)
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"{it.source}: {exc}")
+    good = good[:max_items]
+    report["inputs"] = {"used": [it.name for it in good], "failed": failures}
+    if not good:
+        raise ValueError("no input could be read: nothing to audit")
+    x = np.stack([it.x for it in good])
+    try:
+        _, assignments = lrp_graph(module, torch.from_numpy(x[:2]), "epsilon_plus", {}, {}, None, "gradient")
+        report["lrp_coverage"] = {
+            "ok": True,
+            "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
+        }
+    except LRPCoverageError as exc:
+        report["lrp_coverage"] = {"ok": False, "error": str(exc)}
+        methods.pop("lrp", None)
+    image_like = x.ndim == 4 or (x.ndim == 3 and prep.layout == "NHW")
+    metrics = list(metrics or (IMAGE_METRICS if image_like else TABLE_METRICS))
+    report["settings"]["metrics"] = metrics
+    attributions, scores, curves, errors = {}, {}, {}, {}
+    for name, opts in methods.items():
+        try:
+            e = explain(model, x, name, batch_size=batch_size, seed=seed, **opts)
+        except Exception as exc:  # noqa: BLE001 - one failing method is reported, the audit goes on
+            errors[name] = str(exc).splitlines()[0]
+            continue
+        attributions[name] = e
+        for metric in metrics:
+            try:
+                r = evaluate(
+                    model, x, e.attribution, metric, target=e.target, batch_size=batch_size, seed=seed
+                )
+            except Exception as exc:  # noqa: BLE001
+                errors[f"{name}/{metric}"] = str(exc).splitlines()[0]
+                continue
+            scores.setdefault(metric, {})[name] = {"mean": r["mean"], "per_item": list(map(float, r["scores"])),
+                                                   "higher_is_better": r["higher_is_better"]}  # fmt: skip
+            if "curve" in r:
+                curves.setdefault(metric, {})[name] = r["curve"].mean(0)
+    report["scores"] = scores
+    report["errors"] = errors
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
+    figures = {}
+    if image_like:
+        for name, e in attributions.items():
+            figures[f"heatmaps_{name}"] = _png(
+                lambda plt, e=e: _heat_fig(plt, x, e, prep.layout, thumbnails, heat_map)
+            )
+    for metric, cs in curves.items():
+        figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
+    atomic_write_bytes(out_dir / "report.html", _html(report, figures).encode())
+    return report
+
+
+def _heat_fig(plt, x, e, layout, k, heat_map):
+    n = min(k, len(x))
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
+    for i in range(n):
+        xi = x[i]
+        img = xi.transpose(1, 2, 0) if layout == "NCHW" and xi.ndim == 3 else xi
+        img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+        span = img.max() - img.min()
+        axes[0, i].imshow((img - img.min()) / (span if span else 1), cmap="gray" if img.ndim == 2 else None)
+        axes[0, i].set_title(f"class {e.target[i]}", fontsize=8)
+        sign = "abs" if e.method in ("gradient", "smoothgrad") else "signed"
+        h = heat_map(e.attribution[i], layout if layout != "NHW" else "NCHW", "sum", sign)
+        axes[1, i].imshow(
+            h, cmap="bwr" if sign == "signed" else "inferno", vmin=-1 if sign == "signed" else 0, vmax=1
+        )
+        for a in axes[:, i]:
+            a.axis("off")
+    fig.suptitle(e.method)
+    return fig
+
+
+def _curve_fig(plt, curves, metric):
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, c in curves.items():
+        ax.plot(np.linspace(0, 1, len(c)), c, label=name)
+    ax.set_title(metric)
+    ax.set_xlabel("fraction perturbed")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _html(report: dict, figures: dict) -> str:
+    e = html.escape
+    m = report["model"]
+    conv = report["conversion"]["parity"]
+    rows = []
+    metrics = list(report["scores"])
+    methods = sorted({k for v in report["scores"].values() for k in v})
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            s = report["scores"][metric].get(method)
+            cells.append(f"<td>{s['mean']:.4g}</td>" if s else "<td>—</td>")
+        rows.append(f"<tr><th>{e(method)}</th>{''.join(cells)}</tr>")
+    arrows = "".join(
+        f"<th>{e(k)}<br><small>{'higher' if next(iter(report['scores'][k].values()))['higher_is_better'] else 'lower'} is better</small></th>"
+        for k in metrics
+    )
+    cov = report["lrp_coverage"]
+    cov_html = (f"<p class=ok>every node that carries relevance has a rule ({len(cov['rules'])} nodes)</p>" if cov["ok"]
+                else f"<p class=bad>{e(cov['error'])}</p>")  # fmt: skip
+    imgs = "".join(
+        f"<figure><img src='data:image/png;base64,{v}'><figcaption>{e(k)}</figcaption></figure>"
+        for k, v in figures.items()
+    )
+    errs = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in report["errors"].items()) + "".join(
+        f"<li>{e(f)}</li>" for f in report["inputs"]["failed"]
+    )
+    ops = ", ".join(f"{e(k)} {v}" for k, v in m["ops"].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>onnx-explain audit: {e(m["path"])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+.ok{{color:#070}}.bad{{color:#a00}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}}code{{background:#f4f4f4}}</style></head><body>
+<h1>onnx-explain audit</h1>
+<p><b>model</b> <code>{e(m["path"])}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
+<b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
+<p><b>ops</b> {ops}</p>
+<h2>Conversion</h2><p class=ok>torch graph matches onnxruntime: max |diff| {conv["max_abs"]:.3g} (relative {conv["max_rel"]:.3g}) on a {e(conv["probe"])} batch of {conv["batch"]}; batch mode {e(report["conversion"]["batch_mode"])}</p>
+<h2>LRP coverage</h2>{cov_html}
+<h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
+<table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>
+<h2>Figures</h2>{imgs}
+<h2>Problems</h2><ul>{errs or "<li>none</li>"}</ul>
+<h2>Settings</h2><pre>{e(json.dumps(report["settings"], indent=1))}</pre><pre>{e(json.dumps(report["versions"], indent=1))}</pre>
+<p>{report["seconds"]} s</p></body></html>"""
