@@ -376,3 +376,27 @@ def aupc(
         "aupc": np.array([integrate(s, simpson_mode) for s in scores]),
         "windows": windows,
     }
+
+
+@register_metric("localisation", "relevance mass inside the ground-truth mask, and the pointing game",
+                 score="mass", higher_is_better=True)  # fmt: skip
+def localisation(predictor, x, a, target, rng, masks=None, agg: str = "sum", positive: bool = True):
+    """Localisation against ground-truth masks ``(B, H, W)`` (e.g. the bundled ``shapes`` data).
+
+    ``mass``: the share of the (positive, by default) channel-aggregated relevance that falls inside the
+    mask (Kohlbrenner et al.'s relevance mass accuracy); ``pointing``: 1 when the map's maximum lies inside
+    the mask. Needs no model.
+    """
+    if masks is None:
+        raise ValueError("localisation needs masks= (B, H, W) of booleans")
+    masks = np.asarray(masks, dtype=bool)
+    h = channel_map(a, x.shape, agg) if x.ndim == 4 else np.asarray(a, dtype=np.float64)
+    if h.shape != masks.shape:
+        raise ValueError(f"masks of shape {masks.shape} do not fit maps of shape {h.shape}")
+    r = np.clip(h, 0, None) if positive else np.abs(h)
+    total = r.reshape(len(r), -1).sum(1)
+    inside = (r * masks).reshape(len(r), -1).sum(1)
+    mass = np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan)
+    flat = h.reshape(len(h), -1)
+    pointing = masks.reshape(len(masks), -1)[np.arange(len(h)), flat.argmax(1)].astype(float)
+    return {"mass": mass, "pointing": pointing, "mask_fraction": masks.reshape(len(masks), -1).mean(1)}
