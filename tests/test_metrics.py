@@ -378,3 +378,65 @@ def test_aupc_matches_the_smoothtaylor_code():
         np.testing.assert_allclose(r["curve"][b], curve, rtol=1e-10)
         assert r["scores"][b] == pytest.approx(area, rel=1e-10)
     assert not r["higher_is_better"]
+
+
+def _park_notebook(x, explain, ratios):
+    """The reference notebook's cell (kendall_cosine.ipynb), transcribed: channel-0 masking of the top
+    int(H·W·ratio) pixels of mean_c |A|, in place (cumulative), the mask from the previous output."""
+    from scipy.spatial.distance import cosine as cos_dist
+    from scipy.stats import kendalltau
+
+    x = x.copy()
+    C, H, W = x.shape
+    a0 = explain(x)
+    output = a0
+    taus, coss = [], []
+    for ratio in ratios:
+        filt = np.abs(output).mean(0).reshape(-1)
+        idx = np.argsort(-filt, kind="stable")[: int(H * W * ratio)]
+        x.reshape(C, -1)[0, idx] = 0
+        output = explain(x)
+        a, b = a0.reshape(-1), output.reshape(-1)
+        taus.append(kendalltau(a, b, variant="c").statistic)
+        coss.append(1 - cos_dist(a / np.linalg.norm(a), b / np.linalg.norm(b)))
+    return np.array(taus), np.array(coss)
+
+
+def test_rank_consistency_park_compat_equals_the_notebook():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 6))
+    w = rng.standard_normal((3, 6, 6))
+
+    def one(z):
+        return z * w + 0.3 * z**2
+
+    def explainer(z, t, seed):
+        return np.stack([one(v) for v in z])
+
+    ratios = (0.1, 0.3, 0.5, 0.7)
+    r = oe.evaluate(None, x, None, "rank_consistency", target=0, explainer=explainer, ratios=ratios, variant="c",
+                    park_channel0_only=True, park_cumulative_inplace=True, park_mask_from_previous=True)  # fmt: skip
+    for b in range(2):
+        taus, coss = _park_notebook(x[b], one, ratios)
+        np.testing.assert_allclose(r["kendall"][b], taus, rtol=1e-12)
+        np.testing.assert_allclose(r["cosine"][b], coss, rtol=1e-9)
+
+
+def test_sensitivity_n_with_injected_subsets_is_posthoceval_by_hand(linear):
+    model, x, w, _ = linear
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(x.shape)
+    n_values, S = [3, 10], 6
+    subsets = [np.stack([np.stack([rng.choice(36, n, replace=False) for _ in range(S)]) for _ in range(4)]) for n in n_values]
+    r = oe.evaluate(model, x, a, "sensitivity_n", target=0, n_values=n_values, subsets=subsets)
+    pix = a.sum(1).reshape(4, -1)
+    f0 = model.predict(x)[:, 0]
+    for j, n in enumerate(n_values):
+        for b in range(4):
+            deltas, sums = [], []
+            for s in range(S):
+                xs = x[b].copy().reshape(2, -1)
+                xs[:, subsets[j][b, s]] = 0
+                deltas.append(f0[b] - model.predict(xs.reshape(1, 2, 6, 6))[0, 0])
+                sums.append(pix[b, subsets[j][b, s]].sum())
+            assert r["pcc"][b, j] == pytest.approx(np.corrcoef(sums, deltas)[0, 1], rel=1e-5)

@@ -154,3 +154,17 @@ def per_sample_sigma(x: torch.Tensor, sigma: float, noise: str) -> torch.Tensor:
 def expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a per-row vector to broadcast against ``like`` ``(R, *S)``."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def explicit_rows(rows, x: torch.Tensor, n: int, what: str) -> tuple[torch.Tensor | None, int]:
+    """Explicit per-sample rows (noise, roots) given as ``(B, N, *S)`` or sample-major ``(B·N, *S)``:
+    returns them flattened and N; without rows, ``(None, n)``."""
+    if rows is None:
+        if int(n) < 1:
+            raise ValueError(f"the number of {what} must be at least 1")
+        return None, int(n)
+    B, S = x.shape[0], x.shape[1:]
+    rows = torch.as_tensor(rows, dtype=x.dtype, device=x.device).reshape(-1, *S)
+    if rows.shape[0] % B or rows.shape[0] == 0:
+        raise ValueError(f"{what} of {rows.shape[0]} rows do not split over {B} samples")
+    return rows, rows.shape[0] // B

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import METHODS, Scorer, draw_rows, expand, per_sample_sigma, register_method
+from .base import METHODS, Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
 
 REDUCES = ("mean", "mean_sq", "var")
 
@@ -66,14 +66,7 @@ def smoothgrad(
     if base not in METHODS or base == "smoothgrad":
         raise ValueError(f"cannot smooth {base!r}: choose one of {sorted(set(METHODS) - {'smoothgrad'})}")
     B, S = x.shape[0], x.shape[1:]
-    n = int(n_samples)
-    if perturbations is not None:
-        perturbations = torch.as_tensor(perturbations, dtype=x.dtype, device=x.device).reshape(-1, *S)
-        if perturbations.shape[0] % B:
-            raise ValueError(f"perturbations of {perturbations.shape[0]} rows do not split over {B} samples")
-        n = perturbations.shape[0] // B
-    if n < 1:
-        raise ValueError("n_samples must be at least 1")
+    perturbations, n = explicit_rows(perturbations, x, n_samples, "perturbations")
     sig = per_sample_sigma(x, sigma, noise)
 
     def make_rows(a, b):

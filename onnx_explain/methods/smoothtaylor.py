@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Scorer, draw_rows, expand, per_sample_sigma, register_method
+from .base import Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
 
 
 @register_method("smoothtaylor", "mean over noisy roots z of (x − z) ⊙ ∇f_c(z)", stochastic=True)
@@ -34,14 +34,7 @@ def smoothtaylor(
         Explicit roots ``(B, N, *S)`` or sample-major ``(B·N, *S)``; ``sigma`` is then unused.
     """
     B, S = x.shape[0], x.shape[1:]
-    n = int(n_roots)
-    if roots is not None:
-        roots = torch.as_tensor(roots, dtype=x.dtype, device=x.device).reshape(-1, *S)
-        if roots.shape[0] % B:
-            raise ValueError(f"roots of {roots.shape[0]} rows do not split over {B} samples")
-        n = roots.shape[0] // B
-    if n < 1:
-        raise ValueError("n_roots must be at least 1")
+    roots, n = explicit_rows(roots, x, n_roots, "roots")
     sig = per_sample_sigma(x, sigma, noise)
 
     def make_rows(a, b):
