@@ -110,10 +110,13 @@ def bench_smoothgrad(quick: bool) -> dict:
     ]
     table += [f"| SmoothGrad | 0.15 | {n} | {v[0]:.4f} | {v[1]:.3f} |" for n, v in by_n.items()]
     fig = _plot("claims_smoothgrad.png", lambda plt: _sigma_fig(plt, m, x[0], sigmas))
-    smoother = by_sigma[max(sigmas)][0] < base[0]
-    notes = [f"Claim (Smilkov et al. 2017): SmoothGrad maps are less noisy than the gradient. Measured: AUTVC "
-             f"{base[0]:.4f} for the gradient vs {by_sigma[max(sigmas)][0]:.4f} at σ = {max(sigmas)} — "
-             + ("reproduced." if smoother else "NOT reproduced on this model.")]  # fmt: skip
+    best = min((s for s in sigmas if s > 0), key=lambda s: by_sigma[s][0])
+    drop = 1 - by_sigma[best][0] / base[0]
+    smoother = drop > 0.02
+    notes = [f"Claim (Smilkov et al. 2017): SmoothGrad maps are less noisy than the gradient. Measured: the best σ "
+             f"({best}) lowers AUTVC by {100 * drop:.1f} % ({base[0]:.4f} → {by_sigma[best][0]:.4f}); "
+             + ("reproduced, if weakly: these 32x32 maps of upsampled 8x8 digits are blocky for every method."
+                if smoother else "NOT reproduced on this model (less than 2 %).")]  # fmt: skip
     _write("smoothgrad", "SmoothGrad vs gradient: noise level and faithfulness", {"model": "digits", "samples": len(x),
            "noise": "relative", "pixel_flipping": pf, "total_variation": TV, "seed": 0}, table, [fig], notes)  # fmt: skip
     return {"gradient": base, "sigma": by_sigma, "n": by_n, "smoother": bool(smoother)}
@@ -258,7 +261,10 @@ def bench_faithfulness(quick: bool) -> dict:
     import onnx_explain as oe
 
     n = 4 if quick else 40
+    from build import wine_data
+
     datasets = {"digits": _digits(n), "shapes": _shapes(n)[0], "wine": _wine(min(n, 48))}
+    wine_mean = wine_data()[0].mean(0)  # the training mean: 'absent' for a standardised feature
     masks = _shapes(n)[1]
     methods = {"gradient": {}, "gradient_x_input": {}, "smoothgrad": {"n_samples": 10 if quick else 50},
                "integrated_gradients": {"n_steps": 16 if quick else 50}, "lrp": {"composite": "epsilon_plus"}}  # fmt: skip
@@ -277,13 +283,29 @@ def bench_faithfulness(quick: bool) -> dict:
                 r["deletion"] = oe.evaluate(m, x, a, "deletion", n_steps=32)["mean"]
                 r["insertion"] = oe.evaluate(m, x, a, "insertion", n_steps=32)["mean"]
             else:
-                pf = oe.evaluate(m, x, a, "pixel_flipping", mode="feature", pixels_per_step=1)
+                pf = oe.evaluate(
+                    m, x, a, "pixel_flipping", mode="feature", pixels_per_step=1, baseline=wine_mean
+                )
                 r["aopc_morf"] = pf["mean"]
                 r["aopc_lerf"] = oe.evaluate(
-                    m, x, a, "pixel_flipping", mode="feature", pixels_per_step=1, order="lerf"
+                    m,
+                    x,
+                    a,
+                    "pixel_flipping",
+                    mode="feature",
+                    pixels_per_step=1,
+                    order="lerf",
+                    baseline=wine_mean,
                 )["mean"]
                 r["deletion"] = r["insertion"] = float("nan")
-            sn = oe.evaluate(m, x, a, "sensitivity_n", n_subsets=10 if quick else 50)
+            sn = oe.evaluate(
+                m,
+                x,
+                a,
+                "sensitivity_n",
+                n_subsets=10 if quick else 50,
+                baseline="zero" if image else wine_mean,
+            )
             r["sensitivity_n"] = sn["mean"]
             if model_name == "shapes":
                 r["localisation"] = oe.evaluate(None, x, a, "localisation", masks=masks)["mean"]
@@ -295,7 +317,7 @@ def bench_faithfulness(quick: bool) -> dict:
     _write("faithfulness", "Faithfulness and localisation of every method on every bundled model",
            {"samples": n, "methods": methods, "region": 4, "n_regions": 16, "deletion_steps": 32}, table,
            notes=["Images: region perturbation on 4x4 regions (16 of them), zero baseline, logits; deletion/insertion on "
-                  "probabilities. Wine: feature-wise flipping to zero (standardised mean)."])  # fmt: skip
+                  "probabilities. Wine: feature-wise flipping to the training mean (zero after the model's standardisation)."])  # fmt: skip
     return {f"{k[0]}/{k[1]}": v for k, v in res.items()}
 
 

@@ -1,7 +1,7 @@
 """Benchmark 6: the speed table — the methods, LRP and evaluation benchmarks in one report.
 
-    python benchmarks/speed.py            # run the three benchmarks (about 20 minutes on 2 cores), then collect
-    python benchmarks/speed.py --collect  # only gather the last results into results/speed.md
+python benchmarks/speed.py            # run the three benchmarks (about 20 minutes on 2 cores), then collect
+python benchmarks/speed.py --collect  # only gather the last results into results/speed.md
 """
 
 from __future__ import annotations

@@ -96,20 +96,16 @@ def evaluate(
             raise InputDataError(f"{len(attributions)} attributions for {len(x)} inputs")
     elif not spec.needs_explainer:
         raise InputDataError(f"metric {metric!r} needs attributions")
-    if predictor is not None:
+    n_classes = model.n_classes() if isinstance(model, Model) else None
+    if predictor is not None and (target is None or n_classes is None):
         scores = predictor(x)
-        if target is None:
-            t = scores.argmax(1)
-        else:
-            t = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
-            if (t < 0).any() or (t >= scores.shape[1]).any():
-                raise InputDataError(f"target class out of range: the output has {scores.shape[1]} classes")
+        n_classes = scores.shape[1]
+    if target is None:
+        t = scores.argmax(1) if predictor is not None else np.zeros(len(x), dtype=np.int64)
     else:
-        t = (
-            np.zeros(len(x), dtype=np.int64)
-            if target is None
-            else np.broadcast_to(np.asarray(target), (len(x),))
-        )
+        t = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+        if n_classes is not None and ((t < 0).any() or (t >= n_classes).any()):
+            raise InputDataError(f"target class out of range: the output has {n_classes} classes")
     kwargs = dict(options)
     if "seed" in params:
         kwargs["seed"] = seed

@@ -30,7 +30,12 @@ def test_smoothgrad_quick(results_in_tmp):
 
 def test_noise_quick(results_in_tmp):
     r = claims.bench_noise(quick=True)
-    assert set(r["results"]) == {"digits/gradient", "digits/smoothgrad", "digits_noise/gradient", "digits_noise/smoothgrad"}
+    assert set(r["results"]) == {
+        "digits/gradient",
+        "digits/smoothgrad",
+        "digits_noise/gradient",
+        "digits_noise/smoothgrad",
+    }
     assert all(v[0] >= 0 and math.isfinite(v[1]) for v in r["results"].values())
 
 

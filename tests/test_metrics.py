@@ -427,7 +427,10 @@ def test_sensitivity_n_with_injected_subsets_is_posthoceval_by_hand(linear):
     rng = np.random.default_rng(3)
     a = rng.standard_normal(x.shape)
     n_values, S = [3, 10], 6
-    subsets = [np.stack([np.stack([rng.choice(36, n, replace=False) for _ in range(S)]) for _ in range(4)]) for n in n_values]
+    subsets = [
+        np.stack([np.stack([rng.choice(36, n, replace=False) for _ in range(S)]) for _ in range(4)])
+        for n in n_values
+    ]
     r = oe.evaluate(model, x, a, "sensitivity_n", target=0, n_values=n_values, subsets=subsets)
     pix = a.sum(1).reshape(4, -1)
     f0 = model.predict(x)[:, 0]

@@ -35,10 +35,16 @@ def cumulative_curve(
     counts = np.asarray(counts)
 
     def make_rows(a, b):
-        r = np.arange(a, b)
-        owner, step = r // T, r % T
-        mask = pos_el[owner] < counts[step][:, None]
-        return np.where(mask, flat_r[owner], flat_x[owner]).reshape(b - a, *x.shape[1:]).astype(x.dtype)
+        out = np.empty((b - a, flat_x.shape[1]), dtype=x.dtype)
+        r = a
+        while r < b:  # rows are sample-major: one vectorised block per sample, no per-row gathers
+            owner = r // T
+            stop = min(b, (owner + 1) * T)
+            steps = np.arange(r, stop) - owner * T
+            mask = pos_el[owner][None, :] < counts[steps][:, None]
+            np.copyto(out[r - a : stop - a], np.where(mask, flat_r[owner], flat_x[owner]), casting="unsafe")
+            r = stop
+        return out.reshape(b - a, *x.shape[1:])
 
     scores = predictor.target_scores(B * T, make_rows, np.repeat(target, T))
     return scores.reshape(B, T)

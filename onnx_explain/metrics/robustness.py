@@ -133,7 +133,9 @@ def rank_consistency(
         imp = agg(attribution).reshape(B, -1)
         order = np.argsort(-imp, axis=1, kind="stable")
         park = park_channel0_only or park_cumulative_inplace or park_mask_from_previous
-        k = int(H * W * r) if park else int(math.floor(r * H * W + 1e-9))  # the notebook's int() in compat mode
+        k = (
+            int(H * W * r) if park else int(math.floor(r * H * W + 1e-9))
+        )  # the notebook's int() in compat mode
         out = src.copy()
         for b in range(B):
             hw = np.unravel_index(order[b, :k], (H, W))
