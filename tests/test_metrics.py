@@ -434,7 +434,7 @@ def test_sensitivity_n_with_injected_subsets_is_posthoceval_by_hand(linear):
     r = oe.evaluate(model, x, a, "sensitivity_n", target=0, n_values=n_values, subsets=subsets)
     pix = a.sum(1).reshape(4, -1)
     f0 = model.predict(x)[:, 0]
-    for j, n in enumerate(n_values):
+    for j in range(len(n_values)):
         for b in range(4):
             deltas, sums = [], []
             for s in range(S):
