@@ -217,7 +217,9 @@ def load(
         be chosen. Each message is one line naming the file.
     """
     if isinstance(model, onnx.ModelProto):
-        source, path, raw = "<in-memory model>", None, model
+        source, path = "<in-memory model>", None
+        raw = onnx.ModelProto()
+        raw.CopyFrom(model)  # never edit the caller's object
         if check and raw.ByteSize() < _TWO_GB:
             _checker(raw, source)
         has_external = any(True for _ in _external_tensors(raw))
@@ -262,10 +264,7 @@ class Model:
         self.fixed_inputs = {k: np.asarray(v) for k, v in fixed_inputs.items()}
         # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten
         # graph then (it returns only graph outputs), torch always does.
-        rewritten = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
-        self._replaced = tensor_outputs(rewritten)
-        if self._replaced:
-            self._proto = rewritten
+        self._replaced = tensor_outputs(proto)  # edits the output list of our own copy, in place
         for old, new in self._replaced.items():
             self.notes.append(
                 f"output {old!r} (ZipMap of maps) stands for its tensor {new!r}"

@@ -114,10 +114,7 @@ def run_chunked(
     n = x.shape[0]
     if n == 0:
         raise ValueError("empty batch")
-    step = fixed_batch or max(1, int(batch_size))
-    if fixed_batch and batch_size > fixed_batch:
-        # Several fixed-size chunks cannot be fused into one call; keep the fixed size.
-        step = fixed_batch
+    step = fixed_batch or max(1, int(batch_size))  # a baked-in batch size cannot be exceeded
     outs: list[np.ndarray] = []
     for start in range(0, n, step):
         chunk = x[start : start + step]
