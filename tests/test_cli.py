@@ -424,3 +424,32 @@ def test_audit_reports_missing_lrp_coverage_and_goes_on(tmp_path):
     d = json.loads((tmp_path / "a" / "report.json").read_text())
     assert d["lrp_coverage"]["ok"] is False and "(Mul)" in d["lrp_coverage"]["error"]
     assert set(d["scores"]["faithfulness_correlation"]) == {"gradient", "smoothgrad", "integrated_gradients"}
+
+
+def test_explain_csv_rows_of_a_tabular_model(tmp_path):
+    import onnx_explain as oe
+
+    wine = ROOT / "models" / "wine.onnx"
+    out = tmp_path / "wine"
+    res = run(
+        "explain",
+        wine,
+        SAMPLES / "wine.csv",
+        "-m",
+        "integrated_gradients",
+        "--baseline",
+        "zero",
+        "--out",
+        out,
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    rows = np.loadtxt(SAMPLES / "wine.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    with np.load(out / "wine_row0003.npz") as z:
+        np.testing.assert_allclose(z["input"], rows[3], rtol=1e-6)
+        assert z["attribution"].shape == (13,)
+        lib = oe.explain(oe.load(wine), rows[3:4], "integrated_gradients", baseline="zero")
+        np.testing.assert_allclose(
+            z["attribution"], lib.attribution[0], rtol=1e-4, atol=1e-6 * np.abs(lib.attribution).max()
+        )
+    assert len(list(out.glob("*_bars.png"))) == 8
