@@ -86,7 +86,8 @@ def explain_files(
                 it.x = model.validate_input(np.asarray(it.x)[None])[0]
                 good.append(it)
             except Exception as exc:  # noqa: BLE001 - reported per item
-                fail(it, f"{it.source}: {exc}")
+                where = it.source if it.kind == "image" else f"{it.source} (item {it.name})"
+                fail(it, f"{where}: {exc}")
         return good
 
     step = 1 if stochastic else max(1, group)
