@@ -30,10 +30,10 @@ def bench_arch(arch: str, repeats: int) -> list:
     """Timings of every composite on one architecture."""
     import torchvision
     from zennit.attribution import Gradient
-    from zennit.composites import EpsilonGammaBox, EpsilonPlus, LayerMapComposite
-    from zennit.rules import Epsilon, Norm, Pass
+    from zennit.composites import EpsilonGammaBox, EpsilonPlus, LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-    from zennit.types import Activation, AvgPool, Convolution, Linear, Sum
+    from zennit.types import Convolution, Linear
 
     import onnx_explain as oe
 
@@ -56,14 +56,7 @@ def bench_arch(arch: str, repeats: int) -> list:
         # LRP-ε on every layer: the engine's own overhead (the rule costs one transposed product, like a gradient)
         "epsilon (all layers)": (
             lambda: LayerMapComposite(
-                [
-                    (Activation, Pass()),
-                    (Sum, Norm()),
-                    (AvgPool, Norm()),
-                    (Convolution, Epsilon()),
-                    (Linear, Epsilon()),
-                ],
-                canonizers=[canon()],
+                layer_map_base() + [(Convolution, Epsilon()), (Linear, Epsilon())], canonizers=[canon()]
             ),
             {"composite": "epsilon_plus", "rules": {"Conv": "epsilon"}},
         ),
