@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 def stabilize(z: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
     """Zennit's stabiliser: ``z + ε·sign₀(z)`` with ``sign₀(0) = +1``."""
-    return z + ((z == 0).to(z) + z.sign()) * epsilon
+    return z + torch.where(z >= 0, epsilon, -epsilon)  # one pass; sign₀(0) = +1
 
 
 def stabilize_unsigned(z: torch.Tensor, epsilon: float = 1e-9, rms: float = 0.0) -> torch.Tensor:
@@ -75,6 +75,7 @@ class Rule:
     reducer: Callable
     uses_params: bool = True
     options: dict = field(default_factory=dict)
+    used: tuple | None = None  # the passes whose gradient the reducer reads (None: all)
 
     def relevance(
         self,
@@ -108,28 +109,30 @@ class Rule:
             grads = torch.autograd.grad(outs, ins, grad_outs, allow_unused=True)
             grads = [torch.zeros_like(i) if g is None else g for i, g in zip(ins, grads, strict=True)]
             return [self.reducer(ins, grads)]
+        has_neg = bool((x < 0).any()) if _neg in self.input_mods else True
+        zero = x.new_zeros(())  # stands for an all-zero input or gradient in the reducer
         ins, outs, params, skip = [], [], [], []
         for in_mod, p_mod in zip(self.input_mods, self.param_mods, strict=True):
-            xi = in_mod(x).detach()
             p = p_mod.params(module)
-            zero = in_mod in (_pos, _neg) and (p_mod.zero_bias or "bias" not in p) and not bool(xi.any())
-            if zero:
+            # x⁻ after a ReLU is all zero: with a zeroed bias its pass contributes exactly nothing
+            skipped = in_mod is _neg and not has_neg and (p_mod.zero_bias or "bias" not in p)
+            xi = zero if skipped else in_mod(x).detach()
+            if skipped:
                 out = None
-            elif in_mod is _ident and p_mod is NO_MOD and output is not None:
-                out = output
+            elif in_mod is _ident and p_mod == NO_MOD and output is not None:
+                out = output  # the layer's own forward output
             else:
                 out = functional_call(module, p, (xi,))
             ins.append(xi)
             outs.append(out)
             params.append(p)
-            skip.append(zero)
-        zero_out = torch.zeros_like(relevance)
+            skip.append(skipped)
+        zero_out = torch.zeros_like(relevance) if any(skip) else None
         grad_outs = self.mapper(relevance, [zero_out if o is None else o for o in outs])
         grads = []
-        for xi, p, g_out, zero in zip(ins, params, grad_outs, skip, strict=True):
-            grads.append(
-                torch.zeros_like(xi) if zero or not bool(g_out.any()) else vjp(xi, p["weight"], g_out)
-            )
+        for i, (xi, p, g_out, skipped) in enumerate(zip(ins, params, grad_outs, skip, strict=True)):
+            unused = self.used is not None and i not in self.used
+            grads.append(zero if skipped or unused else vjp(x, p["weight"], g_out))
         return [self.reducer(ins, grads)]
 
 
@@ -190,6 +193,7 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
         mapper,
         lambda i, g: sum(a * b for a, b in zip(i[:4], g[:4], strict=True)),
         options={"gamma": gamma},
+        used=(0, 1, 2, 3),
     )
 
 
