@@ -130,7 +130,7 @@ class Rule:
         zero_out = torch.zeros_like(relevance) if any(skip) else None
         grad_outs = self.mapper(relevance, [zero_out if o is None else o for o in outs])
         grads = []
-        for i, (xi, p, g_out, skipped) in enumerate(zip(ins, params, grad_outs, skip, strict=True)):
+        for i, (p, g_out, skipped) in enumerate(zip(params, grad_outs, skip, strict=True)):
             unused = self.used is not None and i not in self.used
             grads.append(zero if skipped or unused else vjp(x, p["weight"], g_out))
         return [self.reducer(ins, grads)]
