@@ -134,33 +134,32 @@ def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
         options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)),
         **{f"extra_{key}": v for key, v in extras.items()},
     )
+    score = np.asarray(e.score[k], dtype=np.float64)
     record = {"item": it.name, "source": it.source, "status": "ok", "npz": npz.name, "target": e.target[k],
-              "score": float(np.asarray(e.score[k]).reshape(-1)[0]), "seconds": round(seconds, 4)}  # fmt: skip
-    if np.ndim(attribution) == 3 or (np.ndim(attribution) == 2 and layout == "NHW"):
-        h = heat_map(
-            attribution,
-            layout,
-            hm["aggregate"],
-            hm["sign"],
-            hm["percentile"],
-            it.x if hm["times_input"] else None,
-        )
-        save_heatmap(out_dir / f"{it.name}.png", h, hm["sign"])
-        shown = it.image if it.image is not None else _display(it.x, layout)
-        save_panel(
-            out_dir / f"{it.name}_panel.png",
-            shown,
-            h,
-            hm["sign"],
-            f"{e.method}, class {e.target[k]}",
-            hm["overlay"],
-        )
-        record["png"] = f"{it.name}.png"
-    elif np.ndim(attribution) == 1:
-        save_bars(
-            out_dir / f"{it.name}_bars.png", attribution, it.columns or [], f"{e.method}, class {e.target[k]}"
-        )
-        record["png"] = f"{it.name}_bars.png"
+              "score": float(score) if score.ndim == 0 else score.tolist(), "seconds": round(seconds, 4)}  # fmt: skip
+    maps = [attribution] if np.ndim(attribution) == np.ndim(it.x) else list(attribution)  # top:K gives K maps
+    targets = np.atleast_1d(e.target[k])
+    for j, (amap, tj) in enumerate(zip(maps, targets, strict=True)):
+        stem = it.name if len(maps) == 1 else f"{it.name}_top{j + 1}"
+        title = f"{e.method}, class {tj}"
+        if np.ndim(amap) == 3 or (np.ndim(amap) == 2 and layout == "NHW"):
+            h = heat_map(
+                amap,
+                layout,
+                hm["aggregate"],
+                hm["sign"],
+                hm["percentile"],
+                it.x if hm["times_input"] else None,
+            )
+            save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
+            shown = it.image if it.image is not None else _display(it.x, layout)
+            save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"])
+            record.setdefault("png", []).append(f"{stem}.png")
+        elif np.ndim(amap) == 1:
+            save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title)
+            record.setdefault("png", []).append(f"{stem}_bars.png")
+    if record.get("png") and len(record["png"]) == 1:
+        record["png"] = record["png"][0]
     append_jsonl(manifest, record)
 
 
@@ -199,8 +198,9 @@ def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.
     for n in names:
         with np.load(att_dir / f"{n}.npz") as z:
             xs.append(z["input"])
-            attrs.append(z["attribution"])
-            targets.append(int(z["target"]))
+            a, t = z["attribution"], np.atleast_1d(z["target"])
+            attrs.append(a if a.ndim == z["input"].ndim else a[0])  # top:K files: the top class is evaluated
+            targets.append(int(t[0]))
     return names, np.stack(xs), np.stack(attrs), np.asarray(targets)
 
 

@@ -453,3 +453,45 @@ def test_explain_csv_rows_of_a_tabular_model(tmp_path):
             z["attribution"], lib.attribution[0], rtol=1e-4, atol=1e-6 * np.abs(lib.attribution).max()
         )
     assert len(list(out.glob("*_bars.png"))) == 8
+
+
+def test_explain_top_k_writes_one_map_per_class(tmp_path):
+    out = tmp_path / "top"
+    res = run(
+        "explain",
+        DIGITS,
+        SAMPLES / "digit_3_label5.png",
+        "-m",
+        "gradient",
+        "--target",
+        "top:3",
+        "--out",
+        out,
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    with np.load(out / "digit_3_label5.npz") as z:
+        assert z["attribution"].shape == (3, 1, 32, 32) and z["target"].shape == (3,)
+        assert int(z["target"][0]) == 5  # the model's top class is the label
+    rec = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert rec["png"] == [f"digit_3_label5_top{i}.png" for i in (1, 2, 3)] and len(rec["score"]) == 3
+    assert all((out / p).exists() for p in rec["png"])
+
+
+def test_evaluate_top_k_attributions_scores_the_top_class(tmp_path):
+    att = tmp_path / "top"
+    assert (
+        run(
+            "explain", DIGITS, SAMPLES / "digits.npy", "-m", "gradient", "-t", "top:2", "--out", att, "-q"
+        ).exit_code
+        == 0
+    )
+    d = json.loads(run("evaluate", DIGITS, "-a", att, "--metric", "deletion", "--json").output)
+    ref = tmp_path / "top1"
+    assert run("explain", DIGITS, SAMPLES / "digits.npy", "-m", "gradient", "--out", ref, "-q").exit_code == 0
+    d1 = json.loads(run("evaluate", DIGITS, "-a", ref, "--metric", "deletion", "--json").output)
+    np.testing.assert_allclose(
+        list(d["metrics"]["deletion"]["per_item"].values()),
+        list(d1["metrics"]["deletion"]["per_item"].values()),
+        rtol=1e-6,
+    )
