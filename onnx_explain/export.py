@@ -182,7 +182,7 @@ def export_keras(model_path: str, out, rtol: float = 1e-4) -> dict:
         import tf2onnx
     except ImportError:
         raise ExportError(
-            "exporting Keras models needs tensorflow and tf2onnx: pip install tensorflow tf2onnx"
+            "exporting Keras models needs the 'keras' extra: pip install 'onnx-explain[keras]'"
         ) from None
     from .convert.prepare import cap_ir_version
 

@@ -380,7 +380,7 @@ def test_export_keras_without_tensorflow_says_so(tmp_path):
     assert res.exit_code == 2
     assert (
         res.output.strip()
-        == "error: exporting Keras models needs tensorflow and tf2onnx: pip install tensorflow tf2onnx"
+        == "error: exporting Keras models needs the 'keras' extra: pip install 'onnx-explain[keras]'"
     )
 
 
