@@ -124,7 +124,7 @@ def bench_smoothgrad(quick: bool) -> dict:
 
 def _sigma_fig(plt, m, x0, sigmas):
     import onnx_explain as oe
-    from onnx_explain.viz import heat_map
+    from onnx_explain.app.viz import heat_map
 
     fig, axes = plt.subplots(1, len(sigmas) + 1, figsize=(2 * (len(sigmas) + 1), 2.2))
     axes[0].imshow(x0[0], cmap="gray")

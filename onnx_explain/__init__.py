@@ -11,11 +11,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ConversionError",
     "DeviceError",
+    "ExportError",
     "InputDataError",
+    "InputFileError",
     "InputSpecError",
+    "LRPCoverageError",
     "Model",
     "ModelLoadError",
+    "ModelRunError",
     "OnnxExplainError",
+    "OptionError",
     "ParityError",
     "METHODS",
     "Explanation",
@@ -40,6 +45,11 @@ _LAZY = {
     "ConversionError": "onnx_explain.errors",
     "ParityError": "onnx_explain.errors",
     "DeviceError": "onnx_explain.errors",
+    "ExportError": "onnx_explain.errors",
+    "InputFileError": "onnx_explain.errors",
+    "LRPCoverageError": "onnx_explain.errors",
+    "ModelRunError": "onnx_explain.errors",
+    "OptionError": "onnx_explain.errors",
 }
 
 

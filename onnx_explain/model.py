@@ -526,7 +526,7 @@ class Model:
         dim0 = self.input.shape[0] if self.input.shape else None
         if not isinstance(dim0, int):
             return
-        from .convert.batch import free_batch_dim
+        from .convert.batch_dim import free_batch_dim
 
         rewritten, why = free_batch_dim(self._proto, self.input.name, dim0)
         if rewritten is not None:

@@ -22,7 +22,7 @@ def _st(z, eps=1e-6):
 
 
 def _replica(name, x, W, b, r, **kw):
-    """METHODS.md §2.5.2, in float64 matrix form: W is (out, in), x (n, in), r (n, out)."""
+    """docs/methods.md §2.5.2, in float64 matrix form: W is (out, in), x (n, in), r (n, out)."""
     pos, neg = np.clip(x, 0, None), np.clip(x, None, 0)
     Wp, Wn, bp, bn = np.clip(W, 0, None), np.clip(W, None, 0), np.clip(b, 0, None), np.clip(b, None, 0)
     if name == "epsilon":

@@ -1,5 +1,5 @@
 """Parity with Zennit: our LRP on the exported ONNX equals Zennit on the original torchvision model with its
-VGG/ResNet canonizers (random weights), for three composites (METHODS.md §2.5.9)."""
+VGG/ResNet canonizers (random weights), for three composites (docs/methods.md §2.5.9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attribution methods: the properties of METHODS.md §2.1–2.4 on exact models, determinism, batch-size
+"""Attribution methods: the properties of docs/methods.md §2.1–2.4 on exact models, determinism, batch-size
 independence, targets, output spaces and integer inputs."""
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def test_smoothtaylor_sigma_zero_is_zero():
 
 
 def test_adaptive_noising_follows_the_authors_search():
-    # objective (σ − 0.7)², start 0.3, lr 0.1: the trace below is the pseudo-code of METHODS.md §2.4 by hand
+    # objective (σ − 0.7)², start 0.3, lr 0.1: the trace below is the pseudo-code of docs/methods.md §2.4 by hand
     res = adaptive_noising(lambda s: ((s - 0.7) ** 2, torch.tensor(s)), 0.3)
     want = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.6, 0.69, 0.78, 0.6, 0.681, 0.762, 0.6]
     np.testing.assert_allclose([s for s, _ in res.trace[: len(want)]], want, atol=1e-12)

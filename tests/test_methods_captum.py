@@ -1,5 +1,5 @@
 """Parity with Captum: our methods on the ONNX → torch path against Captum on the original torch model,
-with the same injected noise (METHODS.md §2.1–2.3 cross-check recipes)."""
+with the same injected noise (docs/methods.md §2.1–2.3 cross-check recipes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: analytic cases of METHODS.md §3 on exact models, batch-size invariance, and the
+"""Evaluation metrics: analytic cases of docs/methods.md §3 on exact models, batch-size invariance, and the
 one-batched-call-per-chunk engine."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Parity of the metrics (on onnxruntime) with Quantus and Captum (on the original torch model), with float
-baselines and injected randomness, as METHODS.md §3 prescribes."""
+baselines and injected randomness, as docs/methods.md §3 prescribes."""
 
 from __future__ import annotations
 

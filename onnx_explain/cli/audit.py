@@ -57,7 +57,7 @@ def audit(
     Example:
       onnx-explain audit models/digits.onnx models/samples --out audit/
     """
-    from ..audit import DEFAULT_METHODS, run_audit
+    from ..app.audit import DEFAULT_METHODS, run_audit
     from ..model import load
     from .common import resolve_device
 

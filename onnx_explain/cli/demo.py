@@ -46,7 +46,7 @@ def demo(out_dir, model, samples, quiet):
     Example:
       onnx-explain demo
     """
-    from ..batch import evaluate_dir, explain_files
+    from ..app.batch import evaluate_dir, explain_files
     from ..model import load
 
     model = model or _bundled("digits.onnx")

@@ -50,7 +50,7 @@ def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space,
     """
     from pathlib import Path
 
-    from ..batch import evaluate_dir
+    from ..app.batch import evaluate_dir
     from ..model import load
 
     _, ort_device = resolve_device(device)

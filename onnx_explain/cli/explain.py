@@ -138,7 +138,7 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
       onnx-explain explain resnet.onnx photos/ --method lrp --composite epsilon_gamma_box --low -2.2 --high 2.7 \\
           --rule Conv=gamma:0.25 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out out/lrp
     """
-    from ..batch import explain_files
+    from ..app.batch import explain_files
     from ..model import load
 
     opts = method_options(method, flags, rules, parse_options(extra))

@@ -33,7 +33,7 @@ def export(source, out, input_shape, dynamic_batch, exporter, opset, kind, as_js
     """
     from pathlib import Path
 
-    from .. import export as ex
+    from ..app import export as ex
 
     if kind == "auto":
         p = Path(source)

@@ -34,14 +34,29 @@ class ConvertedModel(nn.Module):
             self.register_buffer(f"other_{k}", v)
         self._others = sorted(others)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def other_positions(self) -> list[int]:
+        """Positions of the graph inputs that hold fixed values (not the explained input)."""
+        return list(self._others)
+
+    def other_value(self, position: int, rows: int | None = None) -> torch.Tensor:
+        """The fixed value at graph input ``position``; a batch-1 value repeated to ``rows`` rows when given."""
+        v = getattr(self, f"other_{position}")
+        return v.expand(rows, *v.shape[1:]) if rows is not None and v.shape[:1] == (1,) else v
+
+    def graph_args(self, x: torch.Tensor, rows: int | None = None) -> list:
+        """The positional arguments of :attr:`graph` for the explained input ``x``: ``x`` at its position,
+        the fixed inputs repeated to ``rows`` rows (default: ``x``'s batch)."""
+        rows = x.shape[0] if rows is None else rows
         args = [None] * self.n_inputs
         if self.position is not None:
             args[self.position] = x
         for k in self._others:
-            v = getattr(self, f"other_{k}")
-            args[k] = v.expand(x.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
-        return self.graph(*args)
+            args[k] = self.other_value(k, rows)
+        return args
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(*self.graph_args(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.fixed_batch

@@ -1,5 +1,5 @@
 """Layer-wise Relevance Propagation on converted ONNX graphs: rules as data, composites, canonization and
-strict coverage (METHODS.md §2.5)."""
+strict coverage (docs/methods.md §2.5)."""
 
 from .composites import COMPOSITES, register_composite
 from .graph import Assignment, LRPCoverageError, build_lrp_graph

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import OptionError
 from . import rules as R
 
 #: name -> fn(layers, **options) -> list of rules, one per layer; ``layers`` is a list of
@@ -39,7 +40,7 @@ def _by_kind(layers, conv, dense, first=None, first_kinds=("conv",)):
 def epsilon_gamma_box(layers, low=None, high=None, epsilon=1e-6, gamma=0.25, stabilizer=1e-6):
     """First convolution z^B(low, high); other convolutions γ = 0.25; dense layers ε."""
     if low is None or high is None:
-        raise ValueError("epsilon_gamma_box needs the input bounds low= and high=")
+        raise OptionError("epsilon_gamma_box needs the input bounds low= and high=")
     return _by_kind(layers, lambda: R.gamma(gamma, stabilizer), lambda: R.epsilon(epsilon),
                     first=lambda: R.zbox(low, high, stabilizer))  # fmt: skip
 
@@ -76,7 +77,7 @@ def montavon2019(layers, low=None, high=None):
     convolutions γ = 0.25; the upper half ε = 0.25·RMS(z); dense layers LRP-0; stabilisers added without
     sign (1e-9), as the tutorial. Use with ``maxpool='avgpool'`` for the tutorial's pooling."""
     if low is None or high is None:
-        raise ValueError("montavon2019 needs the input bounds low= and high=")
+        raise OptionError("montavon2019 needs the input bounds low= and high=")
     unsigned = lambda z: R.stabilize_unsigned(z, 1e-9)  # noqa: E731
     convs = [i for i, (k, _) in enumerate(layers) if k == "conv"]
     out = []

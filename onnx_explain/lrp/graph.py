@@ -2,7 +2,7 @@
 preceding linear layer), then give every node that carries relevance a rule from the op table — or fail
 naming the ONNX node. Everything happens on a copy: the model itself is never modified.
 
-Op table (METHODS.md §2.5.6):
+Op table (docs/methods.md §2.5.6):
 
 =============================================  ==========================================================
 Conv, ConvTranspose, Gemm, MatMul (const W)    the composite's rule for the layer (MatMul + Add(bias) is
@@ -33,7 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert.driver import NODE_ATTR
-from ..errors import OnnxExplainError, node_label
+from ..errors import LRPCoverageError, OnnxExplainError, node_label
 from . import rules as R
 from .composites import COMPOSITES
 
@@ -52,10 +52,6 @@ ROUTING = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"
            "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}  # fmt: skip
 AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
 MAXIMA = {"MaxPool", "GlobalMaxPool", "ReduceMax"}
-
-
-class LRPCoverageError(OnnxExplainError):
-    """A node carries relevance and has no LRP rule (or an override does not fit it)."""
 
 
 @dataclass
@@ -268,11 +264,7 @@ def build_lrp_graph(
     gm.graph.eliminate_dead_code()
     gm.recompile()
 
-    args = [None] * lrp.n_inputs
-    args[lrp.position] = example
-    for k in lrp._others:
-        v = getattr(lrp, f"other_{k}")
-        args[k] = v.expand(example.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
+    args = lrp.graph_args(example)
     ShapeProp(gm).propagate(*args)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     depends = {placeholders[lrp.position]}

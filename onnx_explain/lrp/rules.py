@@ -1,6 +1,6 @@
 """LRP rules as data (Zennit's design: ``core.BasicHook``): input modifiers, parameter modifiers, a
 gradient mapper and a reducer. A rule computes the relevance of a layer's input from the relevance of its
-output as a modified gradient. METHODS.md §2.5.2; the float64 replicas in the tests check each one."""
+output as a modified gradient. docs/methods.md §2.5.2; the float64 replicas in the tests check each one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call
+
+from ..errors import OptionError
 
 # ----------------------------------------------------------------------------------------- stabilisers
 
@@ -202,9 +204,9 @@ def alpha_beta(
 ) -> Rule:
     """LRP-αβ (α − β = 1, both ≥ 0)."""
     if alpha < 0 or beta < 0:
-        raise ValueError("alpha and beta must be non-negative")
+        raise OptionError("alpha and beta must be non-negative")
     if alpha - beta != 1:
-        raise ValueError("alpha - beta must equal 1")
+        raise OptionError("alpha - beta must equal 1")
     st = lambda z: stabilize(z, stabilizer)  # noqa: E731
     return Rule(
         "alpha_beta",
@@ -304,6 +306,6 @@ def parse_rule(spec: str | Rule) -> Rule | str:
     if name == "epsilon0":
         return epsilon(0.0)
     if name not in RULES:
-        raise ValueError(f"unknown LRP rule {spec!r}; rules: {', '.join(sorted(RULES) + list(SPECIAL))}")
+        raise OptionError(f"unknown LRP rule {spec!r}; rules: {', '.join(sorted(RULES) + list(SPECIAL))}")
     values = [float(v) for v in args.split(",") if v.strip()] if args else []
     return RULES[name](*values)

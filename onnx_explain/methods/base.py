@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import OptionError
+
 __all__ = ["METHODS", "Explanation", "Scorer", "register_method"]
 
 
@@ -25,7 +27,7 @@ class Scorer:
 
     def __init__(self, module: torch.nn.Module, batch_size: int = 64):
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise OptionError("batch_size must be at least 1")
         self.module = module
         self.batch_size = int(batch_size)
 
@@ -148,7 +150,7 @@ def per_sample_sigma(x: torch.Tensor, sigma: float, noise: str) -> torch.Tensor:
     if noise == "relative":
         flat = x.reshape(x.shape[0], -1)
         return sigma * (flat.amax(1) - flat.amin(1))
-    raise ValueError(f"noise must be 'absolute' or 'relative', not {noise!r}")
+    raise OptionError(f"noise must be 'absolute' or 'relative', not {noise!r}")
 
 
 def expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -161,10 +163,10 @@ def explicit_rows(rows, x: torch.Tensor, n: int, what: str) -> tuple[torch.Tenso
     returns them flattened and N; without rows, ``(None, n)``."""
     if rows is None:
         if int(n) < 1:
-            raise ValueError(f"the number of {what} must be at least 1")
+            raise OptionError(f"the number of {what} must be at least 1")
         return None, int(n)
     B, S = x.shape[0], x.shape[1:]
     rows = torch.as_tensor(rows, dtype=x.dtype, device=x.device).reshape(-1, *S)
     if rows.shape[0] % B or rows.shape[0] == 0:
-        raise ValueError(f"{what} of {rows.shape[0]} rows do not split over {B} samples")
+        raise OptionError(f"{what} of {rows.shape[0]} rows do not split over {B} samples")
     return rows, rows.shape[0] // B

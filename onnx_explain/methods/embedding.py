@@ -67,22 +67,14 @@ class EmbeddingView(nn.Module):
         self.ids = ids
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        w = self.wrapper
-        args = [None] * w.n_inputs
-        args[w.position] = self.ids.expand(e.shape[0], *self.ids.shape[1:])
-        for k in w._others:
-            v = getattr(w, f"other_{k}")
-            args[k] = v.expand(e.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
+        args = self.wrapper.graph_args(self.ids.expand(e.shape[0], *self.ids.shape[1:]))
         return self.cut(*args, e)
 
 
 def embedding_views(wrapper, x: torch.Tensor):
     """For a ConvertedModel with an integer input: ``(e, make_view)`` where ``e`` is the float tensor of
     every sample and ``make_view(b)`` the module ``f(e_b)`` for sample ``b``."""
-    args = [None] * wrapper.n_inputs
-    args[wrapper.position] = x[:1]
-    for k in wrapper._others:
-        args[k] = getattr(wrapper, f"other_{k}")
+    args = wrapper.graph_args(x[:1])
     frontier = find_float_frontier(wrapper.graph, wrapper.position, x[:1], args)
     cut = _CutGraph(wrapper.graph, frontier)
     # e itself: run the original graph up to the frontier
@@ -93,10 +85,5 @@ def embedding_views(wrapper, x: torch.Tensor):
     probe.graph.eliminate_dead_code()
     probe.recompile()
     with torch.no_grad():
-        full = [None] * wrapper.n_inputs
-        full[wrapper.position] = x
-        for k in wrapper._others:
-            v = getattr(wrapper, f"other_{k}")
-            full[k] = v.expand(x.shape[0], *v.shape[1:]) if v.shape[:1] == (1,) else v
-        e = probe(*full)
+        e = probe(*wrapper.graph_args(x))
     return e, lambda b: EmbeddingView(cut, wrapper, x[b : b + 1]), frontier

@@ -1,10 +1,11 @@
 """Gradient, gradient×input and the smoothing wrapper (SmoothGrad, SmoothGrad², VarGrad, and smoothing
-of any registered method). METHODS.md §2.1–2.2."""
+of any registered method). docs/methods.md §2.1–2.2."""
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import OptionError
 from .base import METHODS, Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
 
 REDUCES = ("mean", "mean_sq", "var")
@@ -62,9 +63,9 @@ def smoothgrad(
         ``sigma`` and ``noise`` are then unused.
     """
     if reduce not in REDUCES:
-        raise ValueError(f"reduce must be one of {REDUCES}, not {reduce!r}")
+        raise OptionError(f"reduce must be one of {REDUCES}, not {reduce!r}")
     if base not in METHODS or base == "smoothgrad":
-        raise ValueError(f"cannot smooth {base!r}: choose one of {sorted(set(METHODS) - {'smoothgrad'})}")
+        raise OptionError(f"cannot smooth {base!r}: choose one of {sorted(set(METHODS) - {'smoothgrad'})}")
     B, S = x.shape[0], x.shape[1:]
     perturbations, n = explicit_rows(perturbations, x, n_samples, "perturbations")
     sig = per_sample_sigma(x, sigma, noise)

@@ -1,10 +1,11 @@
-"""Integrated Gradients with exact quadratures and the baselines of METHODS.md §2.3 / §1.5."""
+"""Integrated Gradients with exact quadratures and the baselines of docs/methods.md §2.3 / §1.5."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..errors import OptionError
 from .base import Scorer, expand, register_method
 
 QUADRATURES = (
@@ -25,7 +26,7 @@ def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     sum to 1 − 1/n (biased): use it only to compare with Captum.
     """
     if n < 1:
-        raise ValueError("n_steps must be at least 1")
+        raise OptionError("n_steps must be at least 1")
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return 0.5 * (nodes + 1), 0.5 * weights
@@ -37,17 +38,17 @@ def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         return np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n), np.full(n, 1 / n)
     if method == "trapezoid":
         if n < 2:
-            raise ValueError("the trapezoid rule needs n_steps >= 2")
+            raise OptionError("the trapezoid rule needs n_steps >= 2")
         w = np.full(n, 1 / (n - 1))
         w[0] = w[-1] = 0.5 / (n - 1)
         return np.linspace(0, 1, n), w
     if method == "captum_trapezoid":
         if n < 2:
-            raise ValueError("the trapezoid rule needs n_steps >= 2")
+            raise OptionError("the trapezoid rule needs n_steps >= 2")
         w = np.full(n, 1 / n)
         w[0] = w[-1] = 0.5 / n
         return np.linspace(0, 1, n), w
-    raise ValueError(f"quadrature must be one of {QUADRATURES}, not {method!r}")
+    raise OptionError(f"quadrature must be one of {QUADRATURES}, not {method!r}")
 
 
 def gaussian_kernel(klen: int = 11, nsig: float = 5.0) -> np.ndarray:
@@ -62,7 +63,7 @@ def gaussian_kernel(klen: int = 11, nsig: float = 5.0) -> np.ndarray:
 def blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
     """Per-channel Gaussian blur of ``(B, C, H, W)`` with zero padding (RISE's insertion substrate)."""
     if x.dim() != 4:
-        raise ValueError(f"the blur baseline needs image input (B, C, H, W), got shape {tuple(x.shape)}")
+        raise OptionError(f"the blur baseline needs image input (B, C, H, W), got shape {tuple(x.shape)}")
     k = torch.as_tensor(gaussian_kernel(klen, nsig), dtype=x.dtype, device=x.device)
     c = x.shape[1]
     weight = k.expand(c, 1, klen, klen).contiguous()
@@ -96,7 +97,7 @@ def make_baselines(x: torch.Tensor, baseline, generator, n_baselines: int = 10, 
             draws.append(lo + (hi - lo) * u)
         return draws
     if isinstance(baseline, str):
-        raise ValueError(
+        raise OptionError(
             f"unknown baseline {baseline!r}: 'zero', 'uniform', 'blur', a number, per-channel values or an array"
         )
     if isinstance(baseline, (int, float)):
@@ -107,7 +108,7 @@ def make_baselines(x: torch.Tensor, baseline, generator, n_baselines: int = 10, 
     try:
         return [torch.broadcast_to(b, x.shape).clone()]
     except RuntimeError:
-        raise ValueError(
+        raise OptionError(
             f"baseline of shape {tuple(b.shape)} does not broadcast to the input {tuple(x.shape)}"
         ) from None
 

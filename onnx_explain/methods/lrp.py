@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import torch
 
-from ..errors import OnnxExplainError
+from ..errors import OnnxExplainError, OptionError
 from .base import Scorer, register_method
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -81,7 +81,7 @@ def lrp(
     rule), ``fallback_nodes``, and ``layer_relevance`` on request.
     """
     if output_relevance not in ("score", "onehot"):
-        raise ValueError("output_relevance must be 'score' or 'onehot'")
+        raise OptionError("output_relevance must be 'score' or 'onehot'")
     import inspect
 
     from ..lrp.composites import COMPOSITES

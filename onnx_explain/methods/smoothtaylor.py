@@ -1,4 +1,4 @@
-"""SmoothTaylor (Goh et al. 2020) and its adaptive noising search, as in the authors' code (METHODS.md §2.4)."""
+"""SmoothTaylor (Goh et al. 2020) and its adaptive noising search, as in the authors' code (docs/methods.md §2.4)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import OptionError
 from .base import Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
 
 
@@ -143,7 +144,7 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
             return float(res["aupc"][0])
 
         return objective
-    raise ValueError(f"objective must be 'aupc', 'autvc' or a callable, not {name!r}")
+    raise OptionError(f"objective must be 'aupc', 'autvc' or a callable, not {name!r}")
 
 
 @register_method(

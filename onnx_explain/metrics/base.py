@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OptionError
+
 __all__ = ["METRICS", "Predictor", "make_baseline", "rank", "register_metric"]
 
 
@@ -34,7 +36,7 @@ class Predictor:
 
     def __init__(self, model, output: str = "logit", batch_size: int = 64):
         if output not in ("logit", "prob", "output"):
-            raise ValueError(f"output must be 'logit', 'prob' or 'output', not {output!r}")
+            raise OptionError(f"output must be 'logit', 'prob' or 'output', not {output!r}")
         self.model = model
         self.output = output
         self.batch_size = int(batch_size)
@@ -74,7 +76,7 @@ class Predictor:
 
 
 def make_baseline(x: np.ndarray, baseline, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Replacement values of x's shape for a named baseline (METHODS.md §1.5).
+    """Replacement values of x's shape for a named baseline (docs/methods.md §1.5).
 
     ``'zero'``; a number; per-channel values (length C); an array; ``'uniform'`` (U[0, 1) per element, or
     ``('uniform', low, high)``); ``'blur'`` (RISE's 11x11, σ=5 Gaussian, zero padding); ``'quantus_black'``,
@@ -106,7 +108,7 @@ def make_baseline(x: np.ndarray, baseline, rng: np.random.Generator | None = Non
             .copy()
         )
     if isinstance(baseline, str):
-        raise ValueError(f"unknown baseline {baseline!r}")
+        raise OptionError(f"unknown baseline {baseline!r}")
     b = np.asarray(baseline, dtype=x.dtype)
     if b.ndim == 1 and x.ndim > 2 and b.shape[0] == x.shape[1]:
         b = b.reshape(1, -1, *([1] * (x.ndim - 2)))
@@ -125,7 +127,7 @@ def rank(importance: np.ndarray, order: str, rng: np.random.Generator | None = N
     if order == "random":
         rng = rng or np.random.default_rng(0)
         return np.stack([rng.permutation(importance.shape[1]) for _ in range(len(importance))])
-    raise ValueError(f"order must be 'morf', 'lerf' or 'random', not {order!r}")
+    raise OptionError(f"order must be 'morf', 'lerf' or 'random', not {order!r}")
 
 
 AGGREGATORS = {
@@ -140,7 +142,7 @@ AGGREGATORS = {
 
 def channel_map(a: np.ndarray, x_shape: tuple, agg: str = "sum") -> np.ndarray:
     """An attribution of ``(B, C, *spatial)``, ``(B, 1, *spatial)`` or ``(B, *spatial)`` reduced to
-    ``(B, *spatial)`` by ``agg`` over channels (METHODS.md §1.3)."""
+    ``(B, *spatial)`` by ``agg`` over channels (docs/methods.md §1.3)."""
     a = np.asarray(a, dtype=np.float64)
     if a.shape == tuple(x_shape):
         return AGGREGATORS[agg](a)
@@ -148,7 +150,7 @@ def channel_map(a: np.ndarray, x_shape: tuple, agg: str = "sum") -> np.ndarray:
         return a[:, 0]
     if a.shape == (x_shape[0], *x_shape[2:]):
         return a
-    raise ValueError(f"attribution of shape {a.shape} does not fit the input {tuple(x_shape)}")
+    raise OptionError(f"attribution of shape {a.shape} does not fit the input {tuple(x_shape)}")
 
 
 def full_attribution(a: np.ndarray, x_shape: tuple) -> np.ndarray:

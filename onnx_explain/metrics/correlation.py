@@ -1,11 +1,12 @@
 """Subset-removal metrics: sensitivity-n (Ancona), faithfulness correlation (Bhatt), infidelity (Yeh).
-METHODS.md §3.5, §3.6, §3.8. Random subsets are drawn per row from a generator seeded by (seed, row), so
+docs/methods.md §3.5, §3.6, §3.8. Random subsets are drawn per row from a generator seeded by (seed, row), so
 results do not depend on the batch size."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import OptionError
 from .base import Predictor, channel_map, full_attribution, make_baseline, register_metric
 
 
@@ -18,7 +19,7 @@ def _units(x, a, level, agg="sum"):
     if level in ("pixel", "element"):
         rel = full_attribution(a, x.shape).reshape(B, -1)
         return rel, np.arange(rel.shape[1])
-    raise ValueError(f"feature_level must be 'pixel' or 'element', not {level!r}")
+    raise OptionError(f"feature_level must be 'pixel' or 'element', not {level!r}")
 
 
 def _row_rng(seed: int, row: int) -> np.random.Generator:
@@ -198,13 +199,13 @@ def infidelity(
             xt = (x[b] - g.standard_normal(S) * rngx[b]).astype(x.dtype)
         elif perturbation == "square":
             if x.ndim != 4:
-                raise ValueError("square perturbations need images (B, C, H, W)")
+                raise OptionError("square perturbations need images (B, C, H, W)")
             s = int(g.choice(np.asarray(sizes)))
             h0, w0 = g.integers(0, S[1] - s + 1), g.integers(0, S[2] - s + 1)
             xt = x[b].copy()
             xt[:, h0 : h0 + s, w0 : w0 + s] = base[b][:, h0 : h0 + s, w0 : w0 + s]
         else:
-            raise ValueError(f"perturbation must be 'gaussian' or 'square', not {perturbation!r}")
+            raise OptionError(f"perturbation must be 'gaussian' or 'square', not {perturbation!r}")
         diff = x[b].astype(np.float64) - xt
         i = _safe_div(diff, x[b] - base[b]) if multiply_by_inputs else diff
         return i.reshape(-1), xt

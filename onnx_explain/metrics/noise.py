@@ -1,10 +1,11 @@
 """Total-variation noise level of attribution maps (SmoothTaylor paper: ATV, multi-scale ATV, AUTVC).
-METHODS.md §3.9. Needs no model."""
+docs/methods.md §3.9. Needs no model."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import OptionError
 from .base import register_metric
 
 
@@ -54,7 +55,7 @@ def integrate(y: np.ndarray, mode: str = "scipy") -> float:
         from scipy.integrate import simpson
 
         return float(simpson(np.asarray(y, dtype=np.float64), dx=1.0)) if len(y) > 1 else 0.0
-    raise ValueError(f"simpson_mode must be 'scipy' or 'legacy_avg', not {mode!r}")
+    raise OptionError(f"simpson_mode must be 'scipy' or 'legacy_avg', not {mode!r}")
 
 
 def multiscale_atv(h: np.ndarray, downscale: float = 1.5, min_size=(30, 30), p: float = 1.0) -> list[float]:
@@ -92,7 +93,7 @@ def total_variation(
     a = np.asarray(a, dtype=np.float64)
     maps = a.sum(1) if a.ndim == 4 else a
     if maps.ndim != 3:
-        raise ValueError(f"total variation needs image attributions (B, [C,] H, W), got shape {a.shape}")
+        raise OptionError(f"total variation needs image attributions (B, [C,] H, W), got shape {a.shape}")
     ms = [multiscale_atv(h, downscale, min_size, lp_norm) for h in maps]
     level0 = []
     for h in maps:

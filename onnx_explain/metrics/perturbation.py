@@ -1,5 +1,5 @@
 """Cumulative perturbation curves: pixel flipping, region perturbation (AOPC, MoRF/LeRF), deletion and
-insertion (METHODS.md §3.1–3.3). One engine: every (sample, step) row is built chunk by chunk and all
+insertion (docs/methods.md §3.1–3.3). One engine: every (sample, step) row is built chunk by chunk and all
 rows go through the model in batches."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..errors import OptionError
 from .base import Predictor, channel_map, full_attribution, make_baseline, rank, register_metric, trapezoid
 
 
@@ -132,7 +133,7 @@ def pixel_flipping(
         imp = full_attribution(a, x.shape).reshape(B, -1)
         unit_of_element = np.arange(imp.shape[1])
     else:
-        raise ValueError(f"mode must be 'pixel' or 'feature', not {mode!r}")
+        raise OptionError(f"mode must be 'pixel' or 'feature', not {mode!r}")
     n_units = imp.shape[1]
     if n_steps is not None:
         per_step = math.ceil(n_units / int(n_steps))
@@ -202,7 +203,7 @@ def region_perturbation(
         (f(x) − f(x^(k)) for k = 1..L, Quantus' return value).
     """
     if x.ndim != 4:
-        raise ValueError(f"region perturbation needs images (B, C, H, W), got shape {x.shape}")
+        raise OptionError(f"region perturbation needs images (B, C, H, W), got shape {x.shape}")
     B, C, H, W = x.shape
     offset = (0, 0)
     if quantus_padding:
@@ -338,7 +339,7 @@ def aupc(
     from .noise import integrate
 
     if x.ndim != 4:
-        raise ValueError(f"aupc needs images (B, C, H, W), got shape {x.shape}")
+        raise OptionError(f"aupc needs images (B, C, H, W), got shape {x.shape}")
     B, C, H, W = x.shape
     k = int(kernel_size)
     heat = full_attribution(a, x.shape).sum(1)
@@ -394,11 +395,11 @@ def localisation(predictor, x, a, target, rng, masks=None, agg: str = "sum", pos
     the mask. Needs no model.
     """
     if masks is None:
-        raise ValueError("localisation needs masks= (B, H, W) of booleans")
+        raise OptionError("localisation needs masks= (B, H, W) of booleans")
     masks = np.asarray(masks, dtype=bool)
     h = channel_map(a, x.shape, agg) if x.ndim == 4 else np.asarray(a, dtype=np.float64)
     if h.shape != masks.shape:
-        raise ValueError(f"masks of shape {masks.shape} do not fit maps of shape {h.shape}")
+        raise OptionError(f"masks of shape {masks.shape} do not fit maps of shape {h.shape}")
     r = np.clip(h, 0, None) if positive else np.abs(h)
     total = r.reshape(len(r), -1).sum(1)
     inside = (r * masks).reshape(len(r), -1).sum(1)

@@ -1,5 +1,5 @@
 """Metrics that re-explain perturbed inputs: max-sensitivity (Yeh) and masked-input rank consistency
-(Park). METHODS.md §3.4, §3.7. They take an explainer ``explainer(x, target, seed) -> attribution``."""
+(Park). docs/methods.md §3.4, §3.7. They take an explainer ``explainer(x, target, seed) -> attribution``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..errors import OptionError
 from .base import Predictor, make_baseline, register_metric
 
 TENTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -118,7 +119,7 @@ def rank_consistency(
     attribution is constant.
     """
     if x.ndim != 4:
-        raise ValueError(f"rank consistency needs images (B, C, H, W), got shape {x.shape}")
+        raise OptionError(f"rank consistency needs images (B, C, H, W), got shape {x.shape}")
     B, C, H, W = x.shape
     a0 = explainer(x, target, seed) if a is None else np.asarray(a, dtype=np.float64)
     agg = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputFileError
 from .io import Preprocess, append_jsonl, atomic_save_npz, atomic_write_bytes, read_items, read_manifest
 
 MANIFEST = "manifest.jsonl"
@@ -50,8 +51,8 @@ def explain_files(
     deterministic methods are batched over ``group`` items. Returns ``{'ok', 'failed', 'skipped'}``
     counts and the failures.
     """
-    from .explainer import explain
-    from .methods import METHODS
+    from ..explainer import explain
+    from ..methods import METHODS
 
     out_dir = Path(out_dir)
     spec = model.input
@@ -191,7 +192,7 @@ def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.
             )
         ]
     if not names:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"{att_dir}: no finished items (manifest.jsonl and <item>.npz from 'onnx-explain explain')"
         )
     xs, attrs, targets = [], [], []
@@ -210,8 +211,8 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
     CSV to ``out_file`` and curve plots to ``plots_dir``. Returns the report."""
     import inspect
 
-    from .evaluation import evaluate
-    from .metrics import METRICS
+    from ..evaluation import evaluate
+    from ..metrics import METRICS
     from .viz import save_curves
 
     names, xs, attrs, targets = load_attributions(att_dir, sources)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputFileError, OptionError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 TABLE_SUFFIXES = {".csv"}
@@ -56,7 +58,7 @@ class Preprocess:
             if v is None:
                 continue
             if not hasattr(p, k):
-                raise ValueError(f"unknown preprocessing key {k!r}")
+                raise OptionError(f"unknown preprocessing key {k!r}")
             setattr(p, k, tuple(v) if k == "size" else v)
         return p
 
@@ -141,10 +143,10 @@ def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
         suffix = p.suffix.lower()
         try:
             if not p.exists():
-                raise FileNotFoundError("file not found")
+                raise InputFileError("file not found")
             if suffix in IMAGE_SUFFIXES:
                 if preprocess is None:
-                    raise ValueError("the model input is not an image")
+                    raise InputFileError("the model input is not an image")
                 x, img = preprocess.load_image(p)
                 items.append(Item(name(p.stem), str(p), x, img, "image"))
             elif suffix in ARRAY_SUFFIXES:
@@ -165,7 +167,7 @@ def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
                 for i, (cols, row) in enumerate(_read_csv(p)):
                     items.append(Item(name(f"{p.stem}_row{i:04d}"), str(p), row, None, "table", columns=cols))
             else:
-                raise ValueError(f"unsupported file type {suffix or '(none)'}")
+                raise InputFileError(f"unsupported file type {suffix or '(none)'}")
         except Exception as exc:  # noqa: BLE001 - one unreadable input is reported, the rest go on
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             items.append(Item(name(p.stem or "input"), str(p), error=f"{p}: {msg}"))

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OnnxExplainError
+from ..errors import ExportError, OnnxExplainError
 from .io import atomic_write_bytes
-
-
-class ExportError(OnnxExplainError):
-    """The source model could not be loaded, exported or verified."""
 
 
 def load_torch_source(spec: str):
@@ -65,7 +61,7 @@ def load_torch_source(spec: str):
 
 def _save_and_verify(proto_bytes: bytes, out: Path, reference, x: np.ndarray, rtol: float) -> dict:
     """Write atomically, then check onnxruntime against ``reference(x)`` and the torch conversion."""
-    from .model import load
+    from ..model import load
 
     tmp = Path(tempfile.mkdtemp()) / out.name
     tmp.write_bytes(proto_bytes)
@@ -95,7 +91,7 @@ def export_torch(source: str, out, input_shape, exporter: str = "dynamo", dynami
     import onnx
     import torch
 
-    from .convert.prepare import cap_ir_version
+    from ..convert.prepare import cap_ir_version
 
     model = load_torch_source(source)
     shape = tuple(int(v) for v in input_shape)
@@ -149,7 +145,7 @@ def export_sklearn(pickle_path: str, out, rtol: float = 1e-4) -> dict:
         raise ExportError(
             "exporting scikit-learn models needs the 'sklearn' extra: pip install 'onnx-explain[sklearn]'"
         ) from None
-    from .convert.prepare import cap_ir_version
+    from ..convert.prepare import cap_ir_version
 
     try:
         with open(pickle_path, "rb") as f:
@@ -184,7 +180,7 @@ def export_keras(model_path: str, out, rtol: float = 1e-4) -> dict:
         raise ExportError(
             "exporting Keras models needs the 'keras' extra: pip install 'onnx-explain[keras]'"
         ) from None
-    from .convert.prepare import cap_ir_version
+    from ..convert.prepare import cap_ir_version
 
     try:
         model = tf.keras.models.load_model(model_path)

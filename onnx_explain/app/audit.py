@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputDataError
 from .io import Preprocess, atomic_write_bytes, read_items
 
 DEFAULT_METHODS = {
@@ -54,11 +55,11 @@ def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None,
     import onnxruntime
     import torch
 
-    from . import __version__
-    from .evaluation import evaluate
-    from .explainer import explain
-    from .lrp.graph import LRPCoverageError
-    from .methods.lrp import lrp_graph
+    from .. import __version__
+    from ..errors import LRPCoverageError
+    from ..evaluation import evaluate
+    from ..explainer import explain
+    from ..methods.lrp import lrp_graph
     from .viz import heat_map
 
     t0 = time.perf_counter()
@@ -93,7 +94,7 @@ def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None,
     good = good[:max_items]
     report["inputs"] = {"used": [it.name for it in good], "failed": failures}
     if not good:
-        raise ValueError("no input could be read: nothing to audit")
+        raise InputDataError("no input could be read: nothing to audit")
     x = np.stack([it.x for it in good])
     try:
         _, assignments = lrp_graph(module, torch.from_numpy(x[:2]), "epsilon_plus", {}, {}, None, "gradient")
