@@ -50,7 +50,7 @@ def main() -> None:
         torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), path, dynamo=False, opset_version=17,
                           input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
     model = oe.load(path)
-    session = model._session_or_build()
+    session = model.runtime.session()
     bs = args.batch_size
     rows = []
     for n_img in args.images:

@@ -1,109 +1,37 @@
-"""Load and validate an ONNX model; run it on onnxruntime; convert it to a checked torch graph.
+"""Load and validate an ONNX model: :func:`load` gives a :class:`Model`, which composes three parts, each
+one concern and none changing another behind its back:
 
-:func:`load` gives a :class:`Model`. Its two faces:
-
-- ``Model.predict(x, batch_size)``: onnxruntime on the *original* file (the ground truth), one cached
-  session, chunked by ``batch_size``.
-- ``Model.torch_module()``: the differentiable torch graph (onnx2torch plus this package's fixes),
-  checked against onnxruntime on a probe batch before it is handed out.
+- :class:`~onnx_explain.signature.Signature` (``signature.py``): inputs, outputs, the explained input and
+  output, the logits before a final Softmax, the image layout, input checks;
+- :class:`~onnx_explain.runtime.Runner` (``runtime.py``): onnxruntime on the *original* file (the ground
+  truth), one cached session, the batch mode, chunked runs;
+- :func:`~onnx_explain.convert.checked.convert_checked` (``convert/checked.py``): the differentiable torch
+  graph and its parity report, proven against onnxruntime before it is handed out.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import shutil
-import tempfile
-import time
-import weakref
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from .errors import InputDataError, InputSpecError, ModelLoadError, ParityError
-from .runtime import make_session, run_chunked
+from .errors import ModelLoadError
+from .runtime import Runner
+from .signature import Signature, TensorSpec, spec_from_value_info
 
-__all__ = ["Model", "ParityReport", "TensorSpec", "load"]
+__all__ = ["Model", "TensorSpec", "load"]  # and ParityReport, lazily
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
-_INT_TYPES = {
-    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
-    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
-}  # fmt: skip
 _TWO_GB = 2**31
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, element type and shape of a graph input or output.
+def __getattr__(name: str):
+    if name == "ParityReport":  # lives with the checked conversion; imported lazily (torch-free load)
+        from .convert.checked import ParityReport
 
-    ``shape`` holds ints for fixed dims, strings for symbolic dims and None for unknown ones; it is
-    None when the rank is unknown. ``kind`` is ``'tensor'``, ``'sequence'``, ``'map'`` or ``'optional'``.
-    """
-
-    name: str
-    kind: str
-    dtype: str | None
-    shape: tuple | None
-
-    @property
-    def is_float(self) -> bool:
-        return self.kind == "tensor" and self.dtype in ("float16", "float32", "float64")
-
-    def shape_str(self) -> str:
-        if self.shape is None:
-            return "?"
-        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.kind} {self.dtype or ''} {self.shape_str()}".replace("  ", " ")
-
-
-@dataclass
-class ParityReport:
-    """Outcome of comparing the torch graph with onnxruntime on one probe batch."""
-
-    max_abs: float
-    max_rel: float
-    rtol: float
-    atol: float
-    batch: int
-    passed: bool
-    convert_seconds: float
-    probe: str = "random"
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
-    t = value_info.type
-    kind = t.WhichOneof("value")
-    kind = {
-        "tensor_type": "tensor",
-        "sequence_type": "sequence",
-        "map_type": "map",
-        "optional_type": "optional",
-    }.get(kind, str(kind))
-    if kind != "tensor":
-        return TensorSpec(value_info.name, kind, None, None)
-    tt = t.tensor_type
-    dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else None
-    if not tt.HasField("shape"):
-        return TensorSpec(value_info.name, kind, dtype, None)
-    dims = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorSpec(value_info.name, kind, dtype, tuple(dims))
+        return ParityReport
+    raise AttributeError(f"module 'onnx_explain.model' has no attribute {name!r}")
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -187,6 +115,7 @@ def load(
     fixed_inputs: dict[str, np.ndarray] | None = None,
     device: str = "auto",
     check: bool = True,
+    allow_nonfinite: bool = False,
 ) -> Model:
     """Load, validate and describe an ONNX model.
 
@@ -205,6 +134,8 @@ def load(
         onnxruntime provider choice.
     check : bool
         Run ``onnx.checker`` (full check). Turn off only for models you know the checker mis-reads.
+    allow_nonfinite : bool
+        Accept input arrays holding NaN or ±Inf (refused by default, naming the sample).
 
     Returns
     -------
@@ -216,6 +147,10 @@ def load(
         Missing, corrupt, truncated or invalid file; unsafe external data; inputs/outputs that cannot
         be chosen. Each message is one line naming the file.
     """
+    if device not in ("auto", "cpu", "cuda"):
+        from .errors import DeviceError
+
+        raise DeviceError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
     if isinstance(model, onnx.ModelProto):
         source, path = "<in-memory model>", None
         raw = onnx.ModelProto()
@@ -225,7 +160,12 @@ def load(
         has_external = any(True for _ in _external_tensors(raw))
         base = None
     else:
-        path = Path(os.fspath(model))
+        try:
+            path = Path(os.fspath(model))
+        except TypeError:
+            raise ModelLoadError(
+                f"a model is a path or an onnx.ModelProto, not {type(model).__name__}"
+            ) from None
         source = str(path)
         raw = _read(path)
         base = path.parent
@@ -237,141 +177,96 @@ def load(
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(inferred, str(base))
-    return Model(inferred, path, source, input, output, fixed_inputs or {}, device, [note] if note else [])
+    return Model._build(inferred, path, source, input, output, fixed_inputs, device, note, allow_nonfinite)
 
 
 class Model:
-    """A validated ONNX model, runnable on onnxruntime and convertible to a checked torch graph.
+    """A validated ONNX model: its :attr:`signature`, onnxruntime (:attr:`runtime`) and the checked torch
+    conversion (:meth:`torch_module`). Use :func:`load` to make one.
 
-    Use :func:`load` to make one.
+    Nothing here changes what an earlier call saw: :meth:`describe` gives the same answer before and
+    after the first run, and a module handed out is never moved or edited afterwards (another device
+    gets another object).
     """
 
-    def __init__(self, proto, path, source, input_name, output_name, fixed_inputs, device, notes):
+    def __init__(self, proto: onnx.ModelProto, path, signature: Signature, device: str = "auto", notes=()):
+        self.path: Path | None = path
+        self.source: str = signature.source
+        self.device = device
+        self.signature = signature
+        self._proto = proto  # shape-inferred, external data loaded, ZipMap outputs replaced
+        self._notes = tuple(notes)
+        self.runtime = Runner(proto, path, signature, device)
+        self._converted: dict = {}  # (space name, probe key, rtol, atol) -> (cpu module, ParityReport)
+        self._by_space: dict = {}  # space name -> the key of its last checked conversion
+        self._moved: dict = {}  # (id of the cpu module, device) -> the module on that device
+
+    @classmethod
+    def _build(
+        cls, proto, path, source, input_name, output_name, fixed_inputs, device, note, allow_nonfinite
+    ):
         from .convert.prepare import tensor_outputs
 
-        self.path: Path | None = path
-        self.source: str = source
-        self.device = device
-        self.notes: list[str] = list(notes)
-        self._proto = proto  # shape-inferred, external data loaded
-        init_names = {t.name for t in proto.graph.initializer}
-        self.inputs = [_spec(v) for v in proto.graph.input if v.name not in init_names]
-        self.outputs = [_spec(v) for v in proto.graph.output]
-        self.input = self._choose_input(input_name)
-        missing = [i.name for i in self.inputs if i.name != self.input.name and i.name not in fixed_inputs]
-        if missing:
-            raise InputSpecError(f"{source}: inputs {missing} need values: pass fixed_inputs= for them")
-        self.fixed_inputs = {k: np.asarray(v) for k, v in fixed_inputs.items()}
-        # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten
-        # graph then (it returns only graph outputs), torch always does.
-        self._replaced = tensor_outputs(proto)  # edits the output list of our own copy, in place
-        for old, new in self._replaced.items():
-            self.notes.append(
+        declared = [spec_from_value_info(v) for v in proto.graph.output]
+        # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten graph
+        # then (it returns only graph outputs), torch always does. ``proto`` is our own copy.
+        replaced = tensor_outputs(proto)
+        signature = Signature.build(
+            proto, declared, replaced, source, input_name, output_name, fixed_inputs, allow_nonfinite
+        )
+        notes = [note] if note else []
+        for old, new in replaced.items():
+            notes.append(
                 f"output {old!r} (ZipMap of maps) stands for its tensor {new!r}"
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        self.tensor_outputs = [_spec(v) for v in self._proto.graph.output]
-        self.output = self._choose_output(output_name)
-        self.logit_name = self._find_logit()
-        self._session = None
-        self._batch_resolved = False
-        self.fixed_batch: int | None = None  # chunk size when the batch is baked in
-        self.batch_mode = "dynamic"
-        self._ort_model = None  # bytes/path onnxruntime runs: the original unless the batch was freed
-        self._tmpdir = None
-        self._torch: dict = {}  # space -> converted module
-        self._parity: dict = {}  # space -> ParityReport
+        return cls(proto, path, signature, device, notes)
 
-    # ---------------------------------------------------------------- description
+    # ---------------------------------------------------------------- the signature
     @property
     def proto(self) -> onnx.ModelProto:
-        """The shape-inferred model (external data loaded)."""
+        """The shape-inferred model (external data loaded) as the file holds it."""
         return self._proto
 
-    def _choose_input(self, name: str | None) -> TensorSpec:
-        if not self.inputs:
-            raise InputSpecError(f"{self.source}: the model has no inputs")
-        if name is None:
-            if len(self.inputs) > 1:
-                names = ", ".join(i.name for i in self.inputs)
-                raise InputSpecError(
-                    f"{self.source}: the model has several inputs ({names}); choose one with input= / --input-name"
-                )
-            spec = self.inputs[0]
-        else:
-            spec = next((i for i in self.inputs if i.name == name), None)
-            if spec is None:
-                names = ", ".join(i.name for i in self.inputs)
-                raise InputSpecError(f"{self.source}: no input named {name!r} (inputs: {names})")
-        if spec.kind != "tensor" or spec.dtype not in _np_names(_FLOAT_TYPES | _INT_TYPES):
-            raise InputSpecError(
-                f"{self.source}: input {spec.name!r} has unsupported type {spec.kind} {spec.dtype}; "
-                "onnx-explain explains float or integer tensors"
-            )
-        return spec
-
-    def _choose_output(self, name: str | None) -> TensorSpec:
-        outs = self.tensor_outputs
-        listing = ", ".join(str(o) for o in self.outputs)
-        if name is not None:
-            spec = next((o for o in outs if o.name == name), None)
-            if spec is None and self._replaced.get(name):
-                # a ZipMap output asked for by its own name means the tensor it wraps
-                spec = next(o for o in outs if o.name == self._replaced[name])
-            if spec is None:
-                raise InputSpecError(f"{self.source}: no tensor output named {name!r} (outputs: {listing})")
-            if not spec.is_float:
-                raise InputSpecError(
-                    f"{self.source}: output {name!r} is {spec.dtype}, not a float score tensor"
-                )
-            return spec
-        floats = [o for o in outs if o.is_float]
-        if len(floats) == 1:
-            return floats[0]
-        if not floats:
-            raise InputSpecError(f"{self.source}: no float tensor output to explain (outputs: {listing})")
-        names = ", ".join(o.name for o in floats)
-        raise InputSpecError(
-            f"{self.source}: several float outputs ({names}); choose one with output= / --output-name"
-        )
-
-    def _find_logit(self) -> str | None:
-        """The input of a Softmax/LogSoftmax over the last axis that produces the explained output."""
-        node = next((n for n in self._proto.graph.node if self.output.name in n.output), None)
-        if (
-            node is None
-            or node.op_type not in ("Softmax", "LogSoftmax")
-            or node.domain not in ("", "ai.onnx")
-        ):
-            return None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-        rank = len(self.output.shape) if self.output.shape is not None else None
-        opset = self.opsets.get("ai.onnx", 13)
-        default = -1 if opset >= 13 else 1
-        axis = default if axis is None else axis
-        if rank is None or axis % rank != rank - 1:
-            return None
-        return node.input[0]
-
     @property
-    def parity(self) -> ParityReport | None:
-        """Parity of the last converted output space (``None`` before :meth:`torch_module`)."""
-        return next(reversed(self._parity.values()), None)
+    def notes(self) -> list[str]:
+        """What loading found worth saying (ZipMap outputs, failed shape inference ...)."""
+        return list(self._notes)
+
+    inputs = property(lambda self: self.signature.inputs, doc="Graph inputs (initializers excluded).")
+    outputs = property(lambda self: self.signature.outputs, doc="Graph outputs as the file declares them.")
+    tensor_outputs = property(
+        lambda self: self.signature.tensor_outputs, doc="Outputs as run (ZipMap -> tensor)."
+    )
+    input = property(lambda self: self.signature.input, doc="The explained input (a TensorSpec).")
+    output = property(lambda self: self.signature.output, doc="The explained output (a TensorSpec).")
+    logit_name = property(lambda self: self.signature.logit_name, doc="The tensor before a final Softmax.")
+    fixed_inputs = property(lambda self: self.signature.fixed_inputs, doc="Values of the other inputs.")
+    layout = property(lambda self: self.signature.layout, doc="'NCHW', 'NHWC', 'NHW' or None (not an image).")
+    channel_axis = property(lambda self: self.signature.channel_axis, doc="1 (NCHW), 3 (NHWC) or None.")
 
     def n_classes(self, space: str = "logit") -> int | None:
-        """Number of scores per sample in ``space`` when the file fixes it (else None)."""
-        spec = self.output
-        if spec.shape is None or len(spec.shape) < 2 or not all(isinstance(d, int) for d in spec.shape[1:]):
-            return None
-        return int(np.prod(spec.shape[1:]))
+        """Number of scores per sample when the file fixes it (else None)."""
+        return self.signature.n_classes(space)
 
     def space_name(self, space: str) -> str:
-        """ONNX tensor explained in ``space``: ``'logit'`` (the input of a final Softmax, when there is one,
-        else the output) or ``'output'`` (the output as the model returns it)."""
-        if space not in ("logit", "output"):
-            raise InputSpecError(f"output space must be 'logit' or 'output', not {space!r}")
-        return self.logit_name if space == "logit" and self.logit_name else self.output.name
+        """ONNX tensor explained in ``space`` (``'logit'`` or ``'output'``)."""
+        return self.signature.space_name(space)
+
+    def validate_input(self, x) -> np.ndarray:
+        """Check ``x`` against the explained input (see :meth:`Signature.validate_input`)."""
+        return self.signature.validate_input(x)
+
+    def probe_batch(self, n: int = 2, seed: int = 0) -> np.ndarray:
+        """Random data of the input's dtype and shape (batch ``n``) for parity checks.
+
+        Floats are standard normal; integer inputs are drawn below the row count of the first
+        embedding table (Gather) they index, else below 10. Unknown non-batch dims are 32.
+        """
+        from .convert.batch_dim import index_bound
+
+        return self.signature.probe_batch(n, seed, index_bound(self._proto, self.input.name))
 
     @property
     def opsets(self) -> dict[str, int]:
@@ -386,104 +281,34 @@ class Model:
         return dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def describe(self) -> dict:
-        """Everything ``onnx-explain info`` prints, as plain data."""
+        """Everything ``onnx-explain info`` prints about the file, as plain data (runs nothing)."""
         p = self._proto
         return {
             "path": self.source,
             "ir_version": int(p.ir_version),
             "opsets": self.opsets,
             "producer": f"{p.producer_name} {p.producer_version}".strip(),
-            "inputs": [_spec_dict(s) for s in self.inputs],
-            "outputs": [_spec_dict(s) for s in self.outputs],
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
             "explained_input": self.input.name,
             "explained_output": self.output.name,
+            "layout": self.layout,
             "nodes": len(p.graph.node),
-            "parameters": int(sum(int(np.prod(t.dims)) for t in p.graph.initializer)),
+            "parameters": int(sum(int(np.prod(t.dims, dtype=np.float64)) for t in p.graph.initializer)),
             "ops": self.op_histogram(),
-            "notes": list(self.notes),
+            "notes": self.notes,
         }
 
     # ---------------------------------------------------------------- onnxruntime
-    def _session_or_build(self):
-        self._resolve_batch()
-        if self._session is None:
-            self._session = make_session(self._ort_model, device=self.device)
-        return self._session
+    @property
+    def batch_mode(self) -> str:
+        """``'dynamic'``, ``'freed'`` or ``'chunked'`` (see :class:`~onnx_explain.runtime.BatchMode`)."""
+        return self.runtime.batch.mode
 
-    def _original_ort_model(self):
-        if self.path is not None and not self._replaced and not self.logit_name:
-            return str(self.path)
-        return self._serialize(self._with_logit_output(self._proto))
-
-    def _with_logit_output(self, proto: onnx.ModelProto) -> onnx.ModelProto:
-        """``proto`` with the pre-softmax tensor as an extra graph output (onnxruntime returns only those)."""
-        if not self.logit_name or any(o.name == self.logit_name for o in proto.graph.output):
-            return proto
-        proto = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
-        vi = next((v for v in proto.graph.value_info if v.name == self.logit_name), None)
-        if vi is None:
-            vi = helper.make_tensor_value_info(self.logit_name, onnx.TensorProto.FLOAT, None)
-            vi.type.CopyFrom(next(o for o in proto.graph.output if o.name == self.output.name).type)
-        proto.graph.output.append(vi)
-        return proto
-
-    def _serialize(self, proto: onnx.ModelProto):
-        """bytes for onnxruntime, or a temporary file with external data when the model is > 2 GB."""
-        from .convert.prepare import cap_ir_version
-
-        proto = copy.copy(proto) if proto.ByteSize() < _TWO_GB else proto
-        cap_ir_version(proto)
-        if proto.ByteSize() < _TWO_GB:
-            return proto.SerializeToString()
-        if self._tmpdir is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="onnx-explain-")
-            weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
-        out = os.path.join(self._tmpdir, "model.onnx")
-        onnx.save_model(
-            proto, out, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data"
-        )
-        return out
-
-    def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        feed = {self.input.name: x}
-        for name, value in self.fixed_inputs.items():
-            feed[name] = np.repeat(value, x.shape[0], axis=0) if value.shape[:1] == (1,) else value
-        return feed
-
-    def validate_input(self, x) -> np.ndarray:
-        """Check ``x`` against the input spec and return it as a contiguous array of the input dtype.
-
-        Raises
-        ------
-        InputDataError
-            Wrong rank, a fixed dimension that differs, or a dtype of the wrong kind (float vs integer).
-        """
-        x = np.asarray(x)
-        spec = self.input
-        want = np.dtype(spec.dtype)
-        if want.kind == "f" and x.dtype.kind != "f":
-            raise InputDataError(
-                f"input {spec.name!r} expects {want.name} values, got a {x.dtype.name} array"
-            )
-        if want.kind in "iu" and x.dtype.kind not in "iu":
-            raise InputDataError(
-                f"input {spec.name!r} expects {want.name} values, got a {x.dtype.name} array"
-            )
-        if spec.shape is not None:
-            if x.ndim != len(spec.shape):
-                raise InputDataError(
-                    f"input {spec.name!r} expects shape {spec.shape_str()} (rank {len(spec.shape)}), "
-                    f"got an array of shape {list(x.shape)}"
-                )
-            for axis, (want_d, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
-                if axis > 0 and isinstance(want_d, int) and want_d != got:
-                    raise InputDataError(
-                        f"input {spec.name!r} expects shape {spec.shape_str()}, got {list(x.shape)} "
-                        f"(axis {axis} must be {want_d})"
-                    )
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise InputDataError(f"input {spec.name!r}: empty batch")
-        return np.ascontiguousarray(x, dtype=want)
+    @property
+    def fixed_batch(self) -> int | None:
+        """Chunk size when the batch is baked into the graph, else None."""
+        return self.runtime.batch.fixed_batch
 
     def predict(self, x, batch_size: int = 64, space: str = "output") -> np.ndarray:
         """Run the explained output on onnxruntime.
@@ -501,107 +326,52 @@ class Model:
         -------
         numpy.ndarray
             The explained output, one row per input row.
+
+        Raises
+        ------
+        InputDataError
+            ``x`` does not fit the input (shape, dtype, non-finite values).
+        ModelRunError
+            onnxruntime refuses the model or fails running it (names the file and node).
         """
         x = self.validate_input(x)
-        session = self._session_or_build()
-        names = [self.space_name(space)]
-
-        def run(chunk):
-            out = session.run(names, self._feed(chunk))[0]
-            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
-                raise InputSpecError(
-                    f"{self.source}: output {names[0]!r} is not batch-first (shape {list(out.shape)} "
-                    f"for a batch of {chunk.shape[0]}); onnx-explain explains per-sample outputs"
-                )
-            return out
-
-        return run_chunked(run, x, batch_size, self.fixed_batch)
-
-    # ---------------------------------------------------------------- fixed batch
-    def _resolve_batch(self) -> None:
-        if self._batch_resolved:
-            return
-        self._batch_resolved = True
-        self._ort_model = self._original_ort_model()
-        dim0 = self.input.shape[0] if self.input.shape else None
-        if not isinstance(dim0, int):
-            return
-        from .convert.batch_dim import free_batch_dim
-
-        rewritten, why = free_batch_dim(self._proto, self.input.name, dim0)
-        if rewritten is not None:
-            ok, why = self._verify_rewrite(rewritten, dim0)
-            if ok:
-                self._proto = rewritten
-                self._ort_model = self._serialize(self._with_logit_output(rewritten))
-                self.batch_mode = "freed"
-                self.notes.append(f"batch size {dim0} was fixed in the file; made symbolic (verified)")
-                return
-        self.fixed_batch = dim0
-        self.batch_mode = "chunked"
-        self.notes.append(f"batch size {dim0} is baked into the graph ({why}); running in chunks of {dim0}")
-
-    def _verify_rewrite(self, rewritten: onnx.ModelProto, n: int) -> tuple[bool, str]:
-        probe = self.probe_batch(n + 1)
-        names = [self.output.name]
-        try:
-            fixed = make_session(self._ort_model, device=self.device, quiet=True)
-            ref = run_chunked(lambda c: fixed.run(names, self._feed(c))[0], probe, n + 1, n)
-            free = make_session(self._serialize(rewritten), device=self.device, quiet=True)
-            got = free.run(names, self._feed(probe))[0]
-        except Exception as exc:  # noqa: BLE001 - the rewrite is only an optimisation
-            return False, f"a batch of {n + 1} fails: {str(exc).splitlines()[0][:120]}"
-        if got.shape != ref.shape or not np.allclose(
-            got, ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max())
-        ):
-            return False, f"a batch of {n + 1} gives different outputs"
-        return True, ""
+        return self.runtime.run(self.space_name(space), x, batch_size)
 
     # ---------------------------------------------------------------- torch
-    def probe_batch(self, n: int = 2, seed: int = 0) -> np.ndarray:
-        """Random data of the input's dtype and shape (batch ``n``) for parity checks.
-
-        Floats are standard normal; integer inputs are drawn below the row count of the first
-        embedding table (Gather) they index, else below 10. Unknown non-batch dims are 32.
-        """
-        spec = self.input
-        shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
-        rng = np.random.default_rng(seed)
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            return rng.standard_normal(shape).astype(dtype)
-        high = self._index_bound() or 10
-        return rng.integers(0, high, size=shape).astype(dtype)
-
-    def _index_bound(self) -> int | None:
-        inits = {t.name: t for t in self._proto.graph.initializer}
-        names = {self.input.name}
-        for node in self._proto.graph.node:
-            if node.op_type in ("Cast", "Identity") and node.input[0] in names:
-                names.add(node.output[0])
-            elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in names:
-                table = inits.get(node.input[0])
-                if table is not None and table.dims:
-                    return int(table.dims[0])
-        return None
+    @property
+    def parity(self):
+        """:class:`~onnx_explain.convert.checked.ParityReport` of the last checked conversion (or None)."""
+        if not self._by_space:
+            return None
+        return self._converted[next(reversed(self._by_space.values()))][1]
 
     def torch_module(
-        self, device: str = "cpu", probe=None, rtol: float = 1e-4, atol: float = 1e-5, space: str = "output"
+        self,
+        device: str = "cpu",
+        probe=None,
+        rtol: float = 1e-4,
+        atol: float = 0.0,
+        space: str = "output",
+        probe_range: tuple[float, float] | None = None,
     ):
-        """The converted torch graph, checked against onnxruntime (cached per model and space).
+        """The converted torch graph, checked against onnxruntime (cached per space and check settings).
 
         Parameters
         ----------
-        space : {'output', 'logit'}
-            Return the output as the model computes it, or the logits before a final Softmax/LogSoftmax
-            (the default of the attribution methods).
         device : str
-            torch device for the module.
+            torch device. Each device gets its own copy; a module already handed out never moves.
         probe : array_like, optional
-            A batch to check parity on (at least 2 rows is best: it catches baked-in batch sizes);
-            default: :meth:`probe_batch` with 2 rows.
+            A batch to check parity on (at least 2 rows: it catches baked-in batch sizes and lets the
+            gate compare the error with the spread between samples); default: 2 standard-normal rows,
+            then rows drawn from ``probe_range`` when those cannot certify the output.
         rtol, atol : float
-            Parity passes when ``max|torch - ort| <= atol + rtol * max|ort|``.
+            The gate: ``max|torch - ort| <= atol + rtol * max|ort|``, and at most 1 % of the largest
+            difference between samples (see :mod:`onnx_explain.convert.checked`).
+        space : {'output', 'logit'}
+            The output as the model computes it, or the logits before a final Softmax/LogSoftmax (the
+            default of the attribution methods).
+        probe_range : (float, float), optional
+            The input's range for the second probe (default ``(0, 255)``).
 
         Returns
         -------
@@ -613,85 +383,44 @@ class Model:
         ConversionError
             A node has no converter or its converter failed (names the node and op).
         ParityError
-            torch and onnxruntime disagree beyond the tolerance.
+            torch and onnxruntime disagree beyond the gate, or the probe cannot certify the output.
         """
-        name = self.space_name(space)
-        if name not in self._torch:
-            module, report = self._convert_and_check(probe, rtol, atol, name)
-            self._torch[name], self._parity[name] = module, report
-        return self._torch[name].to(device)
+        from .convert.checked import convert_checked
 
-    def _convert_and_check(self, probe, rtol, atol, name):
+        name = self.space_name(space)
+        probe_key = None if probe is None else _array_key(probe)
+        key = (name, probe_key, float(rtol), float(atol), None if probe_range is None else tuple(probe_range))
+        default = probe is None and rtol == 1e-4 and atol == 0.0 and probe_range is None
+        if default and name in self._by_space:
+            key = self._by_space[name]  # a request with no settings reuses the conversion already proven
+        if key not in self._converted:
+            self._converted[key] = convert_checked(
+                self.runtime.batch.graph, self.signature, self.runtime, space, probe, rtol, atol,
+                probe_range=probe_range,
+            )  # fmt: skip
+        self._by_space.pop(name, None)
+        self._by_space[name] = key
+        module = self._converted[key][0]
+        return self._on_device(module, device)
+
+    def _on_device(self, module, device):
         import torch
 
-        from .convert.driver import to_fx
-        from .convert.prepare import cap_ir_version, keep_outputs, materialize_constants, tensor_outputs
-        from .convert.wrapper import ConvertedModel
+        dev = torch.device(device)
+        if dev.type == "cpu":
+            return module
+        moved = self._moved.get((id(module), str(dev)))
+        if moved is None:
+            import copy
 
-        self._resolve_batch()
-        t0 = time.perf_counter()
-        prepared = copy.deepcopy(self._proto)
-        removed = materialize_constants(prepared)
-        tensor_outputs(prepared)
-        if not any(o.name == name for o in prepared.graph.output):
-            prepared = self._with_logit_output(prepared)
-        keep_outputs(prepared, [name])
-        cap_ir_version(prepared)
-        graph = to_fx(prepared, self.source)
-        init_names = {t.name for t in prepared.graph.initializer}
-        input_names = [i.name for i in prepared.graph.input if i.name not in init_names]
-        others = {
-            input_names.index(k): torch.as_tensor(np.asarray(v))
-            for k, v in self.fixed_inputs.items()
-            if k in input_names
-        }
-        position = input_names.index(self.input.name) if self.input.name in input_names else None
-        module = ConvertedModel(graph, position, len(input_names), others, self.fixed_batch).eval()
-        seconds = time.perf_counter() - t0
-        notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
-
-        given = probe is not None
-        x = self.validate_input(probe) if given else self.probe_batch(2)
-        ref = self.predict(x, space="logit" if name != self.output.name else "output")
-        with torch.no_grad():
-            got = module(torch.from_numpy(x)).cpu().numpy()
-        if got.shape != ref.shape:
-            raise ParityError(
-                f"{self.source}: torch output {name!r} has shape {list(got.shape)}, "
-                f"onnxruntime {list(ref.shape)}"
-            )
-        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
-        max_abs = float(diff.max()) if diff.size else 0.0
-        finite = np.isfinite(diff).all()
-        report = ParityReport(
-            max_abs=max_abs,
-            max_rel=max_abs / scale if scale > 0 else max_abs,
-            rtol=rtol,
-            atol=atol,
-            batch=int(x.shape[0]),
-            passed=bool(finite and max_abs <= atol + rtol * scale),
-            convert_seconds=seconds,
-            probe="given" if given else "random",
-            notes=notes,
-        )
-        if not report.passed:
-            raise ParityError(
-                f"{self.source}: the converted torch graph differs from onnxruntime on output "
-                f"{name!r}: max |diff| {max_abs:.3g} (relative {report.max_rel:.3g}) > "
-                f"atol {atol:g} + rtol {rtol:g} x {scale:.3g}"
-            )
-        return module, report
+            moved = copy.deepcopy(module).to(dev)
+            self._moved[(id(module), str(dev))] = moved
+        return moved
 
 
-def _np_names(types) -> set[str]:
-    return {helper.tensor_dtype_to_np_dtype(t).name for t in types}
+def _array_key(a) -> tuple:
+    """A hashable key for a probe array (its bytes' digest, shape and dtype)."""
+    import hashlib
 
-
-def _spec_dict(spec: TensorSpec) -> dict:
-    return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "dtype": spec.dtype,
-        "shape": None if spec.shape is None else list(spec.shape),
-    }
+    a = np.ascontiguousarray(np.asarray(a))
+    return (hashlib.sha1(a.tobytes()).hexdigest(), a.shape, a.dtype.str)

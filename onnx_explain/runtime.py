@@ -1,4 +1,7 @@
-"""onnxruntime sessions: provider choice, thread settings, chunked batched runs.
+"""onnxruntime: provider choice, sessions, the batch mode of a file, chunked batched runs.
+
+:class:`Runner` is the one place a model runs on onnxruntime. onnxruntime's own exceptions (session
+creation and run) leave it as :class:`~onnx_explain.errors.ModelRunError`, naming the file and the node.
 
 The CUDA provider is used only when it can load. onnxruntime-gpu lists ``CUDAExecutionProvider`` as
 available even on machines without a GPU and then logs a page of errors when a session asks for it, so we
@@ -7,14 +10,25 @@ first ask the CUDA driver itself whether a device exists (a ``ctypes`` call, no 
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import helper
 
-__all__ = ["cuda_device_count", "make_session", "run_chunked", "select_providers"]
+from .errors import DeviceError, InputDataError, InputSpecError, OnnxExplainError, ort_error
+
+__all__ = ["Runner", "cuda_device_count", "make_session", "run_chunked", "select_providers", "with_output"]
+
+_TWO_GB = 2**31
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,8 +59,6 @@ def select_providers(device: str = "auto") -> list[str]:
     """
     import onnxruntime as ort
 
-    from .errors import DeviceError
-
     if device not in ("auto", "cpu", "cuda"):
         raise DeviceError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
     if device == "cpu":
@@ -65,7 +77,13 @@ def select_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model: str | bytes, device: str = "auto", threads: int | None = None, quiet: bool = False):
+def make_session(
+    model: str | bytes,
+    device: str = "auto",
+    threads: int | None = None,
+    quiet: bool = False,
+    source: str = "<model>",
+):
     """Create an ``InferenceSession`` on the best provider that loads.
 
     Parameters
@@ -78,10 +96,19 @@ def make_session(model: str | bytes, device: str = "auto", threads: int | None =
         Intra-op threads; default: onnxruntime's choice (all physical cores), or ``ONNX_EXPLAIN_THREADS``.
     quiet : bool
         Log nothing, not even failing kernels (for probing runs whose failure is an expected answer).
+    source : str
+        The file, for messages.
 
     Returns
     -------
     onnxruntime.InferenceSession
+
+    Raises
+    ------
+    ModelRunError
+        onnxruntime refuses the model (invalid graph, unsupported op, an allocation it cannot make ...).
+    DeviceError
+        ``'cuda'`` was asked for and cannot be had.
     """
     import onnxruntime as ort
 
@@ -92,10 +119,11 @@ def make_session(model: str | bytes, device: str = "auto", threads: int | None =
         opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = select_providers(device)
-    session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+    try:
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        raise ort_error(exc, source, "load the model") from None
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        from .errors import DeviceError
-
         raise DeviceError("device 'cuda' was asked for, but onnxruntime's CUDA provider did not load")
     return session
 
@@ -113,7 +141,7 @@ def run_chunked(
     """
     n = x.shape[0]
     if n == 0:
-        raise ValueError("empty batch")
+        raise InputDataError("empty batch")
     step = fixed_batch or max(1, int(batch_size))  # a baked-in batch size cannot be exceeded
     outs: list[np.ndarray] = []
     for start in range(0, n, step):
@@ -124,3 +152,175 @@ def run_chunked(
             chunk = np.concatenate([chunk, pad], axis=0)
         outs.append(np.asarray(fn(chunk))[:real])
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+
+def with_output(proto: onnx.ModelProto, name: str, like: str) -> onnx.ModelProto:
+    """``proto`` with the tensor ``name`` as an extra graph output (typed like output ``like``); onnxruntime
+    returns only graph outputs. A copy when it changes anything (in place above 2 GB, where a copy would
+    double the memory)."""
+    if any(o.name == name for o in proto.graph.output):
+        return proto
+    proto = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
+    vi = next((v for v in proto.graph.value_info if v.name == name), None)
+    if vi is None:
+        vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        vi.type.CopyFrom(next(o for o in proto.graph.output if o.name == like).type)
+    proto.graph.output.append(vi)
+    return proto
+
+
+@dataclass(frozen=True)
+class BatchMode:
+    """How a file's batch dimension is run.
+
+    ``mode`` is ``'dynamic'`` (symbolic in the file), ``'freed'`` (fixed in the file, made symbolic and
+    verified) or ``'chunked'`` (baked into the graph: run in chunks of ``fixed_batch``); ``graph`` is the
+    model onnxruntime runs and the torch conversion starts from.
+    """
+
+    mode: str
+    fixed_batch: int | None
+    graph: onnx.ModelProto
+    note: str | None = None
+
+
+class Runner:
+    """onnxruntime on one model: one cached session, the batch mode, chunked runs.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+        The shape-inferred model (external data loaded, ZipMap outputs replaced). Never modified.
+    path : pathlib.Path or None
+        The file, when onnxruntime can read it directly.
+    signature : Signature
+        The explained input and output.
+    device : {'auto', 'cpu', 'cuda'}
+
+    Notes
+    -----
+    The batch mode is worked out on first use (it may need trial runs) and is cached; it changes what
+    onnxruntime runs, never what the model describes.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, path, signature, device: str = "auto"):
+        self._proto = proto
+        self.path = path
+        self.signature = signature
+        self.source = signature.source
+        self.device = device
+        self._batch: BatchMode | None = None
+        self._ort_model = None
+        self._session = None
+        self._tmpdir = None
+
+    # ------------------------------------------------------------------ batch mode
+    @property
+    def batch(self) -> BatchMode:
+        """The resolved :class:`BatchMode` (trial runs on first use for a file with a fixed batch)."""
+        if self._batch is None:
+            self._batch = self._resolve_batch()
+        return self._batch
+
+    @property
+    def notes(self) -> list[str]:
+        """What onnxruntime runs differs from the file, and why."""
+        return [self.batch.note] if self.batch.note else []
+
+    def _resolve_batch(self) -> BatchMode:
+        sig = self.signature
+        self._ort_model = self._original_ort_model()
+        dim0 = sig.input.shape[0] if sig.input.shape else None
+        if not isinstance(dim0, int):
+            return BatchMode("dynamic", None, self._proto)
+        from .convert.batch_dim import free_batch_dim
+
+        rewritten, why = free_batch_dim(self._proto, sig.input.name, dim0)
+        if rewritten is not None:
+            ok, why = self._verify_rewrite(rewritten, dim0)
+            if ok:
+                self._ort_model = self._serialize(self._with_logit(rewritten))
+                note = f"batch size {dim0} was fixed in the file; made symbolic (verified)"
+                return BatchMode("freed", None, rewritten, note)
+        note = f"batch size {dim0} is baked into the graph ({why}); running in chunks of {dim0}"
+        return BatchMode("chunked", dim0, self._proto, note)
+
+    def _verify_rewrite(self, rewritten: onnx.ModelProto, n: int) -> tuple[bool, str]:
+        from .convert.batch_dim import index_bound
+
+        sig = self.signature
+        probe = sig.probe_batch(n + 1, index_bound=index_bound(self._proto, sig.input.name))
+        names = [sig.output.name]
+        try:
+            fixed = make_session(self._ort_model, device=self.device, quiet=True, source=self.source)
+            ref = run_chunked(lambda c: fixed.run(names, sig.feed(c))[0], probe, n + 1, n)
+            free = make_session(
+                self._serialize(rewritten), device=self.device, quiet=True, source=self.source
+            )
+            got = free.run(names, sig.feed(probe))[0]
+        except DeviceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the rewrite is only an optimisation
+            return False, f"a batch of {n + 1} fails: {str(exc).splitlines()[0][:120] if str(exc) else exc!r}"
+        if got.shape != ref.shape or not np.allclose(
+            got, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+        ):
+            return False, f"a batch of {n + 1} gives different outputs"
+        return True, ""
+
+    # ------------------------------------------------------------------ what onnxruntime runs
+    def _with_logit(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        sig = self.signature
+        return with_output(proto, sig.logit_name, sig.output.name) if sig.logit_name else proto
+
+    def _original_ort_model(self):
+        if self.path is not None and not self.signature.replaced and not self.signature.logit_name:
+            return str(self.path)
+        return self._serialize(self._with_logit(self._proto))
+
+    def _serialize(self, proto: onnx.ModelProto):
+        """bytes for onnxruntime, or a temporary file with external data when the model is > 2 GB."""
+        from .convert.prepare import cap_ir_version
+
+        proto = copy.copy(proto) if proto.ByteSize() < _TWO_GB else proto
+        cap_ir_version(proto)
+        if proto.ByteSize() < _TWO_GB:
+            return proto.SerializeToString()
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="onnx-explain-")
+            weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+        out = os.path.join(self._tmpdir, "model.onnx")
+        onnx.save_model(
+            proto, out, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data"
+        )
+        return out
+
+    def session(self):
+        """The cached ``InferenceSession`` (created on first use)."""
+        if self._session is None:
+            _ = self.batch  # fixes what onnxruntime runs
+            self._session = make_session(self._ort_model, device=self.device, source=self.source)
+        return self._session
+
+    # ------------------------------------------------------------------ runs
+    def run(self, name: str, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Tensor ``name`` (a graph output, or the logits) for a validated batch ``x``, chunked."""
+        session = self.session()
+        fixed = self.batch.fixed_batch
+        feed = self.signature.feed
+
+        def run(chunk):
+            try:
+                out = session.run([name], feed(chunk))[0]
+            except OnnxExplainError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                raise ort_error(exc, self.source, f"run output {name!r}") from None
+            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
+                raise InputSpecError(
+                    f"{self.source}: output {name!r} is not batch-first (shape {list(out.shape)} "
+                    f"for a batch of {chunk.shape[0]}); onnx-explain explains per-sample outputs"
+                )
+            return out
+
+        return run_chunked(run, x, batch_size, fixed)

@@ -32,7 +32,7 @@ def test_auto_device_prints_nothing():
         "import numpy as np, onnx_explain as oe;"
         f"m = oe.load(r'{ROOT / 'models' / 'digits.onnx'}');"
         "print(m.predict(np.zeros((2, 1, 32, 32), np.float32)).shape);"
-        "print(m._session_or_build().get_providers()[0])"
+        "print(m.runtime.session().get_providers()[0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr == ""
@@ -61,6 +61,6 @@ def test_session_is_cached():
     m = oe.load(ROOT / "models" / "digits.onnx")
     x = np.zeros((1, 1, 32, 32), np.float32)
     m.predict(x)
-    s = m._session
+    s = m.runtime.session()
     m.predict(x)
-    assert m._session is s
+    assert m.runtime.session() is s

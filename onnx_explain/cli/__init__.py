@@ -35,6 +35,11 @@ class LazyGroup(click.Group):
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx):
+        from .common import handle_errors
+
+        return handle_errors(super().invoke)(ctx)
+
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
@@ -43,7 +48,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-explain")
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (for bug reports).")
+def main(debug):
     """Explain ONNX models: gradients and LRP on a converted torch graph, masking metrics on onnxruntime.
 
     \b
@@ -52,7 +58,14 @@ def main():
       onnx-explain info models/digits.onnx
       onnx-explain explain models/digits.onnx models/samples -m lrp --out out/lrp
       onnx-explain evaluate models/digits.onnx -a out/lrp --metric pixel_flipping --out out/lrp.json
+
+    \b
+    Exit codes: 0 ok, 1 some items failed, 2 a usage, input or model error (one line on stderr),
+    3 an unexpected error in onnx-explain (one line; --debug shows the traceback).
     """
+    from .common import DEBUG
+
+    DEBUG["on"] = debug
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,19 +14,88 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+#: ``onnx-explain --debug``: show tracebacks instead of the one-line messages
+DEBUG = {"on": False}
+
+
+def report_exception(exc: BaseException) -> None:
+    """The last resort: one line for any exception and an exit status, never a traceback.
+
+    The package's errors exit with their own status (2); anything else is a defect of onnx-explain:
+    status 3 and a request to report it (``--debug`` shows the traceback).
+    """
+    from ..errors import OnnxExplainError
+
+    if isinstance(exc, OnnxExplainError):
+        fail(_one_line(str(exc)) or type(exc).__name__, exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        fail("interrupted", 130)
+    if isinstance(exc, MemoryError):
+        fail("out of memory (try a smaller --batch-size)", 2)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        fail(f"{exc.filename}: {exc.strerror or exc}", 2)
+    text = _one_line(str(exc))
+    fail(
+        f"internal error: {type(exc).__name__}{': ' + text if text else ''} — please report this "
+        "(run with 'onnx-explain --debug ...' for the traceback)",
+        3,
+    )
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= 500 else first[:497] + "..."
+
+
 def handle_errors(fn):
-    """Turn the package's errors (and a missing file) into one line and exit status 2."""
+    """Run a command so that no exception leaves it as a traceback (see :func:`report_exception`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from ..errors import OnnxExplainError
-
         try:
             return fn(*args, **kwargs)
-        except OnnxExplainError as exc:
-            fail(str(exc), exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the CLI's last-resort handler
+            if DEBUG["on"]:
+                raise
+            report_exception(exc)
 
     return wrapper
+
+
+def load_array(path: str, what: str):
+    """A ``.npy`` array (or the only array of an ``.npz``) for option ``what``; one-line errors."""
+    import numpy as np
+
+    from ..errors import InputFileError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"{path} ({what}): cannot read a numpy array: {_one_line(str(exc))}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if len(data.files) != 1:
+                raise InputFileError(
+                    f"{path} ({what}): an .npz holding one array expected, found {data.files}"
+                )
+            return data[data.files[0]]
+    return data
+
+
+def parse_range(text: str | None, what: str) -> tuple[float, float] | None:
+    """``'LO,HI'`` -> ``(lo, hi)`` with lo < hi; None stays None."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"{what} takes LO,HI (two numbers), not {text!r}") from None
+    if not lo < hi:
+        raise click.UsageError(f"{what}: LO must be below HI, got {text!r}")
+    return lo, hi
 
 
 def model_options(fn):

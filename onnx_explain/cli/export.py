@@ -56,5 +56,7 @@ def export(source, out, input_shape, dynamic_batch, exporter, opset, kind, as_js
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(f"wrote {report['path']}: onnxruntime vs source max |diff| {report['max_abs_ort_vs_source']:.3g}; "
-                   f"torch conversion parity max |diff| {report['parity']['max_abs']:.3g}")  # fmt: skip
+        click.echo(f"wrote {report['path']}: onnxruntime vs source max |diff| {report['max_abs_ort_vs_source']:.3g} "
+                   f"(relative {report['max_rel_ort_vs_source']:.3g}); torch conversion parity max |diff| "
+                   f"{report['parity']['max_abs']:.3g} (relative {report['parity']['max_rel']:.3g}, "
+                   f"{report['parity']['rel_spread']:.3g} of the spread between samples)")  # fmt: skip

@@ -25,12 +25,21 @@ from .common import fail, handle_errors, model_options
     help="A .npy batch to check parity on (default: random data of the input's dtype).",
 )
 @click.option(
+    "--probe-range",
+    default=None,
+    metavar="LO,HI",
+    help="The input's range, for the second probe drawn when the first cannot certify parity "
+    "(an output that is all zero or the same for every sample). Default: 0,255.",
+)
+@click.option(
     "--rtol", type=float, default=1e-4, show_default=True, help="Parity tolerance, relative to max|output|."
 )
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, absolute.")
+@click.option(
+    "--atol", type=float, default=0.0, show_default=True, help="Extra absolute parity tolerance (added)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
-def info(model, input_name, output_name, device, convert, probe, rtol, atol, as_json):
+def info(model, input_name, output_name, device, convert, probe, probe_range, rtol, atol, as_json):
     """Describe MODEL: IR version, opsets, producer, inputs and outputs, op histogram, and whether it
     converts to torch with outputs matching onnxruntime.
 
@@ -39,22 +48,23 @@ def info(model, input_name, output_name, device, convert, probe, rtol, atol, as_
       onnx-explain info models/digits.onnx
       onnx-explain info resnet.onnx --json --probe batch.npy
     """
-    import numpy as np
-
     from ..errors import ConversionError, ParityError
     from ..model import load
+    from .common import load_array, parse_range
 
+    lo_hi = parse_range(probe_range, "--probe-range")
     m = load(model, input=input_name, output=output_name, device=device)
     data = m.describe()
     status = 0
     if convert:
         try:
-            m.torch_module(probe=None if probe is None else np.load(probe), rtol=rtol, atol=atol)
+            given = None if probe is None else load_array(probe, "--probe")
+            m.torch_module(probe=given, rtol=rtol, atol=atol, probe_range=lo_hi)
             data["conversion"] = {"ok": True, "batch_mode": m.batch_mode, "parity": m.parity.to_dict()}
         except (ConversionError, ParityError) as exc:
             data["conversion"] = {"ok": False, "error": str(exc)}
             status = 2
-    data["notes"] = list(m.notes)
+        data["notes"] = data["notes"] + m.runtime.notes
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -90,8 +100,9 @@ def _print_text(d: dict) -> None:
         if conv["ok"]:
             p = conv["parity"]
             e(
-                f"torch:    converted in {p['convert_seconds']:.2f} s; parity with onnxruntime on a {p['probe']} batch of "
-                f"{p['batch']}: max |diff| {p['max_abs']:.3g} (relative {p['max_rel']:.3g}) -> OK"
+                f"torch:    converted in {p['convert_seconds']:.2f} s; parity with onnxruntime on a {p['probe']} "
+                f"batch of {p['batch']}: max |diff| {p['max_abs']:.3g}, relative to the output "
+                f"{p['max_rel']:.3g}, to the spread between samples {p['rel_spread']:.3g} -> OK"
             )
             if conv["batch_mode"] != "dynamic":
                 e(f"batch:    {conv['batch_mode']}")

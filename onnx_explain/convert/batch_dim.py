@@ -76,3 +76,18 @@ def free_batch_dim(model: onnx.ModelProto, input_name: str, n: int) -> tuple[onn
         except Exception:  # noqa: BLE001 - converters that need shapes will say so by node
             pass
     return out, f"{rewritten} Reshape constant(s) rewritten"
+
+
+def index_bound(model: onnx.ModelProto, input_name: str) -> int | None:
+    """Row count of the first embedding table (a Gather on an initializer) that integer input
+    ``input_name`` indexes, through Cast/Identity; None when there is none."""
+    inits = {t.name: t for t in model.graph.initializer}
+    names = {input_name}
+    for node in model.graph.node:
+        if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in names:
+            names.add(node.output[0])
+        elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in names:
+            table = inits.get(node.input[0])
+            if table is not None and table.dims:
+                return int(table.dims[0])
+    return None

@@ -1,0 +1,274 @@
+"""The checked conversion: an ONNX model becomes a torch module *and* a proof that it computes what
+onnxruntime computes.
+
+:func:`convert_checked` returns ``(ConvertedModel, ParityReport)`` and raises :class:`ParityError` when the
+torch graph differs from onnxruntime — or when the probe cannot tell (an output that is constant or
+all-zero on the probe certifies nothing: a second probe drawn from the input's range is tried first).
+
+The gate is relative. With ``ref`` the onnxruntime output on the probe and ``err = max|torch − ref|``:
+
+- ``scale = max|ref|`` and ``err <= atol + rtol · scale`` (an error small next to the output), and
+- ``spread = max over output elements of (max − min over the probe's samples)`` and
+  ``err <= spread_tol · spread`` (an error small next to what distinguishes one sample from another).
+
+An absolute tolerance alone certifies any conversion of a model whose outputs are tiny (a freshly
+initialised MobileNetV3 gives outputs of about 1e-9); the default ``atol`` is therefore 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ConversionError, OnnxExplainError, ParityError
+
+__all__ = ["DEFAULT_PROBE_RANGE", "ParityReport", "convert_checked", "convert_graph"]
+
+#: the second probe's range when the first probe (standard normal) cannot certify parity: raw pixels
+DEFAULT_PROBE_RANGE = (0.0, 255.0)
+_TINY = 1e-30  # below this every output counts as zero
+
+
+@dataclass
+class ParityReport:
+    """Outcome of comparing the torch graph with onnxruntime on a probe batch.
+
+    Attributes
+    ----------
+    max_abs : float
+        Largest absolute difference between torch and onnxruntime.
+    max_rel : float
+        ``max_abs / scale``: the error relative to the largest output.
+    rel_spread : float
+        ``max_abs / spread``: the error relative to how much outputs differ between samples.
+    scale, spread : float
+        ``max|ort|`` and the largest per-element range over the probe's samples.
+    rtol, atol, spread_tol : float
+        The tolerances the gate used.
+    batch : int
+        Rows in the probe.
+    passed : bool
+    convert_seconds : float
+    probe : str
+        ``'random'`` (standard normal), ``'range [lo, hi]'`` (the second probe) or ``'given'``.
+    notes : list of str
+    """
+
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    batch: int
+    passed: bool
+    convert_seconds: float
+    probe: str = "random"
+    notes: list[str] = field(default_factory=list)
+    scale: float = 0.0
+    spread: float = 0.0
+    rel_spread: float = 0.0
+    spread_tol: float = 1e-2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for people: the errors relative to the output's scale and spread."""
+        return (
+            f"max |diff| {self.max_abs:.3g}, relative to the output {self.max_rel:.3g}, to the spread "
+            f"between samples {self.rel_spread:.3g} ({self.probe} probe of {self.batch})"
+        )
+
+
+def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: str):
+    """The torch module computing tensor ``name`` of ``proto`` from the explained input (no check).
+
+    Returns ``(ConvertedModel, seconds, notes)``.
+    """
+    import torch
+
+    from ..runtime import with_output
+    from .driver import to_fx
+    from .prepare import cap_ir_version, keep_outputs, materialize_constants, tensor_outputs
+    from .wrapper import ConvertedModel
+
+    t0 = time.perf_counter()
+    prepared = copy.deepcopy(proto)
+    removed = materialize_constants(prepared)
+    tensor_outputs(prepared)
+    if not any(o.name == name for o in prepared.graph.output):
+        prepared = with_output(prepared, name, signature.output.name)
+    keep_outputs(prepared, [name])
+    cap_ir_version(prepared)
+    graph = to_fx(prepared, source)
+    init_names = {t.name for t in prepared.graph.initializer}
+    input_names = [i.name for i in prepared.graph.input if i.name not in init_names]
+    others = {
+        input_names.index(k): torch.as_tensor(np.asarray(v))
+        for k, v in signature.fixed_inputs.items()
+        if k in input_names
+    }
+    position = input_names.index(signature.input.name) if signature.input.name in input_names else None
+    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch).eval()
+    notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
+    return module, time.perf_counter() - t0, notes
+
+
+def _torch_output(module, x: np.ndarray, source: str, name: str) -> np.ndarray:
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).cpu().numpy()
+    except OnnxExplainError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a converted op failing on real data
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"{source}: the converted torch graph fails on a probe batch ({first})"
+        ) from None
+
+
+def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:
+    spec = signature.input
+    shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+    rng = np.random.default_rng(1)
+    dtype = np.dtype(spec.dtype)
+    lo, hi = probe_range
+    if dtype.kind == "f":
+        return rng.uniform(lo, hi, size=shape).astype(dtype)
+    return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
+
+
+def _measure(got: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, bool]:
+    """(max_abs, scale, spread, finite) of torch ``got`` against onnxruntime ``ref``."""
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    finite = bool(np.isfinite(g).all() and np.isfinite(r).all())
+    diff = np.abs(g - r)
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    scale = float(np.nanmax(np.abs(r))) if r.size else 0.0
+    flat = r.reshape(r.shape[0], -1)
+    spread = float(np.nanmax(flat.max(0) - flat.min(0))) if flat.shape[0] > 1 and flat.size else 0.0
+    return max_abs, scale, spread, finite
+
+
+def _certifiable(scale: float, spread: float, n: int) -> str | None:
+    """Why a probe's reference output cannot certify a conversion, or None when it can."""
+    if scale <= _TINY:
+        return "is all zero"
+    if n > 1 and spread <= 1e-6 * scale:
+        return "is the same for every sample"
+    return None
+
+
+def convert_checked(
+    proto,
+    signature,
+    runner,
+    space: str = "output",
+    probe=None,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    spread_tol: float = 1e-2,
+    probe_range: tuple[float, float] | None = None,
+):
+    """Convert ``proto`` to torch and prove it against onnxruntime.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+        The graph onnxruntime runs (``runner.batch.graph``).
+    signature : Signature
+    runner : Runner
+        onnxruntime on the same model.
+    space : {'output', 'logit'}
+    probe : array_like, optional
+        The batch to check on (at least 2 rows); default: 2 standard-normal rows. When the output on it
+        cannot certify anything (all zero, or the same for every sample), 4 rows uniform in
+        ``probe_range`` are tried.
+    rtol, atol, spread_tol : float
+        The gate (see the module's docstring).
+    probe_range : (float, float), optional
+        The input's range for the second probe; default :data:`DEFAULT_PROBE_RANGE`.
+
+    Returns
+    -------
+    (ConvertedModel, ParityReport)
+
+    Raises
+    ------
+    ConversionError
+        A node has no converter, its converter failed, or the torch graph fails on the probe.
+    ParityError
+        torch and onnxruntime disagree beyond the gate, or no probe can certify the output.
+    """
+    from .batch_dim import index_bound
+
+    source = signature.source
+    name = signature.space_name(space)
+    module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source)
+    bound = index_bound(proto, signature.input.name)
+    lo_hi = tuple(probe_range or DEFAULT_PROBE_RANGE)
+    first = (
+        ("random", signature.probe_batch(2, index_bound=bound))
+        if probe is None
+        else ("given", signature.validate_input(probe))
+    )
+    candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", _range_probe(signature, 4, lo_hi, bound))]
+    why_not = []
+    for kind, x in candidates:
+        ref = runner.run(name, x)
+        got = _torch_output(module, x, source, name)
+        if got.shape != ref.shape:
+            raise ParityError(
+                f"{source}: torch output {name!r} has shape {list(got.shape)}, onnxruntime {list(ref.shape)}"
+            )
+        max_abs, scale, spread, finite = _measure(got, ref)
+        why = _certifiable(scale, spread, len(x))
+        if why is not None and finite:
+            why_not.append(f"{kind} probe: output {why}")
+            continue
+        report = ParityReport(
+            max_abs=max_abs,
+            max_rel=max_abs / scale if scale > 0 else max_abs,
+            rtol=rtol,
+            atol=atol,
+            batch=int(x.shape[0]),
+            passed=False,
+            convert_seconds=seconds,
+            probe=kind,
+            notes=notes + why_not,
+            scale=scale,
+            spread=spread,
+            rel_spread=max_abs / spread if spread > 0 else float("inf") if max_abs > 0 else 0.0,
+            spread_tol=spread_tol,
+        )
+        report.passed = bool(
+            finite and max_abs <= atol + rtol * scale and (len(x) < 2 or max_abs <= spread_tol * spread)
+        )
+        if not report.passed:
+            raise ParityError(_failure(source, name, report, finite))
+        return module, report
+    raise ParityError(
+        f"{source}: cannot certify the conversion of output {name!r}: " + "; ".join(why_not)
+        + " — pass a representative probe (probe= / --probe FILE.npy) or the input's range (probe_range=)"
+    )  # fmt: skip
+
+
+def _failure(source: str, name: str, r: ParityReport, finite: bool) -> str:
+    if not finite:
+        return f"{source}: the converted torch graph gives non-finite values where onnxruntime does not (output {name!r})"
+    if r.max_abs > r.atol + r.rtol * r.scale:
+        return (
+            f"{source}: the converted torch graph differs from onnxruntime on output {name!r}: max |diff| "
+            f"{r.max_abs:.3g} is {r.max_rel:.3g} of the output's scale {r.scale:.3g} (allowed: rtol {r.rtol:g}"
+            + (f" + atol {r.atol:g}" if r.atol else "")
+            + ")"
+        )
+    return (
+        f"{source}: the converted torch graph differs from onnxruntime on output {name!r}: max |diff| "
+        f"{r.max_abs:.3g} is {r.rel_spread:.3g} of the spread between samples {r.spread:.3g} "
+        f"(allowed: {r.spread_tol:g})"
+    )

@@ -1,0 +1,364 @@
+"""What a model takes and gives: tensor specs, the explained input and output, the logits before a final
+Softmax, the image layout, and the checks an input array must pass.
+
+A :class:`Signature` is built once from the (shape-inferred) graph and never changes: everything here is a
+fact of the file and the choices made at :func:`onnx_explain.load`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import InputDataError, InputSpecError
+
+__all__ = ["Signature", "TensorSpec", "image_layout", "spec_from_value_info"]
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
+_INT_TYPES = {
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
+}  # fmt: skip
+_CHANNELS = (1, 3, 4)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape of a graph input or output.
+
+    ``shape`` holds ints for fixed dims, strings for symbolic dims and None for unknown ones (a dim
+    declared as 0 or negative, PaddlePaddle's ``-1`` for the batch, is unknown); it is None when the rank
+    is unknown. ``kind`` is ``'tensor'``, ``'sequence'``, ``'map'`` or ``'optional'``.
+    """
+
+    name: str
+    kind: str
+    dtype: str | None
+    shape: tuple | None
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "tensor" and self.dtype in ("float16", "float32", "float64")
+
+    def shape_str(self) -> str:
+        if self.shape is None:
+            return "?"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "shape": None if self.shape is None else list(self.shape),
+        }
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.kind} {self.dtype or ''} {self.shape_str()}".replace("  ", " ")
+
+
+def _dtype_name(elem_type: int) -> str | None:
+    if not elem_type:
+        return None
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, ValueError, TypeError):  # an element type onnx itself does not know
+        return f"elem_type {elem_type}"
+
+
+def spec_from_value_info(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    """The :class:`TensorSpec` of a graph input or output."""
+    t = value_info.type
+    kind = t.WhichOneof("value")
+    kind = {
+        "tensor_type": "tensor",
+        "sequence_type": "sequence",
+        "map_type": "map",
+        "optional_type": "optional",
+    }.get(kind, str(kind))
+    if kind != "tensor":
+        return TensorSpec(value_info.name, kind, None, None)
+    tt = t.tensor_type
+    dtype = _dtype_name(tt.elem_type)
+    if not tt.HasField("shape"):
+        return TensorSpec(value_info.name, kind, dtype, None)
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:  # unknown, or 0 / negative: a "free" dim in exporters' conventions, not a size
+            dims.append(None)
+    return TensorSpec(value_info.name, kind, dtype, tuple(dims))
+
+
+def image_layout(shape) -> tuple[str | None, int | None]:
+    """``(layout, channel_axis)`` of a batch-first input shape.
+
+    Rank 4 with 1, 3 or 4 on axis 1 is ``NCHW`` (axis 1); otherwise with 1, 3 or 4 on axis 3 it is
+    ``NHWC`` (axis 3); an unknown channel count on both reads as NCHW (torch's default). Rank 3 with fixed
+    height and width is ``NHW`` (grayscale, no channel axis). Anything else is not an image: ``(None, None)``.
+    """
+    shape = list(shape or [])
+    if len(shape) == 4:
+        if isinstance(shape[1], int) and shape[1] in _CHANNELS:
+            return "NCHW", 1
+        if isinstance(shape[3], int) and shape[3] in _CHANNELS:
+            return "NHWC", 3
+        return "NCHW", 1
+    if len(shape) == 3 and all(isinstance(d, int) for d in shape[1:]):
+        return "NHW", None
+    return None, None
+
+
+def _np_names(types) -> set[str]:
+    return {helper.tensor_dtype_to_np_dtype(t).name for t in types}
+
+
+def _find_logit(proto: onnx.ModelProto, output: TensorSpec) -> str | None:
+    """The input of a Softmax/LogSoftmax over the last axis that produces the explained output."""
+    node = next((n for n in proto.graph.node if output.name in n.output), None)
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    rank = len(output.shape) if output.shape is not None else None
+    opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
+    default = -1 if opsets.get("ai.onnx", 13) >= 13 else 1
+    axis = default if axis is None else axis
+    if not rank or axis % rank != rank - 1:
+        return None
+    return node.input[0]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The inputs and outputs of a model and which of them are explained.
+
+    Attributes
+    ----------
+    source : str
+        The file (or ``<in-memory model>``), for messages.
+    inputs, outputs : list of TensorSpec
+        The graph's inputs (initializers excluded) and outputs, as the file declares them.
+    tensor_outputs : list of TensorSpec
+        The outputs as onnx-explain runs them: a ZipMap output stands for the tensor it wraps.
+    replaced : dict
+        Non-tensor output -> the tensor output standing for it (None when dropped).
+    input, output : TensorSpec
+        The explained input and output.
+    logit_name : str or None
+        The tensor before a final Softmax/LogSoftmax over the last axis that produces ``output``.
+    fixed_inputs : dict
+        Values of the other inputs (batch 1 is repeated to each batch).
+    allow_nonfinite : bool
+        Accept NaN and ±Inf in input arrays (refused by default).
+    """
+
+    source: str
+    inputs: list
+    outputs: list
+    tensor_outputs: list
+    replaced: dict
+    input: TensorSpec
+    output: TensorSpec
+    logit_name: str | None
+    fixed_inputs: dict = field(default_factory=dict)
+    allow_nonfinite: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        proto: onnx.ModelProto,
+        declared_outputs: list,
+        replaced: dict,
+        source: str,
+        input_name: str | None = None,
+        output_name: str | None = None,
+        fixed_inputs: dict | None = None,
+        allow_nonfinite: bool = False,
+    ) -> Signature:
+        """Choose the explained input and output of ``proto`` (whose ZipMap outputs are already replaced
+        by their tensors, see :func:`onnx_explain.convert.prepare.tensor_outputs`).
+
+        Raises
+        ------
+        InputSpecError
+            No input, several inputs and none chosen, an unknown name, an unsupported type, other inputs
+            without values, no float output or several and none chosen.
+        """
+        init_names = {t.name for t in proto.graph.initializer}
+        inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in init_names]
+        tensor_outs = [spec_from_value_info(v) for v in proto.graph.output]
+        chosen_in = _choose_input(inputs, input_name, source)
+        fixed_inputs = dict(fixed_inputs or {})
+        unknown = sorted(set(fixed_inputs) - {i.name for i in inputs})
+        if unknown:
+            raise InputSpecError(f"{source}: fixed_inputs names {unknown} that are not inputs of the model")
+        missing = [i.name for i in inputs if i.name != chosen_in.name and i.name not in fixed_inputs]
+        if missing:
+            raise InputSpecError(f"{source}: inputs {missing} need values: pass fixed_inputs= for them")
+        chosen_out = _choose_output(tensor_outs, declared_outputs, replaced, output_name, source)
+        return cls(
+            source=source,
+            inputs=inputs,
+            outputs=list(declared_outputs),
+            tensor_outputs=tensor_outs,
+            replaced=dict(replaced),
+            input=chosen_in,
+            output=chosen_out,
+            logit_name=_find_logit(proto, chosen_out),
+            fixed_inputs={k: np.asarray(v) for k, v in fixed_inputs.items()},
+            allow_nonfinite=bool(allow_nonfinite),
+        )
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def layout(self) -> str | None:
+        """Image layout of the explained input: ``'NCHW'``, ``'NHWC'``, ``'NHW'`` or None (not an image)."""
+        return image_layout(self.input.shape)[0]
+
+    @property
+    def channel_axis(self) -> int | None:
+        """Axis of the channels in a batch of the explained input (1 for NCHW, 3 for NHWC), else None."""
+        return image_layout(self.input.shape)[1]
+
+    def n_classes(self, space: str = "logit") -> int | None:
+        """Number of scores per sample when the file fixes it (else None)."""
+        shape = self.output.shape
+        if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        return int(np.prod(shape[1:]))
+
+    def space_name(self, space: str) -> str:
+        """ONNX tensor explained in ``space``: ``'logit'`` (the input of a final Softmax, when there is one,
+        else the output) or ``'output'`` (the output as the model returns it)."""
+        if space not in ("logit", "output"):
+            from .errors import OptionError
+
+            raise OptionError(f"output space must be 'logit' or 'output', not {space!r}")
+        return self.logit_name if space == "logit" and self.logit_name else self.output.name
+
+    def feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The onnxruntime feed for a batch ``x`` of the explained input (fixed inputs repeated)."""
+        feed = {self.input.name: x}
+        for name, value in self.fixed_inputs.items():
+            feed[name] = np.repeat(value, x.shape[0], axis=0) if value.shape[:1] == (1,) else value
+        return feed
+
+    # ------------------------------------------------------------------ input checks
+    def validate_input(self, x, allow_nonfinite: bool | None = None) -> np.ndarray:
+        """Check ``x`` against the explained input and return it as a contiguous array of its dtype.
+
+        Parameters
+        ----------
+        x : array_like
+            A batch, batch first.
+        allow_nonfinite : bool, optional
+            Accept NaN and ±Inf (default: the model's setting, refused unless ``load(allow_nonfinite=True)``).
+
+        Raises
+        ------
+        InputDataError
+            Wrong rank, a fixed dimension that differs, a dtype of the wrong kind (float vs integer),
+            an empty batch, or non-finite values (naming the first bad sample).
+        """
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise InputDataError(f"input {self.input.name!r}: not an array ({exc})") from None
+        spec = self.input
+        want = np.dtype(spec.dtype)
+        kinds = {"f": "f", "i": "iu", "u": "iu", "b": "b"}
+        if x.dtype.kind not in kinds.get(want.kind, want.kind):
+            raise InputDataError(
+                f"input {spec.name!r} expects {want.name} values, got a {x.dtype.name} array"
+            )
+        if spec.shape is not None:
+            if x.ndim != len(spec.shape):
+                raise InputDataError(
+                    f"input {spec.name!r} expects shape {spec.shape_str()} (rank {len(spec.shape)}), "
+                    f"got an array of shape {list(x.shape)}"
+                )
+            for axis, (want_d, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
+                if axis > 0 and isinstance(want_d, int) and want_d != got:
+                    raise InputDataError(
+                        f"input {spec.name!r} expects shape {spec.shape_str()}, got {list(x.shape)} "
+                        f"(axis {axis} must be {want_d})"
+                    )
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise InputDataError(f"input {spec.name!r}: empty batch")
+        allow = self.allow_nonfinite if allow_nonfinite is None else allow_nonfinite
+        if x.dtype.kind == "f" and not allow:
+            finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+            if not finite.all():
+                bad = np.flatnonzero(~finite)
+                which = f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                raise InputDataError(
+                    f"input {spec.name!r}: {which} holds NaN or infinite values "
+                    "(refused; load(..., allow_nonfinite=True) / --allow-nonfinite accepts them)"
+                )
+        return np.ascontiguousarray(x, dtype=want)
+
+    def probe_batch(self, n: int = 2, seed: int = 0, index_bound: int | None = None) -> np.ndarray:
+        """Random data of the input's dtype and shape (batch ``n``) for parity checks.
+
+        Floats are standard normal; integers are drawn below ``index_bound`` (else 10). Unknown non-batch
+        dims are 32.
+        """
+        spec = self.input
+        shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+        rng = np.random.default_rng(seed)
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            return rng.standard_normal(shape).astype(dtype)
+        return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
+
+
+def _choose_input(inputs: list, name: str | None, source: str) -> TensorSpec:
+    if not inputs:
+        raise InputSpecError(f"{source}: the model has no inputs")
+    if name is None:
+        if len(inputs) > 1:
+            names = ", ".join(i.name for i in inputs)
+            raise InputSpecError(
+                f"{source}: the model has several inputs ({names}); choose one with input= / --input-name"
+            )
+        spec = inputs[0]
+    else:
+        spec = next((i for i in inputs if i.name == name), None)
+        if spec is None:
+            names = ", ".join(i.name for i in inputs)
+            raise InputSpecError(f"{source}: no input named {name!r} (inputs: {names})")
+    if spec.kind != "tensor" or spec.dtype not in _np_names(_FLOAT_TYPES | _INT_TYPES):
+        raise InputSpecError(
+            f"{source}: input {spec.name!r} has unsupported type {spec.kind} {spec.dtype}; "
+            "onnx-explain explains float or integer tensors"
+        )
+    return spec
+
+
+def _choose_output(outs: list, declared: list, replaced: dict, name: str | None, source: str) -> TensorSpec:
+    listing = ", ".join(str(o) for o in declared)
+    if name is not None:
+        spec = next((o for o in outs if o.name == name), None)
+        if spec is None and replaced.get(name):
+            # a ZipMap output asked for by its own name means the tensor it wraps
+            spec = next(o for o in outs if o.name == replaced[name])
+        if spec is None:
+            raise InputSpecError(f"{source}: no tensor output named {name!r} (outputs: {listing})")
+        if not spec.is_float:
+            raise InputSpecError(f"{source}: output {name!r} is {spec.dtype}, not a float score tensor")
+        return spec
+    floats = [o for o in outs if o.is_float]
+    if len(floats) == 1:
+        return floats[0]
+    if not floats:
+        raise InputSpecError(f"{source}: no float tensor output to explain (outputs: {listing})")
+    names = ", ".join(o.name for o in floats)
+    raise InputSpecError(
+        f"{source}: several float outputs ({names}); choose one with output= / --output-name"
+    )
