@@ -88,6 +88,7 @@ def node_label(name: str, op_type: str, domain: str = "") -> str:
 
 _ORT_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_SOURCE = re.compile(r"/\S+\.(?:cc|h|cpp):\d+\s+(?:[\w:<>*&, ]+\([^)]*\)\s*(?:const\s*)?)?")
 
 
 def ort_error(exc: BaseException, source: str, doing: str) -> ModelRunError:
@@ -100,7 +101,7 @@ def ort_error(exc: BaseException, source: str, doing: str) -> ModelRunError:
     if m:
         where = f" at {node_label(m.group(2), m.group(1))}"
         text = text.split("Status Message:", 1)[-1].strip() or text
-    text = _ORT_PREFIX.sub("", text)
+    text = _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)).strip() or text
     if len(text) > 300:
         text = text[:297] + "..."
     return ModelRunError(f"{source}: onnxruntime failed to {doing}{where}: {text}")

@@ -214,6 +214,7 @@ class Model:
         signature = Signature.build(
             proto, declared, replaced, source, input_name, output_name, fixed_inputs, allow_nonfinite
         )
+        freed = _free_nonpositive_dims(proto)  # after the signature: it shows them as unknown ('?')
         notes = [note] if note else []
         for old, new in replaced.items():
             notes.append(
@@ -221,7 +222,12 @@ class Model:
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        return cls(proto, path, signature, device, notes)
+        if freed:
+            notes.append(f"dims declared as 0 or negative are symbolic: {', '.join(freed)}")
+        model = cls(proto, path, signature, device, notes)
+        if freed:  # onnxruntime must run our rewritten copy, not the file
+            model.runtime = Runner(proto, None, signature, device)
+        return model
 
     # ---------------------------------------------------------------- the signature
     @property
@@ -416,6 +422,24 @@ class Model:
             moved = copy.deepcopy(module).to(dev)
             self._moved[(id(module), str(dev))] = moved
         return moved
+
+
+def _free_nonpositive_dims(proto: onnx.ModelProto) -> list[str]:
+    """Make graph input/output dims declared as 0 or negative symbolic, in place (our own copy).
+
+    PaddlePaddle declares a free batch as ``-1``; onnxruntime reads a negative dim as free but ``0`` as a
+    size. Returns ``name[axis]`` of each dim changed.
+    """
+    changed = []
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = f"{vi.name}_dim{k}"
+                changed.append(f"{vi.name}[{k}]")
+    return changed
 
 
 def _array_key(a) -> tuple:

@@ -95,7 +95,7 @@ def make_session(
     threads : int, optional
         Intra-op threads; default: onnxruntime's choice (all physical cores), or ``ONNX_EXPLAIN_THREADS``.
     quiet : bool
-        Log nothing, not even failing kernels (for probing runs whose failure is an expected answer).
+        Kept for callers; onnxruntime never logs below fatal here (its errors become ModelRunError).
     source : str
         The file, for messages.
 
@@ -113,7 +113,8 @@ def make_session(
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 4 if quiet else 3  # errors only: no provider-fallback warnings on CPU
+    # fatal only: onnxruntime's errors reach the user as one ModelRunError line, not as a log page too
+    opts.log_severity_level = 4
     threads = threads or int(os.environ.get("ONNX_EXPLAIN_THREADS", "0"))
     if threads:
         opts.intra_op_num_threads = threads

@@ -208,6 +208,7 @@ def convert_checked(
 
     source = signature.source
     name = signature.space_name(space)
+    runner.session()  # a file onnxruntime refuses is reported as such, before any conversion work
     module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source)
     bound = index_bound(proto, signature.input.name)
     lo_hi = tuple(probe_range or DEFAULT_PROBE_RANGE)
