@@ -98,8 +98,20 @@ def parse_range(text: str | None, what: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _remember(ctx, param, value):
+    ctx.meta[f"onnx_explain.{param.name}"] = value
+    return value
+
+
 def model_options(fn):
-    """--input-name, --output-name, --device: how to read the model."""
+    """--input-name, --output-name, --device, --allow-nonfinite: how to read the model (see :func:`load_model`)."""
+    fn = click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Accept inputs holding NaN or infinite values (refused per item by default).",
+    )(fn)
     fn = click.option(
         "--device",
         type=click.Choice(["auto", "cpu", "cuda"]),
@@ -114,6 +126,15 @@ def model_options(fn):
         fn
     )
     return fn
+
+
+def load_model(path, input_name=None, output_name=None, device="auto", **kw):
+    """:func:`onnx_explain.load` with the command line's model options (``--allow-nonfinite``)."""
+    from ..model import load
+
+    ctx = click.get_current_context(silent=True)
+    allow = bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))
+    return load(path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw)
 
 
 def target_option(fn):

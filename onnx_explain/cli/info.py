@@ -49,11 +49,10 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
       onnx-explain info resnet.onnx --json --probe batch.npy
     """
     from ..errors import ConversionError, ParityError
-    from ..model import load
-    from .common import load_array, parse_range
+    from .common import load_array, load_model, parse_range
 
     lo_hi = parse_range(probe_range, "--probe-range")
-    m = load(model, input=input_name, output=output_name, device=device)
+    m = load_model(model, input_name, output_name, device)
     data = m.describe()
     status = 0
     if convert:
