@@ -213,6 +213,12 @@ def main() -> None:
         header=",".join(f"f{i}" for i in range(13)),
         comments="",
     )
+    # the demo's data ship inside the package (onnx-explain demo runs from any folder): keep them identical
+    import shutil
+
+    data = HERE.parent / "onnx_explain" / "data"
+    shutil.copyfile(HERE / "digits.onnx", data / "digits.onnx")
+    shutil.copyfile(samples / "digits.npy", data / "digits.npy")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "OnnxExplainError",
     "OptionError",
     "ParityError",
+    "UnknownOptionError",
     "METHODS",
     "Explanation",
     "METRICS",
@@ -50,6 +51,7 @@ _LAZY = {
     "LRPCoverageError": "onnx_explain.errors",
     "ModelRunError": "onnx_explain.errors",
     "OptionError": "onnx_explain.errors",
+    "UnknownOptionError": "onnx_explain.errors",
 }
 
 

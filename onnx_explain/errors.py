@@ -24,6 +24,7 @@ __all__ = [
     "OnnxExplainError",
     "OptionError",
     "ParityError",
+    "UnknownOptionError",
     "node_label",
     "ort_error",
 ]
@@ -66,6 +67,11 @@ class InputFileError(InputDataError):
 
 class OptionError(OnnxExplainError, ValueError):
     """An option of a method, metric, composite, rule or command is unknown or has a bad value."""
+
+
+class UnknownOptionError(OptionError, TypeError):
+    """An option key that the method, metric, composite or command does not take (named, with the close
+    match and every accepted key). Also a ``TypeError``, what Python raises for an unexpected keyword."""
 
 
 class DeviceError(OnnxExplainError):

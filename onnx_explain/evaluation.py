@@ -1,22 +1,28 @@
-"""``onnx_explain.evaluate``: one call for every registered metric."""
+"""``onnx_explain.evaluate``: one call for every registered metric.
+
+Image layout is settled here, once: the metrics work on a channel-first view (``(B, C, H, W)``), so an
+NHWC or NHW model's input, attributions and input-shaped options are moved to that view on the way in,
+and every batch of perturbed rows is moved back to the model's layout on the way to the model
+(:class:`onnx_explain.metrics.Predictor`, ``layout=``). A pixel, a region, a random subset and a tie in
+a ranking are then the same thing for the same network in either layout: the scores are identical.
+"""
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 
 import numpy as np
 
-from .errors import InputDataError, OnnxExplainError
+from .errors import InputDataError, OnnxExplainError, OptionError
+from .layout import LAYOUTS, from_channels_first, to_channels_first
 from .metrics import METRICS, Predictor
+from .metrics.base import MetricSpec
 
 __all__ = ["evaluate", "make_explainer"]
 
-_PROB_DEFAULT = {"deletion", "insertion"}
 
-
-def make_explainer(model, method: str, output: str = "logit", batch_size: int = 64, **options):
+def make_explainer(model, method: str, output: str | None = None, batch_size: int = 64, **options):
     """``explainer(x, target, seed) -> attribution`` running :func:`onnx_explain.explain`."""
     from .explainer import explain
 
@@ -39,6 +45,7 @@ def evaluate(
     seed: int = 0,
     explainer=None,
     explainer_options: dict | None = None,
+    layout: str | None = None,
     **options,
 ) -> dict:
     """Evaluate attributions of ``model`` at ``x`` with a registered ``metric``.
@@ -47,9 +54,9 @@ def evaluate(
     ----------
     model : Model, path or callable
         An :class:`onnx_explain.Model` (run on onnxruntime), a path to load, or ``f(ndarray) -> scores``;
-        None for metrics that need no model (``total_variation``).
+        None for metrics that need no model (``total_variation``, ``localisation``).
     x : array_like
-        The inputs, batch first.
+        The inputs, batch first, in the model's layout.
     attributions : array_like
         One attribution per input (x's shape, or channel-aggregated ``(B, H, W)``).
     metric : str
@@ -57,7 +64,7 @@ def evaluate(
     target : None, int or sequence
         Class per sample; default: the model's prediction.
     output : {'logit', 'prob', 'output'}, optional
-        Score space; default ``'prob'`` for deletion/insertion (RISE) and ``'logit'`` otherwise.
+        Score space; default: the metric's own (``'prob'`` for deletion/insertion as RISE, else ``'logit'``).
     batch_size : int
         Rows per model call: memory depends on it, results do not.
     seed : int
@@ -65,9 +72,14 @@ def evaluate(
     explainer : callable or str, optional
         For metrics that re-explain inputs (``max_sensitivity``, ``rank_consistency``): a function
         ``(x, target, seed) -> attribution`` or a method name of :func:`onnx_explain.explain`, with
-        ``explainer_options``.
+        ``explainer_options``. It sees inputs in the model's layout.
+    layout : {'NCHW', 'NHWC', 'NHW'}, optional
+        The image layout of ``x``; default: the Model's own (:attr:`onnx_explain.Model.layout`), and
+        channels on axis 1 for a plain callable. Metrics work channel-first; see the module docstring.
     **options
-        The metric's own options.
+        The metric's own options. Arrays laid out like the input (explicit baselines, perturbations) are
+        given in the model's layout; explicit unit indices (``subsets``) and ``aupc``'s ``candidates``
+        refer to the channel-first view.
 
     Returns
     -------
@@ -76,53 +88,127 @@ def evaluate(
         (per sample), ``mean`` (NaN-aware), ``target``, ``model_calls``, and the metric's own results
         (``curve``, ``auc``, ``aopc`` ...).
     """
-    from .model import Model, load
-
-    if metric not in METRICS:
-        raise OnnxExplainError(f"unknown metric {metric!r}; choose one of {', '.join(sorted(METRICS))}")
-    spec = METRICS[metric]
-    params = inspect.signature(spec.fn).parameters
-    unknown = set(options) - set(params)
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)} for metric {metric!r}")
-    if isinstance(model, (str, os.PathLike)):
-        model = load(model)
-    x = model.validate_input(x) if isinstance(model, Model) else np.asarray(x)
-    output = output or ("prob" if metric in _PROB_DEFAULT else "logit")
-    predictor = Predictor(model, output, batch_size) if model is not None else None
-    if attributions is not None:
-        attributions = np.asarray(attributions)
-        if len(attributions) != len(x):
-            raise InputDataError(f"{len(attributions)} attributions for {len(x)} inputs")
-    elif not spec.needs_explainer:
-        raise InputDataError(f"metric {metric!r} needs attributions")
-    n_classes = model.n_classes() if isinstance(model, Model) else None
-    if predictor is not None and (target is None or n_classes is None):
-        scores = predictor(x)
-        n_classes = scores.shape[1]
-    if target is None:
-        t = scores.argmax(1) if predictor is not None else np.zeros(len(x), dtype=np.int64)
-    else:
-        t = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
-        if n_classes is not None and ((t < 0).any() or (t >= n_classes).any()):
-            raise InputDataError(f"target class out of range: the output has {n_classes} classes")
-    kwargs = dict(options)
-    if "seed" in params:
+    spec = _metric(metric)
+    spec.check_options(options)
+    model, x = _model_and_input(model, x, spec)
+    layout = _layout(model, x, layout)
+    attributions = _attributions(attributions, x, spec)
+    output = output or spec.output
+    predictor = Predictor(model, output, batch_size, layout=layout) if model is not None else None
+    t = _targets(model, predictor, x, target)
+    kwargs = {
+        k: _option_to_channels_first(v, x, layout) if k in spec.input_options else v
+        for k, v in options.items()
+    }
+    if spec.takes_seed:
         kwargs["seed"] = seed
     if spec.needs_explainer:
-        if explainer is None:
-            raise OnnxExplainError(f"metric {metric!r} re-explains perturbed inputs: pass explainer=")
-        if isinstance(explainer, str):
-            explainer = make_explainer(model, explainer, batch_size=batch_size, **(explainer_options or {}))
-        kwargs["explainer"] = explainer
-    rng = np.random.default_rng(seed)
-    res = spec.fn(predictor, x, attributions, t, rng, **kwargs)
+        kwargs["explainer"] = _explainer(spec, explainer, explainer_options, model, batch_size, layout)
+    x_cf = to_channels_first(x, layout)
+    a_cf = attributions
+    if attributions is not None and attributions.ndim == x.ndim:
+        a_cf = to_channels_first(attributions, layout)
+    res = spec.fn(predictor, x_cf, a_cf, t, np.random.default_rng(seed), **kwargs)
+    return _result(spec, res, options, t, output, predictor)
+
+
+def _metric(metric: str) -> MetricSpec:
+    if metric not in METRICS:
+        raise OnnxExplainError(f"unknown metric {metric!r}; choose one of {', '.join(sorted(METRICS))}")
+    return METRICS[metric]
+
+
+def _model_and_input(model, x, spec: MetricSpec):
+    from .model import Model, load
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    if model is None and spec.needs_model:
+        raise OnnxExplainError(f"metric {spec.name!r} scores perturbed inputs: it needs a model")
+    return model, model.validate_input(x) if isinstance(model, Model) else np.asarray(x)
+
+
+def _layout(model, x: np.ndarray, layout: str | None) -> str | None:
+    """The layout to move from: only NHWC and NHW move (NCHW already is the metrics' view)."""
+    from .model import Model
+
+    if layout is None and isinstance(model, Model):
+        layout = model.layout
+    if layout is not None and layout not in LAYOUTS:
+        raise OptionError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if (layout == "NHWC" and x.ndim == 4) or (layout == "NHW" and x.ndim == 3):
+        return layout
+    return None
+
+
+def _attributions(attributions, x: np.ndarray, spec: MetricSpec):
+    if attributions is None:
+        if not spec.needs_explainer:
+            raise InputDataError(f"metric {spec.name!r} needs attributions")
+        return None
+    attributions = np.asarray(attributions)
+    if len(attributions) != len(x):
+        raise InputDataError(f"{len(attributions)} attributions for {len(x)} inputs")
+    return attributions
+
+
+def _targets(model, predictor, x: np.ndarray, target) -> np.ndarray:
+    """The class per sample: given (checked against the number of classes) or the prediction."""
+    from .model import Model
+
+    n_classes = model.n_classes() if isinstance(model, Model) else None
+    scores = None
+    if predictor is not None and (target is None or n_classes is None):
+        scores = predictor(to_channels_first(x, predictor.layout))
+        n_classes = scores.shape[1]
+    if target is None:
+        return scores.argmax(1) if scores is not None else np.zeros(len(x), dtype=np.int64)
+    t = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+    if n_classes is not None and ((t < 0).any() or (t >= n_classes).any()):
+        raise InputDataError(f"target class out of range: the output has {n_classes} classes")
+    return t
+
+
+def _option_to_channels_first(value, x: np.ndarray, layout: str | None):
+    """An input-shaped option (an array whose trailing axes are one sample of x, or a tuple of them)
+    moved to the channel-first view; anything else as it is."""
+    if layout is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_option_to_channels_first(v, x, layout) for v in value)
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("torch"):
+        arr = np.asarray(value)
+        sample = x.shape[1:]
+        if arr.ndim >= len(sample) and arr.shape[arr.ndim - len(sample) :] == sample:
+            return to_channels_first(arr, layout)
+    return value
+
+
+def _explainer(spec: MetricSpec, explainer, explainer_options, model, batch_size: int, layout: str | None):
+    """The metric's explainer, speaking the channel-first view to the metric and the model's layout to
+    the method."""
+    if explainer is None:
+        raise OnnxExplainError(f"metric {spec.name!r} re-explains perturbed inputs: pass explainer=")
+    if isinstance(explainer, str):
+        explainer = make_explainer(model, explainer, batch_size=batch_size, **(explainer_options or {}))
+    if layout is None:
+        return explainer
+    inner = explainer
+
+    def channels_first(x, target, seed):
+        a = np.asarray(inner(from_channels_first(x, layout), target, seed))
+        return to_channels_first(a, layout) if a.ndim == x.ndim - (layout == "NHW") else a
+
+    return channels_first
+
+
+def _result(spec: MetricSpec, res: dict, options: dict, t, output: str, predictor) -> dict:
     per_sample = np.asarray(res[spec.score], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = float(np.nanmean(per_sample)) if np.isfinite(per_sample).any() else float("nan")
     return {
-        "metric": metric,
+        "metric": spec.name,
         "higher_is_better": spec.better(options),
         "score": spec.score,
         "scores": per_sample,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import numpy as np
@@ -46,16 +45,6 @@ def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | N
     return t, None
 
 
-def _options(fn, given: dict) -> dict:
-    params = inspect.signature(fn).parameters
-    unknown = set(given) - set(params)
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        raise TypeError(f"unknown option(s) {sorted(unknown)}")
-    out = {k: p.default for k, p in params.items() if p.default is not p.empty and k != "generator"}
-    out.update(given)
-    return out
-
-
 def _out_dtype(a: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     """float32, except for float64 inputs (a float64 torch module), which keep their precision."""
     return a.detach().cpu().numpy().astype(np.float64 if x.dtype == torch.float64 else np.float32)
@@ -73,10 +62,11 @@ def explain(
     method: str = "smoothgrad",
     target=None,
     *,
-    output: str = "logit",
+    output: str | None = None,
     batch_size: int = 64,
     device: str = "cpu",
     seed=None,
+    layout: str | None = None,
     **options,
 ) -> Explanation:
     """Explain ``model`` at the inputs ``x`` with a registered attribution ``method``.
@@ -86,15 +76,16 @@ def explain(
     model : Model, path or torch.nn.Module
         An :class:`onnx_explain.Model` (or a path to load), or a torch module mapping ``x`` to scores.
     x : array_like
-        A batch, batch first, of the model's input dtype.
+        A batch, batch first, of the model's input dtype and layout.
     method : str
         One of :data:`onnx_explain.METHODS` (``gradient``, ``gradient_x_input``, ``smoothgrad``,
         ``integrated_gradients``, ``smoothtaylor``, ``smoothtaylor_adaptive`` ...).
     target : None, 'predicted', int, sequence of int, or 'top:K'
         The class explained per sample (default: the predicted one). ``'top:K'`` explains the K best
         classes: the attribution then has shape ``(B, K, *S)``.
-    output : {'logit', 'output'}
-        Explain the logits before a final Softmax/LogSoftmax (default) or the model's output as is.
+    output : {'logit', 'output'}, optional
+        Explain the logits before a final Softmax/LogSoftmax or the model's output as is; default: the
+        method's own (:attr:`MethodSpec.output`, the logits for every built-in method).
     batch_size : int
         Rows (noisy copies, integration steps ...) per forward/backward pass: memory depends on it, the
         result does not.
@@ -102,62 +93,40 @@ def explain(
         torch device (``'cpu'``, ``'cuda'``).
     seed : int or torch.Generator, optional
         Randomness of stochastic methods (default seed 0: reproducible).
+    layout : {'NCHW', 'NHWC', 'NHW'}, optional
+        The image layout of ``x`` (where per-channel baselines go); default: the Model's own, and
+        channels on axis 1 for a torch module.
     **options
         The method's own options (``sigma``, ``n_samples``, ``reduce``, ``base``, ``n_steps``,
-        ``quadrature_method``, ``baseline``, ``n_roots``, ``perturbations``, ``roots`` ...).
+        ``quadrature_method``, ``baseline``, ``n_roots``, ``perturbations``, ``roots`` ...). An option the
+        method does not take raises :class:`~onnx_explain.options.UnknownOptionError`.
 
     Returns
     -------
     Explanation
-        ``attribution`` (float32, x's shape; float64 for float64 input to a torch module), ``target``, ``score`` (f_c(x)), ``method``, ``options`` and
-        ``extras`` (``delta`` of IG, ``sigma`` ...; for integer inputs ``embedding_attribution``, the
-        attribution at the embedding, whose sum over the embedding axes is ``attribution``).
+        ``attribution`` (float32, x's shape; float64 for float64 input to a torch module), ``target``,
+        ``score`` (f_c(x)), ``method``, ``options`` and ``extras`` (``delta`` of IG, ``sigma`` ...; for
+        integer inputs ``embedding_attribution``, the attribution at the embedding, whose sum over the
+        embedding axes is ``attribution``).
     """
-    from .model import Model, load
-
     if method not in METHODS:
         raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
     spec = METHODS[method]
-    opts = _options(spec.fn, options)
-    if isinstance(model, (str, os.PathLike)):
-        model = load(model)
-    if isinstance(model, Model):
-        x_np = model.validate_input(x)
-        module = model.torch_module(device=device, space=output)
-    else:
-        module, x_np = model, np.asarray(x)
+    opts = spec.check_options(options)
+    output = output or spec.output
+    model, module, x_np, layout = _resolve_model(model, x, output, device, layout)
     generator = make_generator(seed, device)
     xt = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
     if x_np.dtype.kind in "iu":
         return _explain_integer(module, xt, spec, target, batch_size, generator, opts)
     if xt.dtype not in (torch.float32, torch.float64):
         xt = xt.float()
-
-    scorer = Scorer(module, batch_size)
-    n_classes = model.n_classes(output) if isinstance(model, Model) else None
-    explicit = not (
-        target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:")))
-    )
-    if explicit and n_classes is not None:
-        # a given class: no forward pass just for the targets (the method reports f_c where it can)
-        scores = None
-        targets, k = resolve_targets(target, torch.zeros(len(xt), n_classes, device=xt.device))
-    else:
-        scores = scorer.scores(xt)
-        targets, k = resolve_targets(target, scores)
+    scorer = Scorer(module, batch_size, layout)
+    scores, targets, k = _targets(scorer, xt, target, model.n_classes(output) if _is_model(model) else None)
     rows = xt if k is None else xt.repeat_interleave(k, 0)
-    flat_t = targets.reshape(-1)
     with torch.no_grad():
-        attribution, extras = spec.fn(scorer, rows, flat_t, generator, **opts)
-    if (
-        scores is None
-        and isinstance(extras.get("score"), torch.Tensor)
-        and extras["score"].shape == (len(xt),)
-    ):
-        score = extras["score"].to(xt.dtype)
-    else:
-        scores = scorer.scores(xt) if scores is None else scores
-        score = scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
+        attribution, extras = spec.fn(scorer, rows, targets.reshape(-1), generator, **opts)
+    score = _explained_score(scorer, xt, scores, targets, extras)
     if k is not None:
         attribution = attribution.reshape(len(xt), k, *xt.shape[1:])
     return Explanation(
@@ -168,6 +137,52 @@ def explain(
         options=opts,
         extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},
     )
+
+
+def _is_model(model) -> bool:
+    from .model import Model
+
+    return isinstance(model, Model)
+
+
+def _resolve_model(model, x, output: str, device: str, layout: str | None):
+    """(model, torch module, validated x, image layout) for a Model, a path or a torch module."""
+    from .model import load
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    if _is_model(model):
+        return (
+            model,
+            model.torch_module(device=device, space=output),
+            model.validate_input(x),
+            layout or model.layout,
+        )
+    return model, model, np.asarray(x), layout
+
+
+def _targets(scorer: Scorer, xt: torch.Tensor, target, n_classes: int | None):
+    """(scores or None, targets, K of 'top:K' or None). A given class needs no forward pass when the
+    number of classes is known: the method reports f_c where it can."""
+    explicit = not (
+        target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:")))
+    )
+    if explicit and n_classes is not None:
+        targets, k = resolve_targets(target, torch.zeros(len(xt), n_classes, device=xt.device))
+        return None, targets, k
+    scores = scorer.scores(xt)
+    targets, k = resolve_targets(target, scores)
+    return scores, targets, k
+
+
+def _explained_score(scorer: Scorer, xt: torch.Tensor, scores, targets: torch.Tensor, extras: dict):
+    """f_c(x) per explained (sample, class): from the method's extras when it reported them, else from
+    the scores (computed now if the targets needed none)."""
+    reported = extras.get("score")
+    if scores is None and isinstance(reported, torch.Tensor) and reported.shape == (len(xt),):
+        return reported.to(xt.dtype)
+    scores = scorer.scores(xt) if scores is None else scores
+    return scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
 
 
 def _explain_integer(module, xt, spec, target, batch_size, generator, opts) -> Explanation:

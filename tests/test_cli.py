@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import onnx
@@ -41,9 +44,21 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
-def test_readme_main_job_command(tmp_path):
+def _quickstart() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## Quickstart\s+```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    return re.search(r"## Quickstart\s+```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+
+
+def test_ci_runs_the_readme_quickstart_verbatim_then_ruff():
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [ln for ln in lines if ln and not ln.startswith("#")]
+    quickstart = _quickstart()
+    start = commands.index(quickstart[0])
+    assert commands[start:] == [*quickstart, "ruff check .", "ruff format --check ."]
+
+
+def test_readme_main_job_command(tmp_path):
+    block = _quickstart()
     assert len(block) == 2, "the quickstart holds exactly two commands"
     main_job = block[0].split("&&", 1)[1].strip()
     assert main_job == "onnx-explain demo"
@@ -56,6 +71,64 @@ def test_readme_main_job_command(tmp_path):
         assert all(np.isfinite(v["mean"]) for v in scores.values()), method
         assert len(list((tmp_path / "onnx-explain-demo" / method).glob("*.npz"))) == 8
     assert "heatmaps, curves and report -> onnx-explain-demo/" in out.stdout
+
+
+def test_demo_runs_from_an_installed_wheel_in_any_folder(tmp_path):
+    # a real install (a wheel, not the editable checkout), then `demo` in an empty folder far from the
+    # repository: the model and samples must come from the package data
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "onnx_explain", src / "onnx_explain", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [
+        *pip,
+        "wheel",
+        str(src),
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        str(tmp_path / "dist"),
+    ]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("onnx_explain-*.whl")
+    assert {"onnx_explain/data/digits.onnx", "onnx_explain/data/digits.npy"} <= set(
+        zipfile.ZipFile(wheel).namelist()
+    )
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True)  # fmt: skip
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy shadows the editable checkout
+    out = subprocess.run([sys.executable, "-m", "onnx_explain", "demo", "--quiet"], cwd=work, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = (site / "onnx_explain" / "data").resolve()
+    assert out.stdout.splitlines()[0] == f"onnx-explain demo: {data / 'digits.onnx'} on {data / 'digits.npy'}"
+    demo = work / "onnx-explain-demo"
+    report = json.loads((demo / "report.json").read_text())
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")
+    for method in ("gradient", "smoothgrad", "integrated_gradients", "lrp"):
+        files = sorted((demo / method).glob("*.npz"))
+        assert len(files) == len(x), method
+        for i, f in enumerate(files):  # the explained inputs are the bundled samples
+            np.testing.assert_array_equal(np.load(f)["input"], x[i])
+        evaluation = json.loads((demo / method / "evaluation.json").read_text())["metrics"]
+        for metric, summary in report["methods"][method].items():
+            per_item = list(evaluation[metric]["per_item"].values())
+            assert len(per_item) == len(x) and np.isfinite(per_item).all()
+            assert summary["mean"] == pytest.approx(np.mean(per_item))
+        row = next(ln for ln in out.stdout.splitlines() if ln.startswith(method + " "))
+        assert [float(v) for v in row.split()[1:]] == pytest.approx(
+            [
+                report["methods"][method][k]["mean"]
+                for k in ("pixel_flipping", "deletion", "insertion", "total_variation")
+            ],
+            abs=5e-5,
+        )
 
 
 def test_info_text():
@@ -81,9 +154,28 @@ def test_info_json_matches_the_model():
     assert d["conversion"]["batch_mode"] == "dynamic"
 
 
-def test_info_no_convert_skips_torch():
-    d = json.loads(run("info", DIGITS, "--json", "--no-convert").output)
-    assert "conversion" not in d
+def test_info_no_convert_runs_no_conversion(monkeypatch):
+    from onnx_explain.convert import driver
+
+    looked_up = []  # ONNX op types the torch conversion asked onnx2torch a converter for
+    real = driver.get_converter
+
+    def counting(*args, **kwargs):
+        looked_up.append(kwargs.get("operation_type"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "get_converter", counting)
+    res = run("info", DIGITS, "--json", "--no-convert")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert "conversion" not in d and d["nodes"] == len(onnx.load(DIGITS).graph.node)
+    text = run("info", DIGITS, "--no-convert")
+    assert text.exit_code == 0 and not any(ln.startswith("torch:") for ln in text.output.splitlines())
+    assert looked_up == []
+    # control: the same probe sees the conversion when it does run
+    d = json.loads(run("info", DIGITS, "--json").output)
+    assert d["conversion"]["ok"] is True
+    assert {"Conv", "Gemm", "Relu", "MaxPool"} <= set(looked_up)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 50, None], ids=["empty", "garbage", "truncated"])
@@ -146,6 +238,59 @@ def test_explain_writes_npz_heatmaps_and_manifest_equal_to_the_library(tmp_path)
     assert [r["item"] for r in lines] == ["digit_0_label8", "digit_1_label6"]
     assert all(r["status"] == "ok" and r["npz"] == f"{r['item']}.npz" for r in lines)
     assert [r["target"] for r in lines] == [8, 6]
+
+
+def _expected_input(png, size, channels, mean, std, crop=False, bgr=False):
+    """The model input of an image file, computed here from its pixels: grey by the ITU-R 601-2 luma in
+    integer arithmetic (PIL's 'L'), PIL's bilinear resize to HxW (or of the shorter side to fit, then the
+    centre cut out), scaled to [0, 1], normalised per channel, channels first."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+    if channels == 1:
+        pix = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    else:
+        pix = rgb
+    img = Image.fromarray(pix.astype(np.uint8))
+    h, w = size
+    if crop:
+        s = max(h / img.height, w / img.width)
+        big = np.asarray(
+            img.resize((max(w, round(img.width * s)), max(h, round(img.height * s))), Image.BILINEAR)
+        )
+        top, left = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        arr = big[top : top + h, left : left + w]
+    else:
+        arr = np.asarray(img.resize((w, h), Image.BILINEAR))
+    arr = arr.astype(np.float64).reshape(h, w, channels)
+    if bgr:
+        arr = arr[..., ::-1]
+    return ((arr / 255 - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "expect"),
+    [("digits", [], {"channels": 1, "mean": [0.0], "std": [1.0]}),
+     ("shapes", ["--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3"], {"channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}),
+     ("shapes", ["--bgr", "--crop", "--mean", "0.1,0.2,0.3", "--std", "0.5,0.5,0.5"],
+      {"channels": 3, "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5], "crop": True, "bgr": True})],
+    ids=["grey-from-rgb", "rgb-normalised", "bgr-center-crop"],
+)  # fmt: skip
+def test_explain_preprocesses_images_as_documented(tmp_path, model, flags, expect):
+    from PIL import Image
+
+    # a 48x40 colour image: the size, colour mode and channel order all differ from the 32x32 model input
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(png)
+    out = tmp_path / "out"
+    res = run("explain", ROOT / "models" / f"{model}.onnx", png, "-m", "gradient", "--out", out, "-q", *flags)
+    assert res.exit_code == 0, res.output
+    with np.load(out / "photo.npz") as z:
+        got = z["input"]
+    want = _expected_input(png, (32, 32), **expect)
+    assert got.shape == want.shape == (expect["channels"], 32, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_explain_resume_skips_finished_items(tmp_path):

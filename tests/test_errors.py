@@ -162,6 +162,10 @@ def test_nonfinite_inputs_are_refused_per_item(tmp_path):
         m.predict(x)
     ok = oe.load(DIGITS, allow_nonfinite=True).predict(x)  # an explicit choice lets them through
     assert np.isnan(ok[1]).all() and np.isfinite(ok[0]).all()
+    res = run("explain", DIGITS, tmp_path / "x.npy", "-m", "gradient", "--out", tmp_path / "o2", "--quiet",
+              "--allow-nonfinite")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "o2").glob("*.npz"))) == 4
 
 
 # --------------------------------------------------------------------------- the last resort

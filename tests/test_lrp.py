@@ -325,3 +325,46 @@ def test_box_composites_need_bounds():
     x = np.load(ROOT / "models" / "samples" / "digits.npy")[:1]
     with pytest.raises(ValueError, match="needs the input bounds"):
         oe.explain(m, x, "lrp", composite="epsilon_gamma_box")
+
+
+def test_lrp_options_are_checked_and_name_what_is_wrong():
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:1]
+    with pytest.raises(
+        oe.OptionError,
+        match=r"unknown option 'gama' for composite 'epsilon_gamma_box' \(did you mean 'gamma'\?\)",
+    ):
+        oe.explain(
+            m, x, "lrp", composite="epsilon_gamma_box", low=0.0, high=1.0, composite_options={"gama": 0.5}
+        )
+    with pytest.raises(oe.OptionError, match="unknown composite 'epsilon'"):
+        oe.explain(m, x, "lrp", composite="epsilon")
+    with pytest.raises(oe.OptionError, match="maxpool must be 'gradient' or 'avgpool', not 'avg'"):
+        oe.explain(m, x, "lrp", maxpool="avg")
+    with pytest.raises(
+        LRPCoverageError, match=r"avgpool surrogate replaces .* node '/features/features.1/Relu' \(Relu\)"
+    ):
+        oe.explain(m, x, "lrp", rules={"/features/features.1/Relu": "avgpool"})
+    # a composite option that it does take changes the result
+    a = oe.explain(m, x, "lrp", composite="epsilon_plus", composite_options={"epsilon": 0.5}).attribution
+    b = oe.explain(m, x, "lrp", composite="epsilon_plus").attribution
+    assert not np.allclose(a, b)
+
+
+def test_maxpool_avgpool_surrogate_is_the_norm_rule_of_an_average_pool(tmp_path):
+    # maxpool='avgpool' (Montavon's tutorial): relevance leaves the pool as through an AvgPool of the same
+    # geometry, in proportion to each input: R_in = x ⊙ AvgPoolᵀ(R_out / AvgPool(x))
+    class Pool(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.max_pool2d(x, 2).flatten(1)
+
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    m = oe.load(export(Pool().eval(), x, tmp_path / "p.onnx", "legacy"))
+    e = oe.explain(m, x.numpy(), "lrp", target=[1, 2], maxpool="avgpool")
+    xd = x.double().requires_grad_(True)
+    avg = torch.nn.functional.avg_pool2d(xd, 2).flatten(1)
+    r_out = torch.zeros(2, 4, dtype=torch.float64)
+    r_out[0, 1], r_out[1, 2] = torch.nn.functional.max_pool2d(x.double(), 2).flatten(1)[[0, 1], [1, 2]]
+    (g,) = torch.autograd.grad(avg, xd, r_out / avg.detach())
+    np.testing.assert_allclose(e.attribution, (xd * g).detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert e.extras["rules"]["/MaxPool"] == "MaxPool: avgpool"

@@ -200,7 +200,7 @@ def test_smoothtaylor_sigma_zero_is_zero():
 
 
 def test_adaptive_noising_follows_the_authors_search():
-    # objective (σ − 0.7)², start 0.3, lr 0.1: the trace below is the pseudo-code of docs/methods.md §2.4 by hand
+    # objective (σ − 0.7)², start 0.3, lr 0.1: the trace below follows the steps of docs/methods.md §2.4 by hand
     res = adaptive_noising(lambda s: ((s - 0.7) ** 2, torch.tensor(s)), 0.3)
     want = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.6, 0.69, 0.78, 0.6, 0.681, 0.762, 0.6]
     np.testing.assert_allclose([s for s, _ in res.trace[: len(want)]], want, atol=1e-12)
@@ -217,12 +217,23 @@ def test_adaptive_noising_stops_after_max_stop_count():
     assert res.sigma == 1.0 and res.objective == 0  # the start stays the best
 
 
-def test_smoothtaylor_adaptive_uses_the_objective_per_sample():
+def test_smoothtaylor_adaptive_returns_the_sigma_that_minimises_the_traced_objective():
     m, x = _smooth_mlp(), _x((2, 5))
-    e = oe.explain(m, x, "smoothtaylor_adaptive", target=0, n_roots=4, max_iteration=3,
-                   objective=lambda xb, a, t: float((a.abs().sum() - 0.1) ** 2))  # fmt: skip
-    assert e.extras["sigma"].shape == (2,)
-    assert len(e.extras["trace"]) == 2
+
+    def objective(xb, a, t):  # lower is better; SmoothTaylor's magnitude grows with σ
+        return float((a.abs().sum() - 0.05) ** 2)
+
+    e = oe.explain(m, x, "smoothtaylor_adaptive", target=0, n_roots=8, max_iteration=8, objective=objective)
+    assert e.extras["sigma"].shape == (2,) and len(e.extras["trace"]) == 2
+    for b in range(2):
+        sigmas, values = np.array(e.extras["trace"][b]).T
+        assert sigmas[0] == pytest.approx(np.abs(x[b]).mean())  # the search starts at mean |x|
+        assert len(sigmas) > 3 and values.min() < values[0]  # it moved, and found better than its start
+        best = int(np.argmin(values))
+        assert e.extras["sigma"][b] == pytest.approx(sigmas[best], rel=1e-6)
+        assert e.extras["objective"][b] == pytest.approx(values[best], rel=1e-6)
+        # the returned map is the one that scored the minimum
+        assert objective(x[b], torch.as_tensor(e.attribution[b]), 0) == pytest.approx(values[best], rel=1e-6)
 
 
 # ---------------------------------------------------------------- determinism, batching, targets
@@ -339,3 +350,26 @@ def test_adaptive_objectives_of_the_paper(tmp_path):
     e2 = oe.explain(m, x, "smoothtaylor_adaptive", n_roots=4, max_iteration=1, objective="aupc",
                     objective_options={"kernel_size": 5, "num_regions": 3, "num_perturbs": 4})  # fmt: skip
     assert np.isfinite(e2.extras["objective"]).all() and e2.extras["sigma"][0] >= 0
+
+
+# ---------------------------------------------------------------- the documentation of the methods
+def test_docs_methods_has_every_cited_section_and_every_registered_name():
+    import re
+
+    from conftest import ROOT
+
+    from onnx_explain.lrp import COMPOSITES, RULES
+
+    doc = (ROOT / "docs" / "methods.md").read_text()
+    sections = set(re.findall(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", doc, re.M))
+    cited = set()
+    for folder in ("onnx_explain", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for tail in re.findall(r"docs/methods\.md(.{0,60})", path.read_text(), re.S):
+                for a, b in re.findall(r"§(\d+(?:\.\d+)*)(?:\s*[–-]\s*(\d+(?:\.\d+)*))?", tail):
+                    cited |= {a, b} - {""}
+    assert {"1.3", "2.5.2", "3.9"} <= cited  # the search sees the docstrings' citations
+    assert cited <= sections, f"cited but missing from docs/methods.md: {sorted(cited - sections)}"
+    named = set(re.findall(r"`(\w+)", doc))
+    registered = set(oe.METHODS) | set(oe.METRICS) | set(COMPOSITES) | set(RULES)
+    assert registered <= named, f"registered but not documented: {sorted(registered - named)}"

@@ -17,14 +17,24 @@ import numpy as np
 from ..errors import InputDataError
 from .io import Preprocess, atomic_write_bytes, read_items
 
-DEFAULT_METHODS = {
-    "gradient": {},
-    "smoothgrad": {"n_samples": 20},
-    "integrated_gradients": {"n_steps": 16},
-    "lrp": {"composite": "epsilon_plus"},
-}
-IMAGE_METRICS = ("pixel_flipping", "deletion", "insertion", "faithfulness_correlation")
-TABLE_METRICS = ("faithfulness_correlation", "sensitivity_n", "infidelity")
+
+def default_methods(modality: str) -> dict[str, dict]:
+    """The methods of a quick overview for inputs of ``modality``, with their overview settings (the
+    :attr:`~onnx_explain.methods.base.MethodSpec.overview` facts of the registry)."""
+    from ..methods import METHODS
+
+    return {
+        name: dict(spec.overview)
+        for name, spec in METHODS.items()
+        if spec.overview is not None and modality in spec.modalities
+    }
+
+
+def default_metrics(modality: str) -> list[str]:
+    """The metrics of a quick overview for inputs of ``modality`` (the registry's ``overview`` facts)."""
+    from ..metrics import METRICS
+
+    return [name for name, spec in METRICS.items() if modality in spec.overview]
 
 
 def _sha256(path) -> str:
@@ -48,25 +58,59 @@ def _png(fig_fn) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None, batch_size: int = 64, seed: int = 0,
-              preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4) -> dict:  # fmt: skip
-    """Audit ``model`` on ``inputs``; write ``report.html`` and ``report.json`` into ``out_dir``."""
+def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metrics=None, batch_size: int = 64,
+              seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4) -> dict:  # fmt: skip
+    """Audit ``model`` on ``inputs``; write ``report.html`` and ``report.json`` into ``out_dir``.
+
+    ``methods``: name -> options, or names (each with its overview settings); default: the registry's
+    overview methods for the input's modality. ``metrics``: names; default: the overview metrics.
+    """
+    from ..layout import modality
+
+    t0 = time.perf_counter()
+    kind = modality(model.layout, model.input.dtype)
+    methods = _chosen_methods(methods, kind)
+    report = _provenance(model, methods, batch_size, seed)
+    module = model.torch_module()
+    report["conversion"] = {"batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
+    prep = Preprocess.from_model(model.input, preprocess)
+    x, report["inputs"] = _read_inputs(model, inputs, prep, max_items)
+    report["lrp_coverage"] = _lrp_coverage(module, x)
+    if not report["lrp_coverage"]["ok"]:
+        methods.pop("lrp", None)
+    metrics = list(metrics or default_metrics(kind))
+    report["settings"]["metrics"] = metrics
+    attributions, report["scores"], curves, report["errors"] = _explain_and_score(
+        model, x, methods, metrics, batch_size, seed
+    )
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
+    figures = _figures(x, attributions, curves, model.layout if kind == "image" else None, thumbnails)
+    atomic_write_bytes(out_dir / "report.html", _html(report, figures).encode())
+    return report
+
+
+def _chosen_methods(methods, kind: str) -> dict[str, dict]:
+    from ..methods import METHODS
+
+    if methods is None:
+        return default_methods(kind)
+    if isinstance(methods, dict):
+        return dict(methods)
+    return {name: dict(METHODS[name].overview or {}) if name in METHODS else {} for name in methods}
+
+
+def _provenance(model, methods: dict, batch_size: int, seed: int) -> dict:
+    """What was audited, with what: the model's description and hash, versions, settings."""
     import onnx
     import onnxruntime
     import torch
 
     from .. import __version__
-    from ..errors import LRPCoverageError
-    from ..evaluation import evaluate
-    from ..explainer import explain
-    from ..methods.lrp import lrp_graph
-    from .viz import heat_map
 
-    t0 = time.perf_counter()
-    methods = dict(DEFAULT_METHODS if methods is None else methods)
-    desc = model.describe()
-    report: dict = {
-        "model": desc,
+    return {
+        "model": model.describe(),
         "sha256": _sha256(model.path) if model.path else None,
         "versions": {
             "onnx-explain": __version__,
@@ -74,15 +118,15 @@ def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None,
             "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__,
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "settings": {"methods": methods, "batch_size": batch_size, "seed": seed},
     }
-    module = model.torch_module()
-    report["conversion"] = {"batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
-    prep = Preprocess.from_model(model.input, preprocess)
-    items = read_items(inputs, prep, model.input)
+
+
+def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]:
+    """The batch of readable inputs (at most ``max_items``) and the report's inputs section."""
     good, failures = [], []
-    for it in items:
+    for it in read_items(inputs, prep, model.input):
         if it.error:
             failures.append(it.error)
             continue
@@ -92,22 +136,31 @@ def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None,
         except Exception as exc:  # noqa: BLE001
             failures.append(f"{it.source}: {exc}")
     good = good[:max_items]
-    report["inputs"] = {"used": [it.name for it in good], "failed": failures}
     if not good:
         raise InputDataError("no input could be read: nothing to audit")
-    x = np.stack([it.x for it in good])
+    return np.stack([it.x for it in good]), {"used": [it.name for it in good], "failed": failures}
+
+
+def _lrp_coverage(module, x: np.ndarray) -> dict:
+    """Whether every node that carries relevance has a rule under the default composite."""
+    import torch
+
+    from ..errors import LRPCoverageError
+    from ..methods.lrp import lrp_graph
+
     try:
         _, assignments = lrp_graph(module, torch.from_numpy(x[:2]), "epsilon_plus", {}, {}, None, "gradient")
-        report["lrp_coverage"] = {
-            "ok": True,
-            "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
-        }
     except LRPCoverageError as exc:
-        report["lrp_coverage"] = {"ok": False, "error": str(exc)}
-        methods.pop("lrp", None)
-    image_like = x.ndim == 4 or (x.ndim == 3 and prep.layout == "NHW")
-    metrics = list(metrics or (IMAGE_METRICS if image_like else TABLE_METRICS))
-    report["settings"]["metrics"] = metrics
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments}}
+
+
+def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, seed: int):
+    """Every method on x, every metric on every method's attributions; a failing pair is reported and
+    the audit goes on. Returns (explanations, scores, mean curves, errors)."""
+    from ..evaluation import evaluate
+    from ..explainer import explain
+
     attributions, scores, curves, errors = {}, {}, {}, {}
     for name, opts in methods.items():
         try:
@@ -128,35 +181,32 @@ def run_audit(model, inputs, out_dir, methods: dict | None = None, metrics=None,
                                                    "higher_is_better": r["higher_is_better"]}  # fmt: skip
             if "curve" in r:
                 curves.setdefault(metric, {})[name] = r["curve"].mean(0)
-    report["scores"] = scores
-    report["errors"] = errors
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
+    return attributions, scores, curves, errors
+
+
+def _figures(x, attributions: dict, curves: dict, layout: str | None, thumbnails: int) -> dict:
+    """Base64 PNGs: heatmaps of each method (image inputs only) and the mean curve of each metric."""
     figures = {}
-    if image_like:
+    if layout is not None:
         for name, e in attributions.items():
-            figures[f"heatmaps_{name}"] = _png(
-                lambda plt, e=e: _heat_fig(plt, x, e, prep.layout, thumbnails, heat_map)
-            )
+            figures[f"heatmaps_{name}"] = _png(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
     for metric, cs in curves.items():
         figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
-    atomic_write_bytes(out_dir / "report.html", _html(report, figures).encode())
-    return report
+    return figures
 
 
-def _heat_fig(plt, x, e, layout, k, heat_map):
+def _heat_fig(plt, x, e, layout, k):
+    from ..methods import METHODS
+    from .viz import display_image, heat_map
+
     n = min(k, len(x))
+    sign = METHODS[e.method].sign
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
     for i in range(n):
-        xi = x[i]
-        img = xi.transpose(1, 2, 0) if layout == "NCHW" and xi.ndim == 3 else xi
-        img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-        span = img.max() - img.min()
-        axes[0, i].imshow((img - img.min()) / (span if span else 1), cmap="gray" if img.ndim == 2 else None)
+        img = display_image(x[i], layout)
+        axes[0, i].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[0, i].set_title(f"class {e.target[i]}", fontsize=8)
-        sign = "abs" if e.method in ("gradient", "smoothgrad") else "signed"
-        h = heat_map(e.attribution[i], layout if layout != "NHW" else "NCHW", "sum", sign)
+        h = heat_map(e.attribution[i], layout, "sum", sign)
         axes[1, i].imshow(
             h, cmap="bwr" if sign == "signed" else "inferno", vmin=-1 if sign == "signed" else 0, vmax=1
         )

@@ -31,7 +31,7 @@ def explain_files(
     method: str = "smoothgrad",
     target=None,
     *,
-    output: str = "logit",
+    output: str | None = None,
     batch_size: int = 64,
     device: str = "cpu",
     seed: int = 0,
@@ -48,75 +48,111 @@ def explain_files(
     for tabular rows) and ``manifest.jsonl``.
 
     Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone;
-    deterministic methods are batched over ``group`` items. Returns ``{'ok', 'failed', 'skipped'}``
-    counts and the failures.
+    deterministic methods are batched over ``group`` items. A bad method or option is an error before
+    anything is written; an item that cannot be read or explained is reported and the others go on.
+    Returns ``{'ok', 'failed', 'skipped'}`` counts and the failures.
     """
-    from ..explainer import explain
+    spec = _method(method)
+    spec.check_options(options)
+    out_dir = Path(out_dir)
+    prep = Preprocess.from_model(model.input, preprocess)
+    run = _Run(out_dir, model, prep.layout)
+    todo = run.pending(read_items(inputs, prep, model.input), resume)
+    hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
+          **(heatmap or {})}  # fmt: skip
+    tgt = target if not isinstance(target, (list, tuple, np.ndarray)) else np.asarray(target)
+    settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed, **options)
+    step = 1 if spec.stochastic else max(1, group)
+    bar = _progress(len(todo), quiet, method)
+    for start in range(0, len(todo), step):
+        chunk = run.readable(todo[start : start + step])
+        if chunk:
+            run.explain_chunk(chunk, method, settings, hm)
+        bar.update(min(step, len(todo) - start))
+    bar.close()
+    out_dir.mkdir(parents=True, exist_ok=True)  # also when there was nothing to do
+    return run.summary
+
+
+def _method(method: str):
+    from ..errors import OnnxExplainError
     from ..methods import METHODS
 
-    out_dir = Path(out_dir)
-    spec = model.input
-    prep = Preprocess.from_model(spec, preprocess)
-    items = read_items(inputs, prep, spec)
-    done = read_manifest(out_dir / MANIFEST) if resume else {}
-    todo, summary = [], {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
-    for it in items:
-        if resume and done.get(it.name, {}).get("status") == "ok" and (out_dir / f"{it.name}.npz").exists():
-            summary["skipped"] += 1
-        else:
-            todo.append(it)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
-    hm = {"sign": "abs" if method in ("gradient", "smoothgrad") else "signed", "aggregate": "sum", "percentile": 99.0,
-          "times_input": False, "overlay": False, **(heatmap or {})}  # fmt: skip
-    stochastic = METHODS[method].stochastic
-    bar = _progress(len(todo), quiet, method)
+    if method not in METHODS:
+        raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[method]
 
-    def fail(it, msg):
-        summary["failed"] += 1
-        summary["failures"].append(msg)
-        append_jsonl(manifest, {"item": it.name, "source": it.source, "status": "error", "error": msg})
 
-    def ok_items(chunk):
+class _Run:
+    """One batch run's bookkeeping: the manifest, the summary, per-item failures."""
+
+    def __init__(self, out_dir: Path, model, layout: str):
+        self.out_dir, self.model, self.layout = out_dir, model, layout
+        self.manifest = out_dir / MANIFEST
+        self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
+
+    def pending(self, items, resume: bool) -> list:
+        """The items still to do (with ``resume``, those finished in an earlier run are skipped)."""
+        done = read_manifest(self.manifest) if resume else {}
+        todo = []
+        for it in items:
+            if (
+                resume
+                and done.get(it.name, {}).get("status") == "ok"
+                and (self.out_dir / f"{it.name}.npz").exists()
+            ):
+                self.summary["skipped"] += 1
+            else:
+                todo.append(it)
+        return todo
+
+    def _open(self) -> None:
+        """The output folder is made on the first result or failure: a usage error leaves nothing."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def fail(self, it, msg: str) -> None:
+        self._open()
+        self.summary["failed"] += 1
+        self.summary["failures"].append(msg)
+        append_jsonl(self.manifest, {"item": it.name, "source": it.source, "status": "error", "error": msg})
+
+    def readable(self, chunk) -> list:
+        """The items of ``chunk`` that were read and fit the model; the others are reported."""
         good = []
         for it in chunk:
             if it.error:
-                fail(it, it.error)
+                self.fail(it, it.error)
                 continue
             try:
-                it.x = model.validate_input(np.asarray(it.x)[None])[0]
+                it.x = self.model.validate_input(np.asarray(it.x)[None])[0]
                 good.append(it)
             except Exception as exc:  # noqa: BLE001 - reported per item
                 where = it.source if it.kind == "image" else f"{it.source} (item {it.name})"
-                fail(it, f"{where}: {exc}")
+                self.fail(it, f"{where}: {exc}")
         return good
 
-    step = 1 if stochastic else max(1, group)
-    for start in range(0, len(todo), step):
-        chunk = ok_items(todo[start : start + step])
-        if chunk:
-            t0 = time.perf_counter()
-            try:
-                xs = np.stack([it.x for it in chunk])
-                tgt = target if not isinstance(target, (list, tuple, np.ndarray)) else np.asarray(target)
-                e = explain(model, xs, method, target=tgt, output=output, batch_size=batch_size, device=device,
-                            seed=seed, **options)  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - the chunk's items are reported, the run goes on
-                for it in chunk:
-                    fail(it, f"{it.source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-                bar.update(len(chunk))
-                continue
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for k, it in enumerate(chunk):
-                _write_item(out_dir, it, e, k, hm, seconds, manifest, prep.layout)
-                summary["ok"] += 1
-        bar.update(step if start + step <= len(todo) else len(todo) - start)
-    bar.close()
-    return summary
+    def explain_chunk(self, chunk, method: str, settings: dict, hm: dict) -> None:
+        from ..errors import OptionError
+        from ..explainer import explain
+
+        t0 = time.perf_counter()
+        try:
+            e = explain(self.model, np.stack([it.x for it in chunk]), method, **settings)
+        except OptionError:
+            raise  # a usage error: the same for every item
+        except Exception as exc:  # noqa: BLE001 - the chunk's items are reported, the run goes on
+            for it in chunk:
+                self.fail(it, f"{it.source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            return
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        self._open()
+        for k, it in enumerate(chunk):
+            _write_item(self.out_dir, it, e, k, hm, seconds, self.manifest, self.layout)
+            self.summary["ok"] += 1
 
 
 def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
-    from .viz import heat_map, save_bars, save_heatmap, save_panel
+    from .viz import display_image, heat_map, save_bars, save_heatmap, save_panel
 
     attribution = e.attribution[k]
     extras = {
@@ -153,7 +189,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
                 it.x if hm["times_input"] else None,
             )
             save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
-            shown = it.image if it.image is not None else _display(it.x, layout)
+            shown = it.image if it.image is not None else display_image(it.x, layout)
             save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"])
             record.setdefault("png", []).append(f"{stem}.png")
         elif np.ndim(amap) == 1:
@@ -162,17 +198,6 @@ def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
     if record.get("png") and len(record["png"]) == 1:
         record["png"] = record["png"][0]
     append_jsonl(manifest, record)
-
-
-def _display(x: np.ndarray, layout: str) -> np.ndarray:
-    """An already preprocessed input, min-max scaled to uint8 for display."""
-    a = np.asarray(x, dtype=np.float64)
-    if layout == "NCHW" and a.ndim == 3:
-        a = a.transpose(1, 2, 0)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    span = a.max() - a.min()
-    return ((a - a.min()) / (span if span > 0 else 1) * 255).round().astype(np.uint8)
 
 
 def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -208,13 +233,21 @@ def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.
 def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_size: int = 64, seed: int = 0,
                  output: str | None = None, options: dict | None = None, sources=None) -> dict:  # fmt: skip
     """Evaluate the attributions of an ``explain`` output folder with each of ``metrics``; write JSON or
-    CSV to ``out_file`` and curve plots to ``plots_dir``. Returns the report."""
-    import inspect
+    CSV to ``out_file`` and curve plots to ``plots_dir``. Returns the report.
 
+    ``options`` are shared: a key goes to every metric that takes it, ``metric.key`` to that metric
+    only, and a key that none of them takes is an :class:`~onnx_explain.options.UnknownOptionError`.
+    """
     from ..evaluation import evaluate
     from ..metrics import METRICS
-    from .viz import save_curves
+    from ..options import route_options
 
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        from ..errors import OnnxExplainError
+
+        raise OnnxExplainError(f"unknown metric {unknown[0]!r}; choose one of {', '.join(sorted(METRICS))}")
+    per_metric = route_options(options or {}, {m: METRICS[m].options for m in metrics})
     names, xs, attrs, targets = load_attributions(att_dir, sources)
     report = {
         "model": getattr(model, "source", str(model)),
@@ -223,30 +256,35 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
         "metrics": {},
     }
     for metric in metrics:
-        params = inspect.signature(METRICS[metric].fn).parameters
-        opts = {k: v for k, v in (options or {}).items() if k in params}
+        opts = per_metric[metric]
         r = evaluate(
             model, xs, attrs, metric, target=targets, batch_size=batch_size, seed=seed, output=output, **opts
         )
-        entry = {"higher_is_better": r["higher_is_better"], "score": r["score"], "mean": r["mean"], "output": r["output"],
-                 "options": opts, "per_item": dict(zip(names, map(float, r["scores"]), strict=True))}  # fmt: skip
-        if "curve" in r:
-            entry["curves"] = {n: list(map(float, c)) for n, c in zip(names, r["curve"], strict=True)}
-            if plots_dir is not None:
-                save_curves(
-                    Path(plots_dir) / f"{metric}.png",
-                    {metric: r["curve"]},
-                    f"{metric} ({len(names)} items)",
-                    r["output"],
-                )
-        report["metrics"][metric] = entry
+        report["metrics"][metric] = _metric_entry(r, names, opts, plots_dir)
     if out_file is not None:
-        out_file = Path(out_file)
-        if out_file.suffix.lower() == ".csv":
-            lines = ["item,metric,score"] + [
-                f"{n},{m},{e['per_item'][n]!r}" for m, e in report["metrics"].items() for n in names
-            ]
-            atomic_write_bytes(out_file, ("\n".join(lines) + "\n").encode())
-        else:
-            atomic_write_bytes(out_file, json.dumps(report, indent=1).encode())
+        _write_report(Path(out_file), report, names)
     return report
+
+
+def _metric_entry(r: dict, names: list[str], opts: dict, plots_dir) -> dict:
+    from .viz import save_curves
+
+    entry = {"higher_is_better": r["higher_is_better"], "score": r["score"], "mean": r["mean"], "output": r["output"],
+             "options": opts, "per_item": dict(zip(names, map(float, r["scores"]), strict=True))}  # fmt: skip
+    if "curve" in r:
+        entry["curves"] = {n: list(map(float, c)) for n, c in zip(names, r["curve"], strict=True)}
+        if plots_dir is not None:
+            metric = r["metric"]
+            save_curves(Path(plots_dir) / f"{metric}.png", {metric: r["curve"]}, f"{metric} ({len(names)} items)",
+                        r["output"])  # fmt: skip
+    return entry
+
+
+def _write_report(out_file: Path, report: dict, names: list[str]) -> None:
+    if out_file.suffix.lower() == ".csv":
+        lines = ["item,metric,score"] + [
+            f"{n},{m},{e['per_item'][n]!r}" for m, e in report["metrics"].items() for n in names
+        ]
+        atomic_write_bytes(out_file, ("\n".join(lines) + "\n").encode())
+    else:
+        atomic_write_bytes(out_file, json.dumps(report, indent=1).encode())

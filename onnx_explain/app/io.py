@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError, OptionError
+from ..errors import InputFileError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -39,27 +39,28 @@ class Preprocess:
 
     @classmethod
     def from_model(cls, spec, overrides: dict | None = None) -> Preprocess:
+        from ..signature import image_layout
+
         shape = list(spec.shape or [])
         p = cls(dtype=spec.dtype or "float32")
-        if len(shape) == 4:
-            if isinstance(shape[1], int) and shape[1] in (1, 3, 4):
-                p.layout, p.channels = "NCHW", shape[1]
-                hw = shape[2:]
-            elif isinstance(shape[3], int) and shape[3] in (1, 3, 4):
-                p.layout, p.channels = "NHWC", shape[3]
-                hw = shape[1:3]
-            else:
-                hw = shape[2:]
+        layout, axis = image_layout(shape)
+        if layout == "NHW":  # (B, H, W) grayscale
+            p.layout, p.channels, p.size = "NHW", 1, (shape[1], shape[2])
+        elif layout is not None:
+            p.layout = layout
+            if isinstance(shape[axis], int) and shape[axis] in (1, 3, 4):
+                p.channels = shape[axis]
+            hw = [d for i, d in enumerate(shape[1:], 1) if i != axis]
             if all(isinstance(d, int) for d in hw):
                 p.size = (int(hw[0]), int(hw[1]))
-        elif len(shape) == 3 and all(isinstance(d, int) for d in shape[1:]):  # (B, H, W) grayscale
-            p.layout, p.channels, p.size = "NHW", 1, (shape[1], shape[2])
+        from ..options import check_options
+
+        check_options(
+            [k for k, v in (overrides or {}).items() if v is not None], list(asdict(p)), "preprocessing"
+        )
         for k, v in (overrides or {}).items():
-            if v is None:
-                continue
-            if not hasattr(p, k):
-                raise OptionError(f"unknown preprocessing key {k!r}")
-            setattr(p, k, tuple(v) if k == "size" else v)
+            if v is not None:
+                setattr(p, k, tuple(v) if k == "size" else v)
         return p
 
     def to_dict(self) -> dict:

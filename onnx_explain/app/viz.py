@@ -10,25 +10,45 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layout import to_channels_first
 from .io import atomic_write_bytes
 
 
-def heat_map(attribution: np.ndarray, layout: str = "NCHW", aggregate: str = "sum", sign: str = "signed",
+def heat_map(attribution: np.ndarray, layout: str | None = "NCHW", aggregate: str = "sum", sign: str = "signed",
              percentile: float = 99.0, times_input: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """A 2-D map in [-1, 1] (signed) or [0, 1] (absolute) from one attribution."""
+    """A 2-D map in [-1, 1] (signed) or [0, 1] (absolute) from one attribution (no batch axis).
+
+    A 3-D attribution is reduced over its channel axis, read from the model's ``layout``: the last axis
+    for ``'NHWC'``, the first otherwise; ``aggregate`` is one of
+    :data:`onnx_explain.metrics.base.AGGREGATORS`. A 2-D attribution is drawn as it is, except for an
+    ``'NHW'`` model, whose single channel is aggregated like any other (``sum_abs`` gives magnitudes).
+    """
+    from ..metrics.base import AGGREGATORS
+
     a = np.asarray(attribution, dtype=np.float64)
     if times_input is not None:
         a = a * np.asarray(times_input, dtype=np.float64)
-    if a.ndim == 3:
-        a = a if layout == "NCHW" else a.transpose(2, 0, 1)
-        a = {"sum": a.sum(0), "sum_abs": np.abs(a).sum(0), "mean_abs": np.abs(a).mean(0),
-             "max_abs": np.abs(a).max(0), "l2": np.sqrt((a * a).sum(0))}[aggregate]  # fmt: skip
+    if a.ndim == 3 or (a.ndim == 2 and layout == "NHW"):  # NHW: one channel, aggregated as NCHW's one
+        chw = to_channels_first(a, layout if layout in ("NHWC", "NHW") else None)
+        a = AGGREGATORS[aggregate](chw[None])[0]
     if sign == "abs":
         a = np.abs(a)
     cap = np.percentile(np.abs(a), percentile) if a.size else 0.0
     if cap <= 0:
         cap = np.abs(a).max() or 1.0
     return np.clip(a / cap, -1 if sign == "signed" else 0, 1)
+
+
+def display_image(x: np.ndarray, layout: str | None) -> np.ndarray:
+    """One already preprocessed input (no batch axis), min-max scaled to uint8 for display: ``(H, W)``
+    for one channel, ``(H, W, C)`` otherwise."""
+    a = np.asarray(x, dtype=np.float64)
+    if layout == "NCHW" and a.ndim == 3:
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    span = a.max() - a.min()
+    return ((a - a.min()) / (span if span > 0 else 1) * 255).round().astype(np.uint8)
 
 
 def colorize(h: np.ndarray, sign: str = "signed") -> np.ndarray:

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import click
 
+from ..app.audit import default_methods, default_metrics
+from ..methods import METHODS
+from ..metrics import METRICS
 from .common import handle_errors, model_options, parse_options
+
+
+def _defaults(choose) -> str:
+    """The audit's default methods or metrics by input modality, for the help text."""
+    return "; ".join(f"{kind}: {', '.join(choose(kind)) or 'none'}" for kind in ("image", "table"))
 
 
 @click.command("audit")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--method",
-    "methods",
-    multiple=True,
-    help="Methods to compare (default: gradient, smoothgrad, integrated_gradients, lrp).",
-)
-@click.option(
-    "--metric",
-    "metrics",
-    multiple=True,
-    help="Metrics (default: pixel flipping, deletion, insertion, faithfulness correlation).",
-)
+@click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)),
+              help=f"Methods to compare, repeatable (default, by input: {_defaults(default_methods)}).")  # fmt: skip
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(sorted(METRICS)),
+              help=f"Metrics, repeatable (default, by input: {_defaults(default_metrics)}).")  # fmt: skip
 @click.option("--max-items", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -57,15 +57,21 @@ def audit(
     Example:
       onnx-explain audit models/digits.onnx models/samples --out audit/
     """
-    from ..app.audit import DEFAULT_METHODS, run_audit
-    from ..model import load
-    from .common import resolve_device
+    from ..app.audit import run_audit
+    from .common import load_model, resolve_device
 
     _, ort_device = resolve_device(device)
-    m = load(model, input=input_name, output=output_name, device=ort_device)
-    chosen = {k: DEFAULT_METHODS.get(k, {}) for k in methods} if methods else None
+    m = load_model(model, input_name, output_name, ort_device)
     r = run_audit(
-        m, inputs, out_dir, chosen, list(metrics) or None, batch_size, seed, parse_options(pre), max_items
+        m,
+        inputs,
+        out_dir,
+        list(methods) or None,
+        list(metrics) or None,
+        batch_size,
+        seed,
+        parse_options(pre),
+        max_items,
     )
     click.echo(f"audit of {len(r['inputs']['used'])} inputs -> {out_dir}/report.html")
     for metric, per in r["scores"].items():

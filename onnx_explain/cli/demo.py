@@ -18,22 +18,18 @@ DEMO_METHODS = {
 DEMO_METRICS = ("pixel_flipping", "deletion", "insertion", "total_variation")
 
 
-def _bundled(name: str) -> Path | None:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "models" / name).exists():
-            return root / "models" / name
-    return None
-
-
 @click.command("demo")
 @click.option(
     "--out", "-o", "out_dir", type=click.Path(file_okay=False), default="onnx-explain-demo", show_default=True
 )
 @click.option(
-    "--model", type=click.Path(dir_okay=False), default=None, help="Default: the bundled models/digits.onnx."
+    "--model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Default: the digits CNN shipped with the package.",
 )
 @click.option(
-    "--samples", type=click.Path(), default=None, help="Default: the bundled models/samples/digits.npy."
+    "--samples", type=click.Path(), default=None, help="Default: its 8 samples shipped with the package."
 )
 @click.option("--quiet", "-q", is_flag=True)
 @handle_errors
@@ -47,12 +43,12 @@ def demo(out_dir, model, samples, quiet):
       onnx-explain demo
     """
     from ..app.batch import evaluate_dir, explain_files
+    from ..data import bundled
     from ..model import load
 
-    model = model or _bundled("digits.onnx")
-    samples = samples or _bundled("samples/digits.npy")
-    if model is None or samples is None:
-        fail("the bundled model was not found: run from the repository root, or pass --model and --samples")
+    # package data (onnx_explain/data), not models/ of the checkout: the demo runs from any folder
+    model = model or bundled("digits.onnx")
+    samples = samples or bundled("digits.npy")
     m = load(model)
     m.torch_module()
     out = Path(out_dir)

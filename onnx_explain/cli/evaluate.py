@@ -7,10 +7,31 @@ import json
 import click
 
 from ..metrics import METRICS
+from ..metrics.base import OUTPUTS
 from .common import fail, handle_errors, model_options, parse_options, resolve_device
 
 
-@click.command("evaluate")
+def _output_help() -> str:
+    spaces: dict[str, list[str]] = {}
+    for name, spec in METRICS.items():
+        spaces.setdefault(spec.output, []).append(name)
+    own = "; ".join(f"{space} for {', '.join(names)}" for space, names in spaces.items() if space != "logit")
+    return f"Score space (default: the metric's own: {own}; logit otherwise)." if own else "Score space."
+
+
+def _metrics_epilog() -> str:
+    """Every registered metric with its description and facts (click keeps \\b blocks)."""
+    lines = ["\b", "Metrics:"]
+    for name, spec in METRICS.items():
+        better = {True: "higher is better", False: "lower is better"}.get(
+            spec.higher_is_better, "direction by order"
+        )
+        facts = [better, spec.cost, "/".join(spec.modalities)] + ["needs an explainer"] * spec.needs_explainer
+        lines += [f"  {name}: {spec.description}", f"      {'; '.join(facts)}"]
+    return "\n".join(lines)
+
+
+@click.command("evaluate", epilog=_metrics_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--attributions", "-a", "att_dir", required=True, type=click.Path(file_okay=False),
@@ -27,11 +48,9 @@ from .common import fail, handle_errors, model_options, parse_options, resolve_d
     "--out", "-o", "out_file", type=click.Path(dir_okay=False), help="Report: .json (default) or .csv."
 )
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Folder for curve plots (PNG).")
-@click.option(
-    "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Metric option (JSON value), repeatable."
-)
-@click.option("--output", "space", type=click.Choice(["logit", "prob", "output"]), default=None,
-              help="Score space (default: prob for deletion/insertion, logit otherwise).")  # fmt: skip
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Metric option (JSON value), repeatable; METRIC.KEY=VALUE sets it for one metric only.")  # fmt: skip
+@click.option("--output", "space", type=click.Choice(OUTPUTS), default=None, help=_output_help())
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per onnxruntime call.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
@@ -51,10 +70,10 @@ def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space,
     from pathlib import Path
 
     from ..app.batch import evaluate_dir
-    from ..model import load
+    from .common import load_model
 
     _, ort_device = resolve_device(device)
-    m = load(model, input=input_name, output=output_name, device=ort_device)
+    m = load_model(model, input_name, output_name, ort_device)
     if not Path(att_dir).is_dir():
         fail(f"{att_dir}: no such folder (the --out of 'onnx-explain explain')")
     try:

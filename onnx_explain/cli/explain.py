@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import click
 
-from ..methods.base import METHODS
+from ..baselines import describe as describe_baselines
+from ..methods.base import METHODS, NOISES, OUTPUTS, SIGNS
+from ..methods.gradient import REDUCES
+from ..methods.integrated_gradients import QUADRATURES
+from ..metrics.base import AGGREGATORS
 from .common import fail, handle_errors, model_options, parse_options, resolve_device, target_option
 
 # flag -> the method parameters it may set (the first one the method has)
@@ -27,22 +30,33 @@ FLAG_PARAMS = {
 }
 
 
+def _methods_epilog() -> str:
+    """Every registered method with its description and facts (click keeps \\b blocks)."""
+    lines = ["\b", "Methods:"]
+    for name, spec in METHODS.items():
+        facts = [spec.cost, "/".join(spec.modalities), f"heatmap {spec.sign}"] + [
+            "stochastic"
+        ] * spec.stochastic
+        lines += [f"  {name}: {spec.description}", f"      {'; '.join(facts)}"]
+    return "\n".join(lines)
+
+
 def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
-    """The method's options from the command's flags; a flag the method does not take is an error."""
-    fn = METHODS[method].fn
-    params = set(inspect.signature(fn).parameters)
-    if method == "smoothgrad":  # the smoothing wrapper forwards its base method's options
-        params |= set(inspect.signature(METHODS[flags.get("base") or "gradient"].fn).parameters)
+    """The method's options from the command's flags and ``--option`` pairs; a flag the method does not
+    take is a usage error, an ``--option`` key it does not take an unknown-option error."""
+    spec = METHODS[method]
+    given = {"base": flags["base"]} if flags.get("base") else {}
+    accepted = spec.accepted({**given, **extra})
     opts = {}
     for flag, value in flags.items():
         if value is None:
             continue
-        target = next((p for p in FLAG_PARAMS[flag] if p in params), None)
+        target = next((p for p in FLAG_PARAMS[flag] if accepted is None or p in accepted), None)
         if target is None:
             raise click.UsageError(f"--{flag} does not apply to method {method!r}")
-        opts[target] = value
+        opts[target] = _value(value) if flag == "baseline" else value
     if rules:
-        if "rules" not in params:
+        if accepted is not None and "rules" not in accepted:
             raise click.UsageError(f"--rule does not apply to method {method!r}")
         parsed = {}
         for r in rules:
@@ -52,13 +66,23 @@ def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
             parsed[key] = rule
         opts["rules"] = parsed
     opts.update(extra)
+    spec.check_options(opts)
     return opts
 
 
-@click.command("explain")
+def _value(text: str):
+    """A flag value read as JSON when it parses (a number, a list of per-channel values), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@click.command("explain", epilog=_methods_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--method", "-m", type=click.Choice(sorted(METHODS)), default="smoothgrad", show_default=True)
+@click.option("--method", "-m", type=click.Choice(sorted(METHODS)), default="smoothgrad", show_default=True,
+              help="Attribution method (listed below).")  # fmt: skip
 @click.option(
     "--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder."
 )
@@ -67,22 +91,16 @@ def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
 @click.option(
     "--sigma", type=float, help="Noise level (relative to each input's range unless --noise absolute)."
 )
-@click.option("--noise", type=click.Choice(["relative", "absolute"]), help="How --sigma is read.")
-@click.option(
-    "--reduce", type=click.Choice(["mean", "mean_sq", "var"]), help="SmoothGrad, SmoothGrad² or VarGrad."
-)
+@click.option("--noise", type=click.Choice(NOISES), help="How --sigma is read.")
+@click.option("--reduce", type=click.Choice(REDUCES), help="SmoothGrad, SmoothGrad² or VarGrad.")
 @click.option(
     "--base", type=click.Choice(sorted(METHODS)), help="Method smoothed by smoothgrad (default gradient)."
 )
 @click.option("--steps", type=int, help="Integration steps (integrated_gradients).")
-@click.option(
-    "--quadrature",
-    type=click.Choice(
-        ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid", "captum_trapezoid"]
-    ),
-)
-@click.option("--baseline", help="IG baseline: zero, uniform, blur or a number.")
-@click.option("--composite", help="LRP composite (epsilon_plus, epsilon_gamma_box, epsilon_plus_flat, ...).")
+@click.option("--quadrature", type=click.Choice(QUADRATURES), help="Integrated Gradients' quadrature rule.")
+@click.option("--baseline", help=f"Baseline: {describe_baselines()} (JSON for numbers and lists).")
+@click.option("--composite", help=f"LRP composite (default {METHODS['lrp'].defaults()['composite']}; "
+              "the registered composites of onnx_explain.lrp.COMPOSITES).")  # fmt: skip
 @click.option(
     "--rule", "rules", multiple=True, metavar="OP_OR_NODE=RULE[:ARGS]", help="LRP rule override, repeatable."
 )
@@ -94,8 +112,8 @@ def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
 @click.option(
     "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option (JSON value)."
 )
-@click.option("--output", "space", type=click.Choice(["logit", "output"]), default="logit", show_default=True,
-              help="Explain the logits before a final softmax, or the output as is.")  # fmt: skip
+@click.option("--output", "space", type=click.Choice(OUTPUTS), default=None,
+              help="Explain the logits before a final softmax, or the output as is (default: the method's, logit).")  # fmt: skip
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward/backward pass.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -109,10 +127,12 @@ def method_options(method: str, flags: dict, rules: tuple, extra: dict) -> dict:
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
 @click.option("--bgr", is_flag=True, help="Feed channels in BGR order.")
 @click.option("--crop", is_flag=True, help="Resize the shorter side, then center-crop.")
-@click.option("--sign", type=click.Choice(["signed", "abs"]), help="Heatmap of signed or absolute values.")
+@click.option(
+    "--sign", type=click.Choice(SIGNS), help="Heatmap of signed or absolute values (default: the method's)."
+)
 @click.option(
     "--aggregate",
-    type=click.Choice(["sum", "sum_abs", "mean_abs", "max_abs", "l2"]),
+    type=click.Choice(list(AGGREGATORS)),
     default="sum",
     show_default=True,
 )
@@ -139,7 +159,7 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
           --rule Conv=gamma:0.25 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out out/lrp
     """
     from ..app.batch import explain_files
-    from ..model import load
+    from .common import load_model
 
     opts = method_options(method, flags, rules, parse_options(extra))
     pre = {}
@@ -152,13 +172,16 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
             raise click.UsageError(f"--size takes HxW, not {size!r}") from None
     for key, val in (("mean", mean), ("std", std)):
         if val:
-            pre[key] = [float(v) for v in val.split(",")]
+            try:
+                pre[key] = [float(v) for v in val.split(",")]
+            except ValueError:
+                raise click.UsageError(f"--{key} takes numbers separated by commas, not {val!r}") from None
     if bgr:
         pre["color"] = "BGR"
     if crop:
         pre["resize"] = "center-crop"
     torch_device, ort_device = resolve_device(device)
-    m = load(model, input=input_name, output=output_name, device=ort_device)
+    m = load_model(model, input_name, output_name, ort_device)
     m.torch_module(device=torch_device)  # conversion and parity first: a bad model leaves nothing on disk
     heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
     if sign:

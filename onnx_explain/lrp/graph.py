@@ -33,7 +33,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert.driver import NODE_ATTR
-from ..errors import LRPCoverageError, OnnxExplainError, node_label
+from ..errors import LRPCoverageError, OnnxExplainError, OptionError, node_label
+from ..options import validate_call
 from . import rules as R
 from .composites import COMPOSITES
 
@@ -52,6 +53,8 @@ ROUTING = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"
            "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}  # fmt: skip
 AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
 MAXIMA = {"MaxPool", "GlobalMaxPool", "ReduceMax"}
+#: the average pool that stands in for a max pool under ``maxpool='avgpool'``
+AVGPOOL_OF = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
 
 
 @dataclass
@@ -218,6 +221,122 @@ def _merge_batchnorm(gm: fx.GraphModule) -> int:
     return merged
 
 
+@dataclass
+class _Step:
+    """What the op table decided for one node, before the composite assigns the linear layers' rules."""
+
+    what: str  # 'linear', 'override', 'norm', 'pass', 'gradient' or 'avgpool'
+    override: str | None  # the user's rule spec for the node (by name or op type), if any
+    dependent: list[int]  # positions of the node's float arguments that carry relevance
+
+
+def _op_role(op: str, n_float: int, maxpool: str) -> str | None:
+    """The op table for a node that is not a linear layer: ``'norm'``, ``'pass'``, ``'gradient'``,
+    ``'avgpool'``, or None when the op has no rule. ``n_float`` counts its relevance-carrying inputs."""
+    if op in ("Add", "Sum") or (op == "Sub" and n_float == 1) or op in AVERAGES:
+        return "norm"
+    if op in MAXIMA:
+        return "avgpool" if (maxpool == "avgpool" and op == "MaxPool") else "gradient"
+    if op in ACTIVATIONS or op == "BatchNormalization" or (op in ("Mul", "Div") and n_float == 1):
+        return "pass"
+    if op in ROUTING:
+        return "gradient"
+    return None
+
+
+def _canonized_copy(converted):
+    """A deep copy of ``converted`` with MatMul(+Add) folded into Linear layers and BatchNorm merged."""
+    lrp = copy.deepcopy(converted)
+    gm: fx.GraphModule = lrp.graph
+    report = {"folded_matmul": _fold_matmul(gm), "merged_batchnorm": _merge_batchnorm(gm)}
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return lrp, report
+
+
+def _plan(gm: fx.GraphModule, position: int, rules: dict, fallback: str | None, maxpool: str):
+    """Walk the shape-propagated graph from the explained input and decide every relevance-carrying
+    node's step. Returns ``(plan, linear_nodes, fallback_assignments)``; raises for a node with no rule."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    depends = {placeholders[position]}
+    plan: dict[fx.Node, _Step] = {}
+    linear_nodes: list[tuple[str, fx.Node]] = []
+    fallbacks: list[Assignment] = []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        dep_inputs = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in depends]
+        if not dep_inputs:
+            continue
+        depends.add(node)
+        float_dep = [i for i in dep_inputs if _is_float(node.args[i])]
+        if not float_dep or not _is_float(node) and node.op != "call_function":
+            continue  # integer bookkeeping (shapes, indices): no relevance
+        if node.op == "call_function":  # getitem of multi-output nodes
+            continue
+        module = gm.get_submodule(node.target)
+        name, op, domain = _onnx(module)
+        override = rules.get(name, rules.get(op))
+        if isinstance(module, LINEAR_TYPES):
+            linear_nodes.append(("dense" if isinstance(module, nn.Linear) else "conv", node))
+            plan[node] = _Step("linear", override, float_dep)
+            continue
+        if override is not None:
+            plan[node] = _Step("override", override, float_dep)
+            continue
+        role = _op_role(op, len(float_dep), maxpool)
+        if role is not None:
+            plan[node] = _Step(role, None, float_dep)
+        elif fallback == "gradient":
+            plan[node] = _Step("gradient", None, float_dep)
+            fallbacks.append(Assignment(node.target, name, op, "gradient", fallback=True))
+        else:
+            why = "mixes two activations" if len(float_dep) > 1 else "carries relevance"
+            raise LRPCoverageError(
+                f"LRP: {node_label(name, op, domain)} {why} and has no LRP rule; give it one "
+                f"(rules={{'{op}': ...}} / --rule {op}=RULE) or pass fallback='gradient' to let the plain gradient through"
+            )
+    return plan, linear_nodes, fallbacks
+
+
+def _node_rule(step: _Step, composite_rule, module) -> R.Rule | str:
+    """The rule of one planned node: the override, the composite's rule for a linear layer, Norm, or one
+    of the special rules (``'pass'``, ``'gradient'``, ``'avgpool'``)."""
+    name, op, domain = _onnx(module)
+    if step.what == "linear":
+        rule = R.parse_rule(step.override) if step.override is not None else composite_rule
+        if isinstance(rule, str) and rule not in ("gradient", "pass"):
+            raise LRPCoverageError(
+                f"LRP: rule {step.override!r} does not apply to the linear {node_label(name, op, domain)}"
+            )
+        return rule
+    if step.what == "override":
+        rule = R.parse_rule(step.override)
+        if isinstance(rule, R.Rule) and rule.uses_params:
+            raise LRPCoverageError(
+                f"LRP: rule {step.override!r} needs a linear layer; {node_label(name, op, domain)} is not one"
+            )
+    else:
+        rule = R.norm() if step.what == "norm" else step.what
+    if rule == "avgpool" and type(module) not in AVGPOOL_OF:
+        raise LRPCoverageError(
+            f"LRP: the avgpool surrogate replaces a 1-, 2- or 3-d max pooling; {node_label(name, op, domain)} is not one"
+        )
+    return rule
+
+
+def _install(gm: fx.GraphModule, node: fx.Node, module, rule, dependent: list[int], label: str) -> None:
+    """Replace the node's module by a :class:`RuleWrapper` computing ``rule`` in the backward pass."""
+    surrogate = None
+    if rule == "avgpool":  # Montavon's tutorial: relevance through an average pool of the same geometry
+        pool = AVGPOOL_OF[type(module)]
+        surrogate = pool(module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode)
+        rule = R.norm()
+    wrapper = RuleWrapper(module, rule, dependent, label, surrogate)
+    parent, _, attr = node.target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+
+
 def build_lrp_graph(
     converted,
     example: torch.Tensor,
@@ -251,118 +370,38 @@ def build_lrp_graph(
     (module, assignments)
     """
     if composite not in COMPOSITES:
-        raise OnnxExplainError(
-            f"unknown composite {composite!r}; choose one of {', '.join(sorted(COMPOSITES))}"
-        )
+        raise OptionError(f"unknown composite {composite!r}; choose one of {', '.join(sorted(COMPOSITES))}")
     if fallback not in (None, "gradient"):
-        raise OnnxExplainError("fallback must be None or 'gradient'")
-    rules = dict(rules or {})
-    lrp = copy.deepcopy(converted)
-    gm: fx.GraphModule = lrp.graph
-    n_folded = _fold_matmul(gm)
-    n_merged = _merge_batchnorm(gm)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-
-    args = lrp.graph_args(example)
-    ShapeProp(gm).propagate(*args)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    depends = {placeholders[lrp.position]}
-    assignments: list[Assignment] = []
-    linear_nodes = []
-    plan = {}
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        dep_inputs = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in depends]
-        if not dep_inputs:
-            continue
-        depends.add(node)
-        float_dep = [i for i in dep_inputs if _is_float(node.args[i])]
-        if not float_dep or not _is_float(node) and node.op != "call_function":
-            continue  # integer bookkeeping (shapes, indices): no relevance
-        if node.op == "call_function":  # getitem of multi-output nodes
-            continue
-        module = gm.get_submodule(node.target)
-        name, op, domain = _onnx(module)
-        override = rules.get(name, rules.get(op))
-        if isinstance(module, LINEAR_TYPES):
-            kind = "dense" if isinstance(module, nn.Linear) else "conv"
-            linear_nodes.append((kind, node))
-            plan[node] = ("linear", override, float_dep)
-            continue
-        if override is not None:
-            plan[node] = ("override", override, float_dep)
-        elif op in ("Add", "Sum") or (op == "Sub" and len(float_dep) == 1):
-            plan[node] = ("norm", None, float_dep)
-        elif op in AVERAGES:
-            plan[node] = ("norm", None, float_dep)
-        elif op in MAXIMA:
-            plan[node] = (
-                "avgpool" if (maxpool == "avgpool" and op == "MaxPool") else "gradient",
-                None,
-                float_dep,
-            )
-        elif (
-            op in ACTIVATIONS or op == "BatchNormalization" or (op in ("Mul", "Div") and len(float_dep) == 1)
-        ):
-            plan[node] = ("pass", None, float_dep)
-        elif op in ROUTING:
-            plan[node] = ("gradient", None, float_dep)
-        elif fallback == "gradient":
-            plan[node] = ("gradient", None, float_dep)
-            assignments.append(Assignment(node.target, name, op, "gradient", fallback=True))
-        else:
-            why = "mixes two activations" if len(float_dep) > 1 else "carries relevance"
-            raise LRPCoverageError(
-                f"LRP: {node_label(name, op, domain)} {why} and has no LRP rule; give it one "
-                f"(rules={{'{op}': ...}} / --rule {op}=RULE) or pass fallback='gradient' to let the plain gradient through"
-            )
-
-    composite_rules = COMPOSITES[composite](
-        [(k, n.target) for k, n in linear_nodes], **(composite_options or {})
+        raise OptionError(f"fallback must be None or 'gradient', not {fallback!r}")
+    if maxpool not in ("gradient", "avgpool"):
+        raise OptionError(f"maxpool must be 'gradient' or 'avgpool', not {maxpool!r}")
+    options = validate_call(
+        COMPOSITES[composite], dict(composite_options or {}), f"composite {composite!r}", ("layers",)
     )
+    lrp, report = _canonized_copy(converted)
+    gm: fx.GraphModule = lrp.graph
+    ShapeProp(gm).propagate(*lrp.graph_args(example))
+    plan, linear_nodes, assignments = _plan(gm, lrp.position, dict(rules or {}), fallback, maxpool)
+
+    composite_rules = COMPOSITES[composite]([(k, n.target) for k, n in linear_nodes], **options)
     linear_rule = {n: r for (_, n), r in zip(linear_nodes, composite_rules, strict=True)}
-    for node, (what, override, dep) in plan.items():
+    reported = {a.module for a in assignments}  # the fallback nodes, reported as such
+    for node, step in plan.items():
         module = gm.get_submodule(node.target)
-        name, op, domain = _onnx(module)
-        label = f"{name or node.target} ({op})"
-        if what == "linear":
-            rule = R.parse_rule(override) if override is not None else linear_rule[node]
-            if isinstance(rule, str) and rule != "gradient" and rule != "pass":
-                raise LRPCoverageError(
-                    f"LRP: rule {override!r} does not apply to the linear {node_label(name, op, domain)}"
-                )
-        elif what == "override":
-            rule = R.parse_rule(override)
-            if isinstance(rule, R.Rule) and rule.uses_params:
-                raise LRPCoverageError(
-                    f"LRP: rule {override!r} needs a linear layer; {node_label(name, op, domain)} is not one"
-                )
-        elif what == "norm":
-            rule = R.norm()
-        else:
-            rule = what
-        rule_name = rule if isinstance(rule, str) else rule.name
-        if not any(a.module == node.target for a in assignments):
-            assignments.append(Assignment(node.target, name, op, rule_name))
-        if rule == "gradient":
-            continue
-        surrogate = None
-        if rule == "avgpool":
-            surrogate = nn.AvgPool2d(
-                module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode
+        name, op, _ = _onnx(module)
+        rule = _node_rule(step, linear_rule.get(node), module)
+        if node.target not in reported:
+            assignments.append(
+                Assignment(node.target, name, op, rule if isinstance(rule, str) else rule.name)
             )
-            rule = R.norm()
-        wrapper = RuleWrapper(module, rule, dep, label, surrogate)
-        parent, _, attr = node.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+        if rule != "gradient":
+            _install(gm, node, module, rule, step.dependent, f"{name or node.target} ({op})")
     gm.recompile()
     with torch.no_grad():
         ref, got = converted(example), lrp(example)
     if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5 * float(ref.abs().max().clamp_min(1))):
         raise OnnxExplainError("LRP canonization changed the model's output (a bug: please report the model)")
-    lrp.lrp_report = {"folded_matmul": n_folded, "merged_batchnorm": n_merged}
+    lrp.lrp_report = report
     return lrp, assignments
 
 

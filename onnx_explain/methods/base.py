@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from ..errors import OptionError
+from ..layout import channel_axis
+from ..options import accepted_options, check_options, option_defaults
 
-__all__ = ["METHODS", "Explanation", "Scorer", "register_method"]
+__all__ = ["METHODS", "Explanation", "MethodSpec", "Scorer", "register_method"]
 
 
 class Scorer:
@@ -23,13 +25,18 @@ class Scorer:
         Maps a batch ``(B, *S)`` to scores ``(B, C)`` (or ``(B, ...)``, flattened to ``(B, C)``).
     batch_size : int
         Rows per forward/backward pass: peak memory depends on it, results do not.
+    layout : {'NCHW', 'NHWC', 'NHW'}, optional
+        The image layout of the module's input (:func:`onnx_explain.signature.image_layout`); None for
+        a tensor that is not an image.
     """
 
-    def __init__(self, module: torch.nn.Module, batch_size: int = 64):
+    def __init__(self, module: torch.nn.Module, batch_size: int = 64, layout: str | None = None):
         if batch_size < 1:
             raise OptionError("batch_size must be at least 1")
         self.module = module
         self.batch_size = int(batch_size)
+        self.layout = layout
+        self.channel_axis = channel_axis(layout)  # where per-channel values (baselines, bounds) go
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         out = self.module(x)
@@ -95,28 +102,105 @@ class Explanation:
     extras: dict = field(default_factory=dict)
 
 
+SIGNS = ("signed", "abs")
+MODALITIES = ("image", "table", "tokens")
+#: the output spaces a method explains: the logits before a final Softmax/LogSoftmax, or the output as is
+OUTPUTS = ("logit", "output")
+#: how a noise scale ``sigma`` is read (SmoothGrad, SmoothTaylor)
+NOISES = ("relative", "absolute")
+#: the inputs every method function takes before its options
+_INPUTS = ("scorer", "x", "target", "generator")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered attribution method and the facts the API, the batch runs, the audit and the CLI
+    read from it (none of them names a method).
+
+    Attributes
+    ----------
+    name, fn, description
+        The registry key, ``fn(scorer, x, target, generator, **options) -> (attribution, extras)`` and a
+        one-line description (the CLI's help).
+    stochastic : bool
+        Draws random numbers (seeded by ``seed``): batch runs explain one item per call, so every item's
+        result is the one it gets alone.
+    sign : {'signed', 'abs'}
+        How its heatmaps show it by default: a diverging map of signed values, or magnitudes.
+    output : {'logit', 'output'}
+        The output space it explains by default.
+    modalities : tuple of {'image', 'table', 'tokens'}
+        The inputs it is meant for (image batches, feature rows, integer token ids).
+    cost : str
+        Model passes per explained sample, in words (``'n_samples × forward+backward'``).
+    delegate : str, optional
+        The option naming another method whose options this one also takes (SmoothGrad's ``base``).
+    overview : dict, optional
+        Settings for a quick comparison of methods (the audit's default); None: not part of it.
+    """
+
     name: str
     fn: Callable
     description: str
-    stochastic: bool
+    stochastic: bool = False
+    sign: str = "signed"
+    output: str = "logit"
+    modalities: tuple[str, ...] = MODALITIES
+    cost: str = "forward+backward"
+    delegate: str | None = None
+    overview: dict | None = None
+
+    @property
+    def options(self) -> list[str]:
+        """Its own option names, in signature order."""
+        return accepted_options(self.fn, _INPUTS)[0]
+
+    def defaults(self) -> dict:
+        """Its own options that have a default, with it."""
+        return option_defaults(self.fn, _INPUTS)
+
+    def accepted(self, given: dict | None = None) -> list[str] | None:
+        """Every option key it takes with ``given`` (a delegate's own options included); None when any key
+        goes (a ``**kwargs`` function without a delegate, or a delegate that is not a method)."""
+        names, open_ = accepted_options(self.fn, _INPUTS)
+        if self.delegate is None:
+            return None if open_ else names
+        base = (given or {}).get(self.delegate, self.defaults().get(self.delegate))
+        if not isinstance(base, str) or base not in METHODS or base == self.name:
+            return None  # the method itself reports the bad delegate
+        more = METHODS[base].accepted()
+        return None if more is None else names + [k for k in more if k not in names]
+
+    def check_options(self, given: dict) -> dict:
+        """``given`` checked (an unknown key raises :class:`~onnx_explain.options.UnknownOptionError`),
+        with the defaults of the options not given filled in."""
+        accepted = self.accepted(given)
+        if accepted is not None:
+            check_options(given, accepted, f"method {self.name!r}")
+        return {**self.defaults(), **given}
 
 
 #: name -> MethodSpec; the CLI's --method choices come from here
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, description: str, stochastic: bool = False) -> Callable:
+def register_method(name: str, description: str, stochastic: bool = False, **facts) -> Callable:
     """Register ``fn(scorer, x, target, generator, **options) -> (attribution, extras)`` under ``name``.
 
-    ``x`` is a float tensor ``(B, *S)``, ``target`` a long tensor ``(B,)``; the attribution has x's shape.
+    ``x`` is a float tensor ``(B, *S)`` in the model's layout, ``target`` a long tensor ``(B,)``; the
+    attribution has x's shape. ``facts`` are the other :class:`MethodSpec` fields (``sign``, ``output``,
+    ``modalities``, ``cost``, ``delegate``, ``overview``).
     """
 
     def deco(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"attribution method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, fn, description, stochastic)
+        spec = MethodSpec(name, fn, description, stochastic, **facts)
+        if spec.sign not in SIGNS or spec.output not in OUTPUTS:
+            raise ValueError(f"method {name!r}: sign must be one of {SIGNS}, output one of {OUTPUTS}")
+        if not set(spec.modalities) <= set(MODALITIES):
+            raise ValueError(f"method {name!r}: modalities must be among {MODALITIES}")
+        METHODS[name] = spec
         return fn
 
     return deco

@@ -11,7 +11,7 @@ from .base import METHODS, Scorer, draw_rows, expand, explicit_rows, per_sample_
 REDUCES = ("mean", "mean_sq", "var")
 
 
-@register_method("gradient", "∂f_c/∂x, signed (saliency)")
+@register_method("gradient", "∂f_c/∂x, signed (saliency)", sign="abs", overview={})
 def gradient(scorer: Scorer, x, target, generator=None):
     out = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=x.dtype, device=x.device)
@@ -33,6 +33,10 @@ def gradient_x_input(scorer: Scorer, x, target, generator=None):
     "smoothgrad",
     "mean of a method over Gaussian-noised copies of x (SmoothGrad, SG², VarGrad)",
     stochastic=True,
+    sign="abs",
+    cost="n_samples × the base method",
+    delegate="base",
+    overview={"n_samples": 20},
 )
 def smoothgrad(
     scorer: Scorer,

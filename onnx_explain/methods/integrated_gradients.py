@@ -1,10 +1,13 @@
-"""Integrated Gradients with exact quadratures and the baselines of docs/methods.md §2.3 / §1.5."""
+"""Integrated Gradients with exact quadratures (docs/methods.md §2.3); baselines from
+:mod:`onnx_explain.baselines` (§1.5)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import baselines as _baselines
+from ..baselines import blur, gaussian_kernel  # noqa: F401  (their former home)
 from ..errors import OptionError
 from .base import Scorer, expand, register_method
 
@@ -51,69 +54,17 @@ def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     raise OptionError(f"quadrature must be one of {QUADRATURES}, not {method!r}")
 
 
-def gaussian_kernel(klen: int = 11, nsig: float = 5.0) -> np.ndarray:
-    """RISE's ``gkern``: ``scipy.ndimage.gaussian_filter`` of a centred delta (sums to 1)."""
-    from scipy.ndimage import gaussian_filter
-
-    delta = np.zeros((klen, klen))
-    delta[klen // 2, klen // 2] = 1
-    return gaussian_filter(delta, nsig)
-
-
-def blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
-    """Per-channel Gaussian blur of ``(B, C, H, W)`` with zero padding (RISE's insertion substrate)."""
-    if x.dim() != 4:
-        raise OptionError(f"the blur baseline needs image input (B, C, H, W), got shape {tuple(x.shape)}")
-    k = torch.as_tensor(gaussian_kernel(klen, nsig), dtype=x.dtype, device=x.device)
-    c = x.shape[1]
-    weight = k.expand(c, 1, klen, klen).contiguous()
-    return torch.nn.functional.conv2d(x, weight, padding=klen // 2, groups=c)
+def make_baselines(
+    x: torch.Tensor, baseline, generator, n_baselines: int = 10, channel_axis: int | None = 1
+) -> list:
+    """The baseline tensors (each x's shape) that IG averages over: ``n_baselines`` draws of a random
+    baseline (``'uniform'``, ``'uniform_range'``), one of any other, all of a list
+    (:func:`onnx_explain.baselines.make_baselines`)."""
+    return _baselines.make_baselines(x, baseline, generator, n_baselines, channel_axis=channel_axis)
 
 
-def make_baselines(x: torch.Tensor, baseline, generator, n_baselines: int = 10, low=None, high=None) -> list:
-    """The list of baseline tensors (each x's shape) that IG averages over.
-
-    ``baseline``: ``'zero'``; a number; a per-channel sequence (length C); an array/tensor broadcastable
-    to x; ``'uniform'`` (``n_baselines`` draws in [low, high], default each sample's [min, max]);
-    ``'blur'``; or a list of any of these (averaged).
-    """
-    if (
-        isinstance(baseline, (list, tuple))
-        and baseline
-        and not all(isinstance(v, (int, float)) for v in baseline)
-    ):
-        return [b for item in baseline for b in make_baselines(x, item, generator, n_baselines, low, high)]
-    if baseline is None or (isinstance(baseline, str) and baseline == "zero"):
-        return [torch.zeros_like(x)]
-    if isinstance(baseline, str) and baseline == "blur":
-        return [blur(x)]
-    if isinstance(baseline, str) and baseline == "uniform":
-        flat = x.reshape(len(x), -1)
-        lo = expand(flat.amin(1), x) if low is None else torch.as_tensor(low, dtype=x.dtype)
-        hi = expand(flat.amax(1), x) if high is None else torch.as_tensor(high, dtype=x.dtype)
-        draws = []
-        for _ in range(int(n_baselines)):
-            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            draws.append(lo + (hi - lo) * u)
-        return draws
-    if isinstance(baseline, str):
-        raise OptionError(
-            f"unknown baseline {baseline!r}: 'zero', 'uniform', 'blur', a number, per-channel values or an array"
-        )
-    if isinstance(baseline, (int, float)):
-        return [torch.full_like(x, float(baseline))]
-    b = torch.as_tensor(np.asarray(baseline), dtype=x.dtype, device=x.device)
-    if b.dim() == 1 and x.dim() > 2 and b.shape[0] == x.shape[1]:  # per channel
-        b = b.reshape(1, -1, *([1] * (x.dim() - 2)))
-    try:
-        return [torch.broadcast_to(b, x.shape).clone()]
-    except RuntimeError:
-        raise OptionError(
-            f"baseline of shape {tuple(b.shape)} does not broadcast to the input {tuple(x.shape)}"
-        ) from None
-
-
-@register_method("integrated_gradients", "(x − x') ⊙ ∫ ∇f_c along the straight path from the baseline x'")
+@register_method("integrated_gradients", "(x − x') ⊙ ∫ ∇f_c along the straight path from the baseline x'",
+                 cost="n_steps × n_baselines × forward+backward", overview={"n_steps": 16})  # fmt: skip
 def integrated_gradients(
     scorer: Scorer,
     x,
@@ -124,9 +75,19 @@ def integrated_gradients(
     quadrature_method: str = "gausslegendre",
     n_baselines: int = 10,
 ):
-    """Integrated Gradients; reports the completeness error δ = Σ IG − (f(x) − f(x')) per sample."""
+    """Integrated Gradients; reports the completeness error δ = Σ IG − (f(x) − f(x')) per sample.
+
+    Parameters
+    ----------
+    baseline : str, number, sequence or array, or a list of them
+        x' (:mod:`onnx_explain.baselines`): ``'zero'`` (default), ``'uniform'`` (U[0, 1) per element),
+        ``'uniform_range'`` (U[min, max) of each sample), ``'blur'``, a number, per-channel values (along
+        the model's channel axis), an array, or a list of these (averaged).
+    n_baselines : int
+        Draws of a random baseline, averaged.
+    """
     alphas, weights = quadrature(quadrature_method, int(n_steps))
-    baselines = make_baselines(x, baseline, generator, n_baselines)
+    baselines = make_baselines(x, baseline, generator, n_baselines, scorer.channel_axis)
     B, n = len(x), len(alphas)
     al = torch.as_tensor(alphas, dtype=x.dtype, device=x.device)
     wt = torch.as_tensor(weights, dtype=torch.float64, device=x.device)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import OnnxExplainError, OptionError
+from ..options import accepted_options, check_options
 from .base import Scorer, register_method
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -42,7 +43,13 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     return per_model[key]
 
 
-@register_method("lrp", "Layer-wise Relevance Propagation with a composite of rules (strict coverage)")
+@register_method(
+    "lrp",
+    "Layer-wise Relevance Propagation with a composite of rules (strict coverage)",
+    modalities=("image", "table"),
+    cost="forward + modified backward",
+    overview={"composite": "epsilon_plus"},
+)
 def lrp(
     scorer: Scorer,
     x,
@@ -81,42 +88,21 @@ def lrp(
     rule), ``fallback_nodes``, and ``layer_relevance`` on request.
     """
     if output_relevance not in ("score", "onehot"):
-        raise OptionError("output_relevance must be 'score' or 'onehot'")
-    import inspect
-
-    from ..lrp.composites import COMPOSITES
-
-    opts = dict(composite_options or {})
-    bounds = {k: _bound(v, x) for k, v in (("low", low), ("high", high)) if v is not None}
-    if composite in COMPOSITES:
-        accepted = inspect.signature(COMPOSITES[composite]).parameters
-        opts.update({k: v for k, v in bounds.items() if k in accepted})
-    zbox_rules = {k: (f"zbox:{_scalar(bounds.get('low'))},{_scalar(bounds.get('high'))}" if str(v) == "zbox" else v)
-                  for k, v in (rules or {}).items()}  # fmt: skip
-    module, assignments = lrp_graph(
-        scorer.module, x[: min(len(x), 2)], composite, opts, zbox_rules, fallback, maxpool
-    )
+        raise OptionError(f"output_relevance must be 'score' or 'onehot', not {output_relevance!r}")
     from ..lrp.graph import set_recording
 
+    bounds = {k: _bound(v, x) for k, v in (("low", low), ("high", high)) if v is not None}
+    opts = _composite_options(composite, composite_options, bounds)
+    module, assignments = lrp_graph(
+        scorer.module, x[: min(len(x), 2)], composite, opts, _zbox_rules(rules, bounds), fallback, maxpool
+    )
     record = {} if layer_relevance else None
     set_recording(module, record)
-    out_r = torch.empty_like(x)
-    scores = torch.empty(len(x), dtype=torch.float64)
     try:
-        for a in range(0, len(x), scorer.batch_size):
-            b = min(len(x), a + scorer.batch_size)
-            rows = x[a:b].detach().requires_grad_(True)
-            with torch.enable_grad():
-                out = module(rows)
-                out = out.reshape(out.shape[0], -1)
-                onehot = torch.zeros_like(out).scatter_(1, target[a:b].reshape(-1, 1), 1.0)
-                seed = out.detach() * onehot if output_relevance == "score" else onehot
-                (rel,) = torch.autograd.grad(out, rows, seed)
-            out_r[a:b] = rel
-            scores[a:b] = out.detach().gather(1, target[a:b].reshape(-1, 1)).squeeze(1).to(torch.float64)
+        relevance, scores = _propagate(module, x, target, scorer.batch_size, output_relevance)
     finally:
         set_recording(module, None)
-    total = out_r.reshape(len(x), -1).sum(1).to(torch.float64)
+    total = relevance.reshape(len(x), -1).sum(1).to(torch.float64)
     extras = {
         "score": scores,
         "delta": total - scores if output_relevance == "score" else total - 1.0,
@@ -132,22 +118,65 @@ def lrp(
             }
             for k, v in record.items()
         ]
-    return out_r, extras
+    return relevance, extras
+
+
+def _composite_options(composite: str, composite_options: dict | None, bounds: dict) -> dict:
+    """The composite's options, checked against what it takes, with the input bounds added where it
+    takes them (``low``/``high`` of z^B)."""
+    from ..lrp.composites import COMPOSITES
+
+    opts = dict(composite_options or {})
+    if composite not in COMPOSITES:
+        raise OptionError(f"unknown composite {composite!r}; choose one of {', '.join(sorted(COMPOSITES))}")
+    names, takes_any = accepted_options(COMPOSITES[composite], skip=("layers",))
+    if not takes_any:
+        check_options(opts, names, f"composite {composite!r}")
+    opts.update({k: v for k, v in bounds.items() if takes_any or k in names})
+    return opts
+
+
+def _zbox_rules(rules: dict | None, bounds: dict) -> dict:
+    """Rule overrides, a bare ``'zbox'`` given the method's scalar ``low``/``high``."""
+    return {k: (f"zbox:{_scalar(bounds.get('low'))},{_scalar(bounds.get('high'))}" if str(v) == "zbox" else v)
+            for k, v in (rules or {}).items()}  # fmt: skip
+
+
+def _propagate(module, x, target, batch_size: int, output_relevance: str):
+    """Relevance at the input (x's shape) and f_c(x), one forward and one modified backward pass per
+    chunk of ``batch_size`` rows, seeded with f_c·e_c (``'score'``) or e_c (``'onehot'``)."""
+    relevance = torch.empty_like(x)
+    scores = torch.empty(len(x), dtype=torch.float64)
+    for a in range(0, len(x), batch_size):
+        b = min(len(x), a + batch_size)
+        rows = x[a:b].detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = module(rows)
+            out = out.reshape(out.shape[0], -1)
+            onehot = torch.zeros_like(out).scatter_(1, target[a:b].reshape(-1, 1), 1.0)
+            seed = out.detach() * onehot if output_relevance == "score" else onehot
+            (rel,) = torch.autograd.grad(out, rows, seed)
+        relevance[a:b] = rel
+        scores[a:b] = out.detach().gather(1, target[a:b].reshape(-1, 1)).squeeze(1).to(torch.float64)
+    return relevance, scores
 
 
 def _bound(v, x):
+    """A z^B bound: a number or per-channel values. z^B acts at the first Conv, and an ONNX Conv reads
+    channels on axis 1 whatever the model's input layout (an NHWC model transposes before it), so
+    per-channel values go on axis 1 of the layer's input."""
     t = torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=x.dtype)
-    if t.dim() == 1 and x.dim() > 2 and t.shape[0] == x.shape[1]:
+    if t.dim() == 1 and x.dim() > 2:
         t = t.reshape(1, -1, *([1] * (x.dim() - 2)))
     return t
 
 
 def _scalar(v):
     if v is None:
-        raise OnnxExplainError("the zbox rule needs the input bounds low= and high=")
+        raise OptionError("the zbox rule needs the input bounds low= and high=")
     t = torch.as_tensor(v)
     if t.numel() != 1:
-        raise OnnxExplainError(
+        raise OptionError(
             "a zbox override by name takes scalar bounds; use the composite options for per-channel ones"
         )
     return float(t)

@@ -12,7 +12,8 @@ from ..errors import OptionError
 from .base import Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
 
 
-@register_method("smoothtaylor", "mean over noisy roots z of (x − z) ⊙ ∇f_c(z)", stochastic=True)
+@register_method("smoothtaylor", "mean over noisy roots z of (x − z) ⊙ ∇f_c(z)", stochastic=True,
+                 cost="n_roots × forward+backward")  # fmt: skip
 def smoothtaylor(
     scorer: Scorer,
     x,
@@ -120,13 +121,22 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
     """
     import numpy as np
 
-    from ..metrics.base import Predictor
+    from ..layout import to_channels_first
+    from ..metrics.base import METRICS, Predictor
     from ..metrics.noise import total_variation
     from ..metrics.perturbation import aupc
+    from ..options import check_options
+
+    metric = {"autvc": "total_variation", "aupc": "aupc"}.get(name)
+    if metric is not None:
+        check_options(options, METRICS[metric].options + ["seed"] * (name == "aupc"), f"objective {name!r}")
+
+    def cf(t):  # the metrics read images channel-first, whatever the model's layout
+        return to_channels_first(t[None].cpu().numpy(), scorer.layout)
 
     if name == "autvc":
         return lambda xb, attr, t: float(
-            total_variation(None, None, attr[None].cpu().numpy(), None, None, **options)["autvc"][0]
+            total_variation(None, None, cf(attr), None, None, **options)["autvc"][0]
         )
     if name == "aupc":
 
@@ -134,14 +144,11 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
             with torch.no_grad():
                 return scorer.scores(torch.as_tensor(arr)).cpu().numpy()
 
-        predictor = Predictor(f, output="logit", batch_size=scorer.batch_size)
+        predictor = Predictor(f, output="logit", batch_size=scorer.batch_size, layout=scorer.layout)
         rng = np.random.default_rng(options.pop("seed", 0))
 
         def objective(xb, attr, t):
-            res = aupc(
-                predictor, xb[None].cpu().numpy(), attr[None].cpu().numpy(), np.array([t]), rng, **options
-            )
-            return float(res["aupc"][0])
+            return float(aupc(predictor, cf(xb), cf(attr), np.array([t]), rng, **options)["aupc"][0])
 
         return objective
     raise OptionError(f"objective must be 'aupc', 'autvc' or a callable, not {name!r}")
@@ -151,6 +158,8 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
     "smoothtaylor_adaptive",
     "SmoothTaylor with σ chosen per sample by the authors' adaptive noising",
     stochastic=True,
+    modalities=("image",),
+    cost="per sample: up to 2·max_iteration × n_roots × forward+backward, plus the objective",
 )
 def smoothtaylor_adaptive(
     scorer: Scorer,

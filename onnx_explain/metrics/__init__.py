@@ -1,6 +1,15 @@
-"""Evaluation metrics, each one registered stateless function (see :mod:`onnx_explain.metrics.base`)."""
+"""Evaluation metrics, each one registered stateless function (see :mod:`onnx_explain.metrics.base`).
 
-from . import correlation, noise, perturbation, robustness  # noqa: F401  (registration)
-from .base import METRICS, Predictor, register_metric
+The registration order is the order of listings and of the audit's overview columns.
+"""
 
-__all__ = ["METRICS", "Predictor", "register_metric"]
+# isort: off
+from . import perturbation  # noqa: F401  (registration: pixel flipping ... localisation)
+from . import correlation  # noqa: F401  (sensitivity-n, faithfulness correlation, infidelity)
+from . import noise  # noqa: F401  (total variation)
+from . import robustness  # noqa: F401  (max-sensitivity, rank consistency)
+
+# isort: on
+from .base import METRICS, MetricSpec, Predictor, register_metric
+
+__all__ = ["METRICS", "MetricSpec", "Predictor", "register_metric"]

@@ -1,6 +1,10 @@
 """The evaluation engine: a batched score function on onnxruntime, named baselines, orderings, the
 metric registry. Every metric is a stateless function that stacks all its perturbed inputs and streams
-them through the model in chunks of ``batch_size`` (memory follows the batch size, not the steps)."""
+them through the model in chunks of ``batch_size`` (memory follows the batch size, not the steps).
+
+Metrics see images channel-first, ``(B, C, H, W)``, whatever the model's layout:
+:func:`onnx_explain.evaluate` moves NHWC and NHW batches to that view, and the :class:`Predictor` moves
+every perturbed batch back."""
 
 from __future__ import annotations
 
@@ -9,9 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import baselines
 from ..errors import OptionError
+from ..layout import from_channels_first
+from ..options import accepted_options, check_options, option_defaults
 
 __all__ = ["METRICS", "Predictor", "make_baseline", "rank", "register_metric"]
+
+
+#: the score spaces of :class:`Predictor`
+OUTPUTS = ("logit", "prob", "output")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -32,20 +43,25 @@ class Predictor:
         softmax of the logits; ``output``: what the model returns.
     batch_size : int
         Rows per model call.
+    layout : {'NCHW', 'NHWC', 'NHW'}, optional
+        The model's image layout when the metrics hand it channel-first rows (:mod:`onnx_explain.layout`):
+        every row is moved back to it before the call. None: rows go to the model as they are.
     """
 
-    def __init__(self, model, output: str = "logit", batch_size: int = 64):
-        if output not in ("logit", "prob", "output"):
-            raise OptionError(f"output must be 'logit', 'prob' or 'output', not {output!r}")
+    def __init__(self, model, output: str = "logit", batch_size: int = 64, layout: str | None = None):
+        if output not in OUTPUTS:
+            raise OptionError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
         self.model = model
         self.output = output
         self.batch_size = int(batch_size)
+        self.layout = layout
         self.calls = 0  # number of model calls made (each on up to batch_size rows)
 
     def _raw(self, x: np.ndarray) -> np.ndarray:
         from ..model import Model
 
         self.calls += 1
+        x = from_channels_first(x, self.layout)
         if isinstance(self.model, Model):
             space = "output" if self.output == "output" else "logit"
             return self.model.predict(x, batch_size=len(x), space=space)
@@ -76,43 +92,9 @@ class Predictor:
 
 
 def make_baseline(x: np.ndarray, baseline, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Replacement values of x's shape for a named baseline (docs/methods.md §1.5).
-
-    ``'zero'``; a number; per-channel values (length C); an array; ``'uniform'`` (U[0, 1) per element, or
-    ``('uniform', low, high)``); ``'blur'`` (RISE's 11x11, σ=5 Gaussian, zero padding); ``'quantus_black'``,
-    ``'quantus_white'``, ``'quantus_mean'`` (min/max/mean of each sample: for the *current* array in the
-    Quantus-compatible curves, see :func:`quantus_fill`).
-    """
-    if baseline is None or (isinstance(baseline, str) and baseline == "zero"):
-        return np.zeros_like(x)
-    if isinstance(baseline, (int, float, np.floating)):
-        return np.full_like(x, float(baseline))
-    if (isinstance(baseline, str) and baseline == "uniform") or (
-        isinstance(baseline, tuple) and baseline[:1] == ("uniform",)
-    ):
-        low, high = (baseline[1], baseline[2]) if isinstance(baseline, tuple) else (0.0, 1.0)
-        rng = rng or np.random.default_rng(0)
-        return rng.uniform(low, high, size=x.shape).astype(x.dtype)
-    if isinstance(baseline, str) and baseline == "blur":
-        import torch
-
-        from ..methods.integrated_gradients import blur
-
-        return blur(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy().astype(x.dtype)
-    if isinstance(baseline, str) and baseline.startswith("quantus_"):
-        flat = x.reshape(len(x), -1)
-        fn = {"quantus_black": np.min, "quantus_white": np.max, "quantus_mean": np.mean}[baseline]
-        return (
-            np.broadcast_to(fn(flat, axis=1).reshape(-1, *([1] * (x.ndim - 1))), x.shape)
-            .astype(x.dtype)
-            .copy()
-        )
-    if isinstance(baseline, str):
-        raise OptionError(f"unknown baseline {baseline!r}")
-    b = np.asarray(baseline, dtype=x.dtype)
-    if b.ndim == 1 and x.ndim > 2 and b.shape[0] == x.shape[1]:
-        b = b.reshape(1, -1, *([1] * (x.ndim - 2)))
-    return np.broadcast_to(b, x.shape).copy()
+    """Replacement values of x's shape for a named baseline (:mod:`onnx_explain.baselines`; x is in the
+    metrics' channel-first view, so per-channel values go along axis 1)."""
+    return baselines.make_baseline(x, baseline, rng, channel_axis=1)
 
 
 def rank(importance: np.ndarray, order: str, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -163,29 +145,103 @@ def full_attribution(a: np.ndarray, x_shape: tuple) -> np.ndarray:
     return np.broadcast_to(a, x_shape)
 
 
+#: the inputs every metric function takes before its options
+_INPUTS = ("predictor", "x", "a", "target", "rng")
+_EVALUATE_ARGS = ("explainer", "seed")
+MODALITIES = ("image", "table", "tokens")
+
+
 @dataclass(frozen=True)
 class MetricSpec:
+    """A registered metric and the facts :func:`onnx_explain.evaluate`, the batch runs, the audit and
+    the CLI read from it (none of them names a metric).
+
+    Attributes
+    ----------
+    name, fn, description
+        The registry key, ``fn(predictor, x, a, target, rng, **options) -> dict`` and a one-line
+        description (the CLI's help).
+    score : str
+        The key of the per-sample summary in the result.
+    higher_is_better : bool or callable
+        The direction, or ``f(options) -> bool`` when an option decides it (MoRF vs LeRF).
+    needs_explainer : bool
+        It re-explains perturbed inputs (``explainer=``).
+    needs_model : bool
+        It runs the model (False: it reads the attributions, or re-explains through its explainer only).
+    output : {'logit', 'prob', 'output'}
+        Its default score space (RISE's deletion and insertion score probabilities).
+    modalities : tuple of {'image', 'table', 'tokens'}
+        The inputs it is defined for.
+    stochastic : bool
+        Its default settings draw random numbers (seeded by ``seed``).
+    cost : str
+        Model calls per sample, in words (``'n_steps forward'``).
+    overview : tuple of modalities
+        The inputs for which it belongs to a quick overview (the audit's default metrics).
+    input_options : tuple of str
+        Options whose arrays are laid out like the input (explicit baselines, perturbations): given in
+        the model's layout, moved to the channel-first view with the input.
+    """
+
     name: str
     fn: Callable
     description: str
-    score: str  # the key of the per-sample summary
+    score: str
     higher_is_better: bool | Callable[[dict], bool]
     needs_explainer: bool = False
+    needs_model: bool = True
+    output: str = "logit"
+    modalities: tuple[str, ...] = ("image", "table")
+    stochastic: bool = False
+    cost: str = "forward"
+    overview: tuple[str, ...] = ()
+    input_options: tuple[str, ...] = ()
 
     def better(self, options: dict) -> bool:
         return self.higher_is_better(options) if callable(self.higher_is_better) else self.higher_is_better
 
+    @property
+    def options(self) -> list[str]:
+        """Its option names, in signature order (``explainer`` and ``seed`` are arguments of
+        :func:`onnx_explain.evaluate`, not options)."""
+        return [k for k in accepted_options(self.fn, _INPUTS)[0] if k not in _EVALUATE_ARGS]
 
+    @property
+    def takes_seed(self) -> bool:
+        return "seed" in accepted_options(self.fn, _INPUTS)[0]
+
+    def defaults(self) -> dict:
+        return {k: v for k, v in option_defaults(self.fn, _INPUTS).items() if k not in _EVALUATE_ARGS}
+
+    def check_options(self, given: dict) -> dict:
+        """``given``, checked: a key it does not take raises
+        :class:`~onnx_explain.options.UnknownOptionError`."""
+        check_options(given, self.options, f"metric {self.name!r}")
+        return dict(given)
+
+
+#: name -> MetricSpec; the CLI's --metric choices come from here
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, description: str, score: str, higher_is_better, needs_explainer: bool = False):
-    """Register a metric ``fn(predictor, x, a, target, rng, **options) -> dict`` under ``name``."""
+def register_metric(name: str, description: str, score: str, higher_is_better, needs_explainer: bool = False,
+                    **facts):  # fmt: skip
+    """Register a metric ``fn(predictor, x, a, target, rng, **options) -> dict`` under ``name``.
+
+    ``x`` and a full-shape ``a`` reach it channel-first (``(B, C, H, W)`` for every image layout);
+    ``facts`` are the other :class:`MetricSpec` fields.
+    """
 
     def deco(fn):
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = MetricSpec(name, fn, description, score, higher_is_better, needs_explainer)
+        spec = MetricSpec(name, fn, description, score, higher_is_better, needs_explainer, **facts)
+        if spec.output not in OUTPUTS:
+            raise ValueError(f"metric {name!r}: output must be one of {OUTPUTS}")
+        if not set(spec.modalities) <= set(MODALITIES) or not set(spec.overview) <= set(spec.modalities):
+            raise ValueError(f"metric {name!r}: modalities and overview must be among {MODALITIES}")
+        METRICS[name] = spec
         return fn
 
     return deco

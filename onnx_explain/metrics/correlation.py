@@ -50,8 +50,17 @@ def _subset_scores(predictor, x, target, unit_of_element, subsets_for_row, n_row
     return f0[:, None] - fs.reshape(B, n_rows_per_sample)
 
 
-@register_metric("sensitivity_n", "Pearson correlation of Σ_S R with f(x) − f(x_S=0) over random subsets of size n (Ancona)",
-                 score="auc", higher_is_better=True)  # fmt: skip
+@register_metric(
+    "sensitivity_n",
+    "Pearson correlation of Σ_S R with f(x) − f(x_S=0) over random subsets of size n (Ancona)",
+    score="auc",
+    higher_is_better=True,
+    modalities=("image", "table", "tokens"),
+    stochastic=True,
+    cost="len(n_values) × n_subsets forward",
+    overview=("table", "tokens"),
+    input_options=("baseline",),
+)
 def sensitivity_n(
     predictor: Predictor,
     x,
@@ -107,8 +116,17 @@ def sensitivity_n(
     return {"n": ns, "pcc": pcc, "pcc_mean": mean, "n_valid": valid.sum(0), "auc": auc_per_sample}
 
 
-@register_metric("faithfulness_correlation", "Pearson correlation of Σ_S Φ with f(x) − f(x_S=baseline) over random subsets (Bhatt)",
-                 score="correlation", higher_is_better=True)  # fmt: skip
+@register_metric(
+    "faithfulness_correlation",
+    "Pearson correlation of Σ_S Φ with f(x) − f(x_S=baseline) over random subsets (Bhatt)",
+    score="correlation",
+    higher_is_better=True,
+    modalities=("image", "table", "tokens"),
+    stochastic=True,
+    cost="n_runs forward",
+    overview=("image", "table", "tokens"),
+    input_options=("baseline",),
+)
 def faithfulness_correlation(
     predictor: Predictor,
     x,
@@ -149,8 +167,16 @@ def _safe_div(num, den, default=1.0):
     return num / np.where(den == 0, default, den)
 
 
-@register_metric("infidelity", "E[(Iᵀ Φ − (f(x) − f(x − I)))²] over random perturbations I (Yeh)",
-                 score="infidelity", higher_is_better=False)  # fmt: skip
+@register_metric(
+    "infidelity",
+    "E[(Iᵀ Φ − (f(x) − f(x − I)))²] over random perturbations I (Yeh)",
+    score="infidelity",
+    higher_is_better=False,
+    stochastic=True,
+    cost="n_samples forward",
+    overview=("table",),
+    input_options=("baseline", "perturbations"),
+)
 def infidelity(
     predictor: Predictor,
     x,

@@ -72,8 +72,15 @@ def multiscale_atv(h: np.ndarray, downscale: float = 1.5, min_size=(30, 30), p: 
     return out
 
 
-@register_metric("total_variation", "noise level of the map: ATV, multi-scale ATV and its area AUTVC (SmoothTaylor paper)",
-                 score="autvc", higher_is_better=False)  # fmt: skip
+@register_metric(
+    "total_variation",
+    "noise level of the map: ATV, multi-scale ATV and its area AUTVC (SmoothTaylor paper)",
+    score="autvc",
+    higher_is_better=False,
+    needs_model=False,
+    modalities=("image",),
+    cost="no model calls",
+)
 def total_variation(
     predictor,
     x,

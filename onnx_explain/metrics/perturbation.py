@@ -91,6 +91,9 @@ def _summaries(curve: np.ndarray) -> dict:
     "score while the most (MoRF) or least (LeRF) relevant pixels are replaced cumulatively",
     score="aopc",
     higher_is_better=lambda o: o.get("order", "morf") == "morf",
+    cost="n_steps forward",
+    overview=("image",),
+    input_options=("baseline",),
 )
 def pixel_flipping(
     predictor: Predictor,
@@ -167,6 +170,9 @@ def region_units(spatial: tuple, size: int, offset: tuple = (0, 0)) -> tuple[np.
     "AOPC of square regions replaced cumulatively in order of summed relevance (Samek et al. 2017)",
     score="aopc",
     higher_is_better=lambda o: o.get("order", "morf") == "morf",
+    modalities=("image",),
+    cost="n_regions forward (twice with compare_lerf)",
+    input_options=("baseline",),
 )
 def region_perturbation(
     predictor: Predictor,
@@ -255,8 +261,16 @@ def _causal(predictor, x, a, target, rng, mode, n_steps, substrate, agg, order):
     return {"curve": curve, "auc": auc, "pixels_per_step": per_step}
 
 
-@register_metric("deletion", "RISE deletion: probability while the most relevant pixels are removed (AUC)",
-                 score="auc", higher_is_better=False)  # fmt: skip
+@register_metric(
+    "deletion",
+    "RISE deletion: probability while the most relevant pixels are removed (AUC)",
+    score="auc",
+    higher_is_better=False,
+    output="prob",
+    cost="n_steps forward",
+    overview=("image",),
+    input_options=("substrate",),
+)
 def deletion(
     predictor,
     x,
@@ -274,8 +288,17 @@ def deletion(
     return _causal(predictor, x, a, target, rng, "deletion", n_steps, substrate, agg, order)
 
 
-@register_metric("insertion", "RISE insertion: probability while the most relevant pixels are inserted into a blurred copy (AUC)",
-                 score="auc", higher_is_better=True)  # fmt: skip
+@register_metric(
+    "insertion",
+    "RISE insertion: probability while the most relevant pixels are inserted into a blurred copy (AUC)",
+    score="auc",
+    higher_is_better=True,
+    output="prob",
+    modalities=("image",),
+    cost="n_steps forward",
+    overview=("image",),
+    input_options=("substrate",),
+)
 def insertion(
     predictor,
     x,
@@ -314,8 +337,15 @@ def greedy_windows(h: np.ndarray, k: int, n: int) -> list[tuple[int, int]]:
     return picked
 
 
-@register_metric("aupc", "SmoothTaylor's perturbation AUC: greedy windows replaced by the median-scoring random draw (compat)",
-                 score="aupc", higher_is_better=False)  # fmt: skip
+@register_metric(
+    "aupc",
+    "SmoothTaylor's perturbation AUC: greedy windows replaced by the median-scoring random draw (compat)",
+    score="aupc",
+    higher_is_better=False,
+    modalities=("image",),
+    stochastic=True,
+    cost="num_regions × num_perturbs forward",
+)
 def aupc(
     predictor: Predictor,
     x: np.ndarray,
@@ -385,13 +415,20 @@ def aupc(
     }
 
 
-@register_metric("localisation", "relevance mass inside the ground-truth mask, and the pointing game",
-                 score="mass", higher_is_better=True)  # fmt: skip
+@register_metric(
+    "localisation",
+    "relevance mass inside the ground-truth mask, and the pointing game",
+    score="mass",
+    higher_is_better=True,
+    needs_model=False,
+    modalities=("image",),
+    cost="no model calls",
+)
 def localisation(predictor, x, a, target, rng, masks=None, agg: str = "sum", positive: bool = True):
     """Localisation against ground-truth masks ``(B, H, W)`` (e.g. the bundled ``shapes`` data).
 
     ``mass``: the share of the (positive, by default) channel-aggregated relevance that falls inside the
-    mask (Kohlbrenner et al.'s relevance mass accuracy); ``pointing``: 1 when the map's maximum lies inside
+    mask (Arras et al. 2022's relevance mass accuracy, CLEVR-XAI); ``pointing``: 1 when the map's maximum lies inside
     the mask. Needs no model.
     """
     if masks is None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -20,8 +21,17 @@ def _norm(v: np.ndarray, ord_: str) -> np.ndarray:
     return np.linalg.norm(v, ord=float(ord_), axis=1)
 
 
-@register_metric("max_sensitivity", "max over perturbations δ (|δ|∞ ≤ r) of ‖Φ(x+δ) − Φ(x)‖ / ‖Φ(x)‖ (Yeh)",
-                 score="max_sensitivity", higher_is_better=False, needs_explainer=True)  # fmt: skip
+@register_metric(
+    "max_sensitivity",
+    "max over perturbations δ (|δ|∞ ≤ r) of ‖Φ(x+δ) − Φ(x)‖ / ‖Φ(x)‖ (Yeh)",
+    score="max_sensitivity",
+    higher_is_better=False,
+    needs_explainer=True,
+    needs_model=False,
+    stochastic=True,
+    cost="n_samples × the explainer",
+    input_options=("perturbations",),
+)
 def max_sensitivity(
     predictor: Predictor | None,
     x,
@@ -89,8 +99,17 @@ def _cosine(u: np.ndarray, v: np.ndarray) -> float:
     return float(u @ v / (nu * nv))
 
 
-@register_metric("rank_consistency", "Kendall τ and cosine between the attribution of x and of x with its most important pixels removed (Park)",
-                 score="kendall_mean", higher_is_better=True, needs_explainer=True)  # fmt: skip
+@register_metric(
+    "rank_consistency",
+    "Kendall τ and cosine between the attribution of x and of x with its most important pixels removed (Park)",
+    score="kendall_mean",
+    higher_is_better=True,
+    needs_explainer=True,
+    needs_model=False,
+    modalities=("image",),
+    cost="len(ratios) × the explainer",
+    input_options=("baseline",),
+)
 def rank_consistency(
     predictor: Predictor | None,
     x,
@@ -120,29 +139,18 @@ def rank_consistency(
     """
     if x.ndim != 4:
         raise OptionError(f"rank consistency needs images (B, C, H, W), got shape {x.shape}")
-    B, C, H, W = x.shape
+    if mode not in ("mask", "additive"):
+        raise OptionError(f"mode must be 'mask' or 'additive', not {mode!r}")
+    if importance not in _IMPORTANCE:
+        raise OptionError(f"importance must be one of {', '.join(_IMPORTANCE)}, not {importance!r}")
+    B = len(x)
     a0 = explainer(x, target, seed) if a is None else np.asarray(a, dtype=np.float64)
-    agg = {
-        "mean_abs": lambda v: np.abs(v).mean(1),
-        "sum_abs": lambda v: np.abs(v).sum(1),
-        "sum": lambda v: v.sum(1),
-    }[importance]
     base = make_baseline(x, baseline, rng)
     steps = list(ratios if mode == "mask" else eps)
+    park = park_channel0_only or park_cumulative_inplace or park_mask_from_previous
 
     def masked(src, attribution, r):
-        imp = agg(attribution).reshape(B, -1)
-        order = np.argsort(-imp, axis=1, kind="stable")
-        park = park_channel0_only or park_cumulative_inplace or park_mask_from_previous
-        k = (
-            int(H * W * r) if park else int(math.floor(r * H * W + 1e-9))
-        )  # the notebook's int() in compat mode
-        out = src.copy()
-        for b in range(B):
-            hw = np.unravel_index(order[b, :k], (H, W))
-            chans = [0] if park_channel0_only else slice(None)
-            out[b][chans, hw[0], hw[1]] = base[b][chans, hw[0], hw[1]]
-        return out
+        return _mask_top_pixels(src, attribution, r, base, _IMPORTANCE[importance], park, park_channel0_only)
 
     if mode == "additive":
         u = (
@@ -151,42 +159,72 @@ def rank_consistency(
             else rng.standard_normal((len(steps), *x.shape))
         )
         xs = np.stack([x + e * u[i] for i, e in enumerate(steps)]).astype(x.dtype)
-        ahat = explainer(xs.reshape(-1, C, H, W), np.tile(target, len(steps)), seed).reshape(
-            len(steps), B, -1
-        )
+        ahat = _explain_stacked(explainer, xs, target, seed)
     elif park_mask_from_previous or park_cumulative_inplace:
-        cur, prev_attr, outs = x.copy(), a0, []
-        for r in steps:
-            src = cur if park_cumulative_inplace else x
-            xh = masked(src, prev_attr if park_mask_from_previous else a0, r)
-            ah = explainer(xh, target, seed)
-            outs.append(ah.reshape(B, -1))
-            cur = xh
-            prev_attr = ah
-        ahat = np.stack(outs)
+        ahat = _park_sequence(explainer, x, a0, target, seed, steps, masked, park_cumulative_inplace,
+                              park_mask_from_previous)  # fmt: skip
     else:
-        xs = np.stack([masked(x, a0, r) for r in steps])
-        ahat = explainer(xs.reshape(-1, C, H, W), np.tile(target, len(steps)), seed).reshape(
-            len(steps), B, -1
-        )
-    flat0 = a0.reshape(B, -1)
+        ahat = _explain_stacked(explainer, np.stack([masked(x, a0, r) for r in steps]), target, seed)
+    return _consistency(a0.reshape(B, -1), ahat, steps, variant)
+
+
+_IMPORTANCE = {
+    "mean_abs": lambda v: np.abs(v).mean(1),
+    "sum_abs": lambda v: np.abs(v).sum(1),
+    "sum": lambda v: v.sum(1),
+}
+
+
+def _mask_top_pixels(src, attribution, r, base, agg, park: bool, channel0_only: bool):
+    """``src`` with the ``r`` fraction of pixels most important by ``agg(attribution)`` set to ``base``
+    (every channel, or channel 0 only as the notebook)."""
+    B, _, H, W = src.shape
+    imp = agg(attribution).reshape(B, -1)
+    order = np.argsort(-imp, axis=1, kind="stable")
+    k = int(H * W * r) if park else int(math.floor(r * H * W + 1e-9))  # the notebook's int() in compat mode
+    out = src.copy()
+    chans = [0] if channel0_only else slice(None)
+    for b in range(B):
+        hw = np.unravel_index(order[b, :k], (H, W))
+        out[b][chans, hw[0], hw[1]] = base[b][chans, hw[0], hw[1]]
+    return out
+
+
+def _explain_stacked(explainer, xs, target, seed):
+    """The attributions of a stack ``(n, B, C, H, W)`` of perturbed batches, in one explainer call, as
+    ``(n, B, features)``."""
+    n, B = xs.shape[:2]
+    return explainer(xs.reshape(-1, *xs.shape[2:]), np.tile(target, n), seed).reshape(n, B, -1)
+
+
+def _park_sequence(explainer, x, a0, target, seed, steps, masked, cumulative: bool, from_previous: bool):
+    """The notebook's sequential masking: masks accumulating in place and/or each mask built from the
+    previous masked input's attribution."""
+    cur, prev_attr, outs = x.copy(), a0, []
+    for r in steps:
+        xh = masked(cur if cumulative else x, prev_attr if from_previous else a0, r)
+        ah = explainer(xh, target, seed)
+        outs.append(ah.reshape(len(x), -1))
+        cur, prev_attr = xh, ah
+    return np.stack(outs)
+
+
+def _consistency(flat0, ahat, steps, variant: str) -> dict:
+    """Kendall τ and cosine of every (sample, step) against the unperturbed attribution, and their means."""
+    B = len(flat0)
     tau = np.array([[_kendall(flat0[b], ahat[i, b], variant) for i in range(len(steps))] for b in range(B)])
     cos = np.array([[_cosine(flat0[b], ahat[i, b]) for i in range(len(steps))] for b in range(B)])
-    with np.errstate(all="ignore"):
-        import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = {
-                "steps": np.asarray(steps),
-                "kendall": tau,
-                "cosine": cos,
-                "kendall_by_step": np.nanmean(tau, 0)
-                if np.isfinite(tau).any()
-                else np.full(len(steps), np.nan),
-                "cosine_by_step": np.nanmean(cos, 0)
-                if np.isfinite(cos).any()
-                else np.full(len(steps), np.nan),
-                "kendall_mean": np.array([np.nanmean(t) if np.isfinite(t).any() else np.nan for t in tau]),
-            }
-    return out
+    def nanmean(v, axis=None):
+        return np.nanmean(v, axis) if np.isfinite(v).any() else np.full(len(steps), np.nan)
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            "steps": np.asarray(steps),
+            "kendall": tau,
+            "cosine": cos,
+            "kendall_by_step": nanmean(tau, 0),
+            "cosine_by_step": nanmean(cos, 0),
+            "kendall_mean": np.array([np.nanmean(t) if np.isfinite(t).any() else np.nan for t in tau]),
+        }
