@@ -31,9 +31,18 @@ __all__ = [
 
 
 class OnnxExplainError(Exception):
-    """Base class of every error onnx-explain raises on bad input or an unsupported model."""
+    """Base class of every error onnx-explain raises on bad input or an unsupported model.
+
+    Its text is always one line: line breaks that reach it (a name read from a damaged file, a message of
+    another library) are folded into spaces.
+    """
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        lines = text.splitlines()
+        return text if len(lines) <= 1 else " ".join(part.strip() for part in lines if part.strip())
 
 
 class ModelLoadError(OnnxExplainError):

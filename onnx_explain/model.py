@@ -61,7 +61,76 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, source: str) -
             )
         if not full.is_file():
             raise ModelLoadError(f"{source}: external data file {loc!r} of tensor {t.name!r} is missing")
+        keys = {e.key: e.value for e in t.external_data}
+        try:
+            offset, length = int(keys.get("offset") or 0), keys.get("length")
+            length = None if length in (None, "") else int(length)
+        except ValueError:
+            raise ModelLoadError(
+                f"{source}: tensor {t.name!r} has a non-numeric external data offset or length"
+            ) from None
+        size = full.stat().st_size
+        if offset < 0 or (length is not None and (length < 0 or offset + length > size)) or offset > size:
+            raise ModelLoadError(
+                f"{source}: external data of tensor {t.name!r} (offset {offset}, length {length}) lies outside "
+                f"{loc!r} ({size} bytes)"
+            )
     return found
+
+
+def _names(model: onnx.ModelProto):
+    """Every name and string of the main graph that messages and onnxruntime read."""
+    yield model.producer_name
+    yield model.producer_version
+    for o in model.opset_import:
+        yield o.domain
+    g = model.graph
+    for coll in (g.input, g.output, g.initializer, g.value_info):
+        for v in coll:
+            yield v.name
+    for v in list(g.input) + list(g.output):
+        if v.type.HasField("tensor_type"):
+            yield from (d.dim_param for d in v.type.tensor_type.shape.dim)
+    for n in g.node:
+        yield n.name
+        yield n.op_type
+        yield n.domain
+        yield from n.input
+        yield from n.output
+
+
+def _refuse_unsafe(model: onnx.ModelProto, source: str) -> None:
+    """Refuse what would crash onnx's or onnxruntime's C++ code (the process dies, no exception) or
+    cannot be named in a message: names that are not text, nodes known to abort shape inference."""
+    from .convert.prepare import native_crash_hazard
+
+    if not all(isinstance(v, str) for v in _names(model)):
+        raise ModelLoadError(
+            f"{source}: the graph holds names that are not valid UTF-8 text (a damaged file)"
+        )
+    hazard = native_crash_hazard(model)
+    if hazard:
+        raise ModelLoadError(f"{source}: invalid ONNX graph: {hazard}")
+
+
+def _free_nonpositive_dims(proto: onnx.ModelProto) -> list[str]:
+    """Make dims declared as 0 or negative symbolic, in place (our own copy): graph inputs and outputs,
+    value_info and subgraphs. PaddlePaddle declares a free batch as ``-1``; onnxruntime reads a negative
+    dim as free but ``0`` as a size, and onnx's shape inference aborts on a Slice of a negative dim.
+    Returns ``name[axis]`` of each dim changed in the graph's inputs and outputs."""
+    from .convert.prepare import symbolic_negative_dims
+
+    changed = []
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = "batch" if k == 0 else f"{vi.name}_dim{k}"
+                changed.append(f"{vi.name}[{k}]")
+    symbolic_negative_dims(proto)  # value_info and subgraphs
+    return changed
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -155,6 +224,7 @@ def load(
         source, path = "<in-memory model>", None
         raw = onnx.ModelProto()
         raw.CopyFrom(model)  # never edit the caller's object
+        rewrites = _rewrite_before_checks(raw, source)
         if check and raw.ByteSize() < _TWO_GB:
             _checker(raw, source)
         has_external = any(True for _ in _external_tensors(raw))
@@ -170,14 +240,36 @@ def load(
         raw = _read(path)
         base = path.parent
         has_external = _check_external_locations(raw, base, source)
+        rewrites = _rewrite_before_checks(raw, source)
         if check:
-            _checker(source, source)  # by path: never serialises the (possibly > 2 GB) model
+            # by path: never serialises the (possibly > 2 GB) model; our rewritten copy when it differs
+            _checker(source if not rewrites or raw.ByteSize() >= _TWO_GB else raw, source)
     inferred, note = _infer(raw)
     if has_external and base is not None:
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(inferred, str(base))
-    return Model._build(inferred, path, source, input, output, fixed_inputs, device, note, allow_nonfinite)
+    notes = [n for n in (note, *rewrites) if n]
+    return Model._build(
+        inferred, path, source, input, output, fixed_inputs, device, notes, allow_nonfinite, bool(rewrites)
+    )
+
+
+def _rewrite_before_checks(raw: onnx.ModelProto, source: str) -> list[str]:
+    """Refuse what would crash the C++ checks, then make the rewrites onnx and onnxruntime need (dims
+    declared 0 or negative made symbolic; empty trailing node inputs dropped). Returns notes, one per
+    kind of change; an empty list means the proto is the file as it is."""
+    from .convert.prepare import drop_trailing_empty_inputs
+
+    _refuse_unsafe(raw, source)
+    notes = []
+    freed = _free_nonpositive_dims(raw)
+    if freed:
+        notes.append(f"dims declared as 0 or negative are symbolic: {', '.join(freed)}")
+    dropped = drop_trailing_empty_inputs(raw)
+    if dropped:
+        notes.append(f"{dropped} empty trailing node input(s) dropped (omitted optional inputs)")
+    return notes
 
 
 class Model:
@@ -189,22 +281,26 @@ class Model:
     gets another object).
     """
 
-    def __init__(self, proto: onnx.ModelProto, path, signature: Signature, device: str = "auto", notes=()):
+    def __init__(
+        self, proto: onnx.ModelProto, path, signature: Signature, device: str = "auto", notes=(), ort_path=...
+    ):
         self.path: Path | None = path
         self.source: str = signature.source
         self.device = device
         self.signature = signature
         self._proto = proto  # shape-inferred, external data loaded, ZipMap outputs replaced
         self._notes = tuple(notes)
-        self.runtime = Runner(proto, path, signature, device)
+        # onnxruntime reads the file itself unless our copy differs from it (then ort_path is None)
+        self.runtime = Runner(proto, path if ort_path is ... else ort_path, signature, device)
         self._converted: dict = {}  # (space name, probe key, rtol, atol) -> (cpu module, ParityReport)
         self._by_space: dict = {}  # space name -> the key of its last checked conversion
         self._moved: dict = {}  # (id of the cpu module, device) -> the module on that device
 
     @classmethod
     def _build(
-        cls, proto, path, source, input_name, output_name, fixed_inputs, device, note, allow_nonfinite
-    ):
+        cls, proto, path, source, input_name, output_name, fixed_inputs, device, notes, allow_nonfinite,
+        rewritten=False,
+    ):  # fmt: skip
         from .convert.prepare import tensor_outputs
 
         declared = [spec_from_value_info(v) for v in proto.graph.output]
@@ -214,20 +310,14 @@ class Model:
         signature = Signature.build(
             proto, declared, replaced, source, input_name, output_name, fixed_inputs, allow_nonfinite
         )
-        freed = _free_nonpositive_dims(proto)  # after the signature: it shows them as unknown ('?')
-        notes = [note] if note else []
+        notes = list(notes)
         for old, new in replaced.items():
             notes.append(
                 f"output {old!r} (ZipMap of maps) stands for its tensor {new!r}"
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        if freed:
-            notes.append(f"dims declared as 0 or negative are symbolic: {', '.join(freed)}")
-        model = cls(proto, path, signature, device, notes)
-        if freed:  # onnxruntime must run our rewritten copy, not the file
-            model.runtime = Runner(proto, None, signature, device)
-        return model
+        return cls(proto, path, signature, device, notes, ort_path=None if rewritten else path)
 
     # ---------------------------------------------------------------- the signature
     @property
@@ -422,24 +512,6 @@ class Model:
             moved = copy.deepcopy(module).to(dev)
             self._moved[(id(module), str(dev))] = moved
         return moved
-
-
-def _free_nonpositive_dims(proto: onnx.ModelProto) -> list[str]:
-    """Make graph input/output dims declared as 0 or negative symbolic, in place (our own copy).
-
-    PaddlePaddle declares a free batch as ``-1``; onnxruntime reads a negative dim as free but ``0`` as a
-    size. Returns ``name[axis]`` of each dim changed.
-    """
-    changed = []
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-            continue
-        for k, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value <= 0:
-                d.Clear()
-                d.dim_param = f"{vi.name}_dim{k}"
-                changed.append(f"{vi.name}[{k}]")
-    return changed
 
 
 def _array_key(a) -> tuple:

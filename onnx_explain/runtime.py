@@ -234,6 +234,7 @@ class Runner:
         dim0 = sig.input.shape[0] if sig.input.shape else None
         if not isinstance(dim0, int):
             return BatchMode("dynamic", None, self._proto)
+        sig.probe_shape(dim0 + 1)  # a declared batch no machine can hold is refused here, by name
         from .convert.batch_dim import free_batch_dim
 
         rewritten, why = free_batch_dim(self._proto, sig.input.name, dim0)

@@ -23,6 +23,8 @@ _INT_TYPES = {
     onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
 }  # fmt: skip
 _CHANNELS = (1, 3, 4)
+#: the most values a probe batch may hold (2**28 float32 values are 1 GiB)
+MAX_PROBE_ELEMENTS = 2**28
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,23 @@ class Signature:
                 )
         return np.ascontiguousarray(x, dtype=want)
 
+    def probe_shape(self, n: int) -> list[int]:
+        """The shape of a probe batch of ``n`` rows: fixed dims as declared, unknown ones 32.
+
+        Raises
+        ------
+        InputSpecError
+            The declared dims ask for more than :data:`MAX_PROBE_ELEMENTS` values.
+        """
+        spec = self.input
+        shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+        if int(np.prod(shape, dtype=np.float64)) > MAX_PROBE_ELEMENTS:
+            raise InputSpecError(
+                f"{self.source}: input {spec.name!r} declares shape {spec.shape_str()}: a batch of {n} would hold "
+                f"{np.prod(shape, dtype=np.float64):.3g} values, more than this machine should be asked for"
+            )
+        return shape
+
     def probe_batch(self, n: int = 2, seed: int = 0, index_bound: int | None = None) -> np.ndarray:
         """Random data of the input's dtype and shape (batch ``n``) for parity checks.
 
@@ -310,7 +329,7 @@ class Signature:
         dims are 32.
         """
         spec = self.input
-        shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+        shape = self.probe_shape(n)
         rng = np.random.default_rng(seed)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":

@@ -58,8 +58,11 @@ FOUND = [
     "graph_mix:30398",  # Split with num_outputs=1 and two outputs: onnx's shape inference aborts
     "flip:30270",  # a logit name that is not UTF-8, added as an output for onnxruntime
     "batch_dim:2", "batch_dim:3",  # a batch of -1 (PaddlePaddle), then a Slice on it: onnx's checker aborts
-    "flip:60250",  # a Conv kernel larger than its input, then a Slice: onnx's shape inference aborts
 ]  # fmt: skip
+#: known and not contained: onnx 1.23's shape inference aborts the process (SIGABRT in std::clamp) when a
+#: dim that *inference* makes negative (a Conv kernel larger than its input) reaches a Slice. Only running
+#: onnx's C++ checks in another process contains it; that costs every load a fork and is left for later.
+KNOWN_UPSTREAM = ["flip:60250"]
 
 
 def _failures(results: dict, names: list[str]) -> list[str]:

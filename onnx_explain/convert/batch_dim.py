@@ -17,11 +17,19 @@ from onnx import numpy_helper
 
 
 def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from .prepare import tensor_problem
+
     values = {t.name: t for t in model.graph.initializer}
-    out = {name: numpy_helper.to_array(t) for name, t in values.items() if len(t.dims) == 1}
+    out = {
+        name: numpy_helper.to_array(t)
+        for name, t in values.items()
+        if len(t.dims) == 1 and tensor_problem(t) is None
+    }
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            t = node.attribute[0].t
+            if tensor_problem(t) is None:
+                out[node.output[0]] = numpy_helper.to_array(t)
     return out
 
 

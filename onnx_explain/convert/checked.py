@@ -133,7 +133,7 @@ def _torch_output(module, x: np.ndarray, source: str, name: str) -> np.ndarray:
 
 def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:
     spec = signature.input
-    shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+    shape = signature.probe_shape(n)
     rng = np.random.default_rng(1)
     dtype = np.dtype(spec.dtype)
     lo, hi = probe_range
