@@ -23,7 +23,6 @@ from torch import nn
 
 import onnx_explain as oe
 from onnx_explain.convert import ADDED, OVERRIDDEN, to_fx
-from onnx_explain.convert.ops.versions import TYPE_ONLY
 
 NAN, INF = np.nan, np.inf
 
@@ -641,24 +640,12 @@ def _needs_functional(op: str, attrs: dict, computed: bool) -> bool:
     return computed or same or transpose_only
 
 
-def _xfail_opset22(request, op: str, opset: int, attrs: dict, computed: bool) -> None:
-    """Expect the failure (strictly) while versions.py still routes the opset-22 node to onnx2torch."""
-    if opset == 22 and op in TYPE_ONLY and _needs_functional(op, attrs, computed):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=f"versions.py aliases {op}-22 to onnx2torch's {op}-11 (nn.Conv*d from initializers only)",
-            )
-        )
-
-
 @pytest.mark.parametrize("opset", [1, 11, 22])
 @pytest.mark.parametrize("case", list(CONV_CASES))
 @pytest.mark.parametrize("weight,bias", [("input", "none"), ("input", "input"), ("input", "initializer"),
                                          ("initializer", "input"), ("initializer", "initializer")])  # fmt: skip
-def test_conv_weight_as_a_graph_value(request, opset, case, weight, bias):
+def test_conv_weight_as_a_graph_value(opset, case, weight, bias):
     attrs, xs, ws = CONV_CASES[case]
-    _xfail_opset22(request, "Conv", opset, attrs, "input" in (weight, bias))
     inputs = {"x": _randn(xs, 1), "w": _randn(ws, 2)}
     if bias != "none":
         inputs["b"] = _randn(ws[:1], 3)
@@ -701,9 +688,8 @@ CONV_T_CASES = {
 @pytest.mark.parametrize(
     "weight,bias", [("input", "input"), ("input", "none"), ("initializer", "initializer")]
 )
-def test_conv_transpose_weight_as_a_graph_value(request, opset, case, weight, bias):
+def test_conv_transpose_weight_as_a_graph_value(opset, case, weight, bias):
     attrs, xs, ws = CONV_T_CASES[case]
-    _xfail_opset22(request, "ConvTranspose", opset, attrs, "input" in (weight, bias))
     group = attrs.get("group", 1)
     inputs = {"x": _randn(xs, 1), "w": _randn(ws, 2)}
     if bias != "none":

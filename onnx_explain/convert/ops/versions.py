@@ -31,8 +31,6 @@ TYPE_ONLY: dict[str, tuple[int, list[int]]] = {
     "Cos": (7, [22]),
     "Sin": (7, [22]),
     "Tan": (7, [22]),
-    "Conv": (11, [22]),
-    "ConvTranspose": (11, [22]),
     "Dropout": (13, [22]),
     "Elu": (6, [22]),
     "Selu": (6, [22]),
