@@ -126,6 +126,8 @@ def _find_logit(proto: onnx.ModelProto, output: TensorSpec) -> str | None:
     node = next((n for n in proto.graph.node if output.name in n.output), None)
     if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
         return None
+    if not node.input or not node.input[0]:  # a damaged file: a Softmax of nothing
+        return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), None)
     rank = len(output.shape) if output.shape is not None else None
     opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}

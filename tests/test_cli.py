@@ -448,6 +448,10 @@ def test_export_a_factory_and_verify(tmp_path, exporter, dynamic):
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["max_abs_ort_vs_source"] < 1e-5 and report["parity"]["passed"]
+    assert (
+        report["max_rel_ort_vs_source"] < 1e-5
+        and report["parity"]["rel_spread"] < report["parity"]["spread_tol"]
+    )
     m = oe.load(out)
     assert isinstance(m.input.shape[0], str) == dynamic
     import importlib.util

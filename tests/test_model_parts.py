@@ -176,3 +176,29 @@ def test_gate_compares_the_error_with_the_spread_between_samples(tmp_path, monke
     with pytest.raises(oe.ParityError, match="spread between samples"):
         oe.load(path).torch_module()
     assert spread > 0
+
+
+def test_info_and_audit_report_the_relative_errors(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    res = CliRunner().invoke(main, ["info", str(DIGITS), "--json"])
+    p = json.loads(res.output)["conversion"]["parity"]
+    assert p["max_rel"] == pytest.approx(p["max_abs"] / p["scale"])
+    assert p["rel_spread"] == pytest.approx(p["max_abs"] / p["spread"])
+    text = CliRunner().invoke(main, ["info", str(DIGITS)]).output
+    assert f"relative to the output {p['max_rel']:.3g}" in text
+    assert f"to the spread between samples {p['rel_spread']:.3g}" in text
+    out = tmp_path / "audit"
+    res = CliRunner().invoke(
+        main, ["audit", str(DIGITS), str(ROOT / "models" / "samples" / "digits.npy"), "--out", str(out),
+               "--method", "gradient", "--metric", "deletion"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    conv = json.loads((out / "report.json").read_text())["conversion"]["parity"]
+    html = (out / "report.html").read_text()
+    assert f"relative to the output {conv['max_rel']:.3g}" in html
+    assert f"to the spread between samples {conv['rel_spread']:.3g}" in html

@@ -261,7 +261,7 @@ def _html(report: dict, figures: dict) -> str:
 <p><b>model</b> <code>{e(m["path"])}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
 <b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
 <p><b>ops</b> {ops}</p>
-<h2>Conversion</h2><p class=ok>torch graph matches onnxruntime: max |diff| {conv["max_abs"]:.3g} (relative {conv["max_rel"]:.3g}) on a {e(conv["probe"])} batch of {conv["batch"]}; batch mode {e(report["conversion"]["batch_mode"])}</p>
+<h2>Conversion</h2><p class=ok>torch graph matches onnxruntime: max |diff| {conv["max_abs"]:.3g}, relative to the output {conv["max_rel"]:.3g}, to the spread between samples {conv["rel_spread"]:.3g} (allowed {conv["rtol"]:g} and {conv["spread_tol"]:g}), on a {e(conv["probe"])} batch of {conv["batch"]}; batch mode {e(report["conversion"]["batch_mode"])}</p>
 <h2>LRP coverage</h2>{cov_html}
 <h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
 <table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>
