@@ -129,7 +129,9 @@ def _free_nonpositive_dims(proto: onnx.ModelProto) -> list[str]:
                 d.Clear()
                 d.dim_param = "batch" if k == 0 else f"{vi.name}_dim{k}"
                 changed.append(f"{vi.name}[{k}]")
-    symbolic_negative_dims(proto)  # value_info and subgraphs
+    inner = symbolic_negative_dims(proto)  # value_info and subgraphs
+    if inner:
+        changed.append(f"{inner} in value_info or subgraphs")
     return changed
 
 
