@@ -142,6 +142,15 @@ def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:
     return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
 
 
+def _rows_like(x: np.ndarray, n: int, index_bound) -> np.ndarray:
+    """``n`` random rows shaped like ``x``'s (standard normal, or integers below ``index_bound``)."""
+    rng = np.random.default_rng(2)
+    shape = (n, *x.shape[1:])
+    if x.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(x.dtype)
+    return rng.integers(0, index_bound or 10, size=shape).astype(x.dtype)
+
+
 def _measure(got: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, bool]:
     """(max_abs, scale, spread, finite) of torch ``got`` against onnxruntime ``ref``."""
     g, r = got.astype(np.float64), ref.astype(np.float64)
@@ -212,11 +221,13 @@ def convert_checked(
     module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source)
     bound = index_bound(proto, signature.input.name)
     lo_hi = tuple(probe_range or DEFAULT_PROBE_RANGE)
-    first = (
-        ("random", signature.probe_batch(2, index_bound=bound))
-        if probe is None
-        else ("given", signature.validate_input(probe))
-    )
+    if probe is None:
+        first = ("random", signature.probe_batch(2, index_bound=bound))
+    else:
+        given = signature.validate_input(probe)
+        first = ("given", given)
+        if len(given) < 2:  # one row has no spread to compare with: add two random rows of its shape
+            first = ("given + 2 random rows", np.concatenate([given, _rows_like(given, 2, bound)]))
     candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", _range_probe(signature, 4, lo_hi, bound))]
     why_not = []
     for kind, x in candidates:
