@@ -4,4 +4,17 @@ One module per op family, as in onnx2torch; every converter goes through
 :func:`onnx_explain.convert.registry.converter`.
 """
 
-from . import activations, functional, indexing, logic, ml, norm, reduce, shapes, tensor, versions  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    activations,
+    functional,
+    indexing,
+    logic,
+    ml,
+    norm,
+    quant,
+    recurrent,
+    reduce,
+    shapes,
+    tensor,
+    versions,
+)
