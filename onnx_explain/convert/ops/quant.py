@@ -1,6 +1,7 @@
 """Quantization ops: QDQ (QuantizeLinear/DequantizeLinear), QOperator (QLinearMatMul, QLinearConv), the
 integer ops of dynamic quantization (DynamicQuantizeLinear, MatMulInteger, ConvInteger) and onnxruntime's
-``com.microsoft`` MatMulIntegerToFloat, DynamicQuantizeMatMul and QGemm. onnx2torch 1.5.15 converts none of them.
+``com.microsoft`` MatMulIntegerToFloat, DynamicQuantizeMatMul, QGemm, QLinearAdd, QLinearMul and
+QLinearGlobalAveragePool. onnx2torch 1.5.15 converts none.
 
 Forward (``METHODS.md`` §1.7): ``QuantizeLinear = saturate(rint(x / s) + zp)``, rounding half to even,
 always saturating to the integer type's range; ``DequantizeLinear = (x - zp) * s``; per-tensor, per-axis
@@ -8,7 +9,11 @@ and blocked scales (``block_size``, opset 21+); uint8/int8 and (opset 21+) uint1
 (MatMulInteger, ConvInteger, the accumulators of QLinear*) are computed in float64, exact as long as they
 stay below 2**53 (int32 overflow, which onnxruntime would wrap, is not reproduced). QLinear* requantize as
 onnxruntime does on the CPU: ``saturate(rint(f32(acc) * f32(s_a * s_b / s_y)) + zp_y)``. float8, int4,
-uint4, float4, int2 and uint2 tensors are refused with the node named.
+uint4, float4, int2 and uint2 tensors, and constant scales that are zero or not finite, are refused with
+the node named. Measured: bit-exact against onnxruntime 1.31 on the CPU, with one caveat on onnxruntime's
+side: without AVX-VNNI, MLAS's u8 x s8 kernels (ConvInteger, MatMulInteger and the QLinear*/QGemm ops it
+fuses QDQ groups into) saturate int16 pair sums, so full-range 8-bit weights (|w| > 64, no
+``reduce_range``) can differ there; the conversion computes the exact integer sums the spec defines.
 
 Gradient: the straight-through estimator (Bengio et al. 2013). Every rounding step (QuantizeLinear,
 DynamicQuantizeLinear, the requantization of QLinear*) has the exact forward value but the backward of
@@ -26,12 +31,14 @@ op, keeps its ONNX integer dtype (and has no gradient).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from onnx import TensorProto
 from torch import nn
 
 from ..registry import converter
-from ._common import result, unsupported
+from ._common import const, result, unsupported
 from .functional import OnnxConvFunctional
 from .tensor import _schema_versions
 
@@ -58,6 +65,9 @@ _CARRIER_OPS = {
     "QLinearConv",
     "MatMulIntegerToFloat",
     "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
 }
 
 
@@ -78,6 +88,30 @@ def _type_name(elem: int) -> str:
     return TensorProto.DataType.Name(elem).lower()
 
 
+_CONSUMERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _consumers(graph) -> dict:
+    """value name -> the nodes that read it (cached per graph)."""
+    if graph not in _CONSUMERS:
+        table: dict = {}
+        for n in graph.nodes.values():
+            for name in dict.fromkeys(n.input_values):
+                table.setdefault(name, []).append(n)
+        _CONSUMERS[graph] = table
+    return _CONSUMERS[graph]
+
+
+def _check_scales(node, graph, positions) -> None:
+    """Refuse a constant scale that is zero or not finite (the quantized graph would divide by it)."""
+    for k in positions:
+        value = const(node.input_values[k], graph) if k < len(node.input_values) else None
+        if value is not None and not bool(torch.isfinite(value.double()).all() and (value != 0).all()):
+            raise ValueError(
+                f"{node.operation_type}: the scale {node.input_values[k]!r} holds zero or non-finite values"
+            )
+
+
 #: ops that move a quantized tensor's values unchanged: a carrier may pass when their outputs may
 _PASS_THROUGH = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "MaxPool"}
 
@@ -87,7 +121,7 @@ def _carrier(name: str, graph, depth: int = 0) -> bool:
     an op of this module, a Cast to float/double, or a layout op (or MaxPool) whose output may be too."""
     if name in graph.output_values or depth > 16:
         return False
-    consumers = [n for n in graph.nodes.values() if name in n.input_values]
+    consumers = _consumers(graph).get(name, [])
     for n in consumers:
         if n.domain not in ("", "ai.onnx", "com.microsoft"):
             return False
@@ -207,8 +241,10 @@ class OnnxDequantizeLinear(nn.Module):
     def forward(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None = None) -> torch.Tensor:
         s = _granular(scale, x, self.axis, self.block_size)
         if x.is_floating_point():  # a carrier: exact integers
-            v = x.to(torch.float64) if zp is None else x.to(torch.float64) - _granular(
-                zp.to(torch.float64), x, self.axis, self.block_size
+            v = (
+                x.to(torch.float64)
+                if zp is None
+                else x.to(torch.float64) - _granular(zp.to(torch.float64), x, self.axis, self.block_size)
             )
         else:
             v = x.to(torch.int64)
@@ -221,13 +257,9 @@ class OnnxDequantizeLinear(nn.Module):
         return f"axis={self.axis}, block_size={self.block_size}"
 
 
-def _check_int(node, elem: int | None, what: str) -> None:
-    if elem is not None and elem not in _INT_TYPES and elem != TensorProto.INT32:
-        raise unsupported(node, f"{what} of type {_type_name(elem)} (only (u)int8, (u)int16, int32)")
-
-
 @converter("QuantizeLinear", _schema_versions("QuantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
 def _quantize(node, graph):
+    _check_scales(node, graph, [1])
     a = node.attributes
     names = list(node.input_values) + [""] * 3
     elem = _elem_type(names[2], graph) or _elem_type(node.output_values[0], graph)
@@ -249,6 +281,7 @@ def _quantize(node, graph):
 
 @converter("DequantizeLinear", _schema_versions("DequantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
 def _dequantize(node, graph):
+    _check_scales(node, graph, [1])
     a = node.attributes
     elem = _elem_type(node.input_values[0], graph)
     if elem is not None and elem not in _INT_TYPES and elem != TensorProto.INT32:
@@ -390,12 +423,14 @@ class OnnxQLinearConv(nn.Module):
 
 @converter("QLinearMatMul", _schema_versions("QLinearMatMul", [10, 21]))
 def _qlinear_matmul(node, graph):
+    _check_scales(node, graph, [1, 4, 6])
     dtype = _out_dtype(node, graph, node.input_values[7])
     return result(OnnxQLinearMatMul(dtype, _carrier(node.output_values[0], graph)), node)
 
 
 @converter("QLinearConv", 10)
 def _qlinear_conv(node, graph):
+    _check_scales(node, graph, [1, 4, 6])
     dtype = _out_dtype(node, graph, node.input_values[7])
     carrier = _carrier(node.output_values[0], graph)
     return result(OnnxQLinearConv(dict(node.attributes), dtype, carrier), node)
@@ -457,20 +492,116 @@ class OnnxQGemm(nn.Module):
 
 @converter("QGemm", 1, domain="com.microsoft")
 def _qgemm(node, graph):
+    _check_scales(node, graph, [1, 4, 7])
     a = node.attributes
     names = list(node.input_values) + [""] * 9
     quantized = bool(names[8])
     dtype = _out_dtype(node, graph, names[8]) if quantized else None
     carrier = quantized and _carrier(node.output_values[0], graph)
-    return result(OnnxQGemm(a.get("transA", 0), a.get("transB", 0), a.get("alpha", 1.0), dtype, carrier), node)
+    return result(
+        OnnxQGemm(a.get("transA", 0), a.get("transB", 0), a.get("alpha", 1.0), dtype, carrier), node
+    )
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32).reshape(())
+
+
+class OnnxQLinearBinary(nn.Module):
+    """com.microsoft QLinearAdd / QLinearMul (numpy broadcasting, per-tensor scales), as onnxruntime's MLAS
+    kernels compute them:
+
+    - Add: ``r_a = f32(s_a / s_c)``, ``r_b = f32(s_b / s_c)``, ``k = zp_c - (r_a zp_a + r_b zp_b)`` in float32,
+      ``v = fma(a, r_a, fma(b, r_b, k))`` (the AVX2 kernel fuses; emulated exactly in float64);
+    - Mul: ``v = f32((a - zp_a)(b - zp_b)) * f32(f32(s_a s_b) / s_c) + zp_c``;
+
+    then ``saturate(rint(v))`` with the straight-through gradient.
+    """
+
+    def __init__(self, op: str, dtype, carrier: bool = False):
+        super().__init__()
+        self.op = op
+        self.dtype = dtype
+        self.carrier = carrier
+
+    def forward(self, a, a_s, a_zp, b, b_s, b_zp, c_s, c_zp=None):
+        a_s, b_s, c_s = _f32(a_s), _f32(b_s), _f32(c_s)
+        za = _f32(a_zp) if a_zp is not None else torch.zeros((), device=a.device)
+        zb = _f32(b_zp) if b_zp is not None else torch.zeros((), device=b.device)
+        zc = _f32(c_zp) if c_zp is not None else torch.zeros((), device=a.device)
+        dtype = c_zp.dtype if c_zp is not None and c_zp.dtype in _RANGE else self.dtype
+        lo, hi = _RANGE[dtype]
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        if self.op == "QLinearAdd":
+            r_a, r_b = a_s / c_s, b_s / c_s
+            k = zc - (r_a * za + r_b * zb)
+            inner = (b64 * r_b.double() + k.double()).to(torch.float32)
+            v = (a64 * r_a.double() + inner.double()).to(torch.float32)
+            value, exact = _ste_round(v, torch.zeros((), device=v.device), lo, hi)
+        else:
+            prod = ((a64 - za.double()) * (b64 - zb.double())).to(torch.float32)
+            value, exact = _ste_round(
+                prod * ((a_s * b_s) / c_s) + zc, torch.zeros((), device=a.device), lo, hi
+            )
+        return _out(value, exact, dtype, self.carrier, torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, carrier={self.carrier}"
+
+
+def _qlinear_binary(node, graph):
+    _check_scales(node, graph, [1, 4, 6])
+    names = list(node.input_values) + [""] * 8
+    dtype = _out_dtype(node, graph, names[7] or names[0])
+    carrier = _carrier(node.output_values[0], graph)
+    return result(OnnxQLinearBinary(node.operation_type, dtype, carrier), node)
+
+
+converter("QLinearAdd", 1, domain="com.microsoft")(_qlinear_binary)
+converter("QLinearMul", 1, domain="com.microsoft")(_qlinear_binary)
+
+
+class OnnxQLinearGlobalAveragePool(nn.Module):
+    """com.microsoft QLinearGlobalAveragePool: the exact integer sum over the spatial axes (NCHW, or NHWC
+    with ``channels_last``), requantized by ``f32(s_x / (s_y * n))`` with the straight-through gradient."""
+
+    def __init__(self, channels_last: bool, dtype, carrier: bool = False):
+        super().__init__()
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.carrier = carrier
+
+    def forward(self, x, x_s, x_zp, y_s, y_zp):
+        axes = tuple(range(1, x.dim() - 1)) if self.channels_last else tuple(range(2, x.dim()))
+        n = 1
+        for k in axes:
+            n *= int(x.shape[k])
+        acc = _integer(x, x_zp).sum(dim=axes, keepdim=True)
+        multiplier = _f32(x_s) / (_f32(y_s) * torch.tensor(float(n), dtype=torch.float32, device=x.device))
+        dtype = y_zp.dtype if y_zp.dtype in _RANGE else self.dtype
+        return _requantize(acc, multiplier, y_zp.detach(), dtype, self.carrier)
+
+    def extra_repr(self) -> str:
+        return f"channels_last={self.channels_last}, carrier={self.carrier}"
+
+
+@converter("QLinearGlobalAveragePool", 1, domain="com.microsoft")
+def _qlinear_gap(node, graph):
+    _check_scales(node, graph, [1, 3])
+    names = list(node.input_values) + [""] * 5
+    dtype = _out_dtype(node, graph, names[4] or names[0])
+    carrier = _carrier(node.output_values[0], graph)
+    channels_last = node.attributes.get("channels_last", 0)
+    return result(OnnxQLinearGlobalAveragePool(channels_last, dtype, carrier), node)
 
 
 @converter("MatMulIntegerToFloat", 1, domain="com.microsoft")
 def _matmul_integer_to_float(node, graph):
+    _check_scales(node, graph, [2, 3])
     return result(OnnxMatMulIntegerToFloat(), node)
 
 
 @converter("DynamicQuantizeMatMul", 1, domain="com.microsoft")
 def _dynamic_quantize_matmul(node, graph):
+    _check_scales(node, graph, [2])
     return result(OnnxDynamicQuantizeMatMul(), node)
-
