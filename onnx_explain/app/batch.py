@@ -1,19 +1,32 @@
 """Batch runs over files, behind the ``explain``, ``evaluate`` and ``demo`` commands: per-item outputs
-written atomically, a manifest line per item, resume, and one bad item reported while the rest finish."""
+written atomically by a bounded pool of writer threads while the next items are computed, a manifest line
+per item once its files are complete, resume, and one bad item reported while the rest finish."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError
-from .io import Preprocess, append_jsonl, atomic_save_npz, atomic_write_bytes, read_items, read_manifest
+from ..errors import InputFileError, OnnxExplainError
+from .io import (
+    JsonlAppender,
+    Preprocess,
+    atomic_save_npz,
+    atomic_write_bytes,
+    read_items,
+    read_manifest,
+    remove_stale_temporaries,
+)
 
 MANIFEST = "manifest.jsonl"
+#: ``heatmaps=``: the map and the panel (input, map, colour bar), the map alone, or no images at all
+HEATMAPS = ("panel", "map", "none")
 
 
 def _progress(total: int, quiet: bool, desc: str):
@@ -38,44 +51,57 @@ def explain_files(
     resume: bool = False,
     preprocess: dict | None = None,
     heatmap: dict | None = None,
+    heatmaps: str = "panel",
+    compress: bool = False,
+    writers: int = 2,
     quiet: bool = True,
     group: int = 16,
     **options,
 ) -> dict:
     """Explain every item of ``inputs`` (image files, folders, ``.npy``/``.npz`` arrays, CSV rows) into
-    ``out_dir``: ``<item>.npz`` (attribution, target, score, input, method, options), heatmap PNGs
-    (``<item>.png`` at the input's size, ``<item>_panel.png`` with the input and a colour bar; a bar chart
-    for tabular rows) and ``manifest.jsonl``.
+    ``out_dir``: ``<item>.npz`` (attribution, target, score, input, method, options), heatmap PNGs and
+    ``manifest.jsonl``.
+
+    ``heatmaps``: ``'panel'`` writes ``<item>.png`` (the map at the input's size) and ``<item>_panel.png``
+    (the input, the map and a colour bar), ``'map'`` only ``<item>.png``, ``'none'`` no image (a pipeline's
+    choice); tabular rows get ``<item>_bars.png`` unless ``'none'``. ``compress`` deflates the ``.npz``.
 
     Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone;
-    deterministic methods are batched over ``group`` items. A bad method or option is an error before
-    anything is written; an item that cannot be read or explained is reported and the others go on.
-    Returns ``{'ok', 'failed', 'skipped'}`` counts and the failures.
+    deterministic methods are batched over ``group`` items. Items are written by ``writers`` threads (0:
+    on the calling thread) while the next ones are computed, at most a few groups in flight; an item's
+    manifest line is appended, in input order, only once all its files are in place, so ``resume`` never
+    trusts a partial item. A bad method or option is an error before anything is written; an item that
+    cannot be read, explained or written is reported and the others go on. Returns ``{'ok', 'failed',
+    'skipped'}`` counts and the failures.
     """
     spec = _method(method)
     spec.check_options(options)
+    if heatmaps not in HEATMAPS:
+        raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
     out_dir = Path(out_dir)
     prep = Preprocess.from_model(model.input, preprocess)
-    run = _Run(out_dir, model, prep.layout)
+    step = 1 if spec.stochastic else max(1, group)
+    run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)))
     todo = run.pending(read_items(inputs, prep, model.input), resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
-          **(heatmap or {})}  # fmt: skip
+          **(heatmap or {}), "images": heatmaps, "compress": compress}  # fmt: skip
     tgt = target if not isinstance(target, (list, tuple, np.ndarray)) else np.asarray(target)
     settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed, **options)
-    step = 1 if spec.stochastic else max(1, group)
     bar = _progress(len(todo), quiet, method)
-    for start in range(0, len(todo), step):
-        chunk = run.readable(todo[start : start + step])
-        if chunk:
-            run.explain_chunk(chunk, method, settings, hm)
-        bar.update(min(step, len(todo) - start))
-    bar.close()
+    try:
+        for start in range(0, len(todo), step):
+            chunk = run.readable(todo[start : start + step])
+            if chunk:
+                run.explain_chunk(chunk, method, settings, hm)
+            bar.update(min(step, len(todo) - start))
+    finally:
+        run.close()  # every item handed to the writers is written and recorded before this returns
+        bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)  # also when there was nothing to do
     return run.summary
 
 
 def _method(method: str):
-    from ..errors import OnnxExplainError
     from ..methods import METHODS
 
     if method not in METHODS:
@@ -83,17 +109,37 @@ def _method(method: str):
     return METHODS[method]
 
 
-class _Run:
-    """One batch run's bookkeeping: the manifest, the summary, per-item failures."""
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    def __init__(self, out_dir: Path, model, layout: str):
+
+class _Run:
+    """One batch run's bookkeeping: the writer pool, the manifest, the summary, per-item failures.
+
+    Finished work waits in a queue in input order: an item being written (a future of the pool) or a
+    failure. The head of the queue is recorded as soon as it is done; the queue never holds more than
+    ``in_flight`` items (the main thread waits for the oldest), so memory stays bounded however many items
+    there are.
+    """
+
+    def __init__(self, out_dir: Path, model, layout: str, writers: int = 2, in_flight: int = 32):
         self.out_dir, self.model, self.layout = out_dir, model, layout
         self.manifest = out_dir / MANIFEST
         self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
+        self.in_flight = max(1, in_flight)
+        self._pool = (
+            ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer") if writers else None
+        )
+        self._queue: deque = deque()  # (item, Future | record dict | None, error message | None)
+        self._log: JsonlAppender | None = None  # opened on the first record: a usage error leaves nothing
 
     def pending(self, items, resume: bool) -> list:
-        """The items still to do (with ``resume``, those finished in an earlier run are skipped)."""
+        """The items still to do (with ``resume``, those finished in an earlier run are skipped and the
+        temporary files of its interrupted writes removed)."""
         done = read_manifest(self.manifest) if resume else {}
+        if resume:
+            remove_stale_temporaries(self.out_dir)
         todo = []
         for it in items:
             if (
@@ -106,15 +152,58 @@ class _Run:
                 todo.append(it)
         return todo
 
-    def _open(self) -> None:
-        """The output folder is made on the first result or failure: a usage error leaves nothing."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-
     def fail(self, it, msg: str) -> None:
-        self._open()
-        self.summary["failed"] += 1
-        self.summary["failures"].append(msg)
-        append_jsonl(self.manifest, {"item": it.name, "source": it.source, "status": "error", "error": msg})
+        self._queue.append((it, None, msg))
+        self._harvest()
+
+    def submit(self, it, fn, *args) -> None:
+        """Write one item with ``fn(*args)`` (returning its manifest record) on the pool."""
+        if self._pool is None:
+            try:
+                self._queue.append((it, fn(*args), None))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                self._queue.append((it, None, _write_error(it, exc)))
+        else:
+            self._queue.append((it, self._pool.submit(fn, *args), None))
+        self._harvest(self.in_flight)
+
+    def _harvest(self, keep: int | None = None) -> None:
+        """Record the finished items at the head of the queue, in input order; with ``keep``, also wait
+        for the oldest ones until at most ``keep`` remain."""
+        while self._queue:
+            it, job, err = self._queue[0]
+            if isinstance(job, Future):
+                if not job.done() and (keep is None or len(self._queue) <= keep):
+                    return
+                try:
+                    job = job.result()
+                except Exception as exc:  # noqa: BLE001 - a writer's error is this item's failure
+                    err = _write_error(it, exc)
+            self._queue.popleft()
+            it.x = it.image = None  # written: the item's arrays are no longer needed
+            if err is None:
+                self._record(job)
+                self.summary["ok"] += 1
+            else:
+                self._record({"item": it.name, "source": it.source, "status": "error", "error": err})
+                self.summary["failed"] += 1
+                self.summary["failures"].append(err)
+
+    def _record(self, record: dict) -> None:
+        if self._log is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._log = JsonlAppender(self.manifest)
+        self._log.append(record)
+
+    def close(self) -> None:
+        """Wait for every writer, record every item, stop the pool, sync the manifest."""
+        try:
+            self._harvest(0)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            if self._log is not None:
+                self._log.close()
 
     def readable(self, chunk) -> list:
         """The items of ``chunk`` that were read and fit the model; the others are reported."""
@@ -142,16 +231,20 @@ class _Run:
             raise  # a usage error: the same for every item
         except Exception as exc:  # noqa: BLE001 - the chunk's items are reported, the run goes on
             for it in chunk:
-                self.fail(it, f"{it.source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                self.fail(it, f"{it.source}: {_one_line(exc)}")
             return
         seconds = (time.perf_counter() - t0) / len(chunk)
-        self._open()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         for k, it in enumerate(chunk):
-            _write_item(self.out_dir, it, e, k, hm, seconds, self.manifest, self.layout)
-            self.summary["ok"] += 1
+            self.submit(it, _write_item, self.out_dir, it, e, k, hm, seconds, self.layout)
 
 
-def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
+def _write_error(it, exc: BaseException) -> str:
+    return f"{it.source}: writing {it.name} failed: {_one_line(exc)}"
+
+
+def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
+    """Write one item's files (on a writer thread); returns its manifest record."""
     from .viz import display_image, heat_map, save_bars, save_heatmap, save_panel
 
     attribution = e.attribution[k]
@@ -163,6 +256,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
     npz = out_dir / f"{it.name}.npz"
     atomic_save_npz(
         npz,
+        hm["compress"],
         attribution=attribution.astype(np.float32),
         target=np.asarray(e.target[k]),
         score=np.asarray(e.score[k], dtype=np.float64),
@@ -174,30 +268,28 @@ def _write_item(out_dir, it, e, k, hm, seconds, manifest, layout):
     score = np.asarray(e.score[k], dtype=np.float64)
     record = {"item": it.name, "source": it.source, "status": "ok", "npz": npz.name, "target": e.target[k],
               "score": float(score) if score.ndim == 0 else score.tolist(), "seconds": round(seconds, 4)}  # fmt: skip
+    images = hm["images"]
     maps = [attribution] if np.ndim(attribution) == np.ndim(it.x) else list(attribution)  # top:K gives K maps
     targets = np.atleast_1d(e.target[k])
     for j, (amap, tj) in enumerate(zip(maps, targets, strict=True)):
+        if images == "none":
+            break
         stem = it.name if len(maps) == 1 else f"{it.name}_top{j + 1}"
         title = f"{e.method}, class {tj}"
         if np.ndim(amap) == 3 or (np.ndim(amap) == 2 and layout == "NHW"):
-            h = heat_map(
-                amap,
-                layout,
-                hm["aggregate"],
-                hm["sign"],
-                hm["percentile"],
-                it.x if hm["times_input"] else None,
-            )
+            times = it.x if hm["times_input"] else None
+            h = heat_map(amap, layout, hm["aggregate"], hm["sign"], hm["percentile"], times)
             save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
-            shown = it.image if it.image is not None else display_image(it.x, layout)
-            save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"])
+            if images == "panel":
+                shown = it.image if it.image is not None else display_image(it.x, layout)
+                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"])
             record.setdefault("png", []).append(f"{stem}.png")
         elif np.ndim(amap) == 1:
             save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title)
             record.setdefault("png", []).append(f"{stem}_bars.png")
     if record.get("png") and len(record["png"]) == 1:
         record["png"] = record["png"][0]
-    append_jsonl(manifest, record)
+    return record
 
 
 def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:

@@ -3,9 +3,9 @@ model's input shape, item naming, atomic writes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -191,18 +191,25 @@ def _read_csv(path: Path):
     return [(cols, np.asarray([float(v) for v in r], dtype=np.float32)) for r in data if r]
 
 
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # temporary files of atomic writes: .<name>.<pid>-<n>.tmp
+_TEMP_NUMBERS = itertools.count()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: a killed
-    run leaves either the old file or the new one, never a partial one."""
+    run leaves either the old file or the new one, never a partial one (safe from several threads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{next(_TEMP_NUMBERS)}{TEMP_SUFFIX}"
+        try:  # the usual permissions: 0666 less the umask
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # left by a killed process of the same id
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -210,11 +217,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_npz(path: Path, **arrays) -> None:
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files a killed run's atomic writes left in ``folder``; returns how many."""
+    n = 0
+    for p in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if Path(folder).is_dir() else ():
+        if p.is_file() and p.name.count(".") >= 3:
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def atomic_save_npz(path: Path, compress: bool = False, **arrays) -> None:
+    """An ``.npz`` written atomically; stored (float attributions barely deflate: a few percent smaller for
+    tens of times the time) unless ``compress``."""
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -224,6 +243,48 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class JsonlAppender:
+    """An append-only JSON-lines file kept open for a run (the manifest).
+
+    Each record is one ``write`` in append mode, so a killed run leaves whole lines and at most a torn last
+    one (which :func:`read_manifest` ignores); a torn line left by an earlier run is closed off before the
+    first new record, so it cannot swallow it. The file is fsynced at most every ``sync_seconds`` and on
+    :meth:`close` (an fsync per line cost more than writing the item on a small model).
+    """
+
+    def __init__(self, path: Path, sync_seconds: float = 1.0):
+        import time
+
+        self.path, self.sync_seconds, self._clock = Path(path), sync_seconds, time.monotonic
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._synced = self._clock()
+        if os.fstat(self._fd).st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def append(self, record: dict) -> None:
+        self._write((json.dumps(record, default=_json_default) + "\n").encode())
+        if self._clock() - self._synced >= self.sync_seconds:
+            os.fsync(self._fd)
+            self._synced = self._clock()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_manifest(path: Path) -> dict[str, dict]:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..app.batch import HEATMAPS
 from ..baselines import describe as describe_baselines
 from ..methods.base import METHODS, NOISES, OUTPUTS, SIGNS
 from ..methods.gradient import REDUCES
@@ -141,14 +142,20 @@ def _value(text: str):
 )
 @click.option("--times-input", is_flag=True, help="Multiply the map by the input before drawing.")
 @click.option("--overlay", is_flag=True, help="Draw the heatmap over the input instead of beside it.")
+@click.option("--heatmaps", type=click.Choice(HEATMAPS), default="panel", show_default=True,
+              help="Images per item: the map (<item>.png) and a panel with the input and a colour bar "
+              "(<item>_panel.png), the map alone, or none (npz and manifest only).")  # fmt: skip
+@click.option(
+    "--compress", is_flag=True, help="Deflate the .npz files (slower; float attributions barely shrink)."
+)
 @click.option("--resume", is_flag=True, help="Skip items already finished in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @model_options
 @handle_errors
 def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
-            preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, resume, quiet,
-            as_json, **flags):  # fmt: skip
+            preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, heatmaps,
+            compress, resume, quiet, as_json, **flags):  # fmt: skip
     """Explain every input (image files or folders, .npy/.npz arrays, CSV rows) with a method; write per item
     an .npz (attribution, target, score, input, options), heatmap PNGs and a manifest.jsonl line.
 
@@ -182,12 +189,15 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         pre["resize"] = "center-crop"
     torch_device, ort_device = resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
-    m.torch_module(device=torch_device)  # conversion and parity first: a bad model leaves nothing on disk
+    # conversion and parity first, in the space the method explains (converted once for the whole run): a
+    # bad model leaves nothing on disk
+    m.torch_module(device=torch_device, space=space or METHODS[method].output)
     heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
     if sign:
         heat["sign"] = sign
     summary = explain_files(m, inputs, out_dir, method, target, output=space, batch_size=batch_size, device=torch_device,
-                            seed=seed, resume=resume, preprocess=pre, heatmap=heat, quiet=quiet, **opts)  # fmt: skip
+                            seed=seed, resume=resume, preprocess=pre, heatmap=heat, heatmaps=heatmaps, compress=compress,
+                            quiet=quiet, **opts)  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary))
     else:
