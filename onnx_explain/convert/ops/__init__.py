@@ -6,6 +6,8 @@ One module per op family, as in onnx2torch; every converter goes through
 
 from . import (  # noqa: F401  (registration)
     activations,
+    contrib,
+    control,
     functional,
     indexing,
     logic,
