@@ -297,6 +297,7 @@ class Model:
         self._converted: dict = {}  # (space name, probe key, rtol, atol) -> (cpu module, ParityReport)
         self._by_space: dict = {}  # space name -> the key of its last checked conversion
         self._moved: dict = {}  # (id of the cpu module, device) -> the module on that device
+        self._siblings: dict = {}  # input name -> this model explaining that input (with_input)
 
     @classmethod
     def _build(
@@ -356,6 +357,41 @@ class Model:
         """Check ``x`` against the explained input (see :meth:`Signature.validate_input`)."""
         return self.signature.validate_input(x)
 
+    def split_inputs(self, x) -> tuple[np.ndarray, dict]:
+        """The checked explained batch and per-sample companion arrays from an array or a dict of arrays
+        named after the inputs (see :meth:`Signature.split_inputs`)."""
+        return self.signature.split_inputs(x)
+
+    def with_input(self, name: str | None) -> Model:
+        """This model explaining input ``name`` instead (None or the same name: this model). The other
+        inputs are then fixed (``fixed_inputs``) or given per sample, as here; the sibling is built once
+        and shares nothing that could change this one.
+
+        Raises
+        ------
+        InputSpecError
+            No input of that name, or one of a type onnx-explain cannot explain.
+        """
+        import dataclasses
+
+        from .signature import _choose_input
+
+        if name is None or name == self.input.name:
+            return self
+        sibling = self._siblings.get(name)
+        if sibling is None:
+            spec = _choose_input(self.signature.inputs, name, self.source)
+            fixed = {k: v for k, v in self.signature.fixed_inputs.items() if k != name}
+            sig = dataclasses.replace(self.signature, input=spec, fixed_inputs=fixed)
+            sibling = Model(self._proto, self.path, sig, self.device, self._notes, ort_path=self.runtime.path)
+            self._siblings[name] = sibling
+        return sibling
+
+    companions = property(
+        lambda self: self.signature.companions,
+        doc="The other inputs each call gives per sample (no fixed value): a list of TensorSpec.",
+    )
+
     def probe_batch(self, n: int = 2, seed: int = 0) -> np.ndarray:
         """Random data of the input's dtype and shape (batch ``n``) for parity checks.
 
@@ -389,6 +425,8 @@ class Model:
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
             "explained_input": self.input.name,
+            "per_sample_inputs": [c.name for c in self.companions],
+            "fixed_inputs": sorted(self.fixed_inputs),
             "explained_output": self.output.name,
             "layout": self.layout,
             "nodes": len(p.graph.node),
@@ -413,8 +451,10 @@ class Model:
 
         Parameters
         ----------
-        x : array_like
-            A batch for the explained input, batch first.
+        x : array_like or dict of str to array_like
+            A batch for the explained input, batch first; or a dict of batch-first arrays named after the
+            model's inputs (the explained one and per-sample values of the others, e.g.
+            ``{"input_ids": ids, "attention_mask": mask}``).
         batch_size : int
             Rows per onnxruntime call; the result does not depend on it.
         space : {'output', 'logit'}
@@ -432,8 +472,8 @@ class Model:
         ModelRunError
             onnxruntime refuses the model or fails running it (names the file and node).
         """
-        x = self.validate_input(x)
-        return self.runtime.run(self.space_name(space), x, batch_size)
+        x, companions = self.split_inputs(x)
+        return self.runtime.run(self.space_name(space), x, batch_size, companions)
 
     # ---------------------------------------------------------------- torch
     @property

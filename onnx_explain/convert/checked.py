@@ -111,17 +111,18 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         if k in input_names
     }
     position = input_names.index(signature.input.name) if signature.input.name in input_names else None
-    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch).eval()
+    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch, input_names).eval()
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
     return module, time.perf_counter() - t0, notes
 
 
-def _torch_output(module, x: np.ndarray, source: str, name: str) -> np.ndarray:
+def _torch_output(module, x: np.ndarray, source: str, name: str, companions: dict) -> np.ndarray:
     import torch
 
     try:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).cpu().numpy()
+            comp = {k: torch.from_numpy(v) for k, v in companions.items()}
+            return module(torch.from_numpy(x), comp).cpu().numpy()
     except OnnxExplainError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converted op failing on real data
@@ -213,7 +214,7 @@ def convert_checked(
     ParityError
         torch and onnxruntime disagree beyond the gate, or no probe can certify the output.
     """
-    from .batch_dim import index_bound
+    from .batch_dim import index_bound, index_bounds
 
     source = signature.source
     name = signature.space_name(space)
@@ -230,9 +231,12 @@ def convert_checked(
             first = ("given + 2 random rows", np.concatenate([given, _rows_like(given, 2, bound)]))
     candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", _range_probe(signature, 4, lo_hi, bound))]
     why_not = []
+    comp_names = [c.name for c in signature.companions]
+    comp_bounds = index_bounds(proto, comp_names)
     for kind, x in candidates:
-        ref = runner.run(name, x)
-        got = _torch_output(module, x, source, name)
+        comp = signature.probe_companions(len(x), comp_bounds)
+        ref = runner.run(name, x, len(x), comp)
+        got = _torch_output(module, x, source, name, comp)
         if got.shape != ref.shape:
             raise ParityError(
                 f"{source}: torch output {name!r} has shape {list(got.shape)}, onnxruntime {list(ref.shape)}"

@@ -135,19 +135,19 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
         return to_channels_first(t[None].cpu().numpy(), scorer.layout)
 
     if name == "autvc":
-        return lambda xb, attr, t: float(
+        return lambda xb, attr, t, key=None: float(
             total_variation(None, None, cf(attr), None, None, **options)["autvc"][0]
         )
     if name == "aupc":
-
-        def f(arr):
-            with torch.no_grad():
-                return scorer.scores(torch.as_tensor(arr)).cpu().numpy()
-
-        predictor = Predictor(f, output="logit", batch_size=scorer.batch_size, layout=scorer.layout)
         rng = np.random.default_rng(options.pop("seed", 0))
 
-        def objective(xb, attr, t):
+        def objective(xb, attr, t, key=None):
+            def f(arr):  # every row is a perturbation of this one sample: its companions, its key
+                rows = torch.as_tensor(arr)
+                keys = None if key is None else key.expand(len(rows))
+                return scorer.scores(rows, keys).cpu().numpy()
+
+            predictor = Predictor(f, output="logit", batch_size=scorer.batch_size, layout=scorer.layout)
             return float(aupc(predictor, cf(xb), cf(attr), np.array([t]), rng, **options)["aupc"][0])
 
         return objective
@@ -177,7 +177,8 @@ def smoothtaylor_adaptive(
     """Adaptive SmoothTaylor: per sample, search σ minimising ``objective(x_b, attribution_b, target_b)``:
     ``'autvc'`` (default) or ``'aupc'``, the paper's two (with ``objective_options``), or any callable
     (lower is better). The search starts at σ = mean |x_b| and draws fresh roots at every evaluation."""
-    if isinstance(objective, str):
+    keyed = isinstance(objective, str)  # the paper's objectives score rows of the sample's own key
+    if keyed:
         objective = paper_objective(objective, scorer, **(objective_options or {}))
     out = torch.empty_like(x)
     sigmas, values, traces = [], [], []
@@ -186,7 +187,9 @@ def smoothtaylor_adaptive(
 
         def evaluate(s, xb=xb, tb=tb):
             attr, _ = smoothtaylor(scorer, xb, tb, generator, sigma=s, noise="absolute", n_roots=n_roots)
-            return objective(xb[0], attr[0], int(tb[0])), attr[0]
+            cls = int(scorer.classes(tb)[0])
+            value = objective(xb[0], attr[0], cls, tb) if keyed else objective(xb[0], attr[0], cls)
+            return value, attr[0]
 
         res = adaptive_noising(
             evaluate, float(xb.abs().mean()), learning_rate, learning_decay, max_stop_count, max_iteration
