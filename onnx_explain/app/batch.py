@@ -66,8 +66,8 @@ def explain_files(
     (the input, the map and a colour bar), ``'map'`` only ``<item>.png``, ``'none'`` no image (a pipeline's
     choice); tabular rows get ``<item>_bars.png`` unless ``'none'``. ``compress`` deflates the ``.npz``.
 
-    Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone;
-    deterministic methods are batched over ``group`` items. Items are written by ``writers`` threads (0:
+    Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone
+    (docs/methods.md §1.2: no result depends on the batch), ``group`` items per call. Items are written by ``writers`` threads (0:
     on the calling thread) while the next ones are computed, at most a few groups in flight; an item's
     manifest line is appended, in input order, only once all its files are in place, so ``resume`` never
     trusts a partial item. A bad method or option is an error before anything is written; an item that
@@ -80,7 +80,7 @@ def explain_files(
         raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
     out_dir = Path(out_dir)
     prep = Preprocess.from_model(model.input, preprocess)
-    step = 1 if spec.stochastic else max(1, group)
+    step = max(1, group)  # a sample's result does not depend on its batch, stochastic methods included
     run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)))
     todo = run.pending(read_items(inputs, prep, model.input, [i.name for i in model.inputs]), resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,

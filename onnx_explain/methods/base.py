@@ -13,7 +13,7 @@ from ..errors import OptionError
 from ..layout import channel_axis
 from ..options import accepted_options, check_options, option_defaults
 
-__all__ = ["METHODS", "Explanation", "MethodSpec", "RuntimeScorer", "Scorer", "register_method"]
+__all__ = ["METHODS", "Draws", "Explanation", "MethodSpec", "RuntimeScorer", "Scorer", "register_method"]
 
 
 class Scorer:
@@ -245,8 +245,8 @@ class MethodSpec:
         one-line description (the CLI's help). ``target`` holds the keys of the explained units (see
         :class:`Scorer`).
     stochastic : bool
-        Draws random numbers (seeded by ``seed``): batch runs explain one item per call, so every item's
-        result is the one it gets alone.
+        Draws random numbers (seeded by ``seed``). Its draws must not depend on the batch (:class:`Draws`):
+        a sample's result is the one it gets alone, so batch runs group items for every method.
     sign : {'signed', 'abs'}
         How its heatmaps show it by default: a diverging map of signed values, or magnitudes.
     output : {'logit', 'output'}
@@ -344,15 +344,29 @@ def make_generator(seed, device="cpu") -> torch.Generator:
     return g
 
 
-def draw_rows(generator: torch.Generator, n: int, shape, dtype, device) -> torch.Tensor:
-    """``n`` standard normal rows of ``shape``, drawn one row at a time.
+class Draws:
+    """Standard normal draws indexed by copy: the ``j``-th noisy copy (or root) of *every* sample gets the
+    ``j``-th draw, made from the call's generator alone.
 
-    Row ``r`` is the ``r``-th draw of the generator, so a chunk of rows gets the same values whatever the
-    chunk size: results do not depend on ``batch_size``.
+    A sample's result then depends on nothing but itself and the seed — not on ``batch_size``, not on
+    which samples share its batch, not on where it sits in the batch — so explaining a batch equals
+    explaining each sample alone (batch runs may group stochastic methods), and a sample re-explained
+    inside a metric's stack of perturbed copies gets the noise it got first.
     """
-    return torch.stack(
-        [torch.randn(shape, generator=generator, dtype=dtype, device=device) for _ in range(n)]
-    )
+
+    def __init__(self, generator: torch.Generator, shape, dtype, device):
+        self.base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self._g = torch.Generator(device=device)
+
+    def draw(self, j: int) -> torch.Tensor:
+        """The ``j``-th draw."""
+        self._g.manual_seed((self.base + 0x9E3779B97F4A7C15 * (int(j) + 1)) % 2**63)
+        return torch.randn(self.shape, generator=self._g, dtype=self.dtype, device=self.device)
+
+    def rows(self, copies: torch.Tensor) -> torch.Tensor:
+        """The draws of copy indices ``copies`` ``(R,)``, stacked ``(R, *shape)``."""
+        return torch.stack([self.draw(j) for j in copies.tolist()])
 
 
 def per_sample_sigma(x: torch.Tensor, sigma: float, noise: str) -> torch.Tensor:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import OptionError
-from .base import Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
+from .base import Draws, Scorer, expand, explicit_rows, per_sample_sigma, register_method
 
 
 @register_method("smoothtaylor", "mean over noisy roots z of (x − z) ⊙ ∇f_c(z)", stochastic=True,
@@ -38,12 +38,13 @@ def smoothtaylor(
     B, S = x.shape[0], x.shape[1:]
     roots, n = explicit_rows(roots, x, n_roots, "roots")
     sig = per_sample_sigma(x, sigma, noise)
+    draws = Draws(generator, S, x.dtype, x.device) if roots is None else None
 
     def make_rows(a, b):
         owner = torch.arange(a, b, device=x.device) // n
         if roots is not None:
             return roots[a:b], target[owner]
-        eps = draw_rows(generator, b - a, S, x.dtype, x.device)
+        eps = draws.rows(torch.arange(a, b, device=x.device) % n)
         return x[owner] + eps * expand(sig[owner], x[owner]), target[owner]
 
     acc = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -182,11 +183,14 @@ def smoothtaylor_adaptive(
         objective = paper_objective(objective, scorer, **(objective_options or {}))
     out = torch.empty_like(x)
     sigmas, values, traces = [], [], []
+    base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     for b in range(len(x)):
         xb, tb = x[b : b + 1], target[b : b + 1]
+        gb = torch.Generator(device=generator.device)
+        gb.manual_seed(base)  # every sample's search starts from the same stream: batch-independent
 
-        def evaluate(s, xb=xb, tb=tb):
-            attr, _ = smoothtaylor(scorer, xb, tb, generator, sigma=s, noise="absolute", n_roots=n_roots)
+        def evaluate(s, xb=xb, tb=tb, gb=gb):
+            attr, _ = smoothtaylor(scorer, xb, tb, gb, sigma=s, noise="absolute", n_roots=n_roots)
             cls = int(scorer.classes(tb)[0])
             value = objective(xb[0], attr[0], cls, tb) if keyed else objective(xb[0], attr[0], cls)
             return value, attr[0]
