@@ -83,6 +83,7 @@ def make_session(
     threads: int | None = None,
     quiet: bool = False,
     source: str = "<model>",
+    weights: dict | None = None,
 ):
     """Create an ``InferenceSession`` on the best provider that loads.
 
@@ -98,6 +99,9 @@ def make_session(
         Kept for callers; onnxruntime never logs below fatal here (its errors become ModelRunError).
     source : str
         The file, for messages.
+    weights : dict of str to numpy.ndarray, optional
+        Initializers given as arrays (memory-mapped big weights): onnxruntime uses them in place instead
+        of reading its own copy, and does not pre-pack them (a packed copy would double the memory).
 
     Returns
     -------
@@ -119,9 +123,16 @@ def make_session(
     if threads:
         opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    values = []
+    if weights:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        for name, arr in weights.items():
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)))  # the map itself, no copy
+            opts.add_initializer(name, values[-1])
     providers = select_providers(device)
     try:
         session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+        session._onnx_explain_weights = values  # the OrtValues must outlive the session (they own nothing)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
         raise ort_error(exc, source, "load the model") from None
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -218,8 +229,9 @@ class Runner:
     onnxruntime runs, never what the model describes.
     """
 
-    def __init__(self, proto: onnx.ModelProto, path, signature, device: str = "auto"):
+    def __init__(self, proto: onnx.ModelProto, path, signature, device: str = "auto", weights=None):
         self._proto = proto
+        self.weights = dict(weights or {})  # memory-mapped initializers, given to every session
         self.path = path
         self.signature = signature
         self.source = signature.source
@@ -269,14 +281,17 @@ class Runner:
         comp = sig.probe_companions(n + 1, index_bounds(self._proto, [c.name for c in sig.companions]))
         names = [sig.output.name]
         try:
-            fixed = make_session(self._ort_model, device=self.device, quiet=True, source=self.source)
+            fixed = make_session(
+                self._ort_model, device=self.device, quiet=True, source=self.source, weights=self.weights
+            )
             ref = run_rows(
                 lambda i: fixed.run(names, sig.feed(probe[i], {k: v[i] for k, v in comp.items()}))[0],
                 n + 1, n + 1, n,
             )  # fmt: skip
             free = make_session(
-                self._serialize(rewritten), device=self.device, quiet=True, source=self.source
-            )
+                self._serialize(rewritten), device=self.device, quiet=True, source=self.source,
+                weights=self.weights,
+            )  # fmt: skip
             got = free.run(names, sig.feed(probe, comp))[0]
         except DeviceError:
             raise
@@ -319,7 +334,9 @@ class Runner:
         """The cached ``InferenceSession`` (created on first use)."""
         if self._session is None:
             _ = self.batch  # fixes what onnxruntime runs
-            self._session = make_session(self._ort_model, device=self.device, source=self.source)
+            self._session = make_session(
+                self._ort_model, device=self.device, source=self.source, weights=self.weights
+            )
         return self._session
 
     # ------------------------------------------------------------------ runs
