@@ -99,7 +99,7 @@ def lrp(
     record = {} if layer_relevance else None
     set_recording(module, record)
     try:
-        relevance, scores = _propagate(scorer, module, x, target, output_relevance)
+        relevance, scores = _propagate(module, x, target, scorer.batch_size, output_relevance)
     finally:
         set_recording(module, None)
     total = relevance.reshape(len(x), -1).sum(1).to(torch.float64)
@@ -142,25 +142,22 @@ def _zbox_rules(rules: dict | None, bounds: dict) -> dict:
             for k, v in (rules or {}).items()}  # fmt: skip
 
 
-def _propagate(scorer: Scorer, module, x, keys, output_relevance: str):
+def _propagate(module, x, target, batch_size: int, output_relevance: str):
     """Relevance at the input (x's shape) and f_c(x), one forward and one modified backward pass per
-    chunk of ``batch_size`` rows (each with its sample's companion inputs), seeded with f_c·e_c
-    (``'score'``) or e_c (``'onehot'``)."""
+    chunk of ``batch_size`` rows, seeded with f_c·e_c (``'score'``) or e_c (``'onehot'``)."""
     relevance = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=torch.float64)
-    for a in range(0, len(x), scorer.batch_size):
-        b = min(len(x), a + scorer.batch_size)
+    for a in range(0, len(x), batch_size):
+        b = min(len(x), a + batch_size)
         rows = x[a:b].detach().requires_grad_(True)
-        comp = scorer.companion_rows(keys[a:b])
-        cls = scorer.classes(keys[a:b]).reshape(-1, 1)
         with torch.enable_grad():
-            out = module(rows, comp) if comp else module(rows)
+            out = module(rows)
             out = out.reshape(out.shape[0], -1)
-            onehot = torch.zeros_like(out).scatter_(1, cls, 1.0)
+            onehot = torch.zeros_like(out).scatter_(1, target[a:b].reshape(-1, 1), 1.0)
             seed = out.detach() * onehot if output_relevance == "score" else onehot
             (rel,) = torch.autograd.grad(out, rows, seed)
         relevance[a:b] = rel
-        scores[a:b] = out.detach().gather(1, cls).squeeze(1).to(torch.float64)
+        scores[a:b] = out.detach().gather(1, target[a:b].reshape(-1, 1)).squeeze(1).to(torch.float64)
     return relevance, scores
 
 
