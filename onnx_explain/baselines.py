@@ -84,7 +84,9 @@ def _uniform(x, rng, low, high):
     if _is_torch(x):
         import torch
 
-        return low + (high - low) * torch.rand(x.shape, generator=rng, dtype=x.dtype, device=x.device)
+        # one draw shared by every sample: a sample's baseline does not depend on the batch it is in
+        u = torch.rand((1, *x.shape[1:]), generator=rng, dtype=x.dtype, device=x.device)
+        return low + (high - low) * u.expand(x.shape)
     return rng.uniform(low, high, size=x.shape).astype(x.dtype)
 
 

@@ -26,7 +26,11 @@ def make_explainer(model, method: str, output: str | None = None, batch_size: in
     """``explainer(x, target, seed) -> attribution`` running :func:`onnx_explain.explain`."""
     from .explainer import explain
 
-    def explainer(x, target, seed):
+    def explainer(x, target, seed, companions=None):
+        if companions:  # sample-major rows: row r belongs to sample r // (rows per sample)
+            per = len(x) // len(next(iter(companions.values())))
+            owner = np.arange(len(x)) // per
+            x = {model.input.name: x, **{k: v[owner] for k, v in companions.items()}}
         return explain(model, x, method, target=np.asarray(target), output=output, batch_size=batch_size,
                        seed=seed, **options).attribution  # fmt: skip
 
@@ -55,8 +59,10 @@ def evaluate(
     model : Model, path or callable
         An :class:`onnx_explain.Model` (run on onnxruntime), a path to load, or ``f(ndarray) -> scores``;
         None for metrics that need no model (``total_variation``, ``localisation``).
-    x : array_like
-        The inputs, batch first, in the model's layout.
+    x : array_like or dict of str to array_like
+        The inputs, batch first, in the model's layout; or a dict of arrays named after the model's
+        inputs with per-sample values of the others (as :func:`onnx_explain.explain`). Only the explained
+        input is perturbed; every perturbed row runs with its sample's other inputs.
     attributions : array_like
         One attribution per input (x's shape, or channel-aggregated ``(B, H, W)``).
     metric : str
@@ -90,11 +96,13 @@ def evaluate(
     """
     spec = _metric(metric)
     spec.check_options(options)
-    model, x = _model_and_input(model, x, spec)
+    model, x, companions = _model_and_input(model, x, spec)
     layout = _layout(model, x, layout)
     attributions = _attributions(attributions, x, spec)
     output = output or spec.output
-    predictor = Predictor(model, output, batch_size, layout=layout) if model is not None else None
+    predictor = None
+    if model is not None:
+        predictor = Predictor(model, output, batch_size, layout=layout, companions=companions)
     t = _targets(model, predictor, x, target)
     kwargs = {
         k: _option_to_channels_first(v, x, layout) if k in spec.input_options else v
@@ -103,7 +111,9 @@ def evaluate(
     if spec.takes_seed:
         kwargs["seed"] = seed
     if spec.needs_explainer:
-        kwargs["explainer"] = _explainer(spec, explainer, explainer_options, model, batch_size, layout)
+        kwargs["explainer"] = _explainer(
+            spec, explainer, explainer_options, model, batch_size, layout, companions
+        )
     x_cf = to_channels_first(x, layout)
     a_cf = attributions
     if attributions is not None and attributions.ndim == x.ndim:
@@ -125,7 +135,11 @@ def _model_and_input(model, x, spec: MetricSpec):
         model = load(model)
     if model is None and spec.needs_model:
         raise OnnxExplainError(f"metric {spec.name!r} scores perturbed inputs: it needs a model")
-    return model, model.validate_input(x) if isinstance(model, Model) else np.asarray(x)
+    if isinstance(model, Model):
+        return (model, *model.split_inputs(x))
+    if isinstance(x, dict):
+        raise InputDataError("a dict of inputs needs an onnx_explain.Model")
+    return model, np.asarray(x), {}
 
 
 def _layout(model, x: np.ndarray, layout: str | None) -> str | None:
@@ -184,13 +198,14 @@ def _option_to_channels_first(value, x: np.ndarray, layout: str | None):
     return value
 
 
-def _explainer(spec: MetricSpec, explainer, explainer_options, model, batch_size: int, layout: str | None):
+def _explainer(spec: MetricSpec, explainer, explainer_options, model, batch_size: int, layout, companions):
     """The metric's explainer, speaking the channel-first view to the metric and the model's layout to
-    the method."""
+    the method; a method name re-explains each row with its sample's companion inputs."""
     if explainer is None:
         raise OnnxExplainError(f"metric {spec.name!r} re-explains perturbed inputs: pass explainer=")
     if isinstance(explainer, str):
-        explainer = make_explainer(model, explainer, batch_size=batch_size, **(explainer_options or {}))
+        named = make_explainer(model, explainer, batch_size=batch_size, **(explainer_options or {}))
+        explainer = named if not companions else lambda x, t, s: named(x, t, s, companions)
     if layout is None:
         return explainer
     inner = explainer

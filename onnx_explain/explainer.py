@@ -67,6 +67,7 @@ def explain(
     device: str = "cpu",
     seed=None,
     layout: str | None = None,
+    input: str | None = None,  # noqa: A002 - mirrors load(input=...)
     **options,
 ) -> Explanation:
     """Explain ``model`` at the inputs ``x`` with a registered attribution ``method``.
@@ -75,8 +76,14 @@ def explain(
     ----------
     model : Model, path or torch.nn.Module
         An :class:`onnx_explain.Model` (or a path to load), or a torch module mapping ``x`` to scores.
-    x : array_like
-        A batch, batch first, of the model's input dtype and layout.
+    x : array_like or dict of str to array_like
+        A batch, batch first, of the explained input in its dtype and layout; or, for a model with
+        several inputs, a dict of batch-first arrays named after them: the explained input (chosen at
+        :func:`onnx_explain.load`, ``input=``) and per-sample values of the others
+        (``{"input_ids": ids, "attention_mask": mask}``). Every row a method builds from a sample
+        (noisy copies, integration steps, ``top:K`` repeats) runs with that sample's values of the other
+        inputs; only the explained input is attributed. ``fixed_inputs=`` at load holds values shared
+        by every sample.
     method : str
         One of :data:`onnx_explain.METHODS` (``gradient``, ``gradient_x_input``, ``smoothgrad``,
         ``integrated_gradients``, ``smoothtaylor``, ``smoothtaylor_adaptive`` ...).
@@ -96,6 +103,8 @@ def explain(
     layout : {'NCHW', 'NHWC', 'NHW'}, optional
         The image layout of ``x`` (where per-channel baselines go); default: the Model's own, and
         channels on axis 1 for a torch module.
+    input : str, optional
+        The input to explain for this call (:meth:`Model.with_input`); default: the one chosen at load.
     **options
         The method's own options (``sigma``, ``n_samples``, ``reduce``, ``base``, ``n_steps``,
         ``quadrature_method``, ``baseline``, ``n_roots``, ``perturbations``, ``roots`` ...). An option the
@@ -106,34 +115,98 @@ def explain(
     Explanation
         ``attribution`` (float32, x's shape; float64 for float64 input to a torch module), ``target``,
         ``score`` (f_c(x)), ``method``, ``options`` and ``extras`` (``delta`` of IG, ``sigma`` ...; for
-        integer inputs ``embedding_attribution``, the attribution at the embedding, whose sum over the
-        embedding axes is ``attribution``).
+        token ids ``embedding_attribution``, the attribution at the embedding, whose sum over the
+        embedding axes is ``attribution``; positions an attention mask leaves out get exactly 0).
     """
     if method not in METHODS:
         raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
     spec = METHODS[method]
     opts = spec.check_options(options)
     output = output or spec.output
-    model, module, x_np, layout = _resolve_model(model, x, output, device, layout)
+    if spec.backend == "onnxruntime":
+        return _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input, opts)
+    model, module, x_np, companions, layout = _resolve_model(model, x, output, device, layout, input)
     generator = make_generator(seed, device)
     xt = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+    comp = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in companions.items()}
+    extras_in: dict = {}
     if x_np.dtype.kind in "iu":
-        return _explain_integer(module, xt, spec, target, batch_size, generator, opts)
+        kind = _integer_kind(model)
+        if kind == "ids":
+            n_classes = model.n_classes(output)
+            return _explain_ids(module, xt, comp, spec, target, batch_size, generator, opts, n_classes)
+        xt = xt.to(torch.float32)  # a quantity (pixels, counts): attributed in the input's own layout
+        extras_in["integer_input"] = "attributed as a quantity at its cast to float"
     if xt.dtype not in (torch.float32, torch.float64):
         xt = xt.float()
-    scorer = Scorer(module, batch_size, layout)
-    scores, targets, k = _targets(scorer, xt, target, model.n_classes(output) if _is_model(model) else None)
-    rows = xt if k is None else xt.repeat_interleave(k, 0)
-    with torch.no_grad():
-        attribution, extras = spec.fn(scorer, rows, targets.reshape(-1), generator, **opts)
-    score = _explained_score(scorer, xt, scores, targets, extras)
-    if k is not None:
-        attribution = attribution.reshape(len(xt), k, *xt.shape[1:])
+    n_classes = model.n_classes(output) if _is_model(model) else None
+    result = _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, n_classes)
+    attribution, targets, score, extras = result
     return Explanation(
         attribution=_out_dtype(attribution, xt),
         target=targets.cpu().numpy(),
         score=score.detach().cpu().numpy(),
         method=method,
+        options=opts,
+        extras={**extras_in, **{key: _to_numpy(v) for key, v in extras.items() if key != "score"}},
+    )
+
+
+def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, n_classes, make_scorer=None):
+    """(attribution, targets, explained score, extras) of ``spec`` on rows ``xt`` with per-sample
+    companions ``comp``: the units explained are (sample, class) pairs, keyed for the method.
+    ``make_scorer(classes, samples)`` builds the scorer (default: a :class:`Scorer` of ``module``)."""
+    if make_scorer is None:
+
+        def make_scorer(classes, samples):
+            return Scorer(module, batch_size, layout, classes=classes, samples=samples, companions=comp)
+
+    B = len(xt)
+    sample_scorer = make_scorer(None, None)
+    samples = torch.arange(B, device=xt.device)
+    scores, targets, k = _targets(sample_scorer, xt, samples, target, n_classes)
+    unit_sample = samples if k is None else samples.repeat_interleave(k)
+    scorer = make_scorer(targets.reshape(-1), unit_sample)
+    rows = xt if k is None else xt.repeat_interleave(k, 0)
+    keys = torch.arange(len(rows), device=xt.device)
+    with torch.no_grad():
+        attribution, extras = spec.fn(scorer, rows, keys, generator, **opts)
+    score = _explained_score(sample_scorer, xt, samples, scores, targets, extras)
+    if k is not None:
+        attribution = attribution.reshape(B, k, *xt.shape[1:])
+    return attribution, targets, score, extras
+
+
+def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input_name, opts):
+    """A black-box method: every row runs through onnxruntime on the file, nothing is converted."""
+    from .methods import RuntimeScorer
+    from .model import load
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model, input=input_name)
+    if not _is_model(model):
+        raise OnnxExplainError(f"method {spec.name!r} runs on onnxruntime: it needs an onnx_explain.Model")
+    model = model.with_input(input_name)
+    x_np, companions = model.split_inputs(x)
+    layout = layout or model.layout
+    xt = torch.from_numpy(np.ascontiguousarray(x_np))
+    if xt.dtype.is_floating_point and xt.dtype not in (torch.float32, torch.float64):
+        xt = xt.float()
+    space = "output" if output == "output" else "logit"
+
+    def make_scorer(classes, samples):
+        return RuntimeScorer(model, batch_size, layout, space, classes, samples, companions)
+
+    generator = make_generator(seed, "cpu")
+    attribution, targets, score, extras = _run(
+        None, xt, companions, spec, target, batch_size, layout, generator, opts, model.n_classes(space),
+        make_scorer,
+    )  # fmt: skip
+    return Explanation(
+        attribution=attribution.detach().cpu().numpy().astype(np.float32),
+        target=targets.cpu().numpy(),
+        score=score.detach().cpu().numpy(),
+        method=spec.name,
         options=opts,
         extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},
     )
@@ -145,23 +218,23 @@ def _is_model(model) -> bool:
     return isinstance(model, Model)
 
 
-def _resolve_model(model, x, output: str, device: str, layout: str | None):
-    """(model, torch module, validated x, image layout) for a Model, a path or a torch module."""
+def _resolve_model(model, x, output: str, device: str, layout: str | None, input_name: str | None = None):
+    """(model, torch module, validated x, per-sample companions, image layout) for a Model, a path or a
+    torch module."""
     from .model import load
 
     if isinstance(model, (str, os.PathLike)):
-        model = load(model)
+        model = load(model, input=input_name)
     if _is_model(model):
-        return (
-            model,
-            model.torch_module(device=device, space=output),
-            model.validate_input(x),
-            layout or model.layout,
-        )
-    return model, model, np.asarray(x), layout
+        model = model.with_input(input_name)
+        xe, companions = model.split_inputs(x)
+        return model, model.torch_module(device=device, space=output), xe, companions, layout or model.layout
+    if isinstance(x, dict) or input_name is not None:
+        raise InputDataError("several inputs need an onnx_explain.Model (a torch module takes one tensor)")
+    return model, model, np.asarray(x), {}, layout
 
 
-def _targets(scorer: Scorer, xt: torch.Tensor, target, n_classes: int | None):
+def _targets(scorer: Scorer, xt: torch.Tensor, samples: torch.Tensor, target, n_classes: int | None):
     """(scores or None, targets, K of 'top:K' or None). A given class needs no forward pass when the
     number of classes is known: the method reports f_c where it can."""
     explicit = not (
@@ -170,57 +243,75 @@ def _targets(scorer: Scorer, xt: torch.Tensor, target, n_classes: int | None):
     if explicit and n_classes is not None:
         targets, k = resolve_targets(target, torch.zeros(len(xt), n_classes, device=xt.device))
         return None, targets, k
-    scores = scorer.scores(xt)
+    scores = scorer.scores(xt, samples)
     targets, k = resolve_targets(target, scores)
     return scores, targets, k
 
 
-def _explained_score(scorer: Scorer, xt: torch.Tensor, scores, targets: torch.Tensor, extras: dict):
+def _explained_score(scorer: Scorer, xt: torch.Tensor, samples, scores, targets: torch.Tensor, extras: dict):
     """f_c(x) per explained (sample, class): from the method's extras when it reported them, else from
     the scores (computed now if the targets needed none)."""
     reported = extras.get("score")
     if scores is None and isinstance(reported, torch.Tensor) and reported.shape == (len(xt),):
         return reported.to(xt.dtype)
-    scores = scorer.scores(xt) if scores is None else scores
+    scores = scorer.scores(xt, samples) if scores is None else scores
     return scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
 
 
-def _explain_integer(module, xt, spec, target, batch_size, generator, opts) -> Explanation:
-    from .convert.wrapper import ConvertedModel
-    from .methods.embedding import embedding_views
+def _integer_kind(model) -> str:
+    """``'ids'`` (token or category ids: attributed at the embedding) or ``'quantity'`` (pixels or counts
+    cast to float, possibly after a layout change: attributed at the cast, in the input's own layout)."""
+    from .convert.batch_dim import integer_input_kind
 
-    if not isinstance(module, ConvertedModel):
+    if not _is_model(model):
         raise OnnxExplainError(
             "integer inputs are explained through an onnx_explain.Model (the embedding is cut from its graph)"
         )
-    e, make_view, frontier = embedding_views(module, xt)
-    full, targets, scores, extras_all = [], [], [], []
-    for b in range(len(xt)):
-        scorer = Scorer(make_view(b), batch_size)
-        eb = e[b : b + 1]
-        sc = scorer.scores(eb)
-        tb, k = resolve_targets(
-            target if np.ndim(target) == 0 or isinstance(target, str) else [np.asarray(target)[b]], sc
-        )
-        rows = eb if k is None else eb.repeat_interleave(k, 0)
-        with torch.no_grad():
-            attribution, extras = spec.fn(scorer, rows, tb.reshape(-1), generator, **opts)
-        full.append(attribution if k is None else attribution.reshape(1, k, *eb.shape[1:]))
-        targets.append(tb)
-        scores.append(sc.gather(1, tb.reshape(1, -1)).reshape(tb.shape))
-        extras_all.append(extras)
-    full_t = torch.cat(full)
-    lead = xt.dim() + (1 if full_t.dim() > e.dim() else 0)
-    per_position = full_t.sum(dim=tuple(range(lead, full_t.dim()))) if full_t.dim() > lead else full_t
-    extras = {"embedding_attribution": full_t.cpu().numpy().astype(np.float32), "embedding_node": frontier}
-    for key in extras_all[0]:
-        if key != "score" and isinstance(extras_all[0][key], torch.Tensor):
-            extras[key] = torch.cat([ex[key].reshape(-1) for ex in extras_all]).cpu().numpy()
+    return integer_input_kind(model.proto, model.input.name)
+
+
+#: the companion input whose zeros mark positions a model leaves out (attention masks of HF exporters)
+def _mask_of(ids: torch.Tensor, comp: dict):
+    for name, v in comp.items():
+        if "mask" in name.lower() and tuple(v.shape) == tuple(ids.shape):
+            return name, v
+    return None, None
+
+
+def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, n_classes) -> Explanation:
+    """Token ids: the graph is cut at the embedding once and every sample's rows run through it in
+    batches, exactly as for float inputs; the ids travel with their sample like any companion input."""
+    from .methods.embedding import embedding_model
+
+    emb_module, e, frontier = embedding_model(module, ids, comp)
+    mask_name, mask = _mask_of(ids, comp)
+    comp = {**comp, emb_module.ids_key: ids}
+    attribution, targets, score, extras = _run(
+        emb_module, e, comp, spec, target, batch_size, None, generator, opts, n_classes
+    )
+    top_k = attribution.dim() > e.dim()
+    if mask is not None:  # positions the mask leaves out take no part: exactly zero
+        keep = (mask != 0).to(attribution.dtype)
+        keep = keep.unsqueeze(1) if top_k else keep
+        attribution = attribution * keep.reshape(*keep.shape, *([1] * (attribution.dim() - keep.dim())))
+    lead = ids.dim() + (1 if top_k else 0)
+    per_position = (
+        attribution.sum(dim=tuple(range(lead, attribution.dim())))
+        if attribution.dim() > lead
+        else attribution
+    )
+    out_extras = {
+        "embedding_attribution": attribution.cpu().numpy().astype(np.float32),
+        "embedding_node": frontier,
+    }
+    if mask_name is not None:
+        out_extras["mask_input"] = mask_name
+    out_extras.update({key: _to_numpy(v) for key, v in extras.items() if key != "score"})
     return Explanation(
         attribution=per_position.cpu().numpy().astype(np.float32),
-        target=torch.cat(targets).cpu().numpy(),
-        score=torch.cat(scores).cpu().numpy(),
+        target=targets.cpu().numpy(),
+        score=score.detach().cpu().numpy(),
         method=spec.name,
         options=opts,
-        extras=extras,
+        extras=out_extras,
     )

@@ -78,6 +78,46 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, source: str) -
     return found
 
 
+#: external tensors at least this big stay in their file, memory-mapped (smaller ones are read in)
+MAPPED_BYTES = 2**24
+
+
+def _map_external(model: onnx.ModelProto, base: Path) -> dict:
+    """Read small external tensors into ``model``; return the big ones (``>= MAPPED_BYTES``) of the main
+    graph as copy-on-write memory maps, name -> array, leaving their references in ``model``.
+
+    The mapped weights are then shared by onnxruntime (as session initializers) and torch (as buffers):
+    one copy in memory however many consumers, read from the page cache, never held in a ``ModelProto``
+    (which cannot be serialised, or even copied, above 2 GB).
+    """
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    mapped = {}
+    for t in model.graph.initializer:
+        if not (t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL):
+            continue
+        keys = {e.key: e.value for e in t.external_data}
+        offset, length = int(keys.get("offset") or 0), keys.get("length")
+        if t.data_type == onnx.TensorProto.STRING:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        n_bytes = int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
+        if (
+            n_bytes >= MAPPED_BYTES
+            and dtype.kind in "fiub"
+            and (length in (None, "") or int(length) == n_bytes)
+        ):
+            mapped[t.name] = np.memmap(
+                base / keys["location"], dtype=dtype, mode="c", offset=offset, shape=tuple(t.dims)
+            )
+    for t in _external_tensors(model):
+        if t.name not in mapped:  # small tensors, and any in subgraphs, are read in
+            load_external_data_for_tensor(t, str(base))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    return mapped
+
+
 def _names(model: onnx.ModelProto):
     """Every name and string of the main graph that messages and onnxruntime read."""
     yield model.producer_name
@@ -247,14 +287,18 @@ def load(
             # by path: never serialises the (possibly > 2 GB) model; our rewritten copy when it differs
             _checker(source if not rewrites or raw.ByteSize() >= _TWO_GB else raw, source)
     inferred, note = _infer(raw)
-    if has_external and base is not None:
-        from onnx.external_data_helper import load_external_data_for_model
-
-        load_external_data_for_model(inferred, str(base))
+    weights = _map_external(inferred, base) if has_external and base is not None else {}
     notes = [n for n in (note, *rewrites) if n]
+    if weights:
+        size = sum(w.nbytes for w in weights.values())
+        notes.append(
+            f"{len(weights)} weight tensor(s), {size / 2**30:.2f} GiB, memory-mapped from external data and "
+            "shared by onnxruntime and torch (onnxruntime's weight pre-packing is off for this model)"
+        )
     return Model._build(
-        inferred, path, source, input, output, fixed_inputs, device, notes, allow_nonfinite, bool(rewrites)
-    )
+        inferred, path, source, input, output, fixed_inputs, device, notes, allow_nonfinite, bool(rewrites),
+        weights,
+    )  # fmt: skip
 
 
 def _rewrite_before_checks(raw: onnx.ModelProto, source: str) -> list[str]:
@@ -284,7 +328,14 @@ class Model:
     """
 
     def __init__(
-        self, proto: onnx.ModelProto, path, signature: Signature, device: str = "auto", notes=(), ort_path=...
+        self,
+        proto: onnx.ModelProto,
+        path,
+        signature: Signature,
+        device: str = "auto",
+        notes=(),
+        ort_path=...,
+        weights: dict | None = None,
     ):
         self.path: Path | None = path
         self.source: str = signature.source
@@ -293,15 +344,18 @@ class Model:
         self._proto = proto  # shape-inferred, external data loaded, ZipMap outputs replaced
         self._notes = tuple(notes)
         # onnxruntime reads the file itself unless our copy differs from it (then ort_path is None)
-        self.runtime = Runner(proto, path if ort_path is ... else ort_path, signature, device)
+        #: big weights memory-mapped from external data (name -> array), shared by onnxruntime and torch
+        self.weights = dict(weights or {})
+        self.runtime = Runner(proto, path if ort_path is ... else ort_path, signature, device, self.weights)
         self._converted: dict = {}  # (space name, probe key, rtol, atol) -> (cpu module, ParityReport)
         self._by_space: dict = {}  # space name -> the key of its last checked conversion
         self._moved: dict = {}  # (id of the cpu module, device) -> the module on that device
+        self._siblings: dict = {}  # input name -> this model explaining that input (with_input)
 
     @classmethod
     def _build(
         cls, proto, path, source, input_name, output_name, fixed_inputs, device, notes, allow_nonfinite,
-        rewritten=False,
+        rewritten=False, weights=None,
     ):  # fmt: skip
         from .convert.prepare import tensor_outputs
 
@@ -319,12 +373,15 @@ class Model:
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        return cls(proto, path, signature, device, notes, ort_path=None if rewritten else path)
+        return cls(
+            proto, path, signature, device, notes, ort_path=None if rewritten else path, weights=weights
+        )
 
     # ---------------------------------------------------------------- the signature
     @property
     def proto(self) -> onnx.ModelProto:
-        """The shape-inferred model (external data loaded) as the file holds it."""
+        """The shape-inferred model as the file holds it (external data read in, except the big weights in
+        :attr:`weights`, which keep their references)."""
         return self._proto
 
     @property
@@ -355,6 +412,44 @@ class Model:
     def validate_input(self, x) -> np.ndarray:
         """Check ``x`` against the explained input (see :meth:`Signature.validate_input`)."""
         return self.signature.validate_input(x)
+
+    def split_inputs(self, x) -> tuple[np.ndarray, dict]:
+        """The checked explained batch and per-sample companion arrays from an array or a dict of arrays
+        named after the inputs (see :meth:`Signature.split_inputs`)."""
+        return self.signature.split_inputs(x)
+
+    def with_input(self, name: str | None) -> Model:
+        """This model explaining input ``name`` instead (None or the same name: this model). The other
+        inputs are then fixed (``fixed_inputs``) or given per sample, as here; the sibling is built once
+        and shares nothing that could change this one.
+
+        Raises
+        ------
+        InputSpecError
+            No input of that name, or one of a type onnx-explain cannot explain.
+        """
+        import dataclasses
+
+        from .signature import _choose_input
+
+        if name is None or name == self.input.name:
+            return self
+        sibling = self._siblings.get(name)
+        if sibling is None:
+            spec = _choose_input(self.signature.inputs, name, self.source)
+            fixed = {k: v for k, v in self.signature.fixed_inputs.items() if k != name}
+            sig = dataclasses.replace(self.signature, input=spec, fixed_inputs=fixed)
+            sibling = Model(
+                self._proto, self.path, sig, self.device, self._notes, ort_path=self.runtime.path,
+                weights=self.weights,
+            )  # fmt: skip
+            self._siblings[name] = sibling
+        return sibling
+
+    companions = property(
+        lambda self: self.signature.companions,
+        doc="The other inputs each call gives per sample (no fixed value): a list of TensorSpec.",
+    )
 
     def probe_batch(self, n: int = 2, seed: int = 0) -> np.ndarray:
         """Random data of the input's dtype and shape (batch ``n``) for parity checks.
@@ -389,6 +484,8 @@ class Model:
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
             "explained_input": self.input.name,
+            "per_sample_inputs": [c.name for c in self.companions],
+            "fixed_inputs": sorted(self.fixed_inputs),
             "explained_output": self.output.name,
             "layout": self.layout,
             "nodes": len(p.graph.node),
@@ -413,8 +510,10 @@ class Model:
 
         Parameters
         ----------
-        x : array_like
-            A batch for the explained input, batch first.
+        x : array_like or dict of str to array_like
+            A batch for the explained input, batch first; or a dict of batch-first arrays named after the
+            model's inputs (the explained one and per-sample values of the others, e.g.
+            ``{"input_ids": ids, "attention_mask": mask}``).
         batch_size : int
             Rows per onnxruntime call; the result does not depend on it.
         space : {'output', 'logit'}
@@ -432,8 +531,8 @@ class Model:
         ModelRunError
             onnxruntime refuses the model or fails running it (names the file and node).
         """
-        x = self.validate_input(x)
-        return self.runtime.run(self.space_name(space), x, batch_size)
+        x, companions = self.split_inputs(x)
+        return self.runtime.run(self.space_name(space), x, batch_size, companions)
 
     # ---------------------------------------------------------------- torch
     @property
@@ -494,7 +593,7 @@ class Model:
         if key not in self._converted:
             self._converted[key] = convert_checked(
                 self.runtime.batch.graph, self.signature, self.runtime, space, probe, rtol, atol,
-                probe_range=probe_range,
+                probe_range=probe_range, weights=self.weights,
             )  # fmt: skip
         self._by_space.pop(name, None)
         self._by_space[name] = key

@@ -83,6 +83,7 @@ def make_session(
     threads: int | None = None,
     quiet: bool = False,
     source: str = "<model>",
+    weights: dict | None = None,
 ):
     """Create an ``InferenceSession`` on the best provider that loads.
 
@@ -98,6 +99,9 @@ def make_session(
         Kept for callers; onnxruntime never logs below fatal here (its errors become ModelRunError).
     source : str
         The file, for messages.
+    weights : dict of str to numpy.ndarray, optional
+        Initializers given as arrays (memory-mapped big weights): onnxruntime uses them in place instead
+        of reading its own copy, and does not pre-pack them (a packed copy would double the memory).
 
     Returns
     -------
@@ -119,14 +123,46 @@ def make_session(
     if threads:
         opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    values = []
+    if weights:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        for name, arr in weights.items():
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.asarray(arr)))  # the map itself, no copy
+            opts.add_initializer(name, values[-1])
     providers = select_providers(device)
     try:
         session = ort.InferenceSession(model, sess_options=opts, providers=providers)
+        session._onnx_explain_weights = values  # the OrtValues must outlive the session (they own nothing)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
         raise ort_error(exc, source, "load the model") from None
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise DeviceError("device 'cuda' was asked for, but onnxruntime's CUDA provider did not load")
     return session
+
+
+def run_rows(
+    fn: Callable[[np.ndarray], np.ndarray],
+    n_rows: int,
+    batch_size: int,
+    fixed_batch: int | None = None,
+) -> np.ndarray:
+    """Apply ``fn`` to the row indices ``[0, n_rows)`` in chunks of ``batch_size`` and concatenate.
+
+    ``fn(index)`` gets an index array and returns the chunk's result. With ``fixed_batch`` (a model whose
+    batch dimension is baked in), chunks are exactly that size; the last one is padded by repeating its
+    final row and the padding is dropped from the result.
+    """
+    if n_rows == 0:
+        raise InputDataError("empty batch")
+    step = fixed_batch or max(1, int(batch_size))  # a baked-in batch size cannot be exceeded
+    outs: list[np.ndarray] = []
+    for start in range(0, n_rows, step):
+        index = np.arange(start, min(n_rows, start + step))
+        real = len(index)
+        if fixed_batch and real < fixed_batch:
+            index = np.concatenate([index, np.full(fixed_batch - real, index[-1])])
+        outs.append(np.asarray(fn(index))[:real])
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
 
 def run_chunked(
@@ -135,24 +171,13 @@ def run_chunked(
     batch_size: int,
     fixed_batch: int | None = None,
 ) -> np.ndarray:
-    """Apply ``fn`` to ``x`` in chunks of ``batch_size`` rows and concatenate.
+    """Apply ``fn`` to ``x`` in chunks of ``batch_size`` rows and concatenate (see :func:`run_rows`)."""
 
-    With ``fixed_batch`` (a model whose batch dimension is baked in), chunks are exactly that size; the
-    last one is padded by repeating its final row and the padding is dropped from the result.
-    """
-    n = x.shape[0]
-    if n == 0:
-        raise InputDataError("empty batch")
-    step = fixed_batch or max(1, int(batch_size))  # a baked-in batch size cannot be exceeded
-    outs: list[np.ndarray] = []
-    for start in range(0, n, step):
-        chunk = x[start : start + step]
-        real = chunk.shape[0]
-        if fixed_batch and real < fixed_batch:
-            pad = np.repeat(chunk[-1:], fixed_batch - real, axis=0)
-            chunk = np.concatenate([chunk, pad], axis=0)
-        outs.append(np.asarray(fn(chunk))[:real])
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+    def chunk(index):
+        contiguous = index[-1] - index[0] == len(index) - 1
+        return fn(x[index[0] : index[-1] + 1] if contiguous else x[index])
+
+    return run_rows(chunk, x.shape[0], batch_size, fixed_batch)
 
 
 def with_output(proto: onnx.ModelProto, name: str, like: str) -> onnx.ModelProto:
@@ -204,8 +229,9 @@ class Runner:
     onnxruntime runs, never what the model describes.
     """
 
-    def __init__(self, proto: onnx.ModelProto, path, signature, device: str = "auto"):
+    def __init__(self, proto: onnx.ModelProto, path, signature, device: str = "auto", weights=None):
         self._proto = proto
+        self.weights = dict(weights or {})  # memory-mapped initializers, given to every session
         self.path = path
         self.signature = signature
         self.source = signature.source
@@ -248,18 +274,25 @@ class Runner:
         return BatchMode("chunked", dim0, self._proto, note)
 
     def _verify_rewrite(self, rewritten: onnx.ModelProto, n: int) -> tuple[bool, str]:
-        from .convert.batch_dim import index_bound
+        from .convert.batch_dim import index_bound, index_bounds
 
         sig = self.signature
         probe = sig.probe_batch(n + 1, index_bound=index_bound(self._proto, sig.input.name))
+        comp = sig.probe_companions(n + 1, index_bounds(self._proto, [c.name for c in sig.companions]))
         names = [sig.output.name]
         try:
-            fixed = make_session(self._ort_model, device=self.device, quiet=True, source=self.source)
-            ref = run_chunked(lambda c: fixed.run(names, sig.feed(c))[0], probe, n + 1, n)
-            free = make_session(
-                self._serialize(rewritten), device=self.device, quiet=True, source=self.source
+            fixed = make_session(
+                self._ort_model, device=self.device, quiet=True, source=self.source, weights=self.weights
             )
-            got = free.run(names, sig.feed(probe))[0]
+            ref = run_rows(
+                lambda i: fixed.run(names, sig.feed(probe[i], {k: v[i] for k, v in comp.items()}))[0],
+                n + 1, n + 1, n,
+            )  # fmt: skip
+            free = make_session(
+                self._serialize(rewritten), device=self.device, quiet=True, source=self.source,
+                weights=self.weights,
+            )  # fmt: skip
+            got = free.run(names, sig.feed(probe, comp))[0]
         except DeviceError:
             raise
         except Exception as exc:  # noqa: BLE001 - the rewrite is only an optimisation
@@ -301,19 +334,38 @@ class Runner:
         """The cached ``InferenceSession`` (created on first use)."""
         if self._session is None:
             _ = self.batch  # fixes what onnxruntime runs
-            self._session = make_session(self._ort_model, device=self.device, source=self.source)
+            self._session = make_session(
+                self._ort_model, device=self.device, source=self.source, weights=self.weights
+            )
         return self._session
 
     # ------------------------------------------------------------------ runs
-    def run(self, name: str, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Tensor ``name`` (a graph output, or the logits) for a validated batch ``x``, chunked."""
+    def run(
+        self,
+        name: str,
+        x: np.ndarray,
+        batch_size: int = 64,
+        companions: dict | None = None,
+        owner: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Tensor ``name`` (a graph output, or the logits) for a validated batch ``x``, chunked.
+
+        ``companions`` are per-sample values of the other inputs (``(B, ...)`` each); ``owner[r]`` is the
+        sample of row ``r`` of ``x`` (default: row r is sample r), so every row runs with its own
+        sample's companions.
+        """
         session = self.session()
         fixed = self.batch.fixed_batch
         feed = self.signature.feed
+        if companions and owner is None:
+            owner = np.arange(len(x))
 
-        def run(chunk):
+        def run(index):
+            contiguous = index[-1] - index[0] == len(index) - 1
+            chunk = x[index[0] : index[-1] + 1] if contiguous else x[index]
+            rows = {k: v[owner[index]] for k, v in companions.items()} if companions else None
             try:
-                out = session.run([name], feed(chunk))[0]
+                out = session.run([name], feed(chunk, rows))[0]
             except OnnxExplainError:
                 raise
             except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
@@ -325,4 +377,4 @@ class Runner:
                 )
             return out
 
-        return run_chunked(run, x, batch_size, fixed)
+        return run_rows(run, len(x), batch_size, fixed)

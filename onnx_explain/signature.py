@@ -7,6 +7,7 @@ fact of the file and the choices made at :func:`onnx_explain.load`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ from onnx import helper
 
 from .errors import InputDataError, InputSpecError
 
-__all__ = ["Signature", "TensorSpec", "image_layout", "spec_from_value_info"]
+__all__ = ["Signature", "TensorSpec", "check_array", "image_layout", "spec_from_value_info"]
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 _INT_TYPES = {
@@ -157,7 +158,7 @@ class Signature:
     logit_name : str or None
         The tensor before a final Softmax/LogSoftmax over the last axis that produces ``output``.
     fixed_inputs : dict
-        Values of the other inputs (batch 1 is repeated to each batch).
+        Values of other inputs shared by every sample (batch 1 is repeated to each batch).
     allow_nonfinite : bool
         Accept NaN and ±Inf in input arrays (refused by default).
     """
@@ -202,9 +203,6 @@ class Signature:
         unknown = sorted(set(fixed_inputs) - {i.name for i in inputs})
         if unknown:
             raise InputSpecError(f"{source}: fixed_inputs names {unknown} that are not inputs of the model")
-        missing = [i.name for i in inputs if i.name != chosen_in.name and i.name not in fixed_inputs]
-        if missing:
-            raise InputSpecError(f"{source}: inputs {missing} need values: pass fixed_inputs= for them")
         chosen_out = _choose_output(tensor_outs, declared_outputs, replaced, output_name, source)
         return cls(
             source=source,
@@ -230,6 +228,12 @@ class Signature:
         """Axis of the channels in a batch of the explained input (1 for NCHW, 3 for NHWC), else None."""
         return image_layout(self.input.shape)[1]
 
+    @property
+    def companions(self) -> list[TensorSpec]:
+        """The other inputs without a fixed value: each call gives them per sample (an attention mask,
+        token type ids ...), in a dict named after the inputs."""
+        return [i for i in self.inputs if i.name != self.input.name and i.name not in self.fixed_inputs]
+
     def n_classes(self, space: str = "logit") -> int | None:
         """Number of scores per sample when the file fixes it (else None)."""
         shape = self.output.shape
@@ -246,11 +250,13 @@ class Signature:
             raise OptionError(f"output space must be 'logit' or 'output', not {space!r}")
         return self.logit_name if space == "logit" and self.logit_name else self.output.name
 
-    def feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The onnxruntime feed for a batch ``x`` of the explained input (fixed inputs repeated)."""
+    def feed(self, x: np.ndarray, companions: dict | None = None) -> dict[str, np.ndarray]:
+        """The onnxruntime feed for a batch ``x`` of the explained input: ``companions`` (row-aligned with
+        ``x``) by name, the fixed inputs repeated to the batch."""
         feed = {self.input.name: x}
         for name, value in self.fixed_inputs.items():
             feed[name] = np.repeat(value, x.shape[0], axis=0) if value.shape[:1] == (1,) else value
+        feed.update(companions or {})
         return feed
 
     # ------------------------------------------------------------------ input checks
@@ -270,42 +276,67 @@ class Signature:
             Wrong rank, a fixed dimension that differs, a dtype of the wrong kind (float vs integer),
             an empty batch, or non-finite values (naming the first bad sample).
         """
-        try:
-            x = np.asarray(x)
-        except (ValueError, TypeError) as exc:
-            raise InputDataError(f"input {self.input.name!r}: not an array ({exc})") from None
-        spec = self.input
-        want = np.dtype(spec.dtype)
-        kinds = {"f": "f", "i": "iu", "u": "iu", "b": "b"}
-        if x.dtype.kind not in kinds.get(want.kind, want.kind):
-            raise InputDataError(
-                f"input {spec.name!r} expects {want.name} values, got a {x.dtype.name} array"
-            )
-        if spec.shape is not None:
-            if x.ndim != len(spec.shape):
-                raise InputDataError(
-                    f"input {spec.name!r} expects shape {spec.shape_str()} (rank {len(spec.shape)}), "
-                    f"got an array of shape {list(x.shape)}"
-                )
-            for axis, (want_d, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
-                if axis > 0 and isinstance(want_d, int) and want_d != got:
-                    raise InputDataError(
-                        f"input {spec.name!r} expects shape {spec.shape_str()}, got {list(x.shape)} "
-                        f"(axis {axis} must be {want_d})"
-                    )
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise InputDataError(f"input {spec.name!r}: empty batch")
         allow = self.allow_nonfinite if allow_nonfinite is None else allow_nonfinite
-        if x.dtype.kind == "f" and not allow:
-            finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
-            if not finite.all():
-                bad = np.flatnonzero(~finite)
-                which = f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
-                raise InputDataError(
-                    f"input {spec.name!r}: {which} holds NaN or infinite values "
-                    "(refused; load(..., allow_nonfinite=True) / --allow-nonfinite accepts them)"
-                )
-        return np.ascontiguousarray(x, dtype=want)
+        return check_array(self.input, x, allow)
+
+    def split_inputs(self, x, allow_nonfinite: bool | None = None) -> tuple[np.ndarray, dict]:
+        """The explained batch and the per-sample companion arrays, from an array or a dict.
+
+        Parameters
+        ----------
+        x : array_like or dict of str to array_like
+            A batch of the explained input, or a dict of batch-first arrays named after the model's
+            inputs: the explained input and, per sample, any other input (an attention mask ...). A
+            value given here replaces the input's ``fixed_inputs`` value for this call.
+        allow_nonfinite : bool, optional
+            As for :meth:`validate_input`.
+
+        Returns
+        -------
+        (numpy.ndarray, dict of str to numpy.ndarray)
+            The checked explained batch ``(B, ...)`` and the checked companions, each ``(B, ...)``.
+
+        Raises
+        ------
+        InputDataError
+            A name that is not an input, the explained input missing, an input without a value, arrays
+            with different batch sizes, a symbolic dimension that differs between inputs, or any check
+            of :meth:`validate_input` failing on one of the arrays (named).
+        """
+        allow = self.allow_nonfinite if allow_nonfinite is None else allow_nonfinite
+        if not isinstance(x, Mapping):
+            x = {self.input.name: x}
+        by_name = {i.name: i for i in self.inputs}
+        unknown = [k for k in x if k not in by_name]
+        if unknown:
+            raise InputDataError(
+                f"{unknown[0]!r} is not an input of the model (inputs: {', '.join(by_name)})"
+            )
+        if self.input.name not in x:
+            raise InputDataError(
+                f"the inputs hold no {self.input.name!r}, the explained input (given: {', '.join(x)})"
+            )
+        missing = [c.name for c in self.companions if c.name not in x]
+        if missing:
+            names = ", ".join(repr(n) for n in [self.input.name, *missing])
+            raise InputDataError(
+                f"input {missing[0]!r} needs a value per sample: pass a dict of arrays named after the "
+                f"inputs ({names}), or fixed_inputs= at load for a value shared by every sample"
+            )
+        xe = check_array(self.input, x[self.input.name], allow)
+        companions = {}
+        for name, value in x.items():
+            if name != self.input.name:
+                companions[name] = check_array(by_name[name], value, allow)
+        sizes = {name: len(v) for name, v in companions.items()}
+        bad = [n for n, b in sizes.items() if b != len(xe)]
+        if bad:
+            raise InputDataError(
+                f"arrays with different batch sizes: {self.input.name!r} has {len(xe)} rows, "
+                f"{bad[0]!r} has {sizes[bad[0]]}"
+            )
+        _check_symbolic_dims(self.input, xe, {n: (by_name[n], v) for n, v in companions.items()})
+        return xe, companions
 
     def probe_shape(self, n: int) -> list[int]:
         """The shape of a probe batch of ``n`` rows: fixed dims as declared, unknown ones 32.
@@ -338,17 +369,125 @@ class Signature:
             return rng.standard_normal(shape).astype(dtype)
         return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
 
+    def probe_companions(self, n: int, index_bounds: dict | None = None, seed: int = 0) -> dict:
+        """Plausible per-sample values of the companion inputs for a probe of ``n`` rows: integers that
+        index a table (``Gather``) are drawn below its size, other integers and booleans are ones (an
+        attention mask that keeps every position), floats standard normal. Dims are sized as in
+        :meth:`probe_shape` (a symbolic dimension shared with the explained input gets its size)."""
+        rng = np.random.default_rng(seed + 7)
+        sizes = {
+            d: v
+            for d, v in zip(self.input.shape or (), self.probe_shape(n), strict=False)
+            if isinstance(d, str)
+        }
+        out = {}
+        for spec in self.companions:
+            shape = [n] + [
+                d if isinstance(d, int) else sizes.get(d, 32) for d in (spec.shape or (None, None))[1:]
+            ]
+            dtype = np.dtype(spec.dtype)
+            bound = (index_bounds or {}).get(spec.name)
+            if dtype.kind == "f":
+                out[spec.name] = rng.standard_normal(shape).astype(dtype)
+            elif bound:
+                out[spec.name] = rng.integers(0, bound, size=shape).astype(dtype)
+            else:
+                out[spec.name] = np.ones(shape, dtype=dtype)
+        return out
+
+
+def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False) -> np.ndarray:
+    """Check ``x`` against input ``spec`` (rank, fixed dims, dtype kind, non-empty batch, finite values)
+    and return it as a contiguous array of the input's dtype.
+
+    Raises
+    ------
+    InputDataError
+        Naming the input, and the first bad sample for non-finite values.
+    """
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise InputDataError(f"input {spec.name!r}: not an array ({exc})") from None
+    want = np.dtype(spec.dtype)
+    kinds = {"f": "f", "i": "iu", "u": "iu", "b": "b"}
+    if x.dtype.kind not in kinds.get(want.kind, want.kind):
+        raise InputDataError(f"input {spec.name!r} expects {want.name} values, got a {x.dtype.name} array")
+    if spec.shape is not None:
+        if x.ndim != len(spec.shape):
+            raise InputDataError(
+                f"input {spec.name!r} expects shape {spec.shape_str()} (rank {len(spec.shape)}), "
+                f"got an array of shape {list(x.shape)}"
+            )
+        for axis, (want_d, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
+            if axis > 0 and isinstance(want_d, int) and want_d != got:
+                raise InputDataError(
+                    f"input {spec.name!r} expects shape {spec.shape_str()}, got {list(x.shape)} "
+                    f"(axis {axis} must be {want_d})"
+                )
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise InputDataError(f"input {spec.name!r}: empty batch")
+    if x.dtype.kind == "f" and not allow_nonfinite:
+        finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            which = f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            raise InputDataError(
+                f"input {spec.name!r}: {which} holds NaN or infinite values "
+                "(refused; load(..., allow_nonfinite=True) / --allow-nonfinite accepts them)"
+            )
+    return np.ascontiguousarray(x, dtype=want)
+
+
+def _check_symbolic_dims(main: TensorSpec, x: np.ndarray, others: dict) -> None:
+    """Inputs sharing a symbolic dimension (``sequence`` of ``input_ids`` and ``attention_mask``) must
+    agree on its size."""
+    sizes: dict = {}
+    for spec, arr in [(main, x), *others.values()]:
+        for axis, d in enumerate(spec.shape or ()):
+            if axis == 0 or not isinstance(d, str):
+                continue
+            seen = sizes.setdefault(d, (spec.name, arr.shape[axis]))
+            if seen[1] != arr.shape[axis]:
+                raise InputDataError(
+                    f"input {spec.name!r} has {arr.shape[axis]} on its dimension {d!r}, input "
+                    f"{seen[0]!r} has {seen[1]}: inputs sharing a dimension must agree"
+                )
+
+
+#: names the common exporters give the input a model is explained by, when it has several
+_EXPLAINED_NAMES = (
+    "input_ids",
+    "pixel_values",
+    "input_values",
+    "input_features",
+    "inputs_embeds",
+    "input",
+    "x",
+)
+
+
+def _default_input(inputs: list) -> TensorSpec | None:
+    """The input to explain when a model has several and none is chosen: the one with a conventional
+    name (``input_ids``, ``pixel_values`` ...), else the only float one; None when that is ambiguous."""
+    by_name = {i.name: i for i in inputs}
+    for name in _EXPLAINED_NAMES:
+        if name in by_name:
+            return by_name[name]
+    floats = [i for i in inputs if i.is_float]
+    return floats[0] if len(floats) == 1 else None
+
 
 def _choose_input(inputs: list, name: str | None, source: str) -> TensorSpec:
     if not inputs:
         raise InputSpecError(f"{source}: the model has no inputs")
     if name is None:
-        if len(inputs) > 1:
+        spec = inputs[0] if len(inputs) == 1 else _default_input(inputs)
+        if spec is None:
             names = ", ".join(i.name for i in inputs)
             raise InputSpecError(
                 f"{source}: the model has several inputs ({names}); choose one with input= / --input-name"
             )
-        spec = inputs[0]
     else:
         spec = next((i for i in inputs if i.name == name), None)
         if spec is None:

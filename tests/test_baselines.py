@@ -127,9 +127,9 @@ def test_integrated_gradients_averages_the_named_draws(name):
     xt = torch.from_numpy(x)
     if name == "uniform_range":
         lo, hi = xt.amin(1, keepdim=True), xt.amax(1, keepdim=True)
-        draws = [lo + (hi - lo) * torch.rand(xt.shape, generator=g, dtype=xt.dtype) for _ in range(3)]
-    else:
-        draws = [torch.rand(xt.shape, generator=g, dtype=xt.dtype) for _ in range(3)]
+        draws = [lo + (hi - lo) * torch.rand((1, 6), generator=g, dtype=xt.dtype) for _ in range(3)]
+    else:  # one draw per baseline, shared by the samples (a sample's result does not depend on its batch)
+        draws = [torch.rand((1, 6), generator=g, dtype=xt.dtype).expand(xt.shape) for _ in range(3)]
     got = oe.explain(m, x, "integrated_gradients", target=1, baseline=name, n_baselines=3, seed=5, n_steps=4)
     want = oe.explain(m, x, "integrated_gradients", target=1, baseline=[d.numpy() for d in draws], n_steps=4)
     np.testing.assert_allclose(got.attribution, want.attribution, rtol=1e-12)

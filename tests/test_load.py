@@ -140,13 +140,20 @@ def test_several_inputs_need_a_choice(tmp_path):
     p = save(model, tmp_path / "two.onnx")
     with pytest.raises(InputSpecError, match="several inputs \\(a, b\\)"):
         oe.load(p)
-    with pytest.raises(InputSpecError, match="need values"):
-        oe.load(p, input="a")
-    m = oe.load(p, input="a", fixed_inputs={"b": np.full((1, 3), 2.0, np.float32)})
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    free = oe.load(p, input="a")  # b is then given per sample, with the inputs
+    assert [c.name for c in free.companions] == ["b"]
+    with pytest.raises(InputDataError, match="input 'b' needs a value per sample: pass a dict"):
+        free.predict(x)
+    b = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], np.float32)
+    np.testing.assert_array_equal(free.predict({"a": x, "b": b}), x + b)
+    m = oe.load(p, input="a", fixed_inputs={"b": np.full((1, 3), 2.0, np.float32)})
     np.testing.assert_array_equal(m.predict(x), x + 2)
+    np.testing.assert_array_equal(m.predict({"a": x, "b": b}), x + b)  # a per-sample value wins
     with torch.no_grad():
         np.testing.assert_array_equal(m.torch_module()(torch.from_numpy(x)).numpy(), x + 2)
+        got = free.torch_module()(torch.from_numpy(x), {"b": torch.from_numpy(b)}).numpy()
+    np.testing.assert_array_equal(got, x + b)
 
 
 def test_unsupported_input_dtype(tmp_path):

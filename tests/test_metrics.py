@@ -196,17 +196,13 @@ def test_rank_consistency_identities():
 
     def same(z, t, seed):
         seen.append(z.copy())
-        return (
-            np.broadcast_to(a0, (len(z) // 2, 2, *a0.shape[1:])).reshape(len(z), *a0.shape[1:])
-            if len(z) > 2
-            else a0
-        )
+        return np.repeat(a0, len(z) // 2, axis=0)  # rows are sample-major
 
     r = oe.evaluate(None, x, a0, "rank_consistency", target=0, explainer=same)
     np.testing.assert_allclose(r["kendall"], 1.0)
     np.testing.assert_allclose(r["cosine"], 1.0)
     # the masked pixels are exactly the top-k of mean_c |A0|, all channels, set to the zero baseline
-    xs = seen[-1].reshape(10, 2, 3, 5, 5)
+    xs = seen[-1].reshape(2, 10, 3, 5, 5).swapaxes(0, 1)  # sample-major rows -> (step, sample)
     imp = np.abs(a0).mean(1).reshape(2, -1)
     for i, ratio in enumerate(np.arange(1, 11) / 10):
         k = int(np.floor(ratio * 25 + 1e-9))

@@ -66,8 +66,8 @@ def explain_files(
     (the input, the map and a colour bar), ``'map'`` only ``<item>.png``, ``'none'`` no image (a pipeline's
     choice); tabular rows get ``<item>_bars.png`` unless ``'none'``. ``compress`` deflates the ``.npz``.
 
-    Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone;
-    deterministic methods are batched over ``group`` items. Items are written by ``writers`` threads (0:
+    Each item is explained as ``explain(model, x_item[None], method, seed=seed)`` would explain it alone
+    (docs/methods.md §1.2: no result depends on the batch), ``group`` items per call. Items are written by ``writers`` threads (0:
     on the calling thread) while the next ones are computed, at most a few groups in flight; an item's
     manifest line is appended, in input order, only once all its files are in place, so ``resume`` never
     trusts a partial item. A bad method or option is an error before anything is written; an item that
@@ -80,9 +80,9 @@ def explain_files(
         raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
     out_dir = Path(out_dir)
     prep = Preprocess.from_model(model.input, preprocess)
-    step = 1 if spec.stochastic else max(1, group)
+    step = max(1, group)  # a sample's result does not depend on its batch, stochastic methods included
     run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)))
-    todo = run.pending(read_items(inputs, prep, model.input), resume)
+    todo = run.pending(read_items(inputs, prep, model.input, [i.name for i in model.inputs]), resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
           **(heatmap or {}), "images": heatmaps, "compress": compress}  # fmt: skip
     tgt = target if not isinstance(target, (list, tuple, np.ndarray)) else np.asarray(target)
@@ -180,7 +180,7 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 - a writer's error is this item's failure
                     err = _write_error(it, exc)
             self._queue.popleft()
-            it.x = it.image = None  # written: the item's arrays are no longer needed
+            it.x = it.image = it.companions = None  # written: the item's arrays are no longer needed
             if err is None:
                 self._record(job)
                 self.summary["ok"] += 1
@@ -213,7 +213,10 @@ class _Run:
                 self.fail(it, it.error)
                 continue
             try:
-                it.x = self.model.validate_input(np.asarray(it.x)[None])[0]
+                given = {self.model.input.name: np.asarray(it.x)[None]}
+                given.update({k: np.asarray(v)[None] for k, v in (it.companions or {}).items()})
+                x, comp = self.model.split_inputs(given)
+                it.x, it.companions = x[0], {k: v[0] for k, v in comp.items()}
                 good.append(it)
             except Exception as exc:  # noqa: BLE001 - reported per item
                 where = it.source if it.kind == "image" else f"{it.source} (item {it.name})"
@@ -224,19 +227,33 @@ class _Run:
         from ..errors import OptionError
         from ..explainer import explain
 
-        t0 = time.perf_counter()
-        try:
-            e = explain(self.model, np.stack([it.x for it in chunk]), method, **settings)
-        except OptionError:
-            raise  # a usage error: the same for every item
-        except Exception as exc:  # noqa: BLE001 - the chunk's items are reported, the run goes on
-            for it in chunk:
-                self.fail(it, f"{it.source}: {_one_line(exc)}")
-            return
-        seconds = (time.perf_counter() - t0) / len(chunk)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for k, it in enumerate(chunk):
-            self.submit(it, _write_item, self.out_dir, it, e, k, hm, seconds, self.layout)
+        for group in _same_shapes(chunk):  # token sequences of different lengths cannot share a batch
+            t0 = time.perf_counter()
+            x = np.stack([it.x for it in group])
+            if group[0].companions:
+                x = {self.model.input.name: x}
+                x.update({k: np.stack([it.companions[k] for it in group]) for k in group[0].companions})
+            try:
+                e = explain(self.model, x, method, **settings)
+            except OptionError:
+                raise  # a usage error: the same for every item
+            except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
+                for it in group:
+                    self.fail(it, f"{it.source}: {_one_line(exc)}")
+                continue
+            seconds = (time.perf_counter() - t0) / len(group)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for k, it in enumerate(group):
+                self.submit(it, _write_item, self.out_dir, it, e, k, hm, seconds, self.layout)
+
+
+def _same_shapes(chunk) -> list[list]:
+    """The items of ``chunk`` grouped by the shapes of their inputs, in order of first appearance."""
+    groups: dict = {}
+    for it in chunk:
+        key = (np.shape(it.x), tuple(sorted((k, np.shape(v)) for k, v in (it.companions or {}).items())))
+        groups.setdefault(key, []).append(it)
+    return list(groups.values())
 
 
 def _write_error(it, exc: BaseException) -> str:
@@ -261,6 +278,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
         target=np.asarray(e.target[k]),
         score=np.asarray(e.score[k], dtype=np.float64),
         input=np.asarray(it.x),
+        **{f"input_{k}": np.asarray(v) for k, v in (it.companions or {}).items()},
         method=np.asarray(e.method),
         options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)),
         **{f"extra_{key}": v for key, v in extras.items()},
@@ -292,9 +310,10 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
     return record
 
 
-def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(names, inputs, attributions, targets) of every finished item of an ``explain`` output folder
-    (only those made from ``sources`` files or folders, when given)."""
+def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(names, inputs, attributions, targets, companions) of every finished item of an ``explain`` output
+    folder (only those made from ``sources`` files or folders, when given); ``companions`` holds the
+    items' values of the model's other inputs, by input name (empty for single-input models)."""
     att_dir = Path(att_dir)
     records = read_manifest(att_dir / MANIFEST)
     names = [n for n, r in records.items() if r.get("status") == "ok" and (att_dir / f"{n}.npz").exists()]
@@ -312,14 +331,23 @@ def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.
         raise InputFileError(
             f"{att_dir}: no finished items (manifest.jsonl and <item>.npz from 'onnx-explain explain')"
         )
-    xs, attrs, targets = [], [], []
+    xs, attrs, targets, companions = [], [], [], {}
     for n in names:
         with np.load(att_dir / f"{n}.npz") as z:
             xs.append(z["input"])
             a, t = z["attribution"], np.atleast_1d(z["target"])
             attrs.append(a if a.ndim == z["input"].ndim else a[0])  # top:K files: the top class is evaluated
             targets.append(int(t[0]))
-    return names, np.stack(xs), np.stack(attrs), np.asarray(targets)
+            for key in z.files:
+                if key.startswith("input_"):
+                    companions.setdefault(key[len("input_") :], []).append(z[key])
+    try:
+        comp = {k: np.stack(v) for k, v in companions.items() if len(v) == len(names)}
+        return names, np.stack(xs), np.stack(attrs), np.asarray(targets), comp
+    except ValueError:
+        raise InputFileError(
+            f"{att_dir}: the items' inputs differ in shape; evaluate them in groups of one shape"
+        ) from None
 
 
 def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_size: int = 64, seed: int = 0,
@@ -340,7 +368,9 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
 
         raise OnnxExplainError(f"unknown metric {unknown[0]!r}; choose one of {', '.join(sorted(METRICS))}")
     per_metric = route_options(options or {}, {m: METRICS[m].options for m in metrics})
-    names, xs, attrs, targets = load_attributions(att_dir, sources)
+    names, xs, attrs, targets, companions = load_attributions(att_dir, sources)
+    if companions:
+        xs = {model.input.name: xs, **companions}
     report = {
         "model": getattr(model, "source", str(model)),
         "attributions": str(att_dir),

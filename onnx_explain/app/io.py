@@ -109,6 +109,7 @@ class Item:
     kind: str = "array"  # 'image', 'array', 'table'
     error: str | None = None
     columns: list[str] | None = None
+    companions: dict | None = None  # one sample's values of the model's other inputs, by name
 
 
 def _expand(paths) -> list[Path]:
@@ -125,10 +126,12 @@ def _expand(paths) -> list[Path]:
     return out
 
 
-def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
+def read_items(paths, preprocess: Preprocess | None, input_spec, input_names=()) -> list[Item]:
     """Every item in ``paths`` (files and folders): images one item each, ``.npy``/``.npz`` arrays one
-    item per row (batch-first, already preprocessed), CSV one item per row. A file that cannot be read
-    becomes an item with ``error`` set; the others are unaffected."""
+    item per row (batch-first, already preprocessed), CSV one item per row. An ``.npz`` holding an array
+    named after the explained input is one multi-input file: its arrays are named after the model's
+    inputs (``input_names``) and item ``i`` is row ``i`` of each. A file that cannot be read becomes an
+    item with ``error`` set; the others are unaffected."""
     items: list[Item] = []
     used: set[str] = set()
 
@@ -150,6 +153,8 @@ def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
                     raise InputFileError("the model input is not an image")
                 x, img = preprocess.load_image(p)
                 items.append(Item(name(p.stem), str(p), x, img, "image"))
+            elif suffix == ".npz" and input_spec.name in (data := np.load(p, allow_pickle=False)).files:
+                items += _named_inputs(p, data, input_spec, input_names, name)
             elif suffix in ARRAY_SUFFIXES:
                 data = np.load(p, allow_pickle=False)
                 arrays = (
@@ -173,6 +178,39 @@ def read_items(paths, preprocess: Preprocess | None, input_spec) -> list[Item]:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             items.append(Item(name(p.stem or "input"), str(p), error=f"{p}: {msg}"))
     return items
+
+
+def _named_inputs(p: Path, data, input_spec, input_names, name) -> list[Item]:
+    """The items of an ``.npz`` whose arrays are named after the model's inputs (batch-first each)."""
+    unknown = [k for k in data.files if k not in input_names and k != input_spec.name]
+    if unknown:
+        raise InputFileError(
+            f"array {unknown[0]!r} is not an input of the model (inputs: {', '.join(input_names)}); "
+            "an .npz holding the explained input names its arrays after the inputs"
+        )
+    arrays = {k: np.asarray(data[k]) for k in data.files}
+    main = arrays.pop(input_spec.name)
+    sizes = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
+    bad = [k for k, n in sizes.items() if n != len(main)]
+    if main.ndim == 0 or bad:
+        raise InputFileError(
+            f"arrays with different batch sizes: {input_spec.name!r} has {len(main) if main.ndim else 0} "
+            f"rows, {bad[0]!r} has {sizes[bad[0]]}"
+            if bad
+            else f"{input_spec.name!r} is not batch-first"
+        )
+    many = len(main) > 1
+    return [
+        Item(
+            name(f"{p.stem}_{i:03d}" if many else p.stem),
+            str(p),
+            main[i],
+            None,
+            "array",
+            companions={k: v[i] for k, v in arrays.items()},
+        )  # fmt: skip
+        for i in range(len(main))
+    ]
 
 
 def _read_csv(path: Path):

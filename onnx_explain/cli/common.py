@@ -122,9 +122,11 @@ def model_options(fn):
     fn = click.option(
         "--output-name", default=None, help="Output to explain (default: the one float output)."
     )(fn)
-    fn = click.option("--input-name", default=None, help="Input to explain (required with several inputs).")(
-        fn
-    )
+    fn = click.option(
+        "--input-name",
+        default=None,
+        help="Input to explain (default: the only one, or input_ids / pixel_values / the only float one).",
+    )(fn)
     return fn
 
 

@@ -49,11 +49,12 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
       onnx-explain info resnet.onnx --json --probe batch.npy
     """
     from ..errors import ConversionError, ParityError
-    from .common import load_array, load_model, parse_range
+    from .common import load_array, parse_range
 
     lo_hi = parse_range(probe_range, "--probe-range")
-    m = load_model(model, input_name, output_name, device)
+    m, chosen = _load_any(model, input_name, output_name, device)
     data = m.describe()
+    data["notes"] = chosen + data["notes"]
     status = 0
     if convert:
         try:
@@ -70,6 +71,44 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
         _print_text(data)
     if status:
         fail(data["conversion"]["error"], status)
+
+
+def _load_any(path, input_name, output_name, device):
+    """The model, loaded with the command line's choices; a model with several inputs or outputs and no
+    choice is described with the first (info describes any model), saying so."""
+    from ..errors import InputSpecError
+    from .common import load_model
+
+    notes = []
+    for _ in range(3):
+        try:
+            return load_model(path, input_name, output_name, device), notes
+        except InputSpecError as exc:
+            names = _names(path)
+            if input_name is None and "several inputs" in str(exc) and names[0]:
+                input_name = names[0][0]
+                notes.append(f"several inputs and none chosen: described with {input_name!r} (--input-name)")
+            elif output_name is None and "several float outputs" in str(exc) and names[1]:
+                output_name = names[1][0]
+                notes.append(
+                    f"several outputs and none chosen: described with {output_name!r} (--output-name)"
+                )
+            else:
+                raise
+    return load_model(path, input_name, output_name, device), notes
+
+
+def _names(path) -> tuple[list[str], list[str]]:
+    """(input names, float output names) of the file, read without its weights."""
+    import onnx
+
+    from ..signature import spec_from_value_info
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    outputs = [o.name for o in proto.graph.output if spec_from_value_info(o).is_float]
+    return inputs, outputs
 
 
 def _print_text(d: dict) -> None:
@@ -92,6 +131,10 @@ def _print_text(d: dict) -> None:
                 else "[" + ", ".join("?" if x is None else str(x) for x in s["shape"]) + "]"
             )
             mark = "  <- explained" if s["name"] == chosen else ""
+            if title == "inputs" and s["name"] in d.get("per_sample_inputs", ()):
+                mark = "  <- per sample, with the explained input"
+            elif title == "inputs" and s["name"] in d.get("fixed_inputs", ()):
+                mark = "  <- fixed value"
             e(f"  {s['name']}: {s['kind']} {s['dtype'] or ''} {shape}{mark}")
     e("ops:      " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
     conv = d.get("conversion")

@@ -99,3 +99,52 @@ def index_bound(model: onnx.ModelProto, input_name: str) -> int | None:
             if table is not None and table.dims:
                 return int(table.dims[0])
     return None
+
+
+def index_bounds(model: onnx.ModelProto, input_names) -> dict:
+    """:func:`index_bound` of each of ``input_names`` that indexes a table."""
+    bounds = {name: index_bound(model, name) for name in input_names}
+    return {k: v for k, v in bounds.items() if v}
+
+
+#: ops that move integer values without reading them as numbers or indices
+_LAYOUT_OPS = {"Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
+#: ops that only read a tensor's shape
+_SHAPE_OPS = {"Shape", "Size"}
+_FLOATS = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def integer_input_kind(model: onnx.ModelProto, input_name: str) -> str:
+    """How an integer input is read: ``'quantity'`` when every use of its values, through layout ops
+    (Transpose, Reshape, ...) and integer casts, is a ``Cast`` to float (a uint8 image, counts); else
+    ``'ids'`` (token or category ids, read by ``Gather``, ``OneHot``, comparisons ...)."""
+    users: dict = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, i))
+    frontier, seen, reached_cast = [input_name], set(), False
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node, slot in users.get(name, []):
+            if node.op_type in _SHAPE_OPS or (node.op_type in _LAYOUT_OPS and slot > 0):
+                continue  # reads the shape, or the tensor is a shape argument here
+            if node.op_type in _LAYOUT_OPS:
+                frontier.extend(node.output[:1])
+                continue
+            if node.op_type == "Cast":
+                to = next((a.i for a in node.attribute if a.name == "to"), None)
+                if to in _FLOATS:
+                    reached_cast = True
+                else:
+                    frontier.extend(node.output[:1])
+                continue
+            return "ids"
+    return "quantity" if reached_cast else "ids"

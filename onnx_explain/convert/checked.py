@@ -82,8 +82,44 @@ class ParityReport:
         )
 
 
-def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: str):
+def _weights_as_inputs(prepared, weights: dict) -> list[str]:
+    """Turn the memory-mapped initializers into graph inputs (their data is not in the proto); returns
+    their names. :func:`_weights_as_buffers` puts them back into the converted graph."""
+    from onnx import helper
+
+    names = []
+    for i in reversed(range(len(prepared.graph.initializer))):
+        t = prepared.graph.initializer[i]
+        if t.name in weights:
+            names.append(t.name)
+            prepared.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            del prepared.graph.initializer[i]
+    return names
+
+
+def _weights_as_buffers(graph, weights: dict, inputs: list[str]) -> None:
+    """Each placeholder of a memory-mapped weight becomes a buffer read like any initializer (sharing the
+    map's memory: no copy), so the converted graph looks as if the weight had been an initializer.
+    ``inputs`` are the graph inputs' ONNX names, in placeholder order."""
+    import torch
+
+    holder = torch.nn.Module()
+    graph.add_module("onnx_explain_mapped", holder)
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    pairs = [(n, name) for n, name in zip(placeholders, inputs, strict=True) if name in weights]
+    for k, (node, name) in enumerate(pairs):
+        # a copy-on-write map is writable: torch shares its pages, and nothing writes to them
+        holder.register_buffer(f"w{k}", torch.from_numpy(weights[name]), persistent=False)
+        with graph.graph.inserting_before(node):
+            attr = graph.graph.get_attr(f"onnx_explain_mapped.w{k}")
+        node.replace_all_uses_with(attr)
+        graph.graph.erase_node(node)
+    graph.recompile()
+
+
+def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: str, weights=None):
     """The torch module computing tensor ``name`` of ``proto`` from the explained input (no check).
+    ``weights`` are initializers kept out of ``proto`` (memory-mapped), by name.
 
     Returns ``(ConvertedModel, seconds, notes)``.
     """
@@ -95,7 +131,9 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     from .wrapper import ConvertedModel
 
     t0 = time.perf_counter()
-    prepared = copy.deepcopy(proto)
+    prepared = copy.deepcopy(proto)  # small: memory-mapped weights are references here
+    weights = weights or {}
+    mapped = _weights_as_inputs(prepared, weights)
     removed = materialize_constants(prepared)
     tensor_outputs(prepared)
     if not any(o.name == name for o in prepared.graph.output):
@@ -104,6 +142,11 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     cap_ir_version(prepared)
     graph = to_fx(prepared, source)
     init_names = {t.name for t in prepared.graph.initializer}
+    if mapped:
+        _weights_as_buffers(
+            graph, weights, [i.name for i in prepared.graph.input if i.name not in init_names]
+        )
+        init_names |= set(mapped)
     input_names = [i.name for i in prepared.graph.input if i.name not in init_names]
     others = {
         input_names.index(k): torch.as_tensor(np.asarray(v))
@@ -111,17 +154,18 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         if k in input_names
     }
     position = input_names.index(signature.input.name) if signature.input.name in input_names else None
-    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch).eval()
+    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch, input_names).eval()
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
     return module, time.perf_counter() - t0, notes
 
 
-def _torch_output(module, x: np.ndarray, source: str, name: str) -> np.ndarray:
+def _torch_output(module, x: np.ndarray, source: str, name: str, companions: dict) -> np.ndarray:
     import torch
 
     try:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).cpu().numpy()
+            comp = {k: torch.from_numpy(v) for k, v in companions.items()}
+            return module(torch.from_numpy(x), comp).cpu().numpy()
     except OnnxExplainError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converted op failing on real data
@@ -182,6 +226,7 @@ def convert_checked(
     atol: float = 0.0,
     spread_tol: float = 1e-2,
     probe_range: tuple[float, float] | None = None,
+    weights: dict | None = None,
 ):
     """Convert ``proto`` to torch and prove it against onnxruntime.
 
@@ -201,6 +246,8 @@ def convert_checked(
         The gate (see the module's docstring).
     probe_range : (float, float), optional
         The input's range for the second probe; default :data:`DEFAULT_PROBE_RANGE`.
+    weights : dict of str to numpy.ndarray, optional
+        Memory-mapped initializers (:attr:`onnx_explain.Model.weights`), kept out of ``proto``.
 
     Returns
     -------
@@ -213,12 +260,12 @@ def convert_checked(
     ParityError
         torch and onnxruntime disagree beyond the gate, or no probe can certify the output.
     """
-    from .batch_dim import index_bound
+    from .batch_dim import index_bound, index_bounds
 
     source = signature.source
     name = signature.space_name(space)
     runner.session()  # a file onnxruntime refuses is reported as such, before any conversion work
-    module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source)
+    module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source, weights)
     bound = index_bound(proto, signature.input.name)
     lo_hi = tuple(probe_range or DEFAULT_PROBE_RANGE)
     if probe is None:
@@ -230,9 +277,12 @@ def convert_checked(
             first = ("given + 2 random rows", np.concatenate([given, _rows_like(given, 2, bound)]))
     candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", _range_probe(signature, 4, lo_hi, bound))]
     why_not = []
+    comp_names = [c.name for c in signature.companions]
+    comp_bounds = index_bounds(proto, comp_names)
     for kind, x in candidates:
-        ref = runner.run(name, x)
-        got = _torch_output(module, x, source, name)
+        comp = signature.probe_companions(len(x), comp_bounds)
+        ref = runner.run(name, x, len(x), comp)
+        got = _torch_output(module, x, source, name, comp)
         if got.shape != ref.shape:
             raise ParityError(
                 f"{source}: torch output {name!r} has shape {list(got.shape)}, onnxruntime {list(ref.shape)}"

@@ -265,7 +265,8 @@ def keep_outputs(model: onnx.ModelProto, names: list[str]) -> None:
     kept = [o for o in graph.output if o.name in names]
     del graph.output[:]
     graph.output.extend(kept)
-    producer = {o: n for n in graph.node for o in n.output}
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
     needed: set[str] = set()
     stack = list(names)
     live_nodes: set[int] = set()
@@ -274,16 +275,18 @@ def keep_outputs(model: onnx.ModelProto, names: list[str]) -> None:
         if value in needed:
             continue
         needed.add(value)
-        node = producer.get(value)
-        if node is not None and id(node) not in live_nodes:
-            live_nodes.add(id(node))
+        k = producer.get(value)
+        if k is not None and k not in live_nodes:
+            live_nodes.add(k)
+            node = nodes[k]
             stack.extend(i for i in node.input if i)
             for attr in node.attribute:  # values captured by subgraphs (If/Loop bodies)
                 for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                     stack.extend(i for n in g.node for i in n.input if i)
-    nodes = [n for n in graph.node if id(n) in live_nodes]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    # deleted in place: re-adding a kept message copies it, and protobuf cannot copy one over 2 GB
+    for k in reversed(range(len(nodes))):
+        if k not in live_nodes:
+            del graph.node[k]
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in needed:
+            del graph.initializer[i]

@@ -13,45 +13,115 @@ from ..errors import OptionError
 from ..layout import channel_axis
 from ..options import accepted_options, check_options, option_defaults
 
-__all__ = ["METHODS", "Explanation", "MethodSpec", "Scorer", "register_method"]
+__all__ = ["METHODS", "Draws", "Explanation", "MethodSpec", "RuntimeScorer", "Scorer", "register_method"]
 
 
 class Scorer:
-    """``f_c`` of a torch module, evaluated in chunks of ``batch_size`` rows.
+    """``f`` of a torch module for the rows a method builds, evaluated in chunks of ``batch_size`` rows.
+
+    A method never sees classes or companion inputs. It receives ``target`` as *keys*: a long tensor
+    with one entry per explained unit (a sample, or a (sample, class) pair of a ``top:K`` target), and
+    copies a unit's key to every row it builds from that unit (noisy copies, integration steps ...).
+    The scorer maps a row's key to what is explained (the class whose score is ``f``) and to the
+    companion inputs of the row's sample (an attention mask, token type ids ...), so every row runs
+    with its own sample's companions.
 
     Parameters
     ----------
     module : torch.nn.Module
-        Maps a batch ``(B, *S)`` to scores ``(B, C)`` (or ``(B, ...)``, flattened to ``(B, C)``).
+        Maps a batch ``(R, *S)`` to scores ``(R, C)`` (or ``(R, ...)``, flattened to ``(R, C)``). With
+        companions it is called as ``module(x, companions)``, ``companions`` a dict of per-row tensors.
     batch_size : int
         Rows per forward/backward pass: peak memory depends on it, results do not.
     layout : {'NCHW', 'NHWC', 'NHW'}, optional
         The image layout of the module's input (:func:`onnx_explain.signature.image_layout`); None for
         a tensor that is not an image.
+    classes : tensor, optional
+        The class of each unit ``(U,)`` (keys index it); default: keys are classes (a plain module used
+        directly, as in the tests of the methods).
+    samples : tensor, optional
+        The sample of each unit ``(U,)`` (keys index it); default: the unit itself.
+    companions : dict of str to tensor, optional
+        Per-sample values ``(B, ...)`` of the module's other inputs.
     """
 
-    def __init__(self, module: torch.nn.Module, batch_size: int = 64, layout: str | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        batch_size: int = 64,
+        layout: str | None = None,
+        classes: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
+        companions: dict | None = None,
+    ):
         if batch_size < 1:
             raise OptionError("batch_size must be at least 1")
         self.module = module
         self.batch_size = int(batch_size)
         self.layout = layout
         self.channel_axis = channel_axis(layout)  # where per-channel values (baselines, bounds) go
+        self._classes = classes
+        self._samples = samples
+        self.companions = dict(companions or {})
 
-    def _out(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.module(x)
+    # ------------------------------------------------------------------ keys
+    def classes(self, keys: torch.Tensor) -> torch.Tensor:
+        """The explained class of each row with ``keys``."""
+        return keys if self._classes is None else self._classes[keys]
+
+    def samples(self, keys: torch.Tensor) -> torch.Tensor:
+        """The sample each row with ``keys`` belongs to."""
+        return keys if self._samples is None else self._samples[keys]
+
+    def companion_rows(self, keys: torch.Tensor | None) -> dict:
+        """The companion inputs of the rows with ``keys`` (the sample's own values, row by row)."""
+        if not self.companions:
+            return {}
+        if keys is None:
+            raise OptionError("rows with companion inputs need their keys (the sample each row comes from)")
+        owner = self.samples(keys)
+        return {name: v[owner] for name, v in self.companions.items()}
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's scores ``(R, C)`` for rows ``x`` (one chunk; no chunking, gradients flow)."""
+        comp = self.companion_rows(keys)
+        out = self.module(x, comp) if comp else self.module(x)
         return out.reshape(out.shape[0], -1)
 
-    @torch.no_grad()
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """All scores ``(B, C)``, chunked."""
-        return torch.cat([self._out(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+    _out = forward
 
-    def grad_chunk(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(∂f_c/∂x, f_c(x)) for one chunk, in one forward and one backward pass."""
+    def select(self, out: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``f`` of every row: its unit's class score in ``out`` ``(R, C)``."""
+        return out.gather(1, self.classes(keys).reshape(-1, 1)).squeeze(1)
+
+    # ------------------------------------------------------------------ passes
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """All scores ``(R, C)`` of rows ``x`` (with their ``keys`` when there are companions), chunked."""
+        n = self.batch_size
+        return torch.cat(
+            [
+                self.forward(x[i : i + n], None if keys is None else keys[i : i + n])
+                for i in range(0, len(x), n)
+            ]
+        )
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``f`` of every row ``(R,)``, chunked."""
+        n = self.batch_size
+        return torch.cat(
+            [
+                self.select(self.forward(x[i : i + n], keys[i : i + n]), keys[i : i + n])
+                for i in range(0, len(x), n)
+            ]
+        )
+
+    def grad_chunk(self, x: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(∂f/∂x, f(x)) for one chunk of rows, in one forward and one backward pass."""
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            sel = self._out(x).gather(1, target.reshape(-1, 1)).squeeze(1)
+            sel = self.select(self.forward(x, keys), keys)
             (grad,) = torch.autograd.grad(sel.sum(), x)
         return grad.detach(), sel.detach()
 
@@ -63,15 +133,64 @@ class Scorer:
     ) -> None:
         """Stream ``n_rows`` rows through the gradient in chunks of ``batch_size``.
 
-        ``make_rows(start, stop)`` builds the inputs and targets of rows ``[start, stop)`` (so the rows,
+        ``make_rows(start, stop)`` builds the inputs and keys of rows ``[start, stop)`` (so the rows,
         noise included, never all exist at once); ``consume(start, stop, rows, grad, score)`` folds the
         chunk's results into the caller's accumulators.
         """
         for start in range(0, n_rows, self.batch_size):
             stop = min(n_rows, start + self.batch_size)
-            rows, targets = make_rows(start, stop)
-            grad, score = self.grad_chunk(rows, targets)
+            rows, keys = make_rows(start, stop)
+            grad, score = self.grad_chunk(rows, keys)
             consume(start, stop, rows, grad, score)
+
+
+class RuntimeScorer(Scorer):
+    """The scorer of the black-box methods: onnxruntime on the file itself (one cached session), no
+    torch graph and no gradient. Same keys as :class:`Scorer`; rows are cast to the input's dtype, so
+    token ids stay integers.
+
+    Parameters
+    ----------
+    model : Model
+    batch_size : int
+        Rows per onnxruntime call.
+    layout : str, optional
+    space : {'logit', 'output'}
+        The output space scored.
+    classes, samples : tensor, optional
+        As for :class:`Scorer`.
+    companions : dict of str to numpy.ndarray, optional
+        Per-sample values ``(B, ...)`` of the other inputs.
+    """
+
+    def __init__(self, model, batch_size=64, layout=None, space="logit", classes=None, samples=None,
+                 companions=None):  # fmt: skip
+        super().__init__(None, batch_size, layout, classes, samples, None)
+        self.model = model
+        self.name = model.space_name(space)
+        self.dtype = np.dtype(model.input.dtype)
+        self.companions = {k: np.asarray(v) for k, v in (companions or {}).items()}
+        self.calls = 0  # onnxruntime calls made
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.detach().cpu().numpy().astype(self.dtype, copy=False)
+        owner = None
+        if self.companions:
+            if keys is None:
+                raise OptionError(
+                    "rows with companion inputs need their keys (the sample each row comes from)"
+                )
+            owner = self.samples(keys).cpu().numpy()
+        self.calls += 1
+        out = self.model.runtime.run(self.name, rows, len(rows), self.companions, owner)
+        return torch.from_numpy(np.ascontiguousarray(out.reshape(len(out), -1))).to(x.device)
+
+    _out = forward
+
+    def grad_chunk(self, x, keys):
+        from ..errors import OnnxExplainError
+
+        raise OnnxExplainError("a black-box method asked for a gradient: onnxruntime gives none")
 
 
 @dataclass
@@ -108,6 +227,8 @@ MODALITIES = ("image", "table", "tokens")
 OUTPUTS = ("logit", "output")
 #: how a noise scale ``sigma`` is read (SmoothGrad, SmoothTaylor)
 NOISES = ("relative", "absolute")
+#: what a method runs on: the converted torch graph, or onnxruntime on the file (black-box methods)
+BACKENDS = ("torch", "onnxruntime")
 #: the inputs every method function takes before its options
 _INPUTS = ("scorer", "x", "target", "generator")
 
@@ -121,10 +242,11 @@ class MethodSpec:
     ----------
     name, fn, description
         The registry key, ``fn(scorer, x, target, generator, **options) -> (attribution, extras)`` and a
-        one-line description (the CLI's help).
+        one-line description (the CLI's help). ``target`` holds the keys of the explained units (see
+        :class:`Scorer`).
     stochastic : bool
-        Draws random numbers (seeded by ``seed``): batch runs explain one item per call, so every item's
-        result is the one it gets alone.
+        Draws random numbers (seeded by ``seed``). Its draws must not depend on the batch (:class:`Draws`):
+        a sample's result is the one it gets alone, so batch runs group items for every method.
     sign : {'signed', 'abs'}
         How its heatmaps show it by default: a diverging map of signed values, or magnitudes.
     output : {'logit', 'output'}
@@ -137,6 +259,9 @@ class MethodSpec:
         The option naming another method whose options this one also takes (SmoothGrad's ``base``).
     overview : dict, optional
         Settings for a quick comparison of methods (the audit's default); None: not part of it.
+    backend : {'torch', 'onnxruntime'}
+        What it runs on: the converted torch graph (gradients, LRP), or onnxruntime on the file itself
+        (black-box methods: a :class:`RuntimeScorer`; they work where the graph does not convert).
     """
 
     name: str
@@ -149,6 +274,7 @@ class MethodSpec:
     cost: str = "forward+backward"
     delegate: str | None = None
     overview: dict | None = None
+    backend: str = "torch"
 
     @property
     def options(self) -> list[str]:
@@ -187,8 +313,9 @@ METHODS: dict[str, MethodSpec] = {}
 def register_method(name: str, description: str, stochastic: bool = False, **facts) -> Callable:
     """Register ``fn(scorer, x, target, generator, **options) -> (attribution, extras)`` under ``name``.
 
-    ``x`` is a float tensor ``(B, *S)`` in the model's layout, ``target`` a long tensor ``(B,)``; the
-    attribution has x's shape. ``facts`` are the other :class:`MethodSpec` fields (``sign``, ``output``,
+    ``x`` is a float tensor ``(B, *S)`` in the model's layout, ``target`` a long tensor ``(B,)`` of keys
+    (:class:`Scorer`: copy a row's key with it; ``scorer.classes(keys)`` gives classes); the attribution
+    has x's shape. ``facts`` are the other :class:`MethodSpec` fields (``sign``, ``output``,
     ``modalities``, ``cost``, ``delegate``, ``overview``).
     """
 
@@ -200,6 +327,8 @@ def register_method(name: str, description: str, stochastic: bool = False, **fac
             raise ValueError(f"method {name!r}: sign must be one of {SIGNS}, output one of {OUTPUTS}")
         if not set(spec.modalities) <= set(MODALITIES):
             raise ValueError(f"method {name!r}: modalities must be among {MODALITIES}")
+        if spec.backend not in BACKENDS:
+            raise ValueError(f"method {name!r}: backend must be one of {BACKENDS}")
         METHODS[name] = spec
         return fn
 
@@ -215,15 +344,29 @@ def make_generator(seed, device="cpu") -> torch.Generator:
     return g
 
 
-def draw_rows(generator: torch.Generator, n: int, shape, dtype, device) -> torch.Tensor:
-    """``n`` standard normal rows of ``shape``, drawn one row at a time.
+class Draws:
+    """Standard normal draws indexed by copy: the ``j``-th noisy copy (or root) of *every* sample gets the
+    ``j``-th draw, made from the call's generator alone.
 
-    Row ``r`` is the ``r``-th draw of the generator, so a chunk of rows gets the same values whatever the
-    chunk size: results do not depend on ``batch_size``.
+    A sample's result then depends on nothing but itself and the seed — not on ``batch_size``, not on
+    which samples share its batch, not on where it sits in the batch — so explaining a batch equals
+    explaining each sample alone (batch runs may group stochastic methods), and a sample re-explained
+    inside a metric's stack of perturbed copies gets the noise it got first.
     """
-    return torch.stack(
-        [torch.randn(shape, generator=generator, dtype=dtype, device=device) for _ in range(n)]
-    )
+
+    def __init__(self, generator: torch.Generator, shape, dtype, device):
+        self.base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self._g = torch.Generator(device=device)
+
+    def draw(self, j: int) -> torch.Tensor:
+        """The ``j``-th draw."""
+        self._g.manual_seed((self.base + 0x9E3779B97F4A7C15 * (int(j) + 1)) % 2**63)
+        return torch.randn(self.shape, generator=self._g, dtype=self.dtype, device=self.device)
+
+    def rows(self, copies: torch.Tensor) -> torch.Tensor:
+        """The draws of copy indices ``copies`` ``(R,)``, stacked ``(R, *shape)``."""
+        return torch.stack([self.draw(j) for j in copies.tolist()])
 
 
 def per_sample_sigma(x: torch.Tensor, sigma: float, noise: str) -> torch.Tensor:

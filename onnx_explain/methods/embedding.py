@@ -57,25 +57,31 @@ class _CutGraph(nn.Module):
         return self.graph(*args)
 
 
-class EmbeddingView(nn.Module):
-    """``f(e)`` for one sample's ids: the ids are repeated to the number of rows of ``e``."""
+class EmbeddingModel(nn.Module):
+    """``f(e)`` with the ids travelling as a companion input: ``forward(e, companions)`` runs the cut
+    graph on rows of ``e`` with each row's own ids (``companions[ids_key]``) and other inputs."""
 
-    def __init__(self, cut: _CutGraph, wrapper, ids: torch.Tensor):
+    ids_key = "onnx_explain_ids"
+
+    def __init__(self, cut: _CutGraph, wrapper):
         super().__init__()
         self.cut = cut
         self.wrapper = wrapper
-        self.ids = ids
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        args = self.wrapper.graph_args(self.ids.expand(e.shape[0], *self.ids.shape[1:]))
-        return self.cut(*args, e)
+    def forward(self, e: torch.Tensor, companions: dict) -> torch.Tensor:
+        companions = dict(companions)
+        ids = companions.pop(self.ids_key)
+        return self.cut(*self.wrapper.graph_args(ids, companions=companions), e)
 
 
-def embedding_views(wrapper, x: torch.Tensor):
-    """For a ConvertedModel with an integer input: ``(e, make_view)`` where ``e`` is the float tensor of
-    every sample and ``make_view(b)`` the module ``f(e_b)`` for sample ``b``."""
-    args = wrapper.graph_args(x[:1])
-    frontier = find_float_frontier(wrapper.graph, wrapper.position, x[:1], args)
+def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
+    """For a ConvertedModel with an integer input: ``(module, e, frontier)`` where ``e`` is the float
+    tensor the ids become for every sample (one pass), ``module`` the :class:`EmbeddingModel` computing
+    the output from it and ``frontier`` the name of the cut node."""
+    companions = companions or {}
+    first = {k: v[:1] for k, v in companions.items()}
+    args = wrapper.graph_args(ids[:1], companions=first)
+    frontier = find_float_frontier(wrapper.graph, wrapper.position, ids[:1], args)
     cut = _CutGraph(wrapper.graph, frontier)
     # e itself: run the original graph up to the frontier
     probe = copy.deepcopy(wrapper.graph)
@@ -85,5 +91,5 @@ def embedding_views(wrapper, x: torch.Tensor):
     probe.graph.eliminate_dead_code()
     probe.recompile()
     with torch.no_grad():
-        e = probe(*wrapper.graph_args(x))
-    return e, lambda b: EmbeddingView(cut, wrapper, x[b : b + 1]), frontier
+        e = probe(*wrapper.graph_args(ids, companions=companions))
+    return EmbeddingModel(cut, wrapper), e, frontier

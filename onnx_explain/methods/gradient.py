@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import OptionError
-from .base import METHODS, Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
+from .base import METHODS, Draws, Scorer, expand, explicit_rows, per_sample_sigma, register_method
 
 REDUCES = ("mean", "mean_sq", "var")
 
@@ -73,6 +73,7 @@ def smoothgrad(
     B, S = x.shape[0], x.shape[1:]
     perturbations, n = explicit_rows(perturbations, x, n_samples, "perturbations")
     sig = per_sample_sigma(x, sigma, noise)
+    draws = Draws(generator, S, x.dtype, x.device) if perturbations is None else None
 
     def make_rows(a, b):
         rows = torch.arange(a, b, device=x.device)
@@ -80,7 +81,7 @@ def smoothgrad(
         if perturbations is not None:
             eps = perturbations[a:b]
         else:
-            eps = draw_rows(generator, b - a, S, x.dtype, x.device) * expand(sig[owner], x[owner])
+            eps = draws.rows(rows % n) * expand(sig[owner], x[owner])
         if include_clean_sample:
             eps = eps * expand(((rows % n) != n - 1).to(x.dtype), eps)
         return x[owner] + eps, target[owner]

@@ -93,7 +93,7 @@ def integrated_gradients(
     wt = torch.as_tensor(weights, dtype=torch.float64, device=x.device)
     total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     deltas = torch.zeros(B, dtype=torch.float64, device=x.device)
-    fx = scorer.scores(x).gather(1, target.reshape(-1, 1)).squeeze(1).to(torch.float64)
+    fx = scorer.score(x, target).to(torch.float64)
     for x0 in baselines:
         diff = x - x0
         acc = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -109,7 +109,7 @@ def integrated_gradients(
 
         scorer.map_rows(B * n, make_rows, consume)
         ig = diff.to(torch.float64) * acc
-        f0 = scorer.scores(x0).gather(1, target.reshape(-1, 1)).squeeze(1).to(torch.float64)
+        f0 = scorer.score(x0, target).to(torch.float64)
         deltas += ig.reshape(B, -1).sum(1) - (fx - f0)
         total += ig
     k = len(baselines)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import OptionError
-from .base import Scorer, draw_rows, expand, explicit_rows, per_sample_sigma, register_method
+from .base import Draws, Scorer, expand, explicit_rows, per_sample_sigma, register_method
 
 
 @register_method("smoothtaylor", "mean over noisy roots z of (x − z) ⊙ ∇f_c(z)", stochastic=True,
@@ -38,12 +38,13 @@ def smoothtaylor(
     B, S = x.shape[0], x.shape[1:]
     roots, n = explicit_rows(roots, x, n_roots, "roots")
     sig = per_sample_sigma(x, sigma, noise)
+    draws = Draws(generator, S, x.dtype, x.device) if roots is None else None
 
     def make_rows(a, b):
         owner = torch.arange(a, b, device=x.device) // n
         if roots is not None:
             return roots[a:b], target[owner]
-        eps = draw_rows(generator, b - a, S, x.dtype, x.device)
+        eps = draws.rows(torch.arange(a, b, device=x.device) % n)
         return x[owner] + eps * expand(sig[owner], x[owner]), target[owner]
 
     acc = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -135,19 +136,19 @@ def paper_objective(name: str, scorer: Scorer, **options) -> Callable:
         return to_channels_first(t[None].cpu().numpy(), scorer.layout)
 
     if name == "autvc":
-        return lambda xb, attr, t: float(
+        return lambda xb, attr, t, key=None: float(
             total_variation(None, None, cf(attr), None, None, **options)["autvc"][0]
         )
     if name == "aupc":
-
-        def f(arr):
-            with torch.no_grad():
-                return scorer.scores(torch.as_tensor(arr)).cpu().numpy()
-
-        predictor = Predictor(f, output="logit", batch_size=scorer.batch_size, layout=scorer.layout)
         rng = np.random.default_rng(options.pop("seed", 0))
 
-        def objective(xb, attr, t):
+        def objective(xb, attr, t, key=None):
+            def f(arr):  # every row is a perturbation of this one sample: its companions, its key
+                rows = torch.as_tensor(arr)
+                keys = None if key is None else key.expand(len(rows))
+                return scorer.scores(rows, keys).cpu().numpy()
+
+            predictor = Predictor(f, output="logit", batch_size=scorer.batch_size, layout=scorer.layout)
             return float(aupc(predictor, cf(xb), cf(attr), np.array([t]), rng, **options)["aupc"][0])
 
         return objective
@@ -177,16 +178,22 @@ def smoothtaylor_adaptive(
     """Adaptive SmoothTaylor: per sample, search σ minimising ``objective(x_b, attribution_b, target_b)``:
     ``'autvc'`` (default) or ``'aupc'``, the paper's two (with ``objective_options``), or any callable
     (lower is better). The search starts at σ = mean |x_b| and draws fresh roots at every evaluation."""
-    if isinstance(objective, str):
+    keyed = isinstance(objective, str)  # the paper's objectives score rows of the sample's own key
+    if keyed:
         objective = paper_objective(objective, scorer, **(objective_options or {}))
     out = torch.empty_like(x)
     sigmas, values, traces = [], [], []
+    base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     for b in range(len(x)):
         xb, tb = x[b : b + 1], target[b : b + 1]
+        gb = torch.Generator(device=generator.device)
+        gb.manual_seed(base)  # every sample's search starts from the same stream: batch-independent
 
-        def evaluate(s, xb=xb, tb=tb):
-            attr, _ = smoothtaylor(scorer, xb, tb, generator, sigma=s, noise="absolute", n_roots=n_roots)
-            return objective(xb[0], attr[0], int(tb[0])), attr[0]
+        def evaluate(s, xb=xb, tb=tb, gb=gb):
+            attr, _ = smoothtaylor(scorer, xb, tb, gb, sigma=s, noise="absolute", n_roots=n_roots)
+            cls = int(scorer.classes(tb)[0])
+            value = objective(xb[0], attr[0], cls, tb) if keyed else objective(xb[0], attr[0], cls)
+            return value, attr[0]
 
         res = adaptive_noising(
             evaluate, float(xb.abs().mean()), learning_rate, learning_decay, max_stop_count, max_iteration

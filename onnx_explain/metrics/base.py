@@ -46,30 +46,55 @@ class Predictor:
     layout : {'NCHW', 'NHWC', 'NHW'}, optional
         The model's image layout when the metrics hand it channel-first rows (:mod:`onnx_explain.layout`):
         every row is moved back to it before the call. None: rows go to the model as they are.
+    companions : dict of str to numpy.ndarray, optional
+        Per-sample values ``(B, ...)`` of the model's other inputs (an attention mask ...). Rows are
+        sample-major — a call on ``B·n`` rows holds n rows of each sample in turn, as every metric builds
+        them — so row ``r`` runs with sample ``r // n``'s values. Only the explained input is perturbed.
     """
 
-    def __init__(self, model, output: str = "logit", batch_size: int = 64, layout: str | None = None):
+    def __init__(
+        self,
+        model,
+        output: str = "logit",
+        batch_size: int = 64,
+        layout: str | None = None,
+        companions: dict | None = None,
+    ):
         if output not in OUTPUTS:
             raise OptionError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
         self.model = model
         self.output = output
         self.batch_size = int(batch_size)
         self.layout = layout
+        self.companions = dict(companions or {})
         self.calls = 0  # number of model calls made (each on up to batch_size rows)
 
-    def _raw(self, x: np.ndarray) -> np.ndarray:
+    def _owner(self, n_rows: int) -> int:
+        """Rows per sample of a sample-major call on ``n_rows`` rows."""
+        B = len(next(iter(self.companions.values())))
+        if n_rows % B:
+            raise OptionError(
+                f"{n_rows} rows do not split over the {B} samples whose companion inputs they need"
+            )
+        return n_rows // B
+
+    def _raw(self, x: np.ndarray, start: int = 0, per: int = 1) -> np.ndarray:
         from ..model import Model
 
         self.calls += 1
         x = from_channels_first(x, self.layout)
         if isinstance(self.model, Model):
             space = "output" if self.output == "output" else "logit"
-            return self.model.predict(x, batch_size=len(x), space=space)
+            if self.companions:
+                owner = np.arange(start, start + len(x)) // per
+                x = {self.model.input.name: x, **{k: v[owner] for k, v in self.companions.items()}}
+            return self.model.predict(x, batch_size=len(owner) if self.companions else len(x), space=space)
         return np.asarray(self.model(x))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        per = self._owner(len(x)) if self.companions else 1
         out = np.concatenate(
-            [self._raw(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+            [self._raw(x[i : i + self.batch_size], i, per) for i in range(0, len(x), self.batch_size)]
         )
         out = out.reshape(len(x), -1).astype(np.float64)
         return softmax(out) if self.output == "prob" else out
@@ -78,9 +103,10 @@ class Predictor:
         self, n_rows: int, make_rows: Callable[[int, int], np.ndarray]
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(start, stop, scores)`` for rows built chunk by chunk by ``make_rows(start, stop)``."""
+        per = self._owner(n_rows) if self.companions else 1
         for start in range(0, n_rows, self.batch_size):
             stop = min(n_rows, start + self.batch_size)
-            out = self._raw(make_rows(start, stop)).reshape(stop - start, -1).astype(np.float64)
+            out = self._raw(make_rows(start, stop), start, per).reshape(stop - start, -1).astype(np.float64)
             yield start, stop, softmax(out) if self.output == "prob" else out
 
     def target_scores(self, n_rows: int, make_rows, targets: np.ndarray) -> np.ndarray:
@@ -230,7 +256,9 @@ def register_metric(name: str, description: str, score: str, higher_is_better, n
     """Register a metric ``fn(predictor, x, a, target, rng, **options) -> dict`` under ``name``.
 
     ``x`` and a full-shape ``a`` reach it channel-first (``(B, C, H, W)`` for every image layout);
-    ``facts`` are the other :class:`MetricSpec` fields.
+    ``facts`` are the other :class:`MetricSpec` fields. Rows handed to the predictor or the explainer are
+    sample-major (all rows of sample 0, then of sample 1 ..., the same number each), so that each runs with
+    its own sample's companion inputs.
     """
 
     def deco(fn):

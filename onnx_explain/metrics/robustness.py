@@ -192,9 +192,11 @@ def _mask_top_pixels(src, attribution, r, base, agg, park: bool, channel0_only: 
 
 def _explain_stacked(explainer, xs, target, seed):
     """The attributions of a stack ``(n, B, C, H, W)`` of perturbed batches, in one explainer call, as
-    ``(n, B, features)``."""
+    ``(n, B, features)``. Rows go sample-major (every metric's convention: a sample's companion inputs
+    follow its rows)."""
     n, B = xs.shape[:2]
-    return explainer(xs.reshape(-1, *xs.shape[2:]), np.tile(target, n), seed).reshape(n, B, -1)
+    rows = xs.swapaxes(0, 1).reshape(-1, *xs.shape[2:])
+    return explainer(rows, np.repeat(target, n), seed).reshape(B, n, -1).swapaxes(0, 1)
 
 
 def _park_sequence(explainer, x, a0, target, seed, steps, masked, cumulative: bool, from_previous: bool):
