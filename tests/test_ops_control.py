@@ -449,6 +449,9 @@ def test_streaming_model_explained_with_state_fixed(sr, tmp_path):
         np.testing.assert_allclose(
             m.torch_module()(torch.from_numpy(x)).numpy(), m.predict(x), rtol=1e-5, atol=1e-6
         )
+    branch = "then_branch" if sr == 16000 else "else_branch"
+    assert m.torch_module().graph.onnx_folded == [("rate_if", "If", branch)]
+    assert f"If node 'rate_if' folded to its {branch} (condition known at load time)" in m.parity.notes
     e = oe.explain(m, x, "gradient", target=0)
     xt = torch.from_numpy(x).requires_grad_(True)
     feat = xt @ torch.from_numpy(W16) if sr == 16000 else xt[:, : T_IN // 2] @ torch.from_numpy(W8)

@@ -140,7 +140,12 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         prepared = with_output(prepared, name, signature.output.name)
     keep_outputs(prepared, [name])
     cap_ir_version(prepared)
-    graph = to_fx(prepared, source)
+    # fixed inputs that are not repeated to the batch (scalars, no leading 1) are what the graph sees on
+    # every call: an If whose condition they decide is folded to its branch at load time
+    known = {
+        k: np.asarray(v) for k, v in signature.fixed_inputs.items() if np.ndim(v) == 0 or np.shape(v)[0] != 1
+    }
+    graph = to_fx(prepared, source, known=known)
     init_names = {t.name for t in prepared.graph.initializer}
     if mapped:
         _weights_as_buffers(
@@ -156,6 +161,10 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     position = input_names.index(signature.input.name) if signature.input.name in input_names else None
     module = ConvertedModel(graph, position, len(input_names), others, fixed_batch, input_names).eval()
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
+    notes += [
+        f"{op} node {node!r} folded to its {branch} (condition known at load time)"
+        for node, op, branch in getattr(graph, "onnx_folded", [])
+    ]
     return module, time.perf_counter() - t0, notes
 
 
