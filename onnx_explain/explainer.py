@@ -86,7 +86,9 @@ def explain(
         by every sample.
     method : str
         One of :data:`onnx_explain.METHODS` (``gradient``, ``gradient_x_input``, ``smoothgrad``,
-        ``integrated_gradients``, ``smoothtaylor``, ``smoothtaylor_adaptive`` ...).
+        ``integrated_gradients``, ``smoothtaylor``, ``smoothtaylor_adaptive``, the black-box ``occlusion``
+        ...), or ``'auto'``: SmoothGrad when the graph converts to torch, else a method that runs on
+        onnxruntime alone (``extras['auto']`` says which and why).
     target : None, 'predicted', int, sequence of int, or 'top:K'
         The class explained per sample (default: the predicted one). ``'top:K'`` explains the K best
         classes: the attribution then has shape ``(B, K, *S)``.
@@ -118,13 +120,20 @@ def explain(
         token ids ``embedding_attribution``, the attribution at the embedding, whose sum over the
         embedding axes is ``attribution``; positions an attention mask leaves out get exactly 0).
     """
+    auto = None
+    if method == "auto":
+        method, auto = _auto_method(model, output, device, input)
     if method not in METHODS:
-        raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+        choices = ", ".join(sorted(METHODS))
+        raise OnnxExplainError(f"unknown method {method!r}; choose one of {choices} (or 'auto')")
     spec = METHODS[method]
     opts = spec.check_options(options)
     output = output or spec.output
     if spec.backend == "onnxruntime":
-        return _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input, opts)
+        e = _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input, opts)
+        if auto:
+            e.extras["auto"] = auto
+        return e
     model, module, x_np, companions, layout = _resolve_model(model, x, output, device, layout, input)
     generator = make_generator(seed, device)
     xt = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
@@ -142,6 +151,8 @@ def explain(
     n_classes = model.n_classes(output) if _is_model(model) else None
     result = _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, n_classes)
     attribution, targets, score, extras = result
+    if auto:
+        extras_in["auto"] = auto
     return Explanation(
         attribution=_out_dtype(attribution, xt),
         target=targets.cpu().numpy(),
@@ -228,10 +239,48 @@ def _resolve_model(model, x, output: str, device: str, layout: str | None, input
     if _is_model(model):
         model = model.with_input(input_name)
         xe, companions = model.split_inputs(x)
-        return model, model.torch_module(device=device, space=output), xe, companions, layout or model.layout
+        return model, converted(model, device, output), xe, companions, layout or model.layout
     if isinstance(x, dict) or input_name is not None:
         raise InputDataError("several inputs need an onnx_explain.Model (a torch module takes one tensor)")
     return model, model, np.asarray(x), {}, layout
+
+
+def converted(model, device: str = "cpu", output: str = "output"):
+    """``model.torch_module(device, space=output)``; when the graph does not convert, the error says which
+    methods still work (those that run on onnxruntime alone)."""
+    from .errors import ConversionError, ParityError
+    from .methods.base import runtime_methods
+
+    try:
+        return model.torch_module(device=device, space=output)
+    except (ConversionError, ParityError) as exc:
+        others = runtime_methods()
+        if not others:
+            raise
+        raise type(exc)(
+            f"{exc} — methods that run on onnxruntime alone still work: {', '.join(others)} (or method='auto')"
+        ) from None
+
+
+def _auto_method(model, output: str | None, device: str, input_name: str | None) -> tuple[str, str]:
+    """``(method, why)`` for ``method='auto'``: SmoothGrad when the graph converts to torch with parity, else
+    the first black-box method of the registry's overview (or any)."""
+    from .errors import ConversionError, ParityError
+    from .methods.base import runtime_methods
+    from .model import load
+
+    model = load(model, input=input_name) if isinstance(model, (str, os.PathLike)) else model
+    if not _is_model(model):
+        return "smoothgrad", "a torch module: gradient methods"
+    try:
+        model.with_input(input_name).torch_module(device=device, space=output or "logit")
+        return "smoothgrad", "the graph converts to torch with parity: a gradient method"
+    except (ConversionError, ParityError) as exc:
+        others = runtime_methods()
+        if not others:
+            raise
+        pick = next((m for m in others if METHODS[m].overview is not None), others[0])
+        return pick, f"the graph does not convert to torch ({exc}): {pick} runs on onnxruntime alone"
 
 
 def _targets(scorer: Scorer, xt: torch.Tensor, samples: torch.Tensor, target, n_classes: int | None):

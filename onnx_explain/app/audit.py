@@ -69,13 +69,18 @@ def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metric
 
     t0 = time.perf_counter()
     kind = modality(model.layout, model.input.dtype)
+    given = methods
     methods = _chosen_methods(methods, kind)
     report = _provenance(model, methods, batch_size, seed)
-    module = model.torch_module()
-    report["conversion"] = {"batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
+    module, report["conversion"] = _conversion(model)
     prep = Preprocess.from_model(model.input, preprocess)
     x, report["inputs"] = _read_inputs(model, inputs, prep, max_items)
-    report["lrp_coverage"] = _lrp_coverage(module, x)
+    if module is None:  # the graph does not convert: the methods that run on onnxruntime alone, said so
+        methods = _runtime_only(methods, given, kind)
+        report["settings"]["methods"] = methods
+        report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
+    else:
+        report["lrp_coverage"] = _lrp_coverage(module, x)
     if not report["lrp_coverage"]["ok"]:
         methods.pop("lrp", None)
     metrics = list(metrics or default_metrics(kind))
@@ -89,6 +94,32 @@ def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metric
     figures = _figures(x, attributions, curves, model.layout if kind == "image" else None, thumbnails)
     atomic_write_bytes(out_dir / "report.html", _html(report, figures).encode())
     return report
+
+
+def _conversion(model):
+    """(torch module or None, the report's conversion entry)."""
+    from ..errors import ConversionError, ParityError
+
+    try:
+        module = model.torch_module()
+    except (ConversionError, ParityError) as exc:
+        return None, {"ok": False, "error": str(exc), "note": "gradient methods and LRP skipped; black-box "
+                      "methods (onnxruntime alone) run instead"}  # fmt: skip
+    return module, {"ok": True, "batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
+
+
+def _runtime_only(methods: dict, given, kind: str) -> dict:
+    """The methods of ``methods`` that need no torch graph; when none was asked for by name, the black-box
+    methods of the registry's overview for ``kind`` (or all of them)."""
+    from ..methods import METHODS
+    from ..methods.base import runtime_methods
+
+    keep = {m: o for m, o in methods.items() if m in METHODS and METHODS[m].backend == "onnxruntime"}
+    if keep or given:
+        return keep
+    names = runtime_methods()
+    overview = [m for m in names if METHODS[m].overview is not None and kind in METHODS[m].modalities]
+    return {m: dict(METHODS[m].overview or {}) for m in (overview or names)}
 
 
 def _chosen_methods(methods, kind: str) -> dict[str, dict]:
@@ -229,7 +260,17 @@ def _curve_fig(plt, curves, metric):
 def _html(report: dict, figures: dict) -> str:
     e = html.escape
     m = report["model"]
-    conv = report["conversion"]["parity"]
+    conversion = report["conversion"]
+    if conversion["ok"]:
+        conv = conversion["parity"]
+        conv_html = (
+            f"<p class=ok>torch graph matches onnxruntime: max |diff| {conv['max_abs']:.3g}, relative to the "
+            f"output {conv['max_rel']:.3g}, to the spread between samples {conv['rel_spread']:.3g} (allowed "
+            f"{conv['rtol']:g} and {conv['spread_tol']:g}), on a {e(conv['probe'])} batch of {conv['batch']}; "
+            f"batch mode {e(conversion['batch_mode'])}</p>"
+        )
+    else:
+        conv_html = f"<p class=bad>{e(conversion['error'])}</p><p>{e(conversion['note'])}</p>"
     rows = []
     metrics = list(report["scores"])
     methods = sorted({k for v in report["scores"].values() for k in v})
@@ -261,7 +302,7 @@ def _html(report: dict, figures: dict) -> str:
 <p><b>model</b> <code>{e(m["path"])}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
 <b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
 <p><b>ops</b> {ops}</p>
-<h2>Conversion</h2><p class=ok>torch graph matches onnxruntime: max |diff| {conv["max_abs"]:.3g}, relative to the output {conv["max_rel"]:.3g}, to the spread between samples {conv["rel_spread"]:.3g} (allowed {conv["rtol"]:g} and {conv["spread_tol"]:g}), on a {e(conv["probe"])} batch of {conv["batch"]}; batch mode {e(report["conversion"]["batch_mode"])}</p>
+<h2>Conversion</h2>{conv_html}
 <h2>LRP coverage</h2>{cov_html}
 <h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
 <table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>

@@ -82,7 +82,7 @@ def _value(text: str):
 @click.command("explain", epilog=_methods_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--method", "-m", type=click.Choice(sorted(METHODS)), default="smoothgrad", show_default=True,
+@click.option("--method", "-m", type=click.Choice([*sorted(METHODS), "auto"]), default="smoothgrad", show_default=True,
               help="Attribution method (listed below).")  # fmt: skip
 @click.option(
     "--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder."
@@ -168,6 +168,13 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
     from ..app.batch import explain_files
     from .common import load_model
 
+    torch_device, ort_device = resolve_device(device)
+    m = load_model(model, input_name, output_name, ort_device)
+    if method == "auto":  # a gradient method when the graph converts, else one that runs on onnxruntime
+        from ..explainer import _auto_method
+
+        method, why = _auto_method(m, space, torch_device, None)
+        click.echo(f"method auto: {method} ({why})", err=True)
     opts = method_options(method, flags, rules, parse_options(extra))
     pre = {}
     if preprocess_file:
@@ -187,11 +194,12 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         pre["color"] = "BGR"
     if crop:
         pre["resize"] = "center-crop"
-    torch_device, ort_device = resolve_device(device)
-    m = load_model(model, input_name, output_name, ort_device)
     # conversion and parity first, in the space the method explains (converted once for the whole run): a
-    # bad model leaves nothing on disk
-    m.torch_module(device=torch_device, space=space or METHODS[method].output)
+    # bad model leaves nothing on disk; methods on onnxruntime alone need no conversion
+    if METHODS[method].backend == "torch":
+        from ..explainer import converted
+
+        converted(m, torch_device, space or METHODS[method].output)
     heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
     if sign:
         heat["sign"] = sign

@@ -335,6 +335,11 @@ def register_method(name: str, description: str, stochastic: bool = False, **fac
     return deco
 
 
+def runtime_methods() -> list[str]:
+    """The registered methods that run on onnxruntime alone (they work where the graph does not convert)."""
+    return [name for name, spec in METHODS.items() if spec.backend == "onnxruntime"]
+
+
 def make_generator(seed, device="cpu") -> torch.Generator:
     """A torch Generator from a seed, a Generator (returned as is) or None (seed 0: reproducible by default)."""
     if isinstance(seed, torch.Generator):
