@@ -556,22 +556,22 @@ def test_audit_reports_missing_lrp_coverage_and_goes_on(tmp_path):
     from conftest import export as export_model
     from torch import nn
 
-    class Gated(nn.Module):
+    class Ratio(nn.Module):  # Div of two activations: no LRP role (a SiLU-style gate now has one)
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 3)
 
         def forward(self, x):
-            return self.fc(x) * torch.sigmoid(self.fc(x))
+            return self.fc(x) / (torch.relu(self.fc(x)) + 1.0)
 
     torch.manual_seed(0)
-    path = export_model(Gated().eval(), torch.randn(2, 4), tmp_path / "g.onnx", "legacy")
+    path = export_model(Ratio().eval(), torch.randn(2, 4), tmp_path / "g.onnx", "legacy")
     np.save(tmp_path / "rows.npy", np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
     res = run("audit", path, tmp_path / "rows.npy", "--out", tmp_path / "a", "--metric", "faithfulness_correlation",
               "--preprocess-option", "size=null")  # fmt: skip
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert d["lrp_coverage"]["ok"] is False and "(Mul)" in d["lrp_coverage"]["error"]
+    assert d["lrp_coverage"]["ok"] is False and "(Div)" in d["lrp_coverage"]["error"]
     assert set(d["scores"]["faithfulness_correlation"]) == {"gradient", "smoothgrad", "integrated_gradients"}
 
 

@@ -131,7 +131,7 @@ def test_parse_rule():
     assert R.parse_rule("gamma:0.5").options["gamma"] == 0.5
     assert R.parse_rule("epsilon:1e-3").options["epsilon"] == 1e-3
     assert R.parse_rule("zbox:-1,2").options == {"low": -1.0, "high": 2.0}
-    assert R.parse_rule("pass") == "pass"
+    assert R.parse_rule("pass") is R.PASS and R.parse_rule("stop") is R.STOP
     with pytest.raises(ValueError, match="unknown LRP rule"):
         R.parse_rule("nope")
 
@@ -256,7 +256,7 @@ def test_keras_matmul_add_is_one_linear_layer():
     assert sum(v == "MatMul: epsilon" for v in e.extras["rules"].values()) == 2
 
 
-class Gated(nn.Module):
+class Ratio(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
@@ -264,16 +264,16 @@ class Gated(nn.Module):
 
     def forward(self, x):
         h = self.fc(x)
-        return self.out(h * torch.sigmoid(h))  # Mul of two activations: no LRP rule
+        return self.out(h / (torch.relu(h) + 1.0))  # Div of two activations: no LRP role
 
 
 def test_a_node_without_rule_is_an_error_naming_it_and_leaves_no_state(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(3, 4)
-    m = oe.load(export(Gated().eval(), x, tmp_path / "g.onnx", "legacy"))
+    m = oe.load(export(Ratio().eval(), x, tmp_path / "g.onnx", "legacy"))
     before = oe.explain(m, x.numpy(), "gradient").attribution
     with pytest.raises(
-        LRPCoverageError, match=r"node '/Mul' \(Mul\) mixes two activations and has no LRP rule"
+        LRPCoverageError, match=r"node '/Div' \(Div\) mixes two activations and has no LRP rule"
     ):
         oe.explain(m, x.numpy(), "lrp")
     module = m.torch_module()
@@ -282,7 +282,7 @@ def test_a_node_without_rule_is_an_error_naming_it_and_leaves_no_state(tmp_path)
     assert not any(isinstance(mod, RuleWrapper) for mod in module.modules())
     np.testing.assert_array_equal(oe.explain(m, x.numpy(), "gradient").attribution, before)
     fb = oe.explain(m, x.numpy(), "lrp", fallback="gradient")
-    assert fb.extras["fallback_nodes"] == ["/Mul"]
+    assert fb.extras["fallback_nodes"] == ["/Div"]
 
 
 def test_rule_override_by_node_name_beats_op_type():

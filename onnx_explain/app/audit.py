@@ -177,13 +177,16 @@ def _lrp_coverage(module, x: np.ndarray) -> dict:
     import torch
 
     from ..errors import LRPCoverageError
-    from ..methods.lrp import lrp_graph
+    from ..methods.lrp import default_composite, lrp_graph
 
+    example = torch.from_numpy(x[:2])
+    composite = default_composite(module, example)  # attnlrp for a graph with attention, else epsilon_plus
     try:
-        _, assignments = lrp_graph(module, torch.from_numpy(x[:2]), "epsilon_plus", {}, {}, None, "gradient")
+        _, assignments = lrp_graph(module, example, composite, {}, {}, None, "gradient")
     except LRPCoverageError as exc:
-        return {"ok": False, "error": str(exc)}
-    return {"ok": True, "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments}}
+        return {"ok": False, "composite": composite, "error": str(exc)}
+    rules = {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments}
+    return {"ok": True, "composite": composite, "rules": rules}
 
 
 def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, seed: int):

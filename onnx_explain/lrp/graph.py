@@ -1,8 +1,11 @@
-"""Build the LRP graph of a converted model: canonize (MatMul+Add → Linear, BatchNorm merged into the
-preceding linear layer), then give every node that carries relevance a rule from the op table — or fail
-naming the ONNX node. Everything happens on a copy: the model itself is never modified.
+"""Build the LRP graph of a converted model in three steps, on a copy (the model itself is never modified):
 
-Op table (docs/methods.md §2.5.6):
+- **canonize**: MatMul+Add → Linear, BatchNorm merged into the preceding linear layer;
+- **plan**: every node that carries relevance gets its role (:mod:`onnx_explain.lrp.roles`) and a rule
+  from the override, the composite or the role — or the build fails naming the ONNX node;
+- **wrap**: each planned node's module is replaced by a :class:`RuleWrapper` computing its rule.
+
+Op roles (docs/methods.md §2.5.6; registered in :mod:`onnx_explain.lrp.roles`):
 
 =============================================  ==========================================================
 Conv, ConvTranspose, Gemm, MatMul (const W)    the composite's rule for the layer (MatMul + Add(bias) is
@@ -17,6 +20,11 @@ activations (Relu, LeakyRelu, Sigmoid, Tanh,   Pass
 Gelu, Elu, Softplus, HardSwish, Clip ...)
 BatchNormalization                             merged into the preceding linear layer; else Pass
 Mul/Div by a constant                          Pass
+Mul of a signal and a gate (SiLU, SE, GELU)    Pass to the signal; the gate is a constant
+Mul/MatMul/Einsum of two activations           bilinear (½ each)
+Softmax                                        AttnLRP's rule (CP-LRP: stop)
+LayerNormalization (+ fused), Sqrt of a mean   σ held constant
+LSTM, GRU, RNN                                 signal-take-all
 routing (Flatten, Reshape, Transpose, Concat,  gradient
 Slice, Pad, Squeeze, Gather ...)
 anything else carrying relevance               error naming the node, unless ``fallback='gradient'``
@@ -35,9 +43,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..convert.driver import NODE_ATTR
 from ..errors import LRPCoverageError, OnnxExplainError, OptionError, node_label
 from ..options import validate_call
+from . import roles as roles_
 from . import rules as R
-from .composites import COMPOSITES
+from .composites import COMPOSITES, ROLE_RULES
 
+#: op types that are linear layers with a constant weight, and products of activations otherwise
+_LAYER_OPS = ("MatMul", "Einsum", "Gemm", "Conv", "ConvTranspose")
 LINEAR_TYPES = (
     nn.Conv1d,
     nn.Conv2d,
@@ -47,14 +58,6 @@ LINEAR_TYPES = (
     nn.ConvTranspose3d,
     nn.Linear,
 )
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-               "HardSigmoid", "HardSwish", "Mish", "Clip", "ThresholdedRelu"}  # fmt: skip
-ROUTING = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Slice", "Pad",
-           "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}  # fmt: skip
-AVERAGES = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"}
-MAXIMA = {"MaxPool", "GlobalMaxPool", "ReduceMax"}
-#: the average pool that stands in for a max pool under ``maxpool='avgpool'``
-AVGPOOL_OF = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
 
 
 @dataclass
@@ -77,47 +80,53 @@ class _LRPFunction(torch.autograd.Function):
         ctx.n = len(args)
         with torch.no_grad():
             out = wrapper.module(*args, **kwargs)
-        ctx.save_for_backward(*args, out)
+        ctx.multi = isinstance(out, tuple)  # LSTM/GRU: Y, Y_h (, Y_c)
+        ctx.save_for_backward(*args, *(out if ctx.multi else (out,)))
         return out
 
     @staticmethod
-    def backward(ctx, relevance):
+    def backward(ctx, *relevances):
         w = ctx.wrapper
-        *args, out = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        args, outs = list(saved[: ctx.n]), saved[ctx.n :]
+        relevance, out = (relevances, outs) if ctx.multi else (relevances[0], outs[0])
         grads = [None] * ctx.n
         with torch.enable_grad():
-            if w.rule == "pass":
+            if w.rule is R.PASS:
                 x = args[w.dependent[0]]
                 if relevance.shape != x.shape:
                     relevance = relevance.sum_to_size(x.shape)
                 grads[w.dependent[0]] = relevance
+            elif w.rule is R.STOP:
+                pass  # the output is a constant: no relevance reaches the inputs
             elif w.rule.uses_params:
                 grads[w.dependent[0]] = w.rule.relevance(w.module, [args[w.dependent[0]]], relevance, out)[0]
             else:
-                layer = w.surrogate or w.module
-                rel = w.rule.relevance(layer, list(args), relevance)
+                layer = w.surrogate if w.surrogate is not None else w.module
+                rel = w.rule.relevance(layer, args, relevance)
                 for i in w.dependent:
                     grads[i] = rel[i]
-        if w.record is not None:
-            w.record.setdefault(w.label, []).append(
-                (
-                    relevance.reshape(len(relevance), -1).sum(1).detach(),
-                    sum(grads[i].reshape(len(grads[i]), -1).sum(1) for i in w.dependent).detach(),
-                )  # fmt: skip
-            )
+        if w.record is not None and not ctx.multi:  # per-sample sums need batch-first single outputs
+            total_out = relevance.reshape(len(relevance), -1).sum(1).detach()
+            total_in = torch.zeros_like(total_out)
+            for i in w.dependent:
+                if grads[i] is not None:
+                    total_in = total_in + grads[i].reshape(len(grads[i]), -1).sum(1).detach()
+            w.record.setdefault(w.label, []).append((total_out, total_in))
         return (None, None, *grads)
 
 
 class RuleWrapper(nn.Module):
     """A layer whose backward pass is an LRP rule (its forward is the layer's)."""
 
-    def __init__(self, module, rule, dependent, label, surrogate=None):
+    def __init__(self, module, rule, dependent, label):
         super().__init__()
         self.module = module
         self.rule = rule
         self.dependent = list(dependent)
         self.label = label
-        self.surrogate = surrogate
+        make = getattr(rule, "surrogate", None)
+        self.surrogate = make(module) if make is not None else None
         self.record = None
         setattr(self, NODE_ATTR, getattr(module, NODE_ATTR, ("", "", "")))
 
@@ -223,29 +232,28 @@ def _merge_batchnorm(gm: fx.GraphModule) -> int:
 
 @dataclass
 class _Step:
-    """What the op table decided for one node, before the composite assigns the linear layers' rules."""
+    """The plan for one node that carries relevance."""
 
-    what: str  # 'linear', 'override', 'norm', 'pass', 'gradient' or 'avgpool'
-    override: str | None  # the user's rule spec for the node (by name or op type), if any
-    dependent: list[int]  # positions of the node's float arguments that carry relevance
-
-
-def _op_role(op: str, n_float: int, maxpool: str) -> str | None:
-    """The op table for a node that is not a linear layer: ``'norm'``, ``'pass'``, ``'gradient'``,
-    ``'avgpool'``, or None when the op has no rule. ``n_float`` counts its relevance-carrying inputs."""
-    if op in ("Add", "Sum") or (op == "Sub" and n_float == 1) or op in AVERAGES:
-        return "norm"
-    if op in MAXIMA:
-        return "avgpool" if (maxpool == "avgpool" and op == "MaxPool") else "gradient"
-    if op in ACTIVATIONS or op == "BatchNormalization" or (op in ("Mul", "Div") and n_float == 1):
-        return "pass"
-    if op in ROUTING:
-        return "gradient"
-    return None
+    role: roles_.Role | None  # None: no registered role (an error unless fallback)
+    rule: object  # the rule, None for a linear layer until the composite gives it
+    dependent: list[int]  # positions of the node's inputs that receive relevance
+    why: str = ""  # for a node with no role: what it does
 
 
-def _canonized_copy(converted):
-    """A deep copy of ``converted`` with MatMul(+Add) folded into Linear layers and BatchNorm merged."""
+@dataclass
+class Plan:
+    """What :func:`plan` decided: a step per relevance-carrying node (graph order), the linear layers in
+    graph order (``(kind, node)``), and whether the graph has attention (a Softmax carrying relevance)."""
+
+    steps: dict
+    layers: list
+    attention: bool
+
+
+def canonize(converted):
+    """A deep copy of ``converted`` with MatMul(+Add) folded into Linear layers and BatchNorm merged.
+
+    Returns ``(copy, report)``, the report counting each rewrite."""
     lrp = copy.deepcopy(converted)
     gm: fx.GraphModule = lrp.graph
     report = {"folded_matmul": _fold_matmul(gm), "merged_batchnorm": _merge_batchnorm(gm)}
@@ -254,99 +262,164 @@ def _canonized_copy(converted):
     return lrp, report
 
 
-def _plan(gm: fx.GraphModule, position: int, rules: dict, fallback: str | None, maxpool: str):
-    """Walk the shape-propagated graph from the explained input and decide every relevance-carrying
-    node's step. Returns ``(plan, linear_nodes, fallback_assignments)``; raises for a node with no rule."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    depends = {placeholders[position]}
-    plan: dict[fx.Node, _Step] = {}
-    linear_nodes: list[tuple[str, fx.Node]] = []
-    fallbacks: list[Assignment] = []
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        dep_inputs = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in depends]
-        if not dep_inputs:
-            continue
-        depends.add(node)
-        float_dep = [i for i in dep_inputs if _is_float(node.args[i])]
-        if not float_dep or not _is_float(node) and node.op != "call_function":
-            continue  # integer bookkeeping (shapes, indices): no relevance
-        if node.op == "call_function":  # getitem of multi-output nodes
-            continue
-        module = gm.get_submodule(node.target)
-        name, op, domain = _onnx(module)
-        override = rules.get(name, rules.get(op))
-        if isinstance(module, LINEAR_TYPES):
-            linear_nodes.append(("dense" if isinstance(module, nn.Linear) else "conv", node))
-            plan[node] = _Step("linear", override, float_dep)
-            continue
-        if override is not None:
-            plan[node] = _Step("override", override, float_dep)
-            continue
-        role = _op_role(op, len(float_dep), maxpool)
-        if role is not None:
-            plan[node] = _Step(role, None, float_dep)
-        elif fallback == "gradient":
-            plan[node] = _Step("gradient", None, float_dep)
-            fallbacks.append(Assignment(node.target, name, op, "gradient", fallback=True))
-        else:
-            why = "mixes two activations" if len(float_dep) > 1 else "carries relevance"
-            raise LRPCoverageError(
-                f"LRP: {node_label(name, op, domain)} {why} and has no LRP rule; give it one "
-                f"(rules={{'{op}': ...}} / --rule {op}=RULE) or pass fallback='gradient' to let the plain gradient through"
-            )
-    return plan, linear_nodes, fallbacks
-
-
-def _node_rule(step: _Step, composite_rule, module) -> R.Rule | str:
-    """The rule of one planned node: the override, the composite's rule for a linear layer, Norm, or one
-    of the special rules (``'pass'``, ``'gradient'``, ``'avgpool'``)."""
+def _override(spec, module, role, maxpool_ok: bool):
+    """The user's rule for a node, checked against what the node is."""
     name, op, domain = _onnx(module)
-    if step.what == "linear":
-        rule = R.parse_rule(step.override) if step.override is not None else composite_rule
-        if isinstance(rule, str) and rule not in ("gradient", "pass"):
+    rule = R.parse_rule(spec)
+    if role is roles_.LAYER:
+        if isinstance(rule, R.Rule) and not rule.uses_params and rule.name != "norm":
             raise LRPCoverageError(
-                f"LRP: rule {step.override!r} does not apply to the linear {node_label(name, op, domain)}"
+                f"LRP: rule {spec!r} does not apply to the linear {node_label(name, op, domain)}"
             )
         return rule
-    if step.what == "override":
-        rule = R.parse_rule(step.override)
-        if isinstance(rule, R.Rule) and rule.uses_params:
-            raise LRPCoverageError(
-                f"LRP: rule {step.override!r} needs a linear layer; {node_label(name, op, domain)} is not one"
-            )
-    else:
-        rule = R.norm() if step.what == "norm" else step.what
-    if rule == "avgpool" and type(module) not in AVGPOOL_OF:
+    if isinstance(rule, R.Rule) and rule.uses_params:
+        raise LRPCoverageError(
+            f"LRP: rule {spec!r} needs a linear layer; {node_label(name, op, domain)} is not one"
+        )
+    if isinstance(rule, R.Rule) and rule.surrogate is R.average_pool_of and not maxpool_ok:
         raise LRPCoverageError(
             f"LRP: the avgpool surrogate replaces a 1-, 2- or 3-d max pooling; {node_label(name, op, domain)} is not one"
         )
     return rule
 
 
-def _install(gm: fx.GraphModule, node: fx.Node, module, rule, dependent: list[int], label: str) -> None:
-    """Replace the node's module by a :class:`RuleWrapper` computing ``rule`` in the backward pass."""
-    surrogate = None
-    if rule == "avgpool":  # Montavon's tutorial: relevance through an average pool of the same geometry
-        pool = AVGPOOL_OF[type(module)]
-        surrogate = pool(module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode)
-        rule = R.norm()
-    wrapper = RuleWrapper(module, rule, dependent, label, surrogate)
-    parent, _, attr = node.target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+def plan(
+    gm: fx.GraphModule, position: int, composite: str, rules: dict, fallback: str | None, maxpool: str
+) -> Plan:
+    """Give every node of the shape-propagated graph that carries relevance from the output to the
+    explained input a role and a rule; raise :class:`LRPCoverageError` for one with no role.
+
+    A node carries relevance when it depends on the explained input and the output depends on it through
+    inputs that receive relevance: the gate branch of a squeeze-excitation block or the σ of a norm
+    (held constant) does not. Rules come from, in order: an override by node name, by op type, the
+    composite's rule for the role (linear layers: per layer), the role's own rule.
+    """
+    role_rules = dict(ROLE_RULES.get(composite, {}))
+    if maxpool == "avgpool":
+        role_rules[roles_.MAX_POOL] = R.avgpool
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    depends = {placeholders[position]}
+    steps: dict[fx.Node, _Step] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        dep_inputs = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a in depends]
+        if not dep_inputs:
+            continue
+        if node.op == "call_function":  # getitem of a multi-output node
+            depends.add(node)
+            continue
+        float_dep = [i for i in dep_inputs if _is_float(node.args[i])]
+        if not float_dep or not _is_float(node):
+            # integers (shapes, indices) carry no relevance, nor do floats computed from them alone (the
+            # 1/√d scale an exporter computes from Shape → Cast → Sqrt)
+            continue
+        module = gm.get_submodule(node.target)
+        name, op, _ = _onnx(module)
+        view = roles_.NodeView(gm, node, module, op, float_dep, depends)
+        role = roles_.LAYER if isinstance(module, LINEAR_TYPES) else roles_.role_of(view)
+        dependent = list(role.inputs(view)) if role is not None and role.inputs is not None else float_dep
+        spec = rules.get(name, rules.get(op))
+        if spec is not None and name not in rules and role is not roles_.LAYER and op in _LAYER_OPS:
+            if isinstance(R.parse_rule(spec), R.Rule) and R.parse_rule(spec).uses_params:
+                spec = None  # a layer rule by op type is for the linear ones (not Q·Kᵀ, which is MatMul too)
+        if spec is not None:
+            rule = _override(spec, module, role, type(module) in R.AVGPOOL_OF)
+        elif role is None or role is roles_.LAYER:
+            rule = None
+        else:
+            rule = role_rules.get(role, role.rule)()
+        if rule is not R.STOP:
+            depends.add(node)  # a stopped node's output is a constant for LRP
+        why = "mixes two activations" if len(float_dep) > 1 else "carries relevance"
+        steps[node] = _Step(role, rule, dependent, why)
+    live = _live(gm, steps, depends)
+    # stopped nodes stay in the plan: wrapped, no gradient leaks through them (a Concat routes to all)
+    steps = {n: s for n, s in steps.items() if n in live or s.rule is R.STOP}
+    for node, step in steps.items():
+        if step.role is None and step.rule is None:
+            if fallback != "gradient":
+                name, op, domain = _onnx(gm.get_submodule(node.target))
+                raise LRPCoverageError(
+                    f"LRP: {node_label(name, op, domain)} {step.why} and has no LRP rule; give it one "
+                    f"(rules={{'{op}': ...}} / --rule {op}=RULE) or pass fallback='gradient' to let the plain gradient through"
+                )
+    layers = [("dense" if isinstance(gm.get_submodule(n.target), nn.Linear) else "conv", n)
+              for n, s in steps.items() if s.role is roles_.LAYER]  # fmt: skip
+    attention = any(s.role is roles_.SOFTMAX for s in steps.values())
+    return Plan(steps, layers, attention)
+
+
+def _live(gm: fx.GraphModule, steps: dict, depends: set) -> set:
+    """The nodes that relevance reaches from the output, through the inputs each step passes it to."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    todo = [a for a in out.all_input_nodes if a in depends]
+    live = set()
+    while todo:
+        node = todo.pop()
+        if node in live:
+            continue
+        live.add(node)
+        if node in steps:
+            step = steps[node]
+            if step.rule is R.STOP:
+                continue
+            args = [node.args[i] for i in step.dependent]
+        else:
+            args = node.all_input_nodes
+        todo.extend(a for a in args if isinstance(a, fx.Node) and a in depends)
+    return live
+
+
+def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list) -> list:
+    """Replace every planned node's module by a :class:`RuleWrapper` computing its rule (the plain
+    gradient needs none). ``layer_rules`` are the composite's, one per linear layer. Returns the
+    :class:`Assignment` list."""
+    by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
+    assignments = []
+    for node, step in the_plan.steps.items():
+        module = gm.get_submodule(node.target)
+        name, op, _ = _onnx(module)
+        rule = step.rule if step.rule is not None else by_layer.get(node)
+        fell_back = rule is None  # no role: only reached with fallback='gradient'
+        if fell_back:
+            rule = R.GRADIENT
+        assignments.append(Assignment(node.target, name, op, rule.name, fallback=fell_back))
+        if rule is not R.GRADIENT:
+            wrapper = RuleWrapper(module, rule, step.dependent, f"{name or node.target} ({op})")
+            parent, _, attr = node.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+    gm.recompile()
+    return assignments
+
+
+def _example(example) -> tuple[torch.Tensor, dict]:
+    """``(x, companions)`` of an example given as a tensor or as ``(tensor, companion rows by name)``."""
+    return example if isinstance(example, tuple) else (example, {})
+
+
+def default_composite(converted, example) -> str:
+    """``attnlrp`` for a graph with attention (a Softmax that carries relevance), else ``epsilon_plus``."""
+    lrp, _ = canonize(converted)
+    x, comp = _example(example)
+    ShapeProp(lrp.graph).propagate(*lrp.graph_args(x, companions=comp))
+    try:
+        found = plan(lrp.graph, lrp.position, "epsilon_plus", {}, "gradient", "gradient").attention
+    except LRPCoverageError:  # pragma: no cover - fallback='gradient' does not raise for coverage
+        found = False
+    return "attnlrp" if found else "epsilon_plus"
 
 
 def build_lrp_graph(
     converted,
     example: torch.Tensor,
-    composite: str = "epsilon_plus",
+    composite: str | None = "epsilon_plus",
     composite_options: dict | None = None,
     rules: dict | None = None,
     fallback: str | None = None,
     maxpool: str = "gradient",
 ):
-    """A copy of ``converted`` (a ConvertedModel) whose backward pass computes LRP.
+    """A copy of ``converted`` (a ConvertedModel) whose backward pass computes LRP: canonize, plan, wrap.
 
     Parameters
     ----------
@@ -354,8 +427,9 @@ def build_lrp_graph(
         From :meth:`onnx_explain.Model.torch_module`.
     example : tensor
         A batch of inputs, to find which tensors carry relevance and to prove canonization kept the output.
-    composite : str
-        One of :data:`COMPOSITES`.
+    composite : str or None
+        One of :data:`COMPOSITES`; ``'auto'`` or None picks ``attnlrp`` for graphs with attention, else
+        ``epsilon_plus``.
     composite_options : dict
         Its options (``low``/``high`` for z^B, ``epsilon``, ``gamma`` ...).
     rules : dict
@@ -369,6 +443,8 @@ def build_lrp_graph(
     -------
     (module, assignments)
     """
+    if composite in (None, "auto"):
+        composite = default_composite(converted, example)
     if composite not in COMPOSITES:
         raise OptionError(f"unknown composite {composite!r}; choose one of {', '.join(sorted(COMPOSITES))}")
     if fallback not in (None, "gradient"):
@@ -378,29 +454,18 @@ def build_lrp_graph(
     options = validate_call(
         COMPOSITES[composite], dict(composite_options or {}), f"composite {composite!r}", ("layers",)
     )
-    lrp, report = _canonized_copy(converted)
+    lrp, report = canonize(converted)
     gm: fx.GraphModule = lrp.graph
-    ShapeProp(gm).propagate(*lrp.graph_args(example))
-    plan, linear_nodes, assignments = _plan(gm, lrp.position, dict(rules or {}), fallback, maxpool)
-
-    composite_rules = COMPOSITES[composite]([(k, n.target) for k, n in linear_nodes], **options)
-    linear_rule = {n: r for (_, n), r in zip(linear_nodes, composite_rules, strict=True)}
-    reported = {a.module for a in assignments}  # the fallback nodes, reported as such
-    for node, step in plan.items():
-        module = gm.get_submodule(node.target)
-        name, op, _ = _onnx(module)
-        rule = _node_rule(step, linear_rule.get(node), module)
-        if node.target not in reported:
-            assignments.append(
-                Assignment(node.target, name, op, rule if isinstance(rule, str) else rule.name)
-            )
-        if rule != "gradient":
-            _install(gm, node, module, rule, step.dependent, f"{name or node.target} ({op})")
-    gm.recompile()
+    x, comp = _example(example)
+    ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))
+    the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool)
+    layer_rules = COMPOSITES[composite]([(k, n.target) for k, n in the_plan.layers], **options)
+    assignments = wrap(gm, the_plan, layer_rules)
     with torch.no_grad():
-        ref, got = converted(example), lrp(example)
+        ref, got = (converted(x, comp), lrp(x, comp)) if comp else (converted(x), lrp(x))
     if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5 * float(ref.abs().max().clamp_min(1))):
         raise OnnxExplainError("LRP canonization changed the model's output (a bug: please report the model)")
+    report["composite"] = composite
     lrp.lrp_report = report
     return lrp, assignments
 

@@ -78,6 +78,7 @@ class Rule:
     uses_params: bool = True
     options: dict = field(default_factory=dict)
     used: tuple | None = None  # the passes whose gradient the reducer reads (None: all)
+    surrogate: Callable | None = None  # module -> module whose shares a Norm-type rule computes
 
     def relevance(
         self,
@@ -94,11 +95,19 @@ class Rule:
         whose bias is zeroed is skipped: it contributes exactly nothing.
         """
         if not self.uses_params:  # Norm: proportional to each input's share of the output
-            ins = [x.detach().requires_grad_(True) for x in inputs]
+            ins = [x if x is None else x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
             out = module(*ins)
-            grad_out = self.mapper(relevance, [out])[0]
-            grads = torch.autograd.grad(out, ins, grad_out, allow_unused=True)
-            return [x * g if g is not None else None for x, g in zip(ins, grads, strict=True)]
+            outs = list(out) if isinstance(out, tuple) else [out]  # a multi-output node: every output's share
+            rels = list(relevance) if isinstance(relevance, tuple) else [relevance]
+            grad_outs = [self.mapper(r, [o])[0] for r, o in zip(rels, outs, strict=True)]
+            wanted = [x for x in ins if x is not None and x.requires_grad]
+            grads = iter(torch.autograd.grad(outs, wanted, grad_outs, allow_unused=True))
+            rel = []
+            for x in ins:
+                g = next(grads) if x is not None and x.requires_grad else None
+                # a masked logit (−inf) has no share; x·g would be NaN there
+                rel.append(None if g is None else torch.where(torch.isfinite(x), x * g, 0.0))
+            return rel
         x = inputs[0]
         vjp = _direct_vjp(module)
         if vjp is None:  # any other layer type: plain autograd, as Zennit does
@@ -264,10 +273,129 @@ def flat(stabilizer: float = 1e-6) -> Rule:
                 lambda r, o: [r / st(o[0])], lambda i, g: g[0])  # fmt: skip
 
 
-def norm(stabilizer: float | Callable = 1e-6) -> Rule:
-    """Norm (sums, average pools, bias additions): each input gets its share ``x_i ∂out/∂x_i · R/st(out)``."""
+def norm(stabilizer: float | Callable = 1e-6, surrogate: Callable | None = None, name: str = "norm") -> Rule:
+    """Norm (sums, average pools, bias additions): each input gets its share ``x_i ∂out/∂x_i · R/st(out)``.
+
+    ``surrogate(module) -> module`` computes the shares through another function of the same inputs (an
+    average pool for a max pool, a layer norm with σ held constant)."""
     st = stabilizer if callable(stabilizer) else (lambda z: stabilize(z, stabilizer))
-    return Rule("norm", [], [], lambda r, o: [r / st(o[0])], None, uses_params=False)
+    return Rule(name, [], [], lambda r, o: [r / st(o[0])], None, uses_params=False, surrogate=surrogate)
+
+
+def bilinear(stabilizer: float = 1e-6) -> Rule:
+    """Uniform split of a product of two activations (AttnLRP, Achtibat et al. 2024): each operand gets
+    half of its Norm share, ``R_a = ½ a ⊙ ∂out/∂a · R/st(out)``, so ``ΣR_a = ΣR_b = ½ΣR``."""
+    st = lambda z: stabilize(z, stabilizer)  # noqa: E731
+    return Rule("bilinear", [], [], lambda r, o: [0.5 * r / st(o[0])], None, uses_params=False)
+
+
+def softmax(stabilizer: float = 1e-6) -> Rule:
+    """AttnLRP's Softmax rule (Achtibat et al. 2024, Prop. 3.1): ``R_i = x_i (R_i − s_i Σ_j R_j)``, which is
+    the Norm form ``x ⊙ Jᵀ(R/s)``; masked logits (−inf) get no relevance."""
+    return norm(stabilizer, name="softmax")
+
+
+def layer_norm(stabilizer: float = 1e-6) -> Rule:
+    """LayerNormalization with σ held constant (AttnLRP/CP-LRP): the layer becomes linear in x,
+    ``y = (x − mean x)·γ/σ + β``, and relevance follows its Norm share (β absorbs its part)."""
+    return norm(stabilizer, surrogate=sigma_detached, name="layer_norm")
+
+
+def avgpool(stabilizer: float = 1e-6) -> Rule:
+    """Montavon's tutorial: relevance leaves a max pool as through an average pool of the same geometry."""
+    return norm(stabilizer, surrogate=average_pool_of, name="avgpool")
+
+
+def signal_take_all(stabilizer: float = 1e-6) -> Rule:
+    """LSTM/GRU/RNN nodes (Arras et al.): gates held constant, the signal takes all relevance, identity on
+    its squashing; the Norm share of the patched cell loop (:mod:`onnx_explain.lrp.recurrent`)."""
+    from .recurrent import signal_take_all_surrogate
+
+    return norm(stabilizer, surrogate=signal_take_all_surrogate, name="signal_take_all")
+
+
+class Special:
+    """A rule that is not a modified gradient: ``pass`` (relevance unchanged to the one input that carries
+    it), ``gradient`` (the plain gradient: routing ops, winner-takes-all pools) and ``stop`` (the output is
+    held constant: no relevance flows to the inputs)."""
+
+    uses_params = False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self):
+        return f"Special({self.name!r})"
+
+
+PASS = Special("pass")
+GRADIENT = Special("gradient")
+STOP = Special("stop")
+
+
+# ----------------------------------------------------------------------------------------- surrogates
+
+#: the average pool that stands in for a max pool under ``maxpool='avgpool'``
+AVGPOOL_OF = {torch.nn.MaxPool1d: torch.nn.AvgPool1d, torch.nn.MaxPool2d: torch.nn.AvgPool2d,
+              torch.nn.MaxPool3d: torch.nn.AvgPool3d}  # fmt: skip
+
+
+def average_pool_of(module: torch.nn.Module) -> torch.nn.Module:
+    """The average pool of a max pool's geometry."""
+    pool = AVGPOOL_OF[type(module)]
+    return pool(module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode)
+
+
+def _sigma(centred: torch.Tensor, dims, eps: float) -> torch.Tensor:
+    """σ = sqrt(mean(centred²) + ε), detached: a constant for the backward pass."""
+    return torch.sqrt((centred.detach() ** 2).mean(dim=dims, keepdim=True) + eps)
+
+
+def _affine(y, scale, bias):
+    y = y * scale if scale is not None else y
+    return y + bias if bias is not None else y
+
+
+class _SigmaDetached(torch.nn.Module):
+    """A converted norm with σ detached: LayerNormalization (any rank, scale and bias as buffers or
+    inputs), com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (norm of
+    ``input + skip (+ bias)``) and SimplifiedLayerNormalization (RMS norm, no centring)."""
+
+    def __init__(self, ln: torch.nn.Module):
+        super().__init__()
+        self.ln = ln
+        self.op = getattr(ln, "onnx_node", ("", "", ""))[1]
+
+    def forward(self, *args):
+        ln = self.ln
+        if self.op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"):
+            if ln.simplified:
+                x, skip, gamma, *rest = args
+                beta, bias = None, (rest[0] if rest else None)
+            else:
+                x, skip, gamma, beta, bias = (list(args) + [None, None])[:5]
+            x = x + skip if bias is None else x + skip + bias
+            centred = x if ln.simplified else x - x.mean(-1, keepdim=True)
+            return _affine(centred / _sigma(centred, (-1,), ln.epsilon), gamma, beta)
+        if self.op == "SimplifiedLayerNormalization":
+            x, scale = args
+            dims = tuple(range(ln.axis % x.dim(), x.dim()))
+            return x / _sigma(x, dims, ln.epsilon) * scale
+        x, scale, bias = (list(args) + [None, None])[:3]
+        if isinstance(ln, torch.nn.LayerNorm):
+            dims, eps = tuple(range(x.dim() - len(ln.normalized_shape), x.dim())), ln.eps
+            scale, bias = ln.weight, ln.bias
+        else:
+            dims, eps = tuple(range(ln.axis % x.dim(), x.dim())), ln.epsilon
+            scale = getattr(ln, "weight", None) if scale is None else scale
+            bias = getattr(ln, "bias", None) if bias is None else bias
+        centred = x - x.mean(dim=dims, keepdim=True)  # the mean is not detached (LXT)
+        return _affine(centred / _sigma(centred, dims, eps), scale, bias)
+
+
+def sigma_detached(module: torch.nn.Module) -> torch.nn.Module:
+    """A norm module whose normalising factor 1/σ is a constant for the backward pass."""
+    return _SigmaDetached(module)
 
 
 #: rule name -> constructor; what ``--rule OP_OR_NODE=NAME[:ARGS]`` can name
@@ -280,17 +408,22 @@ RULES: dict[str, Callable[..., Rule]] = {
     "wsquare": wsquare,
     "flat": flat,
     "norm": norm,
+    "bilinear": bilinear,
+    "softmax": softmax,
+    "layer_norm": layer_norm,
+    "avgpool": avgpool,
+    "signal_take_all": signal_take_all,
 }
-#: rules that are not modified gradients: Pass (relevance unchanged), plain gradient, AvgPool surrogate
-SPECIAL = ("pass", "gradient", "avgpool")
+#: rules that are not modified gradients, by name
+SPECIAL = {"pass": PASS, "gradient": GRADIENT, "stop": STOP}
 
 
-def parse_rule(spec: str | Rule) -> Rule | str:
+def parse_rule(spec: str | Rule | Special) -> Rule | Special:
     """``'gamma:0.25'``, ``'epsilon:1e-3'``, ``'alpha_beta:2,1'``, ``'zbox:-2.1,2.6'``, ``'pass'`` ...
 
-    Returns a :class:`Rule`, or one of :data:`SPECIAL`.
+    Returns a :class:`Rule`, or one of the :data:`SPECIAL` rules.
     """
-    if isinstance(spec, Rule):
+    if isinstance(spec, (Rule, Special)):
         return spec
     name, _, args = str(spec).partition(":")
     name = name.strip().lower().replace("-", "_")
@@ -302,7 +435,7 @@ def parse_rule(spec: str | Rule) -> Rule | str:
         "lrp0": "epsilon0",
     }.get(name, name)
     if name in SPECIAL:
-        return name
+        return SPECIAL[name]
     if name == "epsilon0":
         return epsilon(0.0)
     if name not in RULES:

@@ -27,13 +27,9 @@ def _key(value):
 
 def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool):
     """The cached LRP graph of a converted model for these settings (built on first use)."""
-    from ..convert.wrapper import ConvertedModel
     from ..lrp.graph import build_lrp_graph
 
-    if not isinstance(module, ConvertedModel):
-        raise OnnxExplainError(
-            "LRP runs on a converted ONNX model (onnx_explain.load(...)), not on a plain torch module"
-        )
+    _check_module(module)
     per_model = _CACHE.setdefault(module, {})
     key = (composite, _key(composite_options), _key(rules), fallback, maxpool)
     if key not in per_model:
@@ -41,6 +37,26 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
             module, example, composite, composite_options, rules, fallback, maxpool
         )
     return per_model[key]
+
+
+def default_composite(module, example) -> str:
+    """The composite used when none is named: ``attnlrp`` for a graph with attention, else
+    ``epsilon_plus`` (decided once per model)."""
+    from ..lrp.graph import default_composite as decide
+
+    per_model = _CACHE.setdefault(module, {})
+    if "default_composite" not in per_model:
+        per_model["default_composite"] = decide(module, example)
+    return per_model["default_composite"]
+
+
+def _check_module(module) -> None:
+    from ..convert.wrapper import ConvertedModel
+
+    if not isinstance(module, ConvertedModel):
+        raise OnnxExplainError(
+            "LRP runs on a converted ONNX model (onnx_explain.load(...)), not on a plain torch module"
+        )
 
 
 @register_method(
@@ -55,7 +71,7 @@ def lrp(
     x,
     target,
     generator=None,
-    composite: str = "epsilon_plus",
+    composite: str | None = "auto",
     rules: dict | None = None,
     low=None,
     high=None,
@@ -69,9 +85,11 @@ def lrp(
 
     Parameters
     ----------
-    composite : str
-        ``epsilon_plus`` (default), ``epsilon_gamma_box``, ``epsilon_plus_flat``, ``epsilon_alpha2_beta1``,
-        ``epsilon_alpha2_beta1_flat``, ``montavon2019``.
+    composite : str, optional
+        ``epsilon_plus``, ``epsilon_gamma_box``, ``epsilon_plus_flat``, ``epsilon_alpha2_beta1``,
+        ``epsilon_alpha2_beta1_flat``, ``montavon2019``, and for transformers ``attnlrp``, ``cp_lrp``,
+        ``attnlrp_gamma_vit``. Default: ``attnlrp`` for a graph with attention (a Softmax that carries
+        relevance), else ``epsilon_plus`` (``'auto'``, the default, or None).
     rules : dict, optional
         Overrides by ONNX op type or node name: ``{'Conv': 'gamma:0.25', '/features/features.0/Conv': 'zbox'}``.
     low, high : float or per-channel sequence
@@ -92,20 +110,27 @@ def lrp(
     from ..lrp.graph import set_recording
 
     bounds = {k: _bound(v, x) for k, v in (("low", low), ("high", high)) if v is not None}
+    first = x[: min(len(x), 2)]  # an example for building the graph, with its samples' companion inputs
+    comp = scorer.companion_rows(target[: len(first)])
+    example = (first, comp) if comp else first
+    if composite in (None, "auto"):
+        _check_module(scorer.module)
+        composite = default_composite(scorer.module, example)
     opts = _composite_options(composite, composite_options, bounds)
     module, assignments = lrp_graph(
-        scorer.module, x[: min(len(x), 2)], composite, opts, _zbox_rules(rules, bounds), fallback, maxpool
+        scorer.module, example, composite, opts, _zbox_rules(rules, bounds), fallback, maxpool
     )
     record = {} if layer_relevance else None
     set_recording(module, record)
     try:
-        relevance, scores = _propagate(module, x, target, scorer.batch_size, output_relevance)
+        relevance, scores = _propagate(scorer, module, x, target, output_relevance)
     finally:
         set_recording(module, None)
     total = relevance.reshape(len(x), -1).sum(1).to(torch.float64)
     extras = {
         "score": scores,
         "delta": total - scores if output_relevance == "score" else total - 1.0,
+        "composite": composite,
         "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
         "fallback_nodes": [a.onnx_name for a in assignments if a.fallback],
     }
@@ -142,22 +167,25 @@ def _zbox_rules(rules: dict | None, bounds: dict) -> dict:
             for k, v in (rules or {}).items()}  # fmt: skip
 
 
-def _propagate(module, x, target, batch_size: int, output_relevance: str):
+def _propagate(scorer: Scorer, module, x, keys, output_relevance: str):
     """Relevance at the input (x's shape) and f_c(x), one forward and one modified backward pass per
-    chunk of ``batch_size`` rows, seeded with f_c·e_c (``'score'``) or e_c (``'onehot'``)."""
+    chunk of ``batch_size`` rows (each with its sample's companion inputs), seeded with f_c·e_c
+    (``'score'``) or e_c (``'onehot'``); ``keys`` are the rows' keys (:class:`Scorer`)."""
     relevance = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=torch.float64)
-    for a in range(0, len(x), batch_size):
-        b = min(len(x), a + batch_size)
+    for a in range(0, len(x), scorer.batch_size):
+        b = min(len(x), a + scorer.batch_size)
         rows = x[a:b].detach().requires_grad_(True)
+        comp = scorer.companion_rows(keys[a:b])
+        cls = scorer.classes(keys[a:b]).reshape(-1, 1)
         with torch.enable_grad():
-            out = module(rows)
+            out = module(rows, comp) if comp else module(rows)
             out = out.reshape(out.shape[0], -1)
-            onehot = torch.zeros_like(out).scatter_(1, target[a:b].reshape(-1, 1), 1.0)
+            onehot = torch.zeros_like(out).scatter_(1, cls, 1.0)
             seed = out.detach() * onehot if output_relevance == "score" else onehot
             (rel,) = torch.autograd.grad(out, rows, seed)
         relevance[a:b] = rel
-        scores[a:b] = out.detach().gather(1, target[a:b].reshape(-1, 1)).squeeze(1).to(torch.float64)
+        scores[a:b] = out.detach().gather(1, cls).squeeze(1).to(torch.float64)
     return relevance, scores
 
 

@@ -1,0 +1,220 @@
+"""LRP roles: what an ONNX op does to relevance, registered per op type.
+
+A role is data: a name, the rule it gets unless a composite or an override says otherwise, and which of the
+node's inputs receive relevance. ``register_lrp_role(op_types, role, when=...)`` adds an op; a condition
+``when(view)`` picks between roles of one op type (``Mul`` by a constant, of a gate, of two activations).
+Composites map roles to rules (:mod:`onnx_explain.lrp.composites`); linear layers get the composite's
+per-layer rules. A new op gets LRP support by one registration plus its test.
+
+Transformer and gated-network roles follow AttnLRP (Achtibat et al., ICML 2024) and CP-LRP (Ali et al.,
+ICML 2022): the normalising factor of a norm is held constant, a product of two activations is split
+uniformly, a product with a gate (sigmoid, hard-sigmoid, the ``1 + erf`` of a decomposed GELU) gives all
+relevance to the signal, and activations pass relevance unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import fx, nn
+
+from . import rules as R
+
+
+@dataclass(frozen=True, eq=False)
+class Role:
+    """What a node does to relevance.
+
+    Attributes
+    ----------
+    name : str
+        Shown in reports and errors.
+    rule : callable or None
+        ``() -> Rule`` used unless the composite maps the role to another rule; None for linear layers,
+        whose rules the composite gives per layer.
+    inputs : callable, optional
+        ``view -> positions`` of the inputs that receive relevance (default: every float input that
+        depends on the explained input).
+    """
+
+    name: str
+    rule: Callable | None
+    inputs: Callable | None = field(default=None, repr=False)
+
+    def __repr__(self):
+        return f"Role({self.name!r})"
+
+
+@dataclass
+class NodeView:
+    """One graph node as the role conditions see it."""
+
+    gm: fx.GraphModule
+    node: fx.Node
+    module: nn.Module
+    op: str
+    dependent: list[int]  # float inputs that depend on the explained input (through no stopped node)
+    depends: set  # every node that depends on the explained input so far
+
+    def producer_op(self, arg) -> str | None:
+        """The ONNX op type of the node that computes ``arg`` (None for constants and inputs)."""
+        return op_of(self.gm, arg)
+
+
+def op_of(gm: fx.GraphModule, node) -> str | None:
+    if isinstance(node, fx.Node) and node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "onnx_node", ("", type(node).__name__, ""))[1]
+    return None
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+#: op type -> [(condition or None, role)], tried in order; the unconditional entry comes last
+LRP_ROLES: dict[str, list[tuple[Callable | None, Role]]] = {}
+
+
+def register_lrp_role(op_types, role: Role, when: Callable[[NodeView], bool] | None = None) -> None:
+    """Give ``op_types`` (a name or several) the LRP ``role``, under the condition ``when(view)`` if given.
+
+    Conditional entries of one op are tried in registration order before its unconditional one; a second
+    unconditional entry for an op raises.
+    """
+    for op in [op_types] if isinstance(op_types, str) else list(op_types):
+        entries = LRP_ROLES.setdefault(op, [])
+        if when is None:
+            if any(w is None for w, _ in entries):
+                raise ValueError(f"LRP role of {op!r} is registered twice")
+            entries.append((None, role))
+        else:
+            entries.insert(sum(w is not None for w, _ in entries), (when, role))
+
+
+def role_of(view: NodeView) -> Role | None:
+    """The registered role of ``view``'s node, or None."""
+    for when, role in LRP_ROLES.get(view.op, ()):
+        if when is None or when(view):
+            return role
+    return None
+
+
+# ------------------------------------------------------------------------------------------- conditions
+
+_GATES = {"Sigmoid": 2, "HardSigmoid": 2, "Erf": 1, "Tanh": 1, "Clip": 1}
+_AFFINE = {"Add", "Sub", "Mul", "Div"}
+
+
+def _gate_strength(view: NodeView, arg) -> int:
+    """How gate-like ``arg`` is: 2 for a sigmoid or hard-sigmoid, 1 for the ``1 + erf(x/√2)`` of a GELU,
+    a tanh or a clip, seen through additions and scalings by constants; 0 otherwise."""
+    for _ in range(4):
+        op = view.producer_op(arg)
+        if op in _GATES:
+            return _GATES[op]
+        if op not in _AFFINE:
+            return 0
+        carriers = [a for a in arg.args if isinstance(a, fx.Node) and a in view.depends]
+        if len(carriers) != 1:
+            return 0
+        arg = carriers[0]
+    return 0
+
+
+def gate_position(view: NodeView) -> int | None:
+    """For a product of two activations, the position of the gate operand (the more gate-like one), or
+    None when neither is a gate or both are alike."""
+    if len(view.dependent) != 2:
+        return None
+    a, b = (_gate_strength(view, view.node.args[i]) for i in view.dependent)
+    if a == b:
+        return None
+    return view.dependent[0] if a > b else view.dependent[1]
+
+
+def _is_variance(view: NodeView, arg, depth: int = 3) -> bool:
+    """Whether ``arg`` is a mean (of squares), possibly plus a constant ε: the inside of a norm's σ."""
+    for _ in range(depth):
+        op = view.producer_op(arg)
+        if op == "ReduceMean":
+            return True
+        if op != "Add":
+            return False
+        carriers = [a for a in arg.args if isinstance(a, fx.Node) and a in view.depends]
+        if len(carriers) != 1:
+            return False
+        arg = carriers[0]
+    return False
+
+
+def _one(view):
+    return len(view.dependent) == 1
+
+
+def _two(view):
+    return len(view.dependent) == 2
+
+
+def _gated(view):
+    return gate_position(view) is not None
+
+
+def _scaled(view):  # x / c, not c / x
+    return view.dependent == [0]
+
+
+def _norm_scale(view):
+    return _is_variance(view, view.node.args[view.dependent[0]])
+
+
+def _signal(view):
+    gate = gate_position(view)
+    return [i for i in view.dependent if i != gate]
+
+
+def _single_output(view):
+    return getattr(view.module, "n_outputs", 1) == 1
+
+
+# ------------------------------------------------------------------------------------------- roles
+
+LAYER = Role("layer", None)
+PROPORTIONAL = Role("proportional", R.norm)
+IDENTITY = Role("identity", lambda: R.PASS)
+ROUTE = Role("route", lambda: R.GRADIENT)
+MAX_POOL = Role("max_pool", lambda: R.GRADIENT)
+WINNER_TAKES_ALL = Role("winner_takes_all", lambda: R.GRADIENT)
+SOFTMAX = Role("softmax", R.softmax)
+BILINEAR = Role("bilinear", R.bilinear)
+GATED = Role("gated", lambda: R.PASS, inputs=_signal)
+NORM_SCALE = Role("norm_scale", lambda: R.STOP)
+LAYER_NORM = Role("layer_norm", R.layer_norm)
+RECURRENT = Role("recurrent", R.signal_take_all)
+
+ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Elu",
+               "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Swish", "Mish", "Clip",
+               "ThresholdedRelu")  # fmt: skip
+ROUTING = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Slice", "Pad",
+           "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")  # fmt: skip
+
+register_lrp_role(ACTIVATIONS, IDENTITY)
+register_lrp_role("BatchNormalization", IDENTITY)  # when not merged into the layer before it
+register_lrp_role(ROUTING, ROUTE)
+register_lrp_role(("Add", "Sum", "Sub"), PROPORTIONAL)
+register_lrp_role(("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"), PROPORTIONAL)
+register_lrp_role("MaxPool", MAX_POOL)
+register_lrp_role(("GlobalMaxPool", "ReduceMax"), WINNER_TAKES_ALL)
+register_lrp_role("Mul", IDENTITY, when=_one)  # scaling by a constant
+register_lrp_role("Div", IDENTITY, when=_scaled)
+register_lrp_role("Mul", GATED, when=_gated)  # SiLU, squeeze-excitation, decomposed GELU
+register_lrp_role("Mul", BILINEAR, when=_two)
+register_lrp_role(("MatMul", "Einsum"), PROPORTIONAL, when=_one)  # by a constant not folded into a layer
+register_lrp_role(("MatMul", "Einsum"), BILINEAR, when=_two)
+register_lrp_role("Softmax", SOFTMAX)
+NORMS = ("LayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+         "SimplifiedLayerNormalization")  # fmt: skip
+register_lrp_role(NORMS, LAYER_NORM, when=_single_output)  # the mean / inv-std outputs: no role
+register_lrp_role(("LSTM", "GRU", "RNN"), RECURRENT)  # gates constant, the signal takes all (Arras)
+register_lrp_role("BiasAdd", PROPORTIONAL)  # com.microsoft: x + bias + skip
+register_lrp_role("FusedMatMul", PROPORTIONAL, when=_one)
+register_lrp_role("FusedMatMul", BILINEAR, when=_two)
+register_lrp_role("Sqrt", NORM_SCALE, when=_norm_scale)  # σ of a decomposed LayerNorm or RMSNorm
