@@ -167,20 +167,34 @@ def _attributions(attributions, x: np.ndarray, spec: MetricSpec):
 
 
 def _targets(model, predictor, x: np.ndarray, target) -> np.ndarray:
-    """The class per sample: given (checked against the number of classes) or the prediction."""
-    from .model import Model
+    """The explained element per sample as a flat index into the flattened output row: a class (given,
+    checked against the number of classes, or the prediction) or an element target (§1.6)."""
+    import torch
 
-    n_classes = model.n_classes() if isinstance(model, Model) else None
-    scores = None
-    if predictor is not None and (target is None or n_classes is None):
-        scores = predictor(to_channels_first(x, predictor.layout))
-        n_classes = scores.shape[1]
-    if target is None:
-        return scores.argmax(1) if scores is not None else np.zeros(len(x), dtype=np.int64)
-    t = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
-    if n_classes is not None and ((t < 0).any() or (t >= n_classes).any()):
-        raise InputDataError(f"target class out of range: the output has {n_classes} classes")
-    return t
+    from .model import Model
+    from .targets import resolve
+
+    if predictor is None:
+        return np.zeros(len(x), dtype=np.int64) if target is None else np.broadcast_to(
+            np.asarray(target, dtype=np.int64), (len(x),)).copy()  # fmt: skip
+    shape = model.output.shape if isinstance(model, Model) else None
+    fixed = shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:])
+    seen = {}
+
+    def outputs():
+        if "out" not in seen:
+            seen["out"] = torch.from_numpy(predictor(to_channels_first(x, predictor.layout)))
+        return seen["out"]
+
+    out_shape = tuple(shape[1:]) if fixed else (outputs().shape[1],)
+    if isinstance(target, np.ndarray) and target.ndim == 1 and len(out_shape) == 1:
+        target = [int(t) for t in target]
+    resolved = resolve(target, out_shape, len(x), lambda: outputs().reshape(len(x), *out_shape))
+    if resolved.k is not None or not resolved.one_element:
+        raise InputDataError(
+            f"the metrics score one output element per sample: a class or an element target, not {target!r}"
+        )
+    return resolved.index.cpu().numpy().astype(np.int64)
 
 
 def _option_to_channels_first(value, x: np.ndarray, layout: str | None):

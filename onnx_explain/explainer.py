@@ -142,20 +142,22 @@ def explain(
     if x_np.dtype.kind in "iu":
         kind = _integer_kind(model)
         if kind == "ids":
-            n_classes = model.n_classes(output)
-            return _explain_ids(module, xt, comp, spec, target, batch_size, generator, opts, n_classes)
+            return _explain_ids(
+                module, xt, comp, spec, target, batch_size, generator, opts, _out_shape(model, output)
+            )
         xt = xt.to(torch.float32)  # a quantity (pixels, counts): attributed in the input's own layout
         extras_in["integer_input"] = "attributed as a quantity at its cast to float"
     if xt.dtype not in (torch.float32, torch.float64):
         xt = xt.float()
-    n_classes = model.n_classes(output) if _is_model(model) else None
-    result = _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, n_classes)
+    result = _run(
+        module, xt, comp, spec, target, batch_size, layout, generator, opts, _out_shape(model, output)
+    )
     attribution, targets, score, extras = result
     if auto:
         extras_in["auto"] = auto
     return Explanation(
         attribution=_out_dtype(attribution, xt),
-        target=targets.cpu().numpy(),
+        target=np.asarray(targets),
         score=score.detach().cpu().numpy(),
         method=method,
         options=opts,
@@ -163,29 +165,50 @@ def explain(
     )
 
 
-def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, n_classes, make_scorer=None):
+def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape, make_scorer=None):
     """(attribution, targets, explained score, extras) of ``spec`` on rows ``xt`` with per-sample
-    companions ``comp``: the units explained are (sample, class) pairs, keyed for the method.
-    ``make_scorer(classes, samples)`` builds the scorer (default: a :class:`Scorer` of ``module``)."""
+    companions ``comp``: the target is resolved into units (:mod:`onnx_explain.targets`), keyed for the
+    method. ``make_scorer(target)`` builds the scorer (default: a :class:`Scorer` of ``module``);
+    ``out_shape`` is an output row's shape when the file fixes it."""
+    from .targets import resolve
+
     if make_scorer is None:
 
-        def make_scorer(classes, samples):
-            return Scorer(module, batch_size, layout, classes=classes, samples=samples, companions=comp)
+        def make_scorer(resolved):
+            return Scorer(module, batch_size, layout, companions=comp, target=resolved)
 
     B = len(xt)
-    sample_scorer = make_scorer(None, None)
+    sample_scorer = make_scorer(None)
     samples = torch.arange(B, device=xt.device)
-    scores, targets, k = _targets(sample_scorer, xt, samples, target, n_classes)
-    unit_sample = samples if k is None else samples.repeat_interleave(k)
-    scorer = make_scorer(targets.reshape(-1), unit_sample)
+    seen = {}
+
+    def outputs():  # the unperturbed outputs, computed once when the target needs them
+        if "out" not in seen:
+            flat = sample_scorer.scores(xt, samples)
+            seen["out"] = flat.reshape(B, *sample_scorer.out_shape)
+        return seen["out"]
+
+    if out_shape is None:
+        out_shape = tuple(outputs().shape[1:])
+    resolved = resolve(target, out_shape, B, outputs, device=xt.device)
+    scorer = make_scorer(resolved)
+    scorer.out_shape = tuple(out_shape)
+    k = resolved.k
     rows = xt if k is None else xt.repeat_interleave(k, 0)
     keys = torch.arange(len(rows), device=xt.device)
     with torch.no_grad():
         attribution, extras = spec.fn(scorer, rows, keys, generator, **opts)
-    score = _explained_score(sample_scorer, xt, samples, scores, targets, extras)
+    reported = extras.get("score")
+    if isinstance(reported, torch.Tensor) and reported.shape == (len(rows),):
+        score = reported.to(xt.dtype)
+    else:
+        out = outputs()
+        score = scorer.select(out.reshape(B, -1)[resolved.samples], keys).to(xt.dtype)
     if k is not None:
         attribution = attribution.reshape(B, k, *xt.shape[1:])
-    return attribution, targets, score, extras
+        score = score.reshape(B, k)
+    extras = {**extras, **resolved.info}
+    return attribution, resolved.record, score, extras
 
 
 def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input_name, opts):
@@ -205,17 +228,17 @@ def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, l
         xt = xt.float()
     space = "output" if output == "output" else "logit"
 
-    def make_scorer(classes, samples):
-        return RuntimeScorer(model, batch_size, layout, space, classes, samples, companions)
+    def make_scorer(resolved):
+        return RuntimeScorer(model, batch_size, layout, space, companions=companions, target=resolved)
 
     generator = make_generator(seed, "cpu")
     attribution, targets, score, extras = _run(
-        None, xt, companions, spec, target, batch_size, layout, generator, opts, model.n_classes(space),
+        None, xt, companions, spec, target, batch_size, layout, generator, opts, _out_shape(model, space),
         make_scorer,
     )  # fmt: skip
     return Explanation(
         attribution=attribution.detach().cpu().numpy().astype(np.float32),
-        target=targets.cpu().numpy(),
+        target=np.asarray(targets),
         score=score.detach().cpu().numpy(),
         method=spec.name,
         options=opts,
@@ -283,28 +306,14 @@ def _auto_method(model, output: str | None, device: str, input_name: str | None)
         return pick, f"the graph does not convert to torch ({exc}): {pick} runs on onnxruntime alone"
 
 
-def _targets(scorer: Scorer, xt: torch.Tensor, samples: torch.Tensor, target, n_classes: int | None):
-    """(scores or None, targets, K of 'top:K' or None). A given class needs no forward pass when the
-    number of classes is known: the method reports f_c where it can."""
-    explicit = not (
-        target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:")))
-    )
-    if explicit and n_classes is not None:
-        targets, k = resolve_targets(target, torch.zeros(len(xt), n_classes, device=xt.device))
-        return None, targets, k
-    scores = scorer.scores(xt, samples)
-    targets, k = resolve_targets(target, scores)
-    return scores, targets, k
-
-
-def _explained_score(scorer: Scorer, xt: torch.Tensor, samples, scores, targets: torch.Tensor, extras: dict):
-    """f_c(x) per explained (sample, class): from the method's extras when it reported them, else from
-    the scores (computed now if the targets needed none)."""
-    reported = extras.get("score")
-    if scores is None and isinstance(reported, torch.Tensor) and reported.shape == (len(xt),):
-        return reported.to(xt.dtype)
-    scores = scorer.scores(xt, samples) if scores is None else scores
-    return scores.gather(1, targets.reshape(len(xt), -1)).reshape(targets.shape)
+def _out_shape(model, space: str) -> tuple | None:
+    """An output row's shape when the file fixes it (else None: the first pass tells)."""
+    if not _is_model(model):
+        return None
+    shape = model.output.shape
+    if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return tuple(shape[1:])  # a final Softmax keeps its input's shape: the logits have it too
 
 
 def _integer_kind(model) -> str:
@@ -327,7 +336,7 @@ def _mask_of(ids: torch.Tensor, comp: dict):
     return None, None
 
 
-def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, n_classes) -> Explanation:
+def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, out_shape) -> Explanation:
     """Token ids: the graph is cut at the embedding once and every sample's rows run through it in
     batches, exactly as for float inputs; the ids travel with their sample like any companion input."""
     from .methods.embedding import embedding_model
@@ -336,7 +345,7 @@ def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, n
     mask_name, mask = _mask_of(ids, comp)
     comp = {**comp, emb_module.ids_key: ids}
     attribution, targets, score, extras = _run(
-        emb_module, e, comp, spec, target, batch_size, None, generator, opts, n_classes
+        emb_module, e, comp, spec, target, batch_size, None, generator, opts, out_shape
     )
     top_k = attribution.dim() > e.dim()
     if mask is not None:  # positions the mask leaves out take no part: exactly zero
@@ -358,7 +367,7 @@ def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, n
     out_extras.update({key: _to_numpy(v) for key, v in extras.items() if key != "score"})
     return Explanation(
         attribution=per_position.cpu().numpy().astype(np.float32),
-        target=targets.cpu().numpy(),
+        target=np.asarray(targets),
         score=score.detach().cpu().numpy(),
         method=spec.name,
         options=opts,

@@ -53,6 +53,7 @@ class Scorer:
         classes: torch.Tensor | None = None,
         samples: torch.Tensor | None = None,
         companions: dict | None = None,
+        target=None,
     ):
         if batch_size < 1:
             raise OptionError("batch_size must be at least 1")
@@ -60,13 +61,23 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.layout = layout
         self.channel_axis = channel_axis(layout)  # where per-channel values (baselines, bounds) go
-        self._classes = classes
-        self._samples = samples
+        self.target = target  # a resolved target (onnx_explain.targets.Resolved): keys are its units
+        self._classes = target.index if target is not None else classes
+        self._samples = target.samples if target is not None else samples
         self.companions = dict(companions or {})
+        self.out_shape: tuple | None = None  # one output row's shape, seen on the first pass
 
     # ------------------------------------------------------------------ keys
     def classes(self, keys: torch.Tensor) -> torch.Tensor:
-        """The explained class of each row with ``keys``."""
+        """The explained element of each row with ``keys``: its flat index in the flattened output row
+        (the class of a classifier)."""
+        if self.target is not None and self._classes is None:
+            from ..errors import OnnxExplainError
+
+            raise OnnxExplainError(
+                f"this method needs one output element per explained scalar; the {self.target.kind} target "
+                f"{self.target.info.get('target', '')!s} is not one (use a gradient method)"
+            )
         return keys if self._classes is None else self._classes[keys]
 
     def samples(self, keys: torch.Tensor) -> torch.Tensor:
@@ -86,12 +97,15 @@ class Scorer:
         """The module's scores ``(R, C)`` for rows ``x`` (one chunk; no chunking, gradients flow)."""
         comp = self.companion_rows(keys)
         out = self.module(x, comp) if comp else self.module(x)
+        self.out_shape = tuple(out.shape[1:])
         return out.reshape(out.shape[0], -1)
 
     _out = forward
 
     def select(self, out: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``f`` of every row: its unit's class score in ``out`` ``(R, C)``."""
+        """``f`` of every row: its unit's scalar of ``out`` ``(R, F)`` (the flattened output rows)."""
+        if self.target is not None and self._classes is None:
+            return self.target.select(out.reshape(out.shape[0], *self.out_shape), keys)
         return out.gather(1, self.classes(keys).reshape(-1, 1)).squeeze(1)
 
     # ------------------------------------------------------------------ passes
@@ -164,8 +178,8 @@ class RuntimeScorer(Scorer):
     """
 
     def __init__(self, model, batch_size=64, layout=None, space="logit", classes=None, samples=None,
-                 companions=None):  # fmt: skip
-        super().__init__(None, batch_size, layout, classes, samples, None)
+                 companions=None, target=None):  # fmt: skip
+        super().__init__(None, batch_size, layout, classes, samples, None, target)
         self.model = model
         self.name = model.space_name(space)
         self.dtype = np.dtype(model.input.dtype)
@@ -183,6 +197,7 @@ class RuntimeScorer(Scorer):
             owner = self.samples(keys).cpu().numpy()
         self.calls += 1
         out = self.model.runtime.run(self.name, rows, len(rows), self.companions, owner)
+        self.out_shape = tuple(out.shape[1:])
         return torch.from_numpy(np.ascontiguousarray(out.reshape(len(out), -1))).to(x.device)
 
     _out = forward
