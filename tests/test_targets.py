@@ -99,3 +99,24 @@ def test_a_class_alone_is_refused_where_the_output_has_several_axes(tagger):
         oe.explain(model, x, "gradient", target=lambda o: o.sum(), output="output")
     with pytest.raises(OnnxExplainError, match="needs one output element"):
         oe.explain(model, x, "lrp", target=("all", 0), output="output", fallback="gradient")
+
+
+def test_the_command_line_explains_an_element(tagger, tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    _, model, x = tagger
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    args = ["explain", str(model.path), str(tmp_path / "x.npy"), "-m", "gradient", "-t", "2,predicted",
+            "--output", "output", "-o", str(out)]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    want = oe.explain(model, x, "gradient", target=(2, "predicted"), output="output")
+    for b in range(3):
+        with np.load(out / f"x_{b:03d}.npz") as z:
+            np.testing.assert_allclose(z["attribution"], want.attribution[b], rtol=1e-6)
+            np.testing.assert_array_equal(z["target"], want.target[b])
+    res = CliRunner().invoke(main, [*args[:5], "-t", "1", *args[7:]])
+    assert res.exit_code != 0 and "not one score per class" in res.output

@@ -85,7 +85,7 @@ def explain_files(
     todo = run.pending(read_items(inputs, prep, model.input, [i.name for i in model.inputs]), resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
           **(heatmap or {}), "images": heatmaps, "compress": compress}  # fmt: skip
-    tgt = target if not isinstance(target, (list, tuple, np.ndarray)) else np.asarray(target)
+    tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target  # a tuple names an element
     settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed, **options)
     bar = _progress(len(todo), quiet, method)
     try:
@@ -288,12 +288,16 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
               "score": float(score) if score.ndim == 0 else score.tolist(), "seconds": round(seconds, 4)}  # fmt: skip
     images = hm["images"]
     maps = [attribution] if np.ndim(attribution) == np.ndim(it.x) else list(attribution)  # top:K gives K maps
-    targets = np.atleast_1d(e.target[k])
+    targets = np.atleast_1d(e.target[k]) if len(maps) > 1 else [e.target[k]]  # an element target: one map
     for j, (amap, tj) in enumerate(zip(maps, targets, strict=True)):
         if images == "none":
             break
         stem = it.name if len(maps) == 1 else f"{it.name}_top{j + 1}"
-        title = f"{e.method}, class {tj}"
+        title = (
+            f"{e.method}, class {tj}"
+            if np.ndim(tj) == 0
+            else f"{e.method}, element {tuple(np.asarray(tj).tolist())}"
+        )
         if np.ndim(amap) == 3 or (np.ndim(amap) == 2 and layout == "NHW"):
             times = it.x if hm["times_input"] else None
             h = heat_map(amap, layout, hm["aggregate"], hm["sign"], hm["percentile"], times)

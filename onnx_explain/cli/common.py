@@ -140,9 +140,11 @@ def load_model(path, input_name=None, output_name=None, device="auto", **kw):
 
 
 def target_option(fn):
-    """--target predicted|INDEX|top:K."""
+    """--target predicted|INDEX|top:K|POSITION,CLASS."""
     return click.option("--target", "-t", default="predicted", show_default=True,
-                        help="Class to explain: predicted, an index, or top:K.")(fn)  # fmt: skip
+                        help="What to explain: a class (predicted, an index, top:K) of a (B, C) output; an "
+                             "element of a (B, L, C) output as POSITION,CLASS (CLASS may be 'predicted', "
+                             "POSITION 'all' for the sum over positions), e.g. 3,predicted.")(fn)  # fmt: skip
 
 
 def parse_options(pairs) -> dict:
