@@ -240,3 +240,92 @@ def _callable(target, out_shape, B, outputs) -> Resolved:
         return t
 
     return Resolved("callable", torch.arange(B), fn=fn, record=np.full(B, -1))
+
+
+# ----------------------------------------------------------------------------- segmentation mask
+def _mask_matches(target, out_shape) -> bool:
+    return isinstance(target, dict) and "mask" in target
+
+
+@register_target("mask", _mask_matches)
+def _mask(target, out_shape, B, outputs) -> Resolved:
+    """``Σ_hw M · O[b, c]`` over a pixel mask of a ``(B, C, H, W)`` output (METHODS §1.6): ``M`` a boolean
+    ``(H, W)`` or per-sample ``(B, H, W)`` array; without one (``mask='predicted'``), the pixels whose
+    predicted class is ``c`` at ``x`` (frozen there)."""
+    _only(target, {"mask", "class"})
+    if len(out_shape) != 3:
+        raise InputDataError(
+            f"a mask target needs a segmentation output (B, C, H, W), not [B, {', '.join(map(str, out_shape))}]"
+        )
+    C, H, W = out_shape
+    c = target.get("class")
+    if not isinstance(c, (int, np.integer)) or not 0 <= c < C:
+        raise InputDataError(
+            f"a mask target needs 'class': an index below the output's {C} classes, not {c!r}"
+        )
+    m = target["mask"]
+    if isinstance(m, str) and m == "predicted":
+        mask = (outputs().reshape(B, C, H, W).argmax(1) == int(c)).cpu().numpy()
+    else:
+        mask = np.asarray(m)
+        if mask.shape == (H, W):
+            mask = np.broadcast_to(mask, (B, H, W))
+        if mask.shape != (B, H, W):
+            raise InputDataError(
+                f"the mask has shape {list(np.shape(m))}; the output's pixels are ({H}, {W}) (or ({B}, {H}, {W}))"
+            )
+    weights = torch.zeros(B, C, H, W)
+    weights[:, int(c)] = torch.as_tensor(mask.astype(np.float32))
+    pixels = mask.reshape(B, -1).sum(1)
+    info = {"target": f"mask of class {int(c)}", "mask_pixels": pixels}
+    return Resolved(
+        "mask", torch.arange(B), weights=weights.reshape(B, -1), record=np.full(B, int(c)), info=info
+    )
+
+
+# ----------------------------------------------------------------------------- embeddings
+def _embedding_matches(target, out_shape) -> bool:
+    return isinstance(target, dict) and ("dot" in target or "cosine" in target)
+
+
+@register_target("embedding", _embedding_matches)
+def _embedding(target, out_shape, B, outputs) -> Resolved:
+    """``⟨e_b, r⟩`` (``{'dot': r}``) or the cosine (``{'cosine': r}``, 0 when a norm is 0) of the embedding
+    ``e_b``: the output row ``(B, D)``, or ``(B, L, D)`` pooled by ``'pool'`` (``'mean'`` or ``'cls'``, the
+    first position)."""
+    _only(target, {"dot", "cosine", "pool"})
+    kind = "dot" if "dot" in target else "cosine"
+    r = torch.as_tensor(np.asarray(target[kind], dtype=np.float64).reshape(-1))
+    pool = target.get("pool")
+    if len(out_shape) == 2 and pool not in ("mean", "cls"):
+        raise InputDataError(
+            f"an output of shape [B, {out_shape[0]}, {out_shape[1]}] needs pool='mean' or 'cls'"
+        )
+    if len(out_shape) not in (1, 2):
+        raise InputDataError(f"an embedding target needs a (B, D) or (B, L, D) output, not [B, {out_shape}]")
+    D = out_shape[-1]
+    if r.numel() != D:
+        raise InputDataError(f"the reference vector has {r.numel()} values; the embedding has {D}")
+
+    def embed(out):
+        if out.dim() == 3:
+            return out.mean(1) if pool == "mean" else out[:, 0]
+        return out
+
+    def fn(out):
+        e = embed(out)
+        ref = r.to(e.dtype).to(e.device)
+        dot = e @ ref
+        if kind == "dot":
+            return dot
+        norm = e.norm(dim=1) * ref.norm()
+        return torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(dot))
+
+    info = {"target": f"{kind} with a reference of {D} values" + (f", {pool} pooling" if pool else "")}
+    return Resolved("embedding", torch.arange(B), fn=fn, record=np.full(B, -1), info=info)
+
+
+def _only(target: dict, keys: set) -> None:
+    unknown = sorted(set(target) - keys)
+    if unknown:
+        raise InputDataError(f"target keys {unknown} are not understood here (allowed: {sorted(keys)})")

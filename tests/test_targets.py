@@ -120,3 +120,67 @@ def test_the_command_line_explains_an_element(tagger, tmp_path):
             np.testing.assert_array_equal(z["target"], want.target[b])
     res = CliRunner().invoke(main, [*args[:5], "-t", "1", *args[7:]])
     assert res.exit_code != 0 and "not one score per class" in res.output
+
+
+# ----------------------------------------------------------------------------- masks and embeddings
+class _FCN(torch.nn.Module):
+    """(B, 3, 8, 8) -> (B, 4, 8, 8) per-pixel class scores."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.c1, self.c2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.tanh(self.c1(x)))
+
+
+class _Embedder(torch.nn.Module):
+    """(B, L, D) -> (B, L, E) token embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc = torch.nn.Linear(D, 5)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x)) + x.mean(1, keepdim=True) @ self.fc.weight.T
+
+
+def test_a_mask_target_equals_autograd_of_the_masked_sum(tmp_path):
+    src = _FCN().eval()
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    model = oe.load(export(src, torch.from_numpy(x), tmp_path / "fcn.onnx", "legacy"))
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:7] = True
+    r = oe.explain(model, x, "gradient", target={"mask": mask, "class": 2}, output="output")
+    want = _autograd(src, x, lambda o: (o[:, 2] * torch.from_numpy(mask)).sum((1, 2)))
+    assert_gradients_match(r.attribution, want)
+    with torch.no_grad():
+        frozen = src(torch.from_numpy(x)).argmax(1) == 1  # the predicted region, fixed at x
+    p = oe.explain(model, x, "gradient", target={"mask": "predicted", "class": 1}, output="output")
+    assert_gradients_match(p.attribution, _autograd(src, x, lambda o: (o[:, 1] * frozen).sum((1, 2))))
+    np.testing.assert_array_equal(p.extras["mask_pixels"], frozen.sum((1, 2)).numpy())
+    with pytest.raises(InputDataError, match="the mask has shape \\[4, 4\\]"):
+        oe.explain(model, x, "gradient", target={"mask": np.ones((4, 4), bool), "class": 2}, output="output")
+    with pytest.raises(InputDataError, match="'class': an index below the output's 4 classes"):
+        oe.explain(model, x, "gradient", target={"mask": mask, "class": 4}, output="output")
+
+
+def test_embedding_targets_equal_autograd_of_dot_and_cosine(tmp_path):
+    src = _Embedder().eval()
+    x = np.random.default_rng(4).standard_normal((3, L, D)).astype(np.float32)
+    model = oe.load(export(src, torch.from_numpy(x), tmp_path / "emb.onnx", "legacy"))
+    ref = np.random.default_rng(5).standard_normal(5)
+    rt = torch.from_numpy(ref).float()
+    r = oe.explain(model, x, "gradient", target={"dot": ref, "pool": "mean"}, output="output")
+    assert_gradients_match(r.attribution, _autograd(src, x, lambda o: o.mean(1) @ rt))
+    c = oe.explain(model, x, "gradient", target={"cosine": ref, "pool": "cls"}, output="output")
+    cos = torch.nn.functional.cosine_similarity
+    assert_gradients_match(c.attribution, _autograd(src, x, lambda o: cos(o[:, 0], rt[None], dim=1)))
+    with torch.no_grad():
+        np.testing.assert_allclose(c.score, cos(src(torch.from_numpy(x))[:, 0], rt[None], dim=1), rtol=1e-4)
+    with pytest.raises(InputDataError, match="needs pool='mean' or 'cls'"):
+        oe.explain(model, x, "gradient", target={"dot": ref}, output="output")
+    with pytest.raises(InputDataError, match="the reference vector has 3 values; the embedding has 5"):
+        oe.explain(model, x, "gradient", target={"dot": ref[:3], "pool": "mean"}, output="output")
