@@ -60,6 +60,7 @@ class Resolved:
     k: int | None = None
     record: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    per_unit: bool = False  # ``fn`` also takes the rows' unit ids (a per-sample reference)
 
     def select(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """The scalar of each row ``(R,)`` from its output ``out`` ``(R, *out_shape)`` and unit ids."""
@@ -68,7 +69,7 @@ class Resolved:
             return flat.gather(1, self.index[units].reshape(-1, 1)).squeeze(1)
         if self.weights is not None:
             return (flat * self.weights[units].to(flat.dtype)).sum(1)
-        return self.fn(out).reshape(-1)
+        return (self.fn(out, units) if self.per_unit else self.fn(out)).reshape(-1)
 
     @property
     def one_element(self) -> bool:
@@ -118,11 +119,59 @@ def resolve(target, out_shape: tuple, B: int, outputs: Callable[[], torch.Tensor
 
 
 def _parse(target):
-    """The command line's spellings: ``'3,predicted'``, ``'all,5'`` -> tuples; the rest as given."""
+    """The command line's spellings: ``'3,predicted'``, ``'all,5'`` -> tuples; ``'box:x1,y1,x2,y2[:class]'``,
+    ``'detection:K'``, ``'mask:FILE.png|.npy[:class]'``, ``'dot:FILE.npy[:mean|cls]'`` (``cosine:`` alike)
+    -> dicts; the rest as given."""
+    if isinstance(target, str) and ":" in target and not target.startswith("top:"):
+        return _parse_prefixed(target)
     if isinstance(target, str) and "," in target:
         parts = [p.strip() for p in target.split(",")]
         return tuple(p if p in ("predicted", "all") else _int(p, target) for p in parts)
     return target
+
+
+def _parse_prefixed(target: str) -> dict:
+    kind, _, rest = target.partition(":")
+    parts = rest.split(":")
+    if kind == "box" and 1 <= len(parts) <= 2:
+        try:
+            box = [float(v) for v in parts[0].split(",")]
+        except ValueError:
+            box = []
+        if len(box) != 4:
+            raise InputDataError(f"target {target!r}: box:x1,y1,x2,y2[:class] takes four numbers")
+        return {"box": box, "class": _int(parts[1], target) if len(parts) == 2 else 0}
+    if kind == "detection" and len(parts) == 1:
+        return {"detection": _int(parts[0], target)}
+    if kind in ("mask", "dot", "cosine") and 1 <= len(parts) <= 2:
+        data = _load_array(parts[0], target)
+        if kind == "mask":
+            return {"mask": data.astype(bool), "class": _int(parts[1], target) if len(parts) == 2 else 1}
+        return {kind: data, **({"pool": parts[1]} if len(parts) == 2 else {})}
+    raise InputDataError(
+        f"target {target!r} is not understood: use predicted, INDEX, top:K, POSITION,CLASS, "
+        "box:x1,y1,x2,y2[:class], detection:K, mask:FILE[:class], dot:FILE.npy[:mean|cls] or cosine:..."
+    )
+
+
+def _load_array(path: str, whole: str) -> np.ndarray:
+    """A .npy array, or a PNG/image read as a grey mask (non-zero pixels)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputDataError(f"target {whole!r}: file {path!r} not found")
+    try:
+        if p.suffix.lower() == ".npy":
+            return np.load(p, allow_pickle=False)
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return np.asarray(im.convert("L")) > 0
+    except Exception as exc:  # noqa: BLE001 - numpy and Pillow raise several types
+        raise InputDataError(
+            f"target {whole!r}: {path} cannot be read ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def _int(v, whole):
@@ -329,3 +378,115 @@ def _only(target: dict, keys: set) -> None:
     unknown = sorted(set(target) - keys)
     if unknown:
         raise InputDataError(f"target keys {unknown} are not understood here (allowed: {sorted(keys)})")
+
+
+# ----------------------------------------------------------------------------- detector boxes (D-RISE)
+def _box_matches(target, out_shape) -> bool:
+    return isinstance(target, dict) and ("box" in target or "detection" in target)
+
+
+def _proposals(out: torch.Tensor, layout: str, objectness: bool):
+    """(boxes xyxy (R, A, 4), class scores (R, A, C), objectness (R, A)) of raw YOLO-style outputs."""
+    rows = out if layout == "anchors_last" else out.transpose(1, 2)  # (R, 4+[1]+C, A)
+    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    obj = rows[:, 4] if objectness else torch.ones_like(cx)
+    cls = rows[:, 5:] if objectness else rows[:, 4:]
+    return boxes, cls.transpose(1, 2), obj
+
+
+def _iou(ref: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of reference boxes ``(R, 4)`` with every proposal ``(R, A, 4)`` (continuous coordinates)."""
+    lt = torch.maximum(ref[:, None, :2], boxes[..., :2])
+    rb = torch.minimum(ref[:, None, 2:], boxes[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda b: (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)  # noqa: E731
+    union = area(ref)[:, None] + area(boxes) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def _layout_of(out_shape, given) -> str:
+    if given in ("anchors_last", "anchors_first"):
+        return given
+    if given not in (None, "auto"):
+        raise InputDataError(
+            f"layout must be 'auto', 'anchors_last' (B, 4+C, A) or 'anchors_first' (B, A, 4+C), not {given!r}"
+        )
+    if len(out_shape) != 2:
+        raise InputDataError(
+            f"a box target needs a raw detector output (B, 4+C, A) or (B, A, 4+C), not [B, {', '.join(map(str, out_shape))}]"
+        )
+    k, a = out_shape
+    return "anchors_last" if k < a else "anchors_first"
+
+
+@register_target("box", _box_matches)
+def _box(target, out_shape, B, outputs) -> Resolved:
+    """The D-RISE similarity of a reference detection (box ``L_t`` in pixels x1y1x2y2, class ``c``) with the
+    raw proposals ``j`` of each output row: ``S = max_j IoU(L_t, L_j) · cos(P_t, P_j) · O_j`` (METHODS §1.6;
+    ``O_j = 1`` without objectness). ``{'detection': k}`` takes the k-th best proposal at ``x`` as the
+    reference; ``anchor='fixed'`` keeps the proposal matched at ``x`` instead of the max over proposals."""
+    _only(target, {"box", "class", "detection", "layout", "objectness", "anchor"})
+    layout = _layout_of(out_shape, target.get("layout"))
+    objectness = bool(target.get("objectness", False))
+    n_cls = (out_shape[0] if layout == "anchors_last" else out_shape[1]) - 4 - objectness
+    if n_cls < 1:
+        raise InputDataError(
+            f"a {layout} output of shape [B, {', '.join(map(str, out_shape))}] holds no class scores"
+        )
+    anchor = target.get("anchor", "max")
+    if anchor not in ("max", "fixed"):
+        raise InputDataError(f"anchor must be 'max' or 'fixed', not {anchor!r}")
+    at_x = outputs().reshape(B, *out_shape).to(torch.float64)
+    boxes, cls, obj = _proposals(at_x, layout, objectness)
+    if "detection" in target:
+        k = target["detection"]
+        conf = cls.max(-1).values * obj
+        order = conf.argsort(dim=1, descending=True, stable=True)
+        if not isinstance(k, (int, np.integer)) or not 0 <= k < order.shape[1]:
+            raise InputDataError(
+                f"detection must be an index below the {order.shape[1]} proposals, not {k!r}"
+            )
+        j = order[:, int(k)]
+        ref = boxes[torch.arange(B), j]
+        classes = cls[torch.arange(B), j].argmax(-1)
+    else:
+        ref = torch.as_tensor(np.asarray(target["box"], dtype=np.float64)).reshape(-1, 4)
+        if ref.shape[0] not in (1, B) or not (ref[:, 2:] > ref[:, :2]).all():
+            raise InputDataError(
+                f"box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1 (or one per sample), not {target['box']!r}"
+            )
+        ref = ref.expand(B, 4)
+        c = target.get("class")
+        if not isinstance(c, (int, np.integer)) or not 0 <= c < n_cls:
+            raise InputDataError(f"a box target needs 'class': an index below the {n_cls} classes, not {c!r}")
+        classes = torch.full((B,), int(c))
+
+    def similarity(boxes, cls, obj, ref, classes):
+        iou = _iou(ref.to(boxes.dtype), boxes)
+        pc = cls.gather(2, classes.to(cls.device)[:, None, None].expand(-1, cls.shape[1], 1)).squeeze(2)
+        norm = cls.norm(dim=-1)
+        cos = torch.where(norm > 0, pc / norm.clamp_min(1e-12), torch.zeros_like(pc))
+        return iou * cos * obj  # (R, A)
+
+    s0 = similarity(boxes, cls, obj, ref, classes)
+    matched = s0.argmax(1)
+    best = s0[torch.arange(B), matched]
+    iou0 = _iou(ref, boxes)[torch.arange(B), matched]
+    if (best <= 0).any():
+        bad = int(torch.nonzero(best <= 0)[0])
+        raise InputDataError(
+            f"sample {bad}: no proposal overlaps the reference box with that class (similarity 0)"
+        )
+
+    def fn(out, units=None):
+        b, c_, o = _proposals(out, layout, objectness)
+        rows = torch.arange(out.shape[0], device=out.device) if units is None else units
+        s = similarity(b, c_, o, ref.to(out.device)[rows.cpu()], classes[rows.cpu()])
+        if anchor == "fixed":
+            return s.gather(1, matched.to(out.device)[rows.cpu()][:, None]).squeeze(1)
+        return s.max(1).values
+
+    info = {"target": "box (D-RISE similarity)", "layout": layout, "matched_proposal": matched.numpy(),
+            "matched_iou": iou0.numpy(), "reference_box": ref.numpy(), "similarity_at_x": best.numpy()}  # fmt: skip
+    return Resolved("box", torch.arange(B), fn=fn, record=classes.numpy(), info=info, per_unit=True)

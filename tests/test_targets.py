@@ -184,3 +184,72 @@ def test_embedding_targets_equal_autograd_of_dot_and_cosine(tmp_path):
         oe.explain(model, x, "gradient", target={"dot": ref}, output="output")
     with pytest.raises(InputDataError, match="the reference vector has 3 values; the embedding has 5"):
         oe.explain(model, x, "gradient", target={"dot": ref[:3], "pool": "mean"}, output="output")
+
+
+# ----------------------------------------------------------------------------- detector boxes
+class _GridDetector(torch.nn.Module):
+    """A 16×16 image, a 4×4 grid of anchors: anchor j's box is its own 4×4 cell (fixed) and its two class
+    scores depend only on its cell's pixels (a pooled-cell construction), YOLO raw layout (B, 4+C, A)."""
+
+    def __init__(self, anchors_first=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.head = torch.nn.Conv2d(1, 2, 1)
+        centres = (torch.arange(4.0) * 4 + 2).repeat_interleave(4), (torch.arange(4.0) * 4 + 2).repeat(4)
+        self.register_buffer(
+            "boxes", torch.stack([centres[1], centres[0], torch.full((16,), 4.0), torch.full((16,), 4.0)])
+        )
+        self.anchors_first = anchors_first
+
+    def forward(self, x):
+        cls = torch.sigmoid(self.head(torch.nn.functional.avg_pool2d(x, 4))).flatten(2)  # (B, 2, 16)
+        out = torch.cat([self.boxes.expand(x.shape[0], 4, 16), cls], dim=1)
+        return out.transpose(1, 2) if self.anchors_first else out
+
+
+@pytest.mark.parametrize("anchors_first", [False, True], ids=["anchors_last", "anchors_first"])
+def test_a_box_target_explains_its_own_cell_and_matches_the_right_anchor(anchors_first, tmp_path):
+    src = _GridDetector(anchors_first).eval()
+    x = np.random.default_rng(6).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    model = oe.load(export(src, torch.from_numpy(x), tmp_path / "det.onnx", "legacy"))
+    box = [8.0, 4.0, 12.0, 8.0]  # the cell of row 1, column 2: anchor 1·4 + 2 = 6
+    r = oe.explain(model, x, "gradient", target={"box": box, "class": 1}, output="output")
+    assert r.extras["layout"] == ("anchors_first" if anchors_first else "anchors_last")
+    np.testing.assert_array_equal(r.extras["matched_proposal"], [6, 6])
+    np.testing.assert_allclose(r.extras["matched_iou"], 1.0)
+    inside = np.zeros((16, 16), bool)
+    inside[4:8, 8:12] = True
+    assert (r.attribution[:, 0][:, ~inside] == 0).all() and (r.attribution[:, 0][:, inside] != 0).all()
+
+    def similarity(o):  # IoU 1 with anchor 6 (0 elsewhere), O = 1: cos(one-hot class 1, P_6)
+        p = (o.transpose(1, 2) if anchors_first else o)[:, 4:, 6]
+        return p[:, 1] / p.norm(dim=1)
+
+    assert_gradients_match(r.attribution, _autograd(src, x, similarity))
+    best = oe.explain(model, x, "gradient", target={"detection": 0}, output="output")
+    with torch.no_grad():
+        o = src(torch.from_numpy(x))
+        cls = (o.transpose(1, 2) if anchors_first else o)[:, 4:]
+    np.testing.assert_array_equal(best.extras["matched_proposal"], cls.max(1).values.argmax(1).numpy())
+    with pytest.raises(InputDataError, match="no proposal overlaps the reference box"):
+        oe.explain(model, x, "gradient", target={"box": [100, 100, 110, 110], "class": 0}, output="output")
+    with pytest.raises(InputDataError, match="'class': an index below the 2 classes"):
+        oe.explain(model, x, "gradient", target={"box": box, "class": 2}, output="output")
+
+
+def test_command_line_spellings_of_the_dict_targets(tmp_path):
+    from onnx_explain.targets import _parse
+
+    assert _parse("box:8,4,12,8:1") == {"box": [8.0, 4.0, 12.0, 8.0], "class": 1}
+    assert _parse("detection:0") == {"detection": 0}
+    np.save(tmp_path / "r.npy", np.arange(5.0))
+    d = _parse(f"dot:{tmp_path / 'r.npy'}:mean")
+    assert d["pool"] == "mean" and (d["dot"] == np.arange(5.0)).all()
+    from PIL import Image
+
+    Image.fromarray((np.eye(4) * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    m = _parse(f"mask:{tmp_path / 'm.png'}:2")
+    assert m["class"] == 2 and (m["mask"] == np.eye(4, dtype=bool)).all()
+    for bad in ("box:1,2,3", "mask:/nope.png", "frobnicate:3"):
+        with pytest.raises(InputDataError):
+            _parse(bad)

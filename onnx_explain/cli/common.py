@@ -144,7 +144,9 @@ def target_option(fn):
     return click.option("--target", "-t", default="predicted", show_default=True,
                         help="What to explain: a class (predicted, an index, top:K) of a (B, C) output; an "
                              "element of a (B, L, C) output as POSITION,CLASS (CLASS may be 'predicted', "
-                             "POSITION 'all' for the sum over positions), e.g. 3,predicted.")(fn)  # fmt: skip
+                             "POSITION 'all' for the sum over positions), e.g. 3,predicted; a detector's box "
+                             "box:x1,y1,x2,y2:CLASS or detection:K; a segmenter's mask:FILE.png:CLASS; an "
+                             "embedding's dot:REF.npy[:mean|cls] or cosine:REF.npy[:mean|cls].")(fn)  # fmt: skip
 
 
 def parse_options(pairs) -> dict:
