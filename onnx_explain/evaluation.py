@@ -99,11 +99,20 @@ def evaluate(
     model, x, companions = _model_and_input(model, x, spec)
     layout = _layout(model, x, layout)
     attributions = _attributions(attributions, x, spec)
+    given_output = output
     output = output or spec.output
     predictor = None
     if model is not None:
         predictor = Predictor(model, output, batch_size, layout=layout, companions=companions)
-    t = _targets(model, predictor, x, target)
+    t, scalar = _targets(model, predictor, x, target)
+    if scalar is not None:  # a box, mask, sum or callable target: each row scores its target's scalar
+        if output == "prob" and given_output is None:
+            output = predictor.output = "output"  # probabilities of a box or a mask mean nothing
+        elif output == "prob":
+            raise OptionError(
+                f"output='prob' has no meaning for a {scalar.kind} target: use 'output' or 'logit'"
+            )
+        predictor.scalar = scalar
     kwargs = {
         k: _option_to_channels_first(v, x, layout) if k in spec.input_options else v
         for k, v in options.items()
@@ -166,35 +175,48 @@ def _attributions(attributions, x: np.ndarray, spec: MetricSpec):
     return attributions
 
 
-def _targets(model, predictor, x: np.ndarray, target) -> np.ndarray:
-    """The explained element per sample as a flat index into the flattened output row: a class (given,
-    checked against the number of classes, or the prediction) or an element target (§1.6)."""
+def _targets(model, predictor, x: np.ndarray, target):
+    """``(t, scalar)``: the explained element per sample as a flat index into the flattened output row (a
+    class, given or predicted, or an element target), with ``scalar`` None; or, for a target that is not
+    one element (a box, a mask, a sum, a callable: docs/methods.md §1.6), the resolved target as
+    ``scalar`` and ``t`` all zero — the predictor then returns each row's scalar as its only column."""
     import torch
 
     from .model import Model
     from .targets import resolve
 
     if predictor is None:
-        return np.zeros(len(x), dtype=np.int64) if target is None else np.broadcast_to(
-            np.asarray(target, dtype=np.int64), (len(x),)).copy()  # fmt: skip
+        t = (
+            np.zeros(len(x), np.int64)
+            if target is None
+            else np.broadcast_to(np.asarray(target, np.int64), (len(x),))
+        )
+        return t.copy(), None
     shape = model.output.shape if isinstance(model, Model) else None
     fixed = shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:])
     seen = {}
 
-    def outputs():
+    def outputs():  # before any softmax: a box or a mask is read from the model's own outputs
         if "out" not in seen:
-            seen["out"] = torch.from_numpy(predictor(to_channels_first(x, predictor.layout)))
+            space, predictor.output = (
+                predictor.output,
+                "logit" if predictor.output == "prob" else predictor.output,
+            )
+            try:
+                seen["out"] = torch.from_numpy(predictor(to_channels_first(x, predictor.layout)))
+            finally:
+                predictor.output = space
         return seen["out"]
 
     out_shape = tuple(shape[1:]) if fixed else (outputs().shape[1],)
     if isinstance(target, np.ndarray) and target.ndim == 1 and len(out_shape) == 1:
         target = [int(t) for t in target]
     resolved = resolve(target, out_shape, len(x), lambda: outputs().reshape(len(x), *out_shape))
-    if resolved.k is not None or not resolved.one_element:
-        raise InputDataError(
-            f"the metrics score one output element per sample: a class or an element target, not {target!r}"
-        )
-    return resolved.index.cpu().numpy().astype(np.int64)
+    if resolved.k is not None:
+        raise InputDataError(f"the metrics score one target per sample, not {target!r}")
+    if resolved.one_element:
+        return resolved.index.cpu().numpy().astype(np.int64), None
+    return np.zeros(len(x), np.int64), resolved
 
 
 def _option_to_channels_first(value, x: np.ndarray, layout: str | None):

@@ -61,6 +61,7 @@ class Resolved:
     record: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     per_unit: bool = False  # ``fn`` also takes the rows' unit ids (a per-sample reference)
+    out_shape: tuple = ()  # an output row's shape
 
     def select(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """The scalar of each row ``(R,)`` from its output ``out`` ``(R, *out_shape)`` and unit ids."""
@@ -107,6 +108,7 @@ def resolve(target, out_shape: tuple, B: int, outputs: Callable[[], torch.Tensor
     for kind, (matches, fn) in TARGETS.items():
         if matches(target, tuple(out_shape)):
             res = fn(target, tuple(out_shape), B, outputs)
+            res.out_shape = tuple(out_shape)
             res.samples = res.samples.to(device)
             for name in ("index", "weights"):
                 if getattr(res, name) is not None:

@@ -253,3 +253,30 @@ def test_command_line_spellings_of_the_dict_targets(tmp_path):
     for bad in ("box:1,2,3", "mask:/nope.png", "frobnicate:3"):
         with pytest.raises(InputDataError):
             _parse(bad)
+
+
+def test_metrics_score_a_box_target_on_every_perturbed_input(tmp_path):
+    src = _GridDetector().eval()
+    x = np.random.default_rng(7).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    model = oe.load(export(src, torch.from_numpy(x), tmp_path / "det.onnx", "legacy"))
+    target = {"box": [8.0, 4.0, 12.0, 8.0], "class": 1}
+    a = np.zeros_like(x)
+    a[:, 0, 4:8, 8:12] = 1.0 + np.arange(16).reshape(4, 4)  # the cell first (MoRF), the rest tied at 0
+    r = oe.evaluate(model, x, a, "pixel_flipping", target=target, pixels_per_step=16, baseline=0.0)
+    d = oe.evaluate(model, x, a, "deletion", target=target, n_steps=4)
+    assert d["output"] == "output"  # a box has no probabilities: deletion scores the model's output
+
+    def similarity(z):
+        with torch.no_grad():
+            p = src(torch.from_numpy(z))[:, 4:, 6]
+        return (p[:, 1] / p.norm(dim=1)).numpy()
+
+    gone = x.copy()
+    gone[:, 0, 4:8, 8:12] = 0.0
+    np.testing.assert_allclose(r["curve"][:, 0], similarity(x), rtol=1e-5)
+    np.testing.assert_allclose(r["curve"][:, 1], similarity(gone), rtol=1e-5)
+    np.testing.assert_allclose(
+        r["curve"][:, 2:], similarity(gone)[:, None].repeat(r["curve"].shape[1] - 2, 1), rtol=1e-5
+    )  # fmt: skip  (other cells do not change this box's score)
+    with pytest.raises(oe.OptionError, match="output='prob' has no meaning for a box target"):
+        oe.evaluate(model, x, a, "deletion", target=target, output="prob")

@@ -67,11 +67,14 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.layout = layout
         self.companions = dict(companions or {})
+        #: a resolved target that is not one output element (onnx_explain.targets): each row's output is
+        #: then its sample's scalar, one column (set by onnx_explain.evaluate)
+        self.scalar = None
         self.calls = 0  # number of model calls made (each on up to batch_size rows)
 
     def _owner(self, n_rows: int) -> int:
         """Rows per sample of a sample-major call on ``n_rows`` rows."""
-        B = len(next(iter(self.companions.values())))
+        B = len(next(iter(self.companions.values()))) if self.companions else len(self.scalar.samples)
         if n_rows % B:
             raise OptionError(
                 f"{n_rows} rows do not split over the {B} samples whose companion inputs they need"
@@ -79,6 +82,16 @@ class Predictor:
         return n_rows // B
 
     def _raw(self, x: np.ndarray, start: int = 0, per: int = 1) -> np.ndarray:
+        out = self._model_out(x, start, per)
+        if self.scalar is None:
+            return out
+        import torch
+
+        units = torch.as_tensor(np.arange(start, start + len(x)) // per)
+        rows = torch.from_numpy(np.ascontiguousarray(out)).reshape(len(x), *self.scalar.out_shape)
+        return self.scalar.select(rows, units).detach().numpy().reshape(-1, 1)
+
+    def _model_out(self, x: np.ndarray, start: int = 0, per: int = 1) -> np.ndarray:
         from ..model import Model
 
         self.calls += 1
@@ -92,7 +105,7 @@ class Predictor:
         return np.asarray(self.model(x))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        per = self._owner(len(x)) if self.companions else 1
+        per = self._owner(len(x)) if self.companions or self.scalar is not None else 1
         out = np.concatenate(
             [self._raw(x[i : i + self.batch_size], i, per) for i in range(0, len(x), self.batch_size)]
         )
@@ -103,7 +116,7 @@ class Predictor:
         self, n_rows: int, make_rows: Callable[[int, int], np.ndarray]
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(start, stop, scores)`` for rows built chunk by chunk by ``make_rows(start, stop)``."""
-        per = self._owner(n_rows) if self.companions else 1
+        per = self._owner(n_rows) if self.companions or self.scalar is not None else 1
         for start in range(0, n_rows, self.batch_size):
             stop = min(n_rows, start + self.batch_size)
             out = self._raw(make_rows(start, stop), start, per).reshape(stop - start, -1).astype(np.float64)
