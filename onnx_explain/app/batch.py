@@ -56,6 +56,8 @@ def explain_files(
     writers: int = 2,
     quiet: bool = True,
     group: int = 16,
+    tokenizer=None,
+    max_length: int | None = None,
     **options,
 ) -> dict:
     """Explain every item of ``inputs`` (image files, folders, ``.npy``/``.npz`` arrays, CSV rows) into
@@ -73,6 +75,12 @@ def explain_files(
     trusts a partial item. A bad method or option is an error before anything is written; an item that
     cannot be read, explained or written is reported and the others go on. Returns ``{'ok', 'failed',
     'skipped'}`` counts and the failures.
+
+    With ``tokenizer`` (a ``tokenizers`` JSON file), ``.txt`` (one text per line) and ``.jsonl`` (a
+    ``text`` field per line) inputs are texts: tokenised, padded per group with the attention mask given
+    per sample, and written as ``<item>.json`` (tokens, offsets, scores) and ``<item>.html`` besides the
+    ``.npz`` (:mod:`onnx_explain.app.text`); ``max_length`` truncates (default: the model's fixed
+    sequence length, else 512).
     """
     spec = _method(method)
     spec.check_options(options)
@@ -82,7 +90,15 @@ def explain_files(
     prep = Preprocess.from_model(model.input, preprocess)
     step = max(1, group)  # a sample's result does not depend on its batch, stochastic methods included
     run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)))
-    todo = run.pending(read_items(inputs, prep, model.input, [i.name for i in model.inputs]), resume)
+    if tokenizer is not None:
+        from .text import TextEncoder
+
+        fixed = (model.input.shape or (None, None))[1:2]
+        run.encoder = TextEncoder(
+            tokenizer, max_length or (fixed[0] if fixed and isinstance(fixed[0], int) else None)
+        )
+    items = read_items(inputs, prep, model.input, [i.name for i in model.inputs], texts=tokenizer is not None)
+    todo = run.pending(items, resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
           **(heatmap or {}), "images": heatmaps, "compress": compress}  # fmt: skip
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target  # a tuple names an element
@@ -133,6 +149,7 @@ class _Run:
         )
         self._queue: deque = deque()  # (item, Future | record dict | None, error message | None)
         self._log: JsonlAppender | None = None  # opened on the first record: a usage error leaves nothing
+        self.encoder = None  # a TextEncoder for text items
 
     def pending(self, items, resume: bool) -> list:
         """The items still to do (with ``resume``, those finished in an earlier run are skipped and the
@@ -212,6 +229,9 @@ class _Run:
             if it.error:
                 self.fail(it, it.error)
                 continue
+            if it.kind == "text":
+                good.append(it)
+                continue
             try:
                 given = {self.model.input.name: np.asarray(it.x)[None]}
                 given.update({k: np.asarray(v)[None] for k, v in (it.companions or {}).items()})
@@ -227,7 +247,10 @@ class _Run:
         from ..errors import OptionError
         from ..explainer import explain
 
-        for group in _same_shapes(chunk):  # token sequences of different lengths cannot share a batch
+        texts = [it for it in chunk if it.kind == "text"]
+        if texts:
+            self.explain_texts(texts, method, settings, hm)
+        for group in _same_shapes([it for it in chunk if it.kind != "text"]):  # one shape per batch
             t0 = time.perf_counter()
             x = np.stack([it.x for it in group])
             if group[0].companions:
@@ -245,6 +268,52 @@ class _Run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for k, it in enumerate(group):
                 self.submit(it, _write_item, self.out_dir, it, e, k, hm, seconds, self.layout)
+
+    def explain_texts(self, items, method: str, settings: dict, hm: dict) -> None:
+        """Tokenise ``items`` together (padded to the longest, mask per sample), explain, write each."""
+        from ..errors import OptionError
+        from ..explainer import explain
+
+        t0 = time.perf_counter()
+        try:
+            encoded = self.encoder.encode([it.text for it in items])
+            e = explain(self.model, self.encoder.batch(encoded, self.model), method, **settings)
+        except OptionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
+            for it in items:
+                self.fail(it, f"{it.source}: {_one_line(exc)}")
+            return
+        seconds = (time.perf_counter() - t0) / len(items)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for k, (it, enc) in enumerate(zip(items, encoded, strict=True)):
+            self.submit(it, _write_text_item, self.out_dir, it, enc, e, k, hm, seconds)
+
+
+def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
+    """Write one text's ``.npz``, ``.json`` and ``.html`` (on a writer thread); returns its record."""
+    from .text import text_html, text_record
+
+    n = len(enc.tokens)
+    attribution = np.asarray(e.attribution[k])
+    scores = attribution[..., :n] if attribution.ndim == 1 else attribution[0, :n]  # top:K: the top class
+    target = np.asarray(e.target[k])
+    rec = text_record(it.text, enc, scores)
+    title = f"{e.method}, target {target.tolist()}"
+    atomic_save_npz(out_dir / f"{it.name}.npz", hm["compress"], attribution=attribution[..., :n].astype(np.float32),
+                    target=target, score=np.asarray(e.score[k], dtype=np.float64), input=enc.ids,
+                    method=np.asarray(e.method), options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)))  # fmt: skip
+    atomic_write_bytes(out_dir / f"{it.name}.json", json.dumps({**rec, "target": target.tolist(),
+                       "score": np.asarray(e.score[k]).tolist(), "method": e.method}, indent=1).encode())  # fmt: skip
+    if hm["images"] != "none":
+        atomic_write_bytes(out_dir / f"{it.name}.html", text_html(rec, title).encode())
+    score = np.asarray(e.score[k], dtype=np.float64)
+    record = {"item": it.name, "source": it.source, "status": "ok", "npz": f"{it.name}.npz", "json": f"{it.name}.json",
+              "target": target.tolist(), "score": float(score) if score.ndim == 0 else score.tolist(),
+              "tokens": n, "seconds": round(seconds, 4)}  # fmt: skip
+    if enc.truncated:
+        record["truncated"] = True
+    return record
 
 
 def _same_shapes(chunk) -> list[list]:

@@ -16,6 +16,7 @@ from ..errors import InputFileError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 TABLE_SUFFIXES = {".csv"}
+TEXT_SUFFIXES = {".txt", ".jsonl"}  # one text per line (with a tokenizer)
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Item:
     error: str | None = None
     columns: list[str] | None = None
     companions: dict | None = None  # one sample's values of the model's other inputs, by name
+    text: str | None = None  # a text to tokenise (kind 'text')
 
 
 def _expand(paths) -> list[Path]:
@@ -119,14 +121,17 @@ def _expand(paths) -> list[Path]:
             out += sorted(
                 q
                 for q in p.iterdir()
-                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES | TABLE_SUFFIXES
+                if q.is_file()
+                and q.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES | TABLE_SUFFIXES | TEXT_SUFFIXES
             )
         else:
             out.append(p)
     return out
 
 
-def read_items(paths, preprocess: Preprocess | None, input_spec, input_names=()) -> list[Item]:
+def read_items(
+    paths, preprocess: Preprocess | None, input_spec, input_names=(), texts: bool = False
+) -> list[Item]:
     """Every item in ``paths`` (files and folders): images one item each, ``.npy``/``.npz`` arrays one
     item per row (batch-first, already preprocessed), CSV one item per row. An ``.npz`` holding an array
     named after the explained input is one multi-input file: its arrays are named after the model's
@@ -169,6 +174,13 @@ def read_items(paths, preprocess: Preprocess | None, input_spec, input_names=())
                                 name(f"{base}_{i:03d}" if len(rows) > 1 else base), str(p), row, None, "array"
                             )
                         )
+            elif suffix in TEXT_SUFFIXES:
+                if not texts:
+                    raise InputFileError("texts need a tokenizer (--tokenizer tokenizer.json)")
+                from .text import read_texts
+
+                for i, text in enumerate(read_texts(p)):
+                    items.append(Item(name(f"{p.stem}_{i:04d}"), str(p), None, None, "text", text=text))
             elif suffix in TABLE_SUFFIXES:
                 for i, (cols, row) in enumerate(_read_csv(p)):
                     items.append(Item(name(f"{p.stem}_row{i:04d}"), str(p), row, None, "table", columns=cols))

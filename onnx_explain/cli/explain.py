@@ -148,6 +148,16 @@ def _value(text: str):
 @click.option(
     "--compress", is_flag=True, help="Deflate the .npz files (slower; float attributions barely shrink)."
 )
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="A tokenizers JSON file: .txt (a text per line) and .jsonl ('text' field) inputs are then "
+                   "texts, padded per batch with their attention mask; per item .json (tokens, offsets, "
+                   "scores) and .html.")  # fmt: skip
+@click.option(
+    "--max-length",
+    type=int,
+    default=None,
+    help="Truncate texts to this many tokens (default: the model's sequence length, else 512).",
+)
 @click.option("--resume", is_flag=True, help="Skip items already finished in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -155,7 +165,7 @@ def _value(text: str):
 @handle_errors
 def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
             preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, heatmaps,
-            compress, resume, quiet, as_json, **flags):  # fmt: skip
+            compress, tokenizer, max_length, resume, quiet, as_json, **flags):  # fmt: skip
     """Explain every input (image files or folders, .npy/.npz arrays, CSV rows) with a method; write per item
     an .npz (attribution, target, score, input, options), heatmap PNGs and a manifest.jsonl line.
 
@@ -164,6 +174,7 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
       onnx-explain explain models/digits.onnx models/samples --method smoothgrad --samples 50 --out out/sg
       onnx-explain explain resnet.onnx photos/ --method lrp --composite epsilon_gamma_box --low -2.2 --high 2.7 \\
           --rule Conv=gamma:0.25 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out out/lrp
+      onnx-explain explain bert.onnx reviews.txt --tokenizer tokenizer.json -m integrated_gradients --out out/txt
     """
     from ..app.batch import explain_files
     from .common import load_model
@@ -205,7 +216,7 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         heat["sign"] = sign
     summary = explain_files(m, inputs, out_dir, method, target, output=space, batch_size=batch_size, device=torch_device,
                             seed=seed, resume=resume, preprocess=pre, heatmap=heat, heatmaps=heatmaps, compress=compress,
-                            quiet=quiet, **opts)  # fmt: skip
+                            quiet=quiet, tokenizer=tokenizer, max_length=max_length, **opts)  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary))
     else:
