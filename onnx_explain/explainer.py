@@ -162,6 +162,7 @@ def explain(
         method=method,
         options=opts,
         extras={**extras_in, **{key: _to_numpy(v) for key, v in extras.items() if key != "score"}},
+        layout=layout,
     )
 
 
@@ -243,6 +244,7 @@ def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, l
         method=spec.name,
         options=opts,
         extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},
+        layout=layout,
     )
 
 

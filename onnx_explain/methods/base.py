@@ -234,6 +234,101 @@ class Explanation:
     method: str
     options: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+    layout: str | None = None  # the input's image layout ('NCHW', 'NHWC', 'NHW'), for drawing
+
+    def heatmap(self, index: int = 0, k: int = 0, sign: str | None = None, aggregate: str = "sum",
+                percentile: float = 99.0) -> np.ndarray:  # fmt: skip
+        """Sample ``index``'s map (class ``k`` of a ``top:K`` result) as the command line draws it: 2-D in
+        [-1, 1] (signed) or [0, 1] (``sign='abs'``; default: the method's own), channels aggregated and
+        outliers capped at ``percentile`` (:func:`onnx_explain.heatmap.heat_map`)."""
+        from ..heatmap import heat_map
+
+        a = np.asarray(self.attribution[index])
+        if _is_top_k(self):
+            a = a[k]
+        sign = sign or (METHODS[self.method].sign if self.method in METHODS else "signed")
+        return heat_map(a, self.layout, aggregate, sign, percentile)
+
+    def plot(self, x=None, index: int = 0, sign: str | None = None, ax=None):
+        """Draw sample ``index`` with matplotlib: the input (when ``x``, the explained batch, is given) and
+        its heatmap in the command line's colours, or bars for a 1-D attribution (tokens, table columns).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        from ..heatmap import CMAPS, RANGES, display_image
+
+        sign = sign or (METHODS[self.method].sign if self.method in METHODS else "signed")
+        a = np.asarray(self.attribution[index])
+        title = f"{self.method}, target {np.asarray(self.target[index]).tolist()}"
+        if a.ndim == 1:
+            fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4, 0.3 * len(a)), 2.5))
+            ax.bar(np.arange(len(a)), a, color=np.where(a >= 0, "#d62728", "#1f77b4"))
+            ax.set_title(title)
+            return fig
+        h = self.heatmap(index, sign=sign)
+        panels = 2 if x is not None else 1
+        if ax is None:
+            fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.2), squeeze=False)
+            axes = list(axes[0])
+        else:
+            fig, axes = ax.figure, [ax] * panels
+        if x is not None:
+            img = display_image(np.asarray(x[index] if isinstance(x, np.ndarray) else x), self.layout)
+            axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+            axes[0].set_axis_off()
+        lo, hi = RANGES[sign]
+        im = axes[-1].imshow(h, cmap=CMAPS[sign], vmin=lo, vmax=hi)
+        axes[-1].set_title(title, fontsize=9)
+        axes[-1].set_axis_off()
+        fig.colorbar(im, ax=axes[-1], fraction=0.046)
+        return fig
+
+    def _repr_html_(self, max_items: int = 8) -> str:
+        """A notebook view: per sample its target, score and heatmap (PNG), or coloured values for 1-D
+        attributions."""
+        import base64
+        import html
+
+        from ..heatmap import colorize, png_bytes
+
+        sign = METHODS[self.method].sign if self.method in METHODS else "signed"
+        cells = []
+        for b in range(min(len(self.attribution), max_items)):
+            a = np.asarray(self.attribution[b])
+            head = f"<small>{html.escape(str(np.asarray(self.target[b]).tolist()))}: {np.asarray(self.score[b]).round(4).tolist()}</small>"
+            if a.ndim >= 2:
+                h = self.heatmap(b, sign=sign)
+                k = max(1, 128 // max(h.shape))
+                png = base64.b64encode(
+                    png_bytes(np.kron(colorize(h, sign), np.ones((k, k, 1), np.uint8)))
+                ).decode()
+                cells.append(f"<td>{head}<br><img src='data:image/png;base64,{png}'></td>")
+            else:
+                top = float(np.abs(a).max()) or 1.0
+                spans = "".join(
+                    f"<span title='{v:.4g}' style='background:rgba({255 if v > 0 else 0},0,{0 if v > 0 else 255},"
+                    f"{abs(v) / top:.3f});padding:0 4px'>{i}</span>"
+                    for i, v in enumerate(a)
+                )
+                cells.append(f"<td>{head}<br>{spans}</td>")
+        more = (
+            f"<p>… {len(self.attribution) - max_items} more</p>" if len(self.attribution) > max_items else ""
+        )
+        return (f"<div><b>{html.escape(self.method)}</b> {html.escape(str(self.attribution.shape))}"
+                f"<table><tr>{''.join(cells)}</tr></table>{more}</div>")  # fmt: skip
+
+
+def _is_top_k(e: Explanation) -> bool:
+    """A ``top:K`` result: ``(B, K, *S)`` attributions with ``(B, K)`` classes."""
+    t = np.asarray(e.target)
+    kind = e.extras.get("target_kind", "class")
+    return (
+        kind == "class" and t.ndim == 2 and np.ndim(e.attribution) > 2 and e.attribution.shape[:2] == t.shape
+    )
 
 
 SIGNS = ("signed", "abs")
