@@ -1,4 +1,4 @@
-"""Black-box attribution on onnxruntime (issue 15, docs/methods.md §2.6).
+"""Black-box attribution on onnxruntime (issue 15, docs/methods.md §2.8).
 
 Oracles: Captum on the torch source of the exported model (with the same random draws: our per-sample
 generator draws in Captum's order, so ``torch.manual_seed(seed)`` gives Captum the same perturbations),
@@ -369,3 +369,48 @@ def test_nhwc_models_get_the_nchw_result_in_their_layout(cnn, nhwc, method, opti
     ours = oe.explain(nhwc, x_hwc.numpy(), method, target=t.numpy(), seed=1, **options).attribution
     want = oe.explain(model, x.numpy(), method, target=t.numpy(), seed=1, **options).attribution
     np.testing.assert_allclose(ours, want.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _unconvertible(tmp_path):
+    """A small model onnxruntime runs and the torch conversion refuses (an op without a converter)."""
+    W = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    for op, attrs in [("Shrink", {"lambd": 0.3}), ("Hardmax", {}), ("LpNormalization", {})]:
+        nodes = [helper.make_node(op, ["x"], ["h"], name=f"my_{op}", **attrs),
+                 helper.make_node("MatMul", ["h", "W"], ["y"])]  # fmt: skip
+        inits = [helper.make_tensor("W", TensorProto.FLOAT, [6, 3], W.ravel().tolist())]
+        path = save(make_model(nodes, [vinfo("x", ["B", 6])], [vinfo("y", ["B", 3])], inits, opset=18),
+                    tmp_path / f"{op}.onnx")  # fmt: skip
+        try:
+            oe.load(path).torch_module()
+        except ConversionError:
+            return path
+    pytest.skip("every candidate op has a torch converter now")
+
+
+def test_when_the_graph_does_not_convert_the_black_box_methods_take_over(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    path = _unconvertible(tmp_path)
+    x = np.random.default_rng(1).normal(size=(2, 6)).astype(np.float32)
+    with pytest.raises(ConversionError, match="methods that run on onnxruntime alone still work: occlusion"):
+        oe.explain(oe.load(path), x, "gradient")
+    e = oe.explain(oe.load(path), x, "auto", target=1)
+    assert oe.METHODS[e.method].backend == "onnxruntime" and "does not convert" in e.extras["auto"]
+    ref = oe.explain(oe.load(path), x, e.method, target=1)
+    np.testing.assert_array_equal(e.attribution, ref.attribution)
+    np.save(tmp_path / "x.npy", x)
+    res = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "x.npy"), "-m", "auto", "-t", "1",
+                                    "-o", str(tmp_path / "out"), "--heatmaps", "none"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"method auto: {e.method}" in res.output
+    with np.load(tmp_path / "out" / "x_000.npz") as z:
+        np.testing.assert_allclose(z["attribution"], ref.attribution[0], rtol=1e-6)
+    from onnx_explain.app.audit import run_audit
+
+    report = run_audit(oe.load(path), [tmp_path / "x.npy"], tmp_path / "audit", max_items=2)
+    assert report["conversion"]["ok"] is False and "my_" in report["conversion"]["error"]
+    ran = set(report["settings"]["methods"])
+    assert ran and all(oe.METHODS[m].backend == "onnxruntime" for m in ran)
+    assert "black-box" in (tmp_path / "audit" / "report.html").read_text()

@@ -47,6 +47,10 @@ def test_method_facts():
         "smoothgrad",
         "smoothtaylor",
         "smoothtaylor_adaptive",
+        "kernel_shap",
+        "lime",
+        "rise",
+        "shapley_sampling",
     }
     assert METHODS["smoothgrad"].delegate == "base"
 

@@ -26,8 +26,8 @@ def default_methods(modality: str) -> dict[str, dict]:
     return {
         name: dict(spec.overview)
         for name, spec in METHODS.items()
-        if spec.overview is not None and modality in spec.modalities
-    }
+        if spec.overview is not None and modality in spec.modalities and spec.backend == "torch"
+    }  # the black-box methods' overview settings serve when the graph does not convert (_runtime_only)
 
 
 def default_metrics(modality: str) -> list[str]:

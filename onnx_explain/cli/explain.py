@@ -28,6 +28,11 @@ FLAG_PARAMS = {
     "low": ("low",),
     "high": ("high",),
     "fallback": ("fallback",),
+    "window": ("window",),
+    "stride": ("strides",),
+    "masks": ("n_masks",),
+    "p_keep": ("p_keep",),
+    "superpixels": ("feature_groups",),
 }
 
 
@@ -98,6 +103,14 @@ def _value(text: str):
     "--base", type=click.Choice(sorted(METHODS)), help="Method smoothed by smoothgrad (default gradient)."
 )
 @click.option("--steps", type=int, help="Integration steps (integrated_gradients).")
+@click.option(
+    "--window", help="Occlusion window in the input's layout, e.g. 3,16,16 (or 16,16: all channels)."
+)
+@click.option("--stride", help="Occlusion strides, e.g. 3,8,8 (default: half the window).")
+@click.option("--masks", type=int, help="RISE masks.")
+@click.option("--p-keep", "p_keep", type=float, help="RISE: probability that a mask cell is kept.")
+@click.option("--superpixels", help="Feature groups of feature_ablation, kernel_shap, lime, shapley_sampling: "
+              "slic:100, quickshift, felzenszwalb, grid:8, tokens, columns.")  # fmt: skip
 @click.option("--quadrature", type=click.Choice(QUADRATURES), help="Integrated Gradients' quadrature rule.")
 @click.option("--baseline", help=f"Baseline: {describe_baselines()} (JSON for numbers and lists).")
 @click.option("--composite", help=f"LRP composite (default {METHODS['lrp'].defaults()['composite']}; "

@@ -1,5 +1,5 @@
 """Perturbation (black-box) attribution on onnxruntime: occlusion, feature ablation, RISE, KernelSHAP,
-LIME and Shapley value sampling (docs/methods.md §2.6).
+LIME and Shapley value sampling (docs/methods.md §2.8).
 
 These methods need only ``f_c`` of perturbed inputs, so they run on the ONNX file itself through a
 :class:`~onnx_explain.methods.base.RuntimeScorer` (one cached onnxruntime session), also where the graph
@@ -196,6 +196,7 @@ def _default_window(x: torch.Tensor, channel_axis, layout=None) -> tuple[tuple[i
     "occlusion",
     "sliding-window occlusion on onnxruntime (Zeiler & Fergus; Captum Occlusion semantics)",
     backend="onnxruntime",
+    overview={},
     cost="1 + #windows forward passes (onnxruntime)",
     modalities=("image", "table", "tokens"),
 )
