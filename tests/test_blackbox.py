@@ -67,7 +67,7 @@ def test_methods_are_registered_for_onnxruntime():
     for name in BLACKBOX:
         assert METHODS[name].backend == "onnxruntime", name
     assert METHODS["rise"].modalities == ("image",)
-    assert "drise" not in METHODS  # needs the detector targets of another issue
+    assert METHODS["drise"].backend == "onnxruntime"  # scored with a box target (test_targets.py)
 
 
 # ------------------------------------------------------------------------------------------ Captum

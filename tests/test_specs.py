@@ -50,6 +50,7 @@ def test_method_facts():
         "kernel_shap",
         "lime",
         "rise",
+        "drise",
         "shapley_sampling",
     }
     assert METHODS["smoothgrad"].delegate == "base"

@@ -280,3 +280,19 @@ def test_metrics_score_a_box_target_on_every_perturbed_input(tmp_path):
     )  # fmt: skip  (other cells do not change this box's score)
     with pytest.raises(oe.OptionError, match="output='prob' has no meaning for a box target"):
         oe.evaluate(model, x, a, "deletion", target=target, output="prob")
+
+
+def test_drise_scores_masks_by_the_box_similarity(tmp_path):
+    src = _GridDetector().eval()
+    x = np.random.default_rng(8).standard_normal((1, 1, 16, 16)).astype(np.float32)
+    model = oe.load(export(src, torch.from_numpy(x), tmp_path / "det.onnx", "legacy"))
+    masks = (np.random.default_rng(9).random((40, 16, 16)) < 0.5).astype(np.float64)
+    target = {"box": [8.0, 4.0, 12.0, 8.0], "class": 1}
+    r = oe.explain(model, x, "drise", target=target, masks=masks, batch_size=7)
+    with torch.no_grad():  # D-RISE by hand: s_i = similarity of the box on x ⊙ M_i (anchor 6, IoU 1)
+        p = src(torch.from_numpy(x * masks[:, None].astype(np.float32)))[:, 4:, 6].double()
+    s = (p[:, 1] / p.norm(dim=1)).numpy()
+    sal = np.einsum("n,nhw->hw", s, masks) / masks.sum(0)
+    np.testing.assert_allclose(r.attribution[0, 0], sal / np.abs(sal).max(), rtol=1e-5)
+    with pytest.raises(oe.OptionError, match="drise explains a detector box"):
+        oe.explain(model, x, "drise", target=(4, 6), masks=masks)  # an element, not a box
