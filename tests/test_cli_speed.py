@@ -411,7 +411,7 @@ def test_kill_9_mid_run_then_resume_finishes_every_item_exactly(tmp_path):
     for i in (0, len(before) - 1, len(before), 159):  # before and after the kill: as the library explains it
         with np.load(out / f"many_{i:03d}.npz") as z:
             lib = oe.explain(model, xs[i : i + 1], "smoothgrad", n_samples=8, seed=0)
-            np.testing.assert_array_equal(z["attribution"], lib.attribution[0])
+            np.testing.assert_allclose(z["attribution"], lib.attribution[0], rtol=1e-4, atol=1e-7)  # grouped
 
 
 # --- start-up ---------------------------------------------------------------------------------------------
