@@ -171,17 +171,24 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
 def _torch_output(module, x: np.ndarray, source: str, name: str, companions: dict) -> np.ndarray:
     import torch
 
+    comp = {k: torch.from_numpy(v) for k, v in companions.items()}
     try:
         with torch.no_grad():
-            comp = {k: torch.from_numpy(v) for k, v in companions.items()}
             return module(torch.from_numpy(x), comp).cpu().numpy()
     except OnnxExplainError:
         raise
     except Exception as exc:  # noqa: BLE001 - a converted op failing on real data
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        from .driver import failing_node
+
+        try:
+            where = failing_node(module.graph, module.graph_args(torch.from_numpy(x), companions=comp))
+        except Exception:  # noqa: BLE001 - naming the node is best effort
+            where = None
         raise ConversionError(
-            f"{source}: the converted torch graph fails on a probe batch ({first})"
-        ) from None
+            f"{source}: the converted torch graph fails on a probe batch" + (f" at {where}" if where else "")
+            + f" ({first})"
+        ) from None  # fmt: skip
 
 
 def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:

@@ -18,7 +18,6 @@ TYPE_ONLY: dict[str, tuple[int, list[int]]] = {
     "Constant": (13, [19, 21, 23, 24, 25]),
     "ConstantOfShape": (9, [20, 21, 23, 24, 25]),
     "Equal": (13, [19]),
-    "Flatten": (13, [21, 23, 24, 25]),
     "Identity": (16, [19, 21, 23, 24, 25]),
     "Shape": (15, [19, 21, 23, 24, 25]),
     "Squeeze": (21, [23, 24, 25]),
