@@ -78,13 +78,17 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, source: str) -
     return found
 
 
-#: external tensors at least this big stay in their file, memory-mapped (smaller ones are read in)
+#: external tensors at least this big stay in their file, memory-mapped (smaller ones are read in) ...
 MAPPED_BYTES = 2**24
+#: ... when together they hold at least this much: below it, onnxruntime's weight pre-packing (off for mapped
+#: weights, its packed copy would double them) is worth more than the memory
+MAPPED_TOTAL = 2**30
 
 
 def _map_external(model: onnx.ModelProto, base: Path) -> dict:
     """Read small external tensors into ``model``; return the big ones (``>= MAPPED_BYTES``) of the main
-    graph as copy-on-write memory maps, name -> array, leaving their references in ``model``.
+    graph as copy-on-write memory maps, name -> array, leaving their references in ``model`` — when they
+    total ``MAPPED_TOTAL`` or more (else every tensor is read in and nothing is mapped).
 
     The mapped weights are then shared by onnxruntime (as session initializers) and torch (as buffers):
     one copy in memory however many consumers, read from the page cache, never held in a ``ModelProto``
@@ -110,6 +114,8 @@ def _map_external(model: onnx.ModelProto, base: Path) -> dict:
             mapped[t.name] = np.memmap(
                 base / keys["location"], dtype=dtype, mode="c", offset=offset, shape=tuple(t.dims)
             )
+    if sum(m.nbytes for m in mapped.values()) < MAPPED_TOTAL:
+        mapped = {}  # a model of ordinary size: read in, pre-packed by onnxruntime
     for t in _external_tensors(model):
         if t.name not in mapped:  # small tensors, and any in subgraphs, are read in
             load_external_data_for_tensor(t, str(base))
