@@ -28,12 +28,14 @@ __all__ = [
     "METRICS",
     "evaluate",
     "explain",
+    "explain_text",
     "load",
 ]
 
 _LAZY = {
     "load": "onnx_explain.model",
     "explain": "onnx_explain.explainer",
+    "explain_text": "onnx_explain.explainer",
     "evaluate": "onnx_explain.evaluation",
     "METRICS": "onnx_explain.metrics",
     "METHODS": "onnx_explain.methods",

@@ -166,6 +166,68 @@ def explain(
     )
 
 
+def explain_text(
+    model,
+    texts,
+    tokenizer,
+    method: str = "smoothgrad",
+    target=None,
+    *,
+    max_length: int | None = None,
+    **kwargs,
+) -> Explanation:
+    """Explain a token model on texts: tokenise them with a ``tokenizers`` file, pad them to the longest
+    with the attention mask (and token type ids) given per sample, and attribute each token.
+
+    The Python twin of ``onnx-explain explain MODEL texts.txt --tokenizer tokenizer.json``.
+
+    Parameters
+    ----------
+    model : Model or path
+        A token model (its explained input is the token ids).
+    texts : str or sequence of str
+        One text or several.
+    tokenizer : str, Path or TextEncoder
+        A Hugging Face ``tokenizer.json`` (nothing is downloaded), or a ready
+        :class:`onnx_explain.app.text.TextEncoder`.
+    method, target
+        As in :func:`explain`.
+    max_length : int, optional
+        Longest sequence; longer texts are truncated and ``extras['truncated']`` says which.
+    **kwargs
+        Everything else :func:`explain` takes (``batch_size``, ``seed``, method options ...).
+
+    Returns
+    -------
+    Explanation
+        ``attribution`` of shape ``(B, T)`` (T: the longest text's token count; padding exactly 0),
+        ``tokens`` (each text's real tokens), ``extras['offsets']`` (their character spans in the text) and
+        ``extras['truncated']``. The notebook view colours the tokens.
+    """
+    from .app.text import TextEncoder
+    from .model import load
+
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise InputDataError("explain_text: no texts given")
+    if not _is_model(model):
+        model = load(model)
+    if np.dtype(model.input.dtype).kind not in "iu":
+        raise InputDataError(
+            f"explain_text: the model's explained input {model.input.name!r} is {model.input.dtype}, not "
+            "token ids; choose the token input with load(input=...)"
+        )
+    enc = tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer, max_length)
+    encoded = enc.encode(texts)
+    e = explain(model, enc.batch(encoded, model), method, target, **kwargs)
+    e.tokens = [x.tokens for x in encoded]
+    e.extras["offsets"] = [x.offsets for x in encoded]
+    e.extras["truncated"] = np.asarray([x.truncated for x in encoded])
+    return e
+
+
 def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape, make_scorer=None):
     """(attribution, targets, explained score, extras) of ``spec`` on rows ``xt`` with per-sample
     companions ``comp``: the target is resolved into units (:mod:`onnx_explain.targets`), keyed for the

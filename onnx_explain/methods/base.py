@@ -235,6 +235,9 @@ class Explanation:
     options: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
     layout: str | None = None  # the input's image layout ('NCHW', 'NHWC', 'NHW'), for drawing
+    #: each sample's real tokens when the input was text (:func:`onnx_explain.explain_text`): the notebook
+    #: view and :meth:`plot` label the scores with them
+    tokens: list | None = None
 
     def heatmap(self, index: int = 0, k: int = 0, sign: str | None = None, aggregate: str = "sum",
                 percentile: float = 99.0) -> np.ndarray:  # fmt: skip
@@ -264,9 +267,15 @@ class Explanation:
         sign = sign or (METHODS[self.method].sign if self.method in METHODS else "signed")
         a = np.asarray(self.attribution[index])
         title = f"{self.method}, target {np.asarray(self.target[index]).tolist()}"
+        if _is_top_k(self):
+            a = a[0]
         if a.ndim == 1:
+            names = self._token_names(index, len(a))
+            a = a[: len(names)] if names is not None else a
             fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4, 0.3 * len(a)), 2.5))
             ax.bar(np.arange(len(a)), a, color=np.where(a >= 0, "#d62728", "#1f77b4"))
+            if names is not None:
+                ax.set_xticks(np.arange(len(a)), names, rotation=60, fontsize=8)
             ax.set_title(title)
             return fig
         h = self.heatmap(index, sign=sign)
@@ -287,6 +296,12 @@ class Explanation:
         fig.colorbar(im, ax=axes[-1], fraction=0.046)
         return fig
 
+    def _token_names(self, index: int, n: int) -> list[str] | None:
+        """Sample ``index``'s real tokens (padding left out), or None when the input was not text."""
+        if self.tokens is None:
+            return None
+        return [str(t) for t in self.tokens[index]][:n]
+
     def _repr_html_(self, max_items: int = 8) -> str:
         """A notebook view: per sample its target, score and heatmap (PNG), or coloured values for 1-D
         attributions."""
@@ -299,6 +314,8 @@ class Explanation:
         cells = []
         for b in range(min(len(self.attribution), max_items)):
             a = np.asarray(self.attribution[b])
+            if _is_top_k(self):
+                a = a[0]
             head = f"<small>{html.escape(str(np.asarray(self.target[b]).tolist()))}: {np.asarray(self.score[b]).round(4).tolist()}</small>"
             if a.ndim >= 2:
                 h = self.heatmap(b, sign=sign)
@@ -308,11 +325,15 @@ class Explanation:
                 ).decode()
                 cells.append(f"<td>{head}<br><img src='data:image/png;base64,{png}'></td>")
             else:
+                names = self._token_names(b, len(a))
+                if names is None:
+                    names = [str(i) for i in range(len(a))]
+                a = a[: len(names)]
                 top = float(np.abs(a).max()) or 1.0
                 spans = "".join(
                     f"<span title='{v:.4g}' style='background:rgba({255 if v > 0 else 0},0,{0 if v > 0 else 255},"
-                    f"{abs(v) / top:.3f});padding:0 4px'>{i}</span>"
-                    for i, v in enumerate(a)
+                    f"{abs(v) / top:.3f});padding:0 4px'>{html.escape(t)}</span>"
+                    for t, v in zip(names, a, strict=False)
                 )
                 cells.append(f"<td>{head}<br>{spans}</td>")
         more = (
