@@ -24,6 +24,8 @@ __all__ = [
     "ParityError",
     "UnknownOptionError",
     "METHODS",
+    "AuditReport",
+    "audit",
     "Explanation",
     "METRICS",
     "evaluate",
@@ -34,6 +36,8 @@ __all__ = [
 
 _LAZY = {
     "load": "onnx_explain.model",
+    "audit": "onnx_explain.app.audit",
+    "AuditReport": "onnx_explain.report",
     "explain": "onnx_explain.explainer",
     "explain_text": "onnx_explain.explainer",
     "evaluate": "onnx_explain.evaluation",

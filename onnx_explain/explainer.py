@@ -120,6 +120,9 @@ def explain(
         token ids ``embedding_attribution``, the attribution at the embedding, whose sum over the
         embedding axes is ``attribution``; positions an attention mask leaves out get exactly 0).
     """
+    from .targets import prepare_box_target
+
+    model, target = prepare_box_target(model, target)  # a (boxes, scores) pair or an NMS graph, for a box
     auto = None
     if method == "auto":
         method, auto = _auto_method(model, output, device, input)

@@ -152,3 +152,92 @@ def png_bytes(img, level: int = PNG_LEVEL, up: bool = False) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
         + chunk(b"IEND", b"")
     )
+
+
+# ----------------------------------------------------------------------------- what was explained, drawn
+#: colours (RGB) of the shapes drawn over a heatmap: the explained reference box, the model's proposal it
+#: matched, and the outline of a mask target (none of them in ``bwr`` or ``inferno``)
+SHAPE_COLOURS = {"reference": (0, 255, 0), "matched": (0, 255, 255), "mask": (0, 255, 0)}
+SHAPE_LABELS = {"reference": "explained box", "matched": "matched proposal", "mask": "mask outline"}
+
+
+def target_shapes(extras: dict, index: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The shapes that say what sample ``index``'s attribution explains, from a result's ``extras``
+    (:attr:`Explanation.extras`, or one item's): ``('matched', box)`` and ``('reference', box)`` of a box
+    target (x1y1x2y2 in the input's pixels; the reference last, drawn on top), ``('mask', bool (H, W))``
+    of a mask target; empty for other targets."""
+    shapes = []
+    for name, key in (("matched", "matched_box"), ("reference", "reference_box"), ("mask", "mask")):
+        v = extras.get(key)
+        if v is None:
+            continue
+        v = np.asarray(v)
+        want = 2 if name == "mask" else 1  # one sample's mask is 2-D, its box 1-D
+        if v.ndim == want + 1:
+            v = v[index]
+        if v.ndim == want:
+            shapes.append((name, v.astype(bool) if name == "mask" else v.astype(np.float64)))
+    return shapes
+
+
+def box_pixels(box, scale: float, shape: tuple) -> tuple[int, int, int, int]:
+    """The outline's pixel rows and columns ``(left, top, right, bottom)``, inclusive, of box x1y1x2y2 (input
+    pixels, pixel j spanning [j, j+1)) on an image magnified ``scale`` times, of ``shape`` (H, W): the
+    first and last pixel inside the box, clipped to the image."""
+    h, w = shape[:2]
+    x1, y1, x2, y2 = (float(v) * scale for v in box)
+    left, top = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
+    right, bottom = int(np.clip(np.ceil(x2) - 1, 0, w - 1)), int(np.clip(np.ceil(y2) - 1, 0, h - 1))
+    return left, top, max(left, right), max(top, bottom)
+
+
+def mask_contour(mask: np.ndarray, shape: tuple) -> np.ndarray:
+    """bool ``shape`` (H, W): the pixels of ``mask`` (any size, resized by nearest neighbour to ``shape``)
+    with a 4-neighbour outside it — its outline, inside the mask. The image's border is not an edge."""
+    m = np.asarray(mask, dtype=bool)
+    h, w = shape[:2]
+    rows = (np.arange(h) * m.shape[0]) // h
+    cols = (np.arange(w) * m.shape[1]) // w
+    m = m[rows][:, cols]
+    p = np.pad(m, 1, mode="edge")
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def draw_shapes(rgb: np.ndarray, shapes: list, scale: float = 1.0) -> np.ndarray:
+    """A copy of uint8 RGB ``rgb`` ``(H, W, 3)`` with ``shapes`` (:func:`target_shapes`) drawn 1 pixel wide
+    in :data:`SHAPE_COLOURS`: boxes (input pixels times ``scale``) by their outline, masks by their contour."""
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    for name, v in shapes:
+        colour = np.asarray(SHAPE_COLOURS[name], dtype=np.uint8)
+        if name == "mask":
+            out[mask_contour(v, out.shape)] = colour
+            continue
+        left, top, right, bottom = box_pixels(v, scale, out.shape)
+        out[top, left : right + 1] = colour
+        out[bottom, left : right + 1] = colour
+        out[top : bottom + 1, left] = colour
+        out[top : bottom + 1, right] = colour
+    return out
+
+
+def plot_shapes(ax, shapes: list) -> None:
+    """Draw ``shapes`` (:func:`target_shapes`) on a matplotlib axes showing the input-sized map with
+    ``imshow`` (pixel j centred at j): box outlines as rectangles, mask outlines as the 0.5 contour, each
+    labelled for a legend."""
+    from matplotlib.patches import Rectangle
+
+    for name, v in shapes:
+        colour = tuple(c / 255 for c in SHAPE_COLOURS[name])
+        if name == "mask":
+            if ax.images:  # an output-sized mask on an input-sized map: resized as drawn in the panels
+                h, w = ax.images[-1].get_array().shape[:2]
+                v = v[(np.arange(h) * v.shape[0]) // h][:, (np.arange(w) * v.shape[1]) // w]
+            ax.contour(v.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+            ax.plot([], [], color=colour, label=SHAPE_LABELS[name])  # contour sets make no legend entry
+            continue
+        x1, y1, x2, y2 = (float(t) for t in v)
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
+                               linewidth=1.5, label=SHAPE_LABELS[name]))  # fmt: skip
+    if shapes:
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.7)

@@ -296,3 +296,204 @@ def test_drise_scores_masks_by_the_box_similarity(tmp_path):
     np.testing.assert_allclose(r.attribution[0, 0], sal / np.abs(sal).max(), rtol=1e-5)
     with pytest.raises(oe.OptionError, match="drise explains a detector box"):
         oe.explain(model, x, "drise", target=(4, 6), masks=masks)  # an element, not a box
+
+
+# ----------------------------------------------------------------------------- (boxes, scores) pairs, post-NMS
+def _cell_boxes(x):
+    """Each of the 16 cells' box x1y1x2y2 (B, 16, 4), shifted by up to one pixel by its own cell's mean (the
+    boxes depend on the image too, so the IoU carries gradient)."""
+    pooled = torch.nn.functional.avg_pool2d(x, 4).flatten(2).transpose(1, 2)  # (B, 16, 1)
+    j = torch.arange(16.0)
+    x1, y1 = (j % 4) * 4, (j // 4) * 4
+    base = torch.stack([x1, y1, x1 + 4, y1 + 4], dim=1)  # (16, 4)
+    return base + torch.tanh(pooled)
+
+
+class _PairDetector(torch.nn.Module):
+    """Two outputs: boxes (B, 16, 4) xyxy and class scores (B, 16, 2) or (B, 2, 16), each anchor's from its
+    own 4×4 cell."""
+
+    def __init__(self, scores_last=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.head = torch.nn.Conv2d(1, 2, 1)
+        self.scores_last = scores_last
+
+    def forward(self, x):
+        cls = torch.sigmoid(self.head(torch.nn.functional.avg_pool2d(x, 4))).flatten(2)  # (B, 2, 16)
+        return _cell_boxes(x), cls if self.scores_last else cls.transpose(1, 2)
+
+
+class _PostNMS(torch.nn.Module):
+    """The pair detector's 16 proposals reduced to K = 3 kept detections [x1, y1, x2, y2, score, class]
+    (B, 3, 6) by a top-K on the best class score: the kept indices carry no gradient, the kept boxes and
+    scores do (what NMS followed by a fixed-size pad gives)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = _PairDetector()
+
+    def forward(self, x):
+        boxes, cls = self.pair(x)
+        score, label = cls.max(-1)
+        kept = score.topk(3, dim=1).indices
+        b = boxes.gather(1, kept[..., None].expand(-1, -1, 4))
+        return torch.cat([b, score.gather(1, kept)[..., None], label.gather(1, kept)[..., None].float()], -1)
+
+
+def _iou_torch(ref, boxes):
+    lt, rb = torch.maximum(ref[:2], boxes[..., :2]), torch.minimum(ref[2:], boxes[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return inter / ((ref[2] - ref[0]) * (ref[3] - ref[1]) + area - inter)
+
+
+def _export_multi(src, x, path, names):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(src, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=names, dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("scores_last", [False, True], ids=["scores_BNC", "scores_BCN"])
+def test_a_boxes_scores_pair_is_joined_and_explained_as_autograd_of_the_similarity(scores_last, tmp_path):
+    from onnx_explain.targets import box_output_pair, prepare_box_target
+
+    src = _PairDetector(scores_last).eval()
+    x = np.random.default_rng(7).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    model = oe.load(_export_multi(src, torch.from_numpy(x), tmp_path / "pair.onnx", ["boxes", "scores"]),
+                    output="boxes")  # fmt: skip
+    assert box_output_pair(model) == ("boxes", "scores", "anchors_last" if scores_last else "anchors_first")
+    box = [8.0, 4.0, 12.0, 8.0]  # cell 6's box before its shift
+    joined, target = prepare_box_target(model, {"box": box, "class": 1})
+    r = oe.explain(joined, x, "gradient", target=target, output="output")
+    assert (
+        r.extras["layout"] == "xyxy"
+        and r.extras["layout_from"] == "given; the (boxes, scores) outputs joined"
+    )
+    ref = torch.tensor(box)
+
+    def similarity(xt):  # max over proposals of IoU · cos(one-hot class 1, P_j)
+        boxes, cls = src(xt)
+        cls = cls.transpose(1, 2) if scores_last else cls
+        return (_iou_torch(ref, boxes) * cls[..., 1] / cls.norm(dim=-1)).max(1).values
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    s = similarity(xt)
+    s.sum().backward()
+    with torch.no_grad():
+        boxes = src(torch.from_numpy(x))[0]
+        want_match = (_iou_torch(ref, boxes) * src(torch.from_numpy(x))[1].transpose(1, 2)[..., 1]
+                      if scores_last else _iou_torch(ref, boxes) * src(torch.from_numpy(x))[1][..., 1])  # fmt: skip
+    np.testing.assert_array_equal(r.extras["matched_proposal"], [6, 6])
+    np.testing.assert_allclose(r.extras["matched_box"], boxes[:, 6].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(r.score, s.detach().numpy(), rtol=1e-5)
+    assert_gradients_match(r.attribution, xt.grad.numpy())
+    assert (want_match.argmax(1) == 6).all()
+    bg = oe.explain(joined, x, "gradient", target={**target, "background": 0}, output="output")
+    with torch.no_grad():  # column 0 left out: the class vector is (0, p1), its cosine with class 1 is 1
+        np.testing.assert_allclose(bg.score, _iou_torch(ref, boxes).max(1).values.numpy(), rtol=1e-5)
+    with pytest.raises(InputDataError, match="class 0 is the background column"):
+        oe.explain(joined, x, "gradient", target={**target, "class": 0, "background": 0}, output="output")
+    with pytest.raises(InputDataError, match="no proposal overlaps the reference box"):
+        oe.explain(joined, x, "gradient", target={"box": [100, 100, 110, 110], "class": 0, "layout": "xyxy"},
+                   output="output")  # fmt: skip
+
+
+def test_post_nms_detections_pass_gradient_through_the_kept_boxes_and_scores(tmp_path):
+    src = _PostNMS().eval()
+    x = np.random.default_rng(8).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    x[:, :, 4:8, 8:12] -= 2.0  # cell 6 is kept first in both samples (the head weights are negative)
+    model = oe.load(_export_multi(src, torch.from_numpy(x), tmp_path / "nms.onnx", ["dets"]))
+    with torch.no_grad():
+        dets = src(torch.from_numpy(x))
+    k = int((dets[0, :, :4] - _cell_boxes(torch.from_numpy(x))[0, 6]).abs().sum(1).argmin())
+    c = int(dets[0, k, 5])
+    box = [8.0, 4.0, 12.0, 8.0]
+    r = oe.explain(model, x, "gradient", target={"box": box, "class": c}, output="output")
+    assert r.extras["layout"] == "post_nms" and r.extras["layout_from"].startswith("detected")
+    ref = torch.tensor(box)
+
+    def similarity(xt):  # IoU · [label = c] · score, max over the kept detections (indices as at x)
+        d = src(xt)
+        return (_iou_torch(ref, d[..., :4]) * (d[..., 5] == c) * d[..., 4]).max(1).values
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    s = similarity(xt)
+    s.sum().backward()
+    assert r.extras["matched_proposal"][0] == k
+    np.testing.assert_allclose(r.score, s.detach().numpy(), rtol=1e-5)
+    assert_gradients_match(r.attribution, xt.grad.numpy())
+    inside = np.zeros((16, 16), bool)
+    inside[4:8, 8:12] = True  # the matched detection's box and score come from its own cell only
+    assert (r.attribution[:, 0][:, ~inside] == 0).all()
+    with pytest.raises(InputDataError, match="no proposal overlaps the reference box"):
+        oe.explain(model, x, "gradient", target={"box": [100, 100, 110, 110], "class": c}, output="output")
+
+
+def _with_nms(pair_path, path):
+    """The pair detector's graph followed by NonMaxSuppression (3 boxes per class, IoU 0.5) and the kept
+    detections [x1, y1, x2, y2, score, class] as its only output (1, M, 6) — a post-NMS export."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(pair_path))
+    g = m.graph
+
+    def const(name, v, t):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, t, [len(v)], v))
+
+    g.node.extend([
+        helper.make_node("Transpose", ["scores"], ["scores_T"], perm=[0, 2, 1]),
+        const("max_k", [3], TensorProto.INT64), const("iou_t", [0.5], TensorProto.FLOAT),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores_T", "max_k", "iou_t"], ["sel"]),
+        const("bj", [0, 2], TensorProto.INT64), const("cj", [1], TensorProto.INT64),
+        helper.make_node("Gather", ["sel", "bj"], ["sel_box"], axis=1),
+        helper.make_node("GatherND", ["boxes", "sel_box"], ["kept_boxes"]),
+        helper.make_node("GatherND", ["scores_T", "sel"], ["kept_scores_flat"]),
+        helper.make_node("Unsqueeze", ["kept_scores_flat", "cj"], ["kept_scores"]),
+        helper.make_node("Gather", ["sel", "cj"], ["kept_class_i"], axis=1),
+        helper.make_node("Cast", ["kept_class_i"], ["kept_class"], to=TensorProto.FLOAT),
+        helper.make_node("Concat", ["kept_boxes", "kept_scores", "kept_class"], ["dets_2d"], axis=1),
+        const("zero", [0], TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["dets_2d", "zero"], ["dets"]),
+    ])  # fmt: skip
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, "kept", 6]))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_a_graph_with_nms_is_explained_on_its_proposals_before_nms(tmp_path):
+    from onnx_explain.targets import prepare_box_target
+
+    src = _PairDetector().eval()
+    x = np.random.default_rng(7).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    pair = _export_multi(src, torch.from_numpy(x), tmp_path / "pair.onnx", ["boxes", "scores"])
+    model = oe.load(_with_nms(pair, tmp_path / "nms.onnx"))
+    box = [8.0, 4.0, 12.0, 8.0]
+    cut, target = prepare_box_target(model, {"box": box, "class": 1})
+    assert [n.op_type for n in cut.proto.graph.node].count("NonMaxSuppression") == 0
+    r = oe.explain(
+        cut, x, "gradient", target=target, output="output"
+    )  # a batch: NMS's inputs are batch-first
+    assert r.extras["layout"] == "xyxy" and "NonMaxSuppression" in r.extras["layout_from"]
+    ref = torch.tensor(box)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    boxes, cls = src(xt)
+    s = (_iou_torch(ref, boxes) * cls[..., 1] / cls.norm(dim=-1)).max(1).values
+    s.sum().backward()
+    np.testing.assert_array_equal(r.extras["matched_proposal"], [6, 6])
+    np.testing.assert_allclose(r.score, s.detach().numpy(), rtol=1e-5)
+    assert_gradients_match(r.attribution, xt.grad.numpy())
+    with torch.no_grad():  # the cut graph's output is NMS's inputs, as onnxruntime computes them
+        b, c = src(torch.from_numpy(x))
+    np.testing.assert_allclose(cut.predict(x), torch.cat([b, c], 2).numpy(), rtol=1e-5, atol=1e-6)
+    dets = model.predict(x[:1])[0]  # the file itself: kept detections, each one of the proposals
+    assert 1 <= len(dets) <= 6 and dets.shape[1] == 6
+    for d in dets:
+        j = int(np.abs(b[0].numpy() - d[:4]).sum(1).argmin())
+        np.testing.assert_allclose(d[:5], [*b[0, j].numpy(), c[0, j, int(d[5])]], rtol=1e-5)

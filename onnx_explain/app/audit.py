@@ -1,13 +1,11 @@
 """The deployment-time audit: conversion parity, LRP coverage, several methods × several metrics on the
-given inputs, written as a self-contained HTML report (images embedded) and JSON."""
+given inputs (:func:`audit`, the Python API's ``oe.audit``), returned as an
+:class:`~onnx_explain.report.AuditReport` that writes a self-contained HTML report (images embedded), JSON
+and the figures (:func:`run_audit`, the command line's ``audit``)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
-import io
-import json
 import platform
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError
-from .io import Preprocess, atomic_write_bytes, read_items
+from .io import Preprocess, read_items
 
 
 def default_methods(modality: str) -> dict[str, dict]:
@@ -45,55 +43,203 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def _png(fig_fn) -> str:
-    import matplotlib
+def audit(model, x, methods: dict | list | None = None, metrics: list | None = None, *, batch_size: int = 64,
+          seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4,
+          tokenizer=None, max_length: int | None = None, target=None):  # fmt: skip
+    """Audit ``model`` on ``x``: conversion parity, LRP coverage, several methods × several metrics.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Parameters
+    ----------
+    model : Model or path
+        An :class:`onnx_explain.Model`, or the path of an ``.onnx`` file to load.
+    x : array_like, path or list of paths
+        A batch of the explained input (batch first, preprocessed), or files and folders as the command
+        line reads them (images, ``.npy``/``.npz``, CSV; with ``tokenizer``, ``.txt`` / ``.jsonl`` texts).
+    methods : dict or list of str, optional
+        Method -> options, or names (each with its overview settings); default: the registry's overview
+        methods for the input's modality.
+    metrics : list of str, optional
+        Default: the registry's overview metrics for the input's modality.
+    batch_size, seed : int
+        As in :func:`onnx_explain.explain`.
+    preprocess : dict, optional
+        Image preprocessing for files (size, mean, std ...).
+    max_items : int
+        Inputs used at most.
+    thumbnails : int
+        Inputs drawn per method in the heatmap figures.
+    tokenizer : str or Path, optional
+        A ``tokenizers`` file for text inputs: texts are tokenised, padded with the attention mask per
+        sample, explained per token and shown as coloured tokens.
+    max_length : int, optional
+        Longest token sequence (longer texts are truncated, and the report says so).
+    target : optional
+        What every method explains and every metric scores, as :func:`onnx_explain.explain` takes it
+        (``'3,predicted'``, ``{'box': [x1, y1, x2, y2], 'class': c}``, ``'mask:FILE.png:1'`` ...); default:
+        the predicted class. A detector's (boxes, scores) output pair is joined for a box target; the
+        heatmaps draw the explained box and matched proposal, or the mask's outline.
 
-    fig = fig_fn(plt)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metrics=None, batch_size: int = 64,
-              seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4) -> dict:  # fmt: skip
-    """Audit ``model`` on ``inputs``; write ``report.html`` and ``report.json`` into ``out_dir``.
-
-    ``methods``: name -> options, or names (each with its overview settings); default: the registry's
-    overview methods for the input's modality. ``metrics``: names; default: the overview metrics.
+    Returns
+    -------
+    AuditReport
+        The score table, every method's explanation and mean curves, provenance; ``save(dir)`` writes
+        what ``onnx-explain audit`` writes, ``_repr_html_`` shows it in a notebook.
     """
-    from ..layout import modality
+    import os
 
+    from ..layout import modality
+    from ..model import load
+    from ..report import AuditReport, render_figures
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
     t0 = time.perf_counter()
-    kind = modality(model.layout, model.input.dtype)
+    kind = "tokens" if tokenizer is not None else modality(model.layout, model.input.dtype)
     given = methods
     methods = _chosen_methods(methods, kind)
     report = _provenance(model, methods, batch_size, seed)
+    if target is not None:
+        from ..targets import prepare_box_target
+
+        report["settings"]["target"] = target if isinstance(target, (str, int)) else repr(target)
+        model, target = prepare_box_target(model, target)
     module, report["conversion"] = _conversion(model)
-    prep = Preprocess.from_model(model.input, preprocess)
-    x, report["inputs"] = _read_inputs(model, inputs, prep, max_items)
+    texts = None
+    if tokenizer is not None:
+        x, report["inputs"], texts = _read_texts(model, x, tokenizer, max_length, max_items)
+    elif _is_paths(x):
+        x, report["inputs"] = _read_inputs(
+            model, x, Preprocess.from_model(model.input, preprocess), max_items
+        )
+    else:
+        x = model.validate_input(np.asarray(x))[:max_items]
+        report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(x))], "failed": []}
     if module is None:  # the graph does not convert: the methods that run on onnxruntime alone, said so
         methods = _runtime_only(methods, given, kind)
         report["settings"]["methods"] = methods
         report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
+    elif texts is not None:
+        report["lrp_coverage"] = {"ok": False, "error": "not checked for token inputs"}
     else:
         report["lrp_coverage"] = _lrp_coverage(module, x)
     if not report["lrp_coverage"]["ok"]:
         methods.pop("lrp", None)
-    metrics = list(metrics or default_metrics(kind))
+    metric_options = {}
+    if texts is not None:
+        metrics, metric_options, note = _text_metrics(metrics, tokenizer)
+        if note:
+            report["metrics_note"] = note
+    metrics = list(metrics if metrics is not None else default_metrics(kind))
     report["settings"]["metrics"] = metrics
-    attributions, report["scores"], curves, report["errors"] = _explain_and_score(
-        model, x, methods, metrics, batch_size, seed
+    if metric_options:
+        report["settings"]["metric_options"] = metric_options
+    explanations, report["scores"], curves, report["errors"] = _explain_and_score(
+        model, x, methods, metrics, batch_size, seed, metric_options, target
     )
+    views = {}
+    if texts is not None:
+        report["texts"], views = _text_views(texts, explanations)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=1, default=str).encode())
-    figures = _figures(x, attributions, curves, model.layout if kind == "image" else None, thumbnails)
-    atomic_write_bytes(out_dir / "report.html", _html(report, figures).encode())
-    return report
+    layout = model.layout if kind == "image" else None
+    figures = render_figures(x, explanations, curves, layout, thumbnails)
+    return AuditReport(report, explanations, curves, figures, views, x)
+
+
+def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metrics=None, batch_size: int = 64,
+              seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4,
+              tokenizer=None, max_length: int | None = None, target=None) -> dict:  # fmt: skip
+    """:func:`audit` of ``model`` on the files ``inputs``, saved into ``out_dir`` (``report.html``,
+    ``report.json``, ``figures/``); returns the report's JSON as a dict."""
+    r = audit(model, inputs, methods, metrics, batch_size=batch_size, seed=seed, preprocess=preprocess,
+              max_items=max_items, thumbnails=thumbnails, tokenizer=tokenizer, max_length=max_length,
+              target=target)  # fmt: skip
+    r.save(out_dir)
+    return r.to_dict()
+
+
+#: the metrics a text audit runs by default (token deletion and insertion, METHODS §3.10 "Tokens")
+TEXT_METRICS = ("token_deletion", "token_insertion")
+
+
+def _text_metrics(metrics, tokenizer) -> tuple[list, dict, str | None]:
+    """(metrics, metric -> options, a note or None) of a text audit: by default token deletion and
+    insertion, which replace tokens by the tokenizer's [MASK]/[UNK]/[PAD] and keep its special tokens
+    (the tokenizer file goes to every metric that takes one); without them, no metric, said why."""
+    import inspect
+
+    from ..metrics import METRICS
+
+    if metrics is None:
+        metrics = [m for m in TEXT_METRICS if m in METRICS]
+        if not metrics:
+            return [], {}, "no token metrics in this version (token deletion/insertion): texts are not scored"
+    options = {}
+    for m in metrics:
+        if m in METRICS and "tokenizer" in inspect.signature(METRICS[m].fn).parameters:
+            options[m] = {"tokenizer": str(tokenizer)}
+    return list(metrics), options, None
+
+
+def _is_paths(x) -> bool:
+    import os
+
+    if isinstance(x, (str, os.PathLike)):
+        return True
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (str, os.PathLike)) for v in x)
+
+
+def _read_texts(model, inputs, tokenizer, max_length, max_items: int):
+    """(the model's inputs for the texts, the report's inputs section, [(name, text, Encoded)]): texts from
+    ``.txt`` / ``.jsonl`` files (or a list of strings), tokenised and padded with the mask per sample."""
+    from .text import TEXT_SUFFIXES, TextEncoder, read_texts
+
+    encoder = TextEncoder(tokenizer, max_length)
+    named, failed = [], []
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    for i, v in enumerate(inputs):  # a Path or a name ending .txt/.jsonl is a file, any other string a text
+        if not (isinstance(v, Path) or Path(str(v)).suffix.lower() in TEXT_SUFFIXES):
+            named.append((f"text_{i:03d}", str(v)))
+            continue
+        p = Path(v)
+        try:
+            if not p.is_file():
+                raise InputDataError("file not found")
+            lines = read_texts(p)
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, the others go on
+            failed.append(f"{p}: {str(exc).splitlines()[0]}")
+            continue
+        named += [(f"{p.stem}_{k:03d}", t) for k, t in enumerate(lines)]
+    named = named[:max_items]
+    if not named:
+        raise InputDataError("no text could be read: nothing to audit")
+    encoded = encoder.encode([t for _, t in named])
+    failed += [f"{n}: truncated to {encoder.max_length} tokens" for (n, _), e in zip(named, encoded, strict=True)
+               if e.truncated]  # fmt: skip
+    batch = encoder.batch(encoded, model)
+    section = {"used": [n for n, _ in named], "failed": failed}
+    return batch, section, [(n, t, e) for (n, t), e in zip(named, encoded, strict=True)]
+
+
+def _text_views(texts, explanations: dict) -> tuple[list, dict]:
+    """Each text's tokens and every method's token scores (real tokens only, no padding), and one HTML
+    page per text and method, as ``explain --tokenizer`` writes them."""
+    from .text import text_html, text_record
+
+    records, views = [], {}
+    for k, (name, text, enc) in enumerate(texts):
+        n = len(enc.tokens)
+        per = {}
+        for method, e in explanations.items():
+            a = np.asarray(e.attribution[k])
+            scores = a[:n] if a.ndim == 1 else a[0, :n]  # top:K: the first class
+            rec = text_record(text, enc, scores)
+            per[method] = rec["scores"]
+            views[f"{name} — {method}"] = text_html(
+                rec, f"{name}: {method}, target {np.asarray(e.target[k]).tolist()}"
+            )
+        records.append({"item": name, "text": text, "tokens": enc.tokens, "offsets": [list(o) for o in enc.offsets],
+                        "truncated": enc.truncated, "scores": per})  # fmt: skip
+    return records, views
 
 
 def _conversion(model):
@@ -189,7 +335,8 @@ def _lrp_coverage(module, x: np.ndarray) -> dict:
     return {"ok": True, "composite": composite, "rules": rules}
 
 
-def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, seed: int):
+def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, seed: int,
+                       metric_options: dict | None = None, target=None):  # fmt: skip
     """Every method on x, every metric on every method's attributions; a failing pair is reported and
     the audit goes on. Returns (explanations, scores, mean curves, errors)."""
     from ..evaluation import evaluate
@@ -198,7 +345,7 @@ def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, 
     attributions, scores, curves, errors = {}, {}, {}, {}
     for name, opts in methods.items():
         try:
-            e = explain(model, x, name, batch_size=batch_size, seed=seed, **opts)
+            e = explain(model, x, name, target=target, batch_size=batch_size, seed=seed, **opts)
         except Exception as exc:  # noqa: BLE001 - one failing method is reported, the audit goes on
             errors[name] = str(exc).splitlines()[0]
             continue
@@ -206,7 +353,14 @@ def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, 
         for metric in metrics:
             try:
                 r = evaluate(
-                    model, x, e.attribution, metric, target=e.target, batch_size=batch_size, seed=seed
+                    model,
+                    x,
+                    e.attribution,
+                    metric,
+                    target=e.target if target is None else target,  # a box, a mask ... as explained
+                    batch_size=batch_size,
+                    seed=seed,
+                    **(metric_options or {}).get(metric, {}),
                 )
             except Exception as exc:  # noqa: BLE001
                 errors[f"{name}/{metric}"] = str(exc).splitlines()[0]
@@ -216,100 +370,3 @@ def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, 
             if "curve" in r:
                 curves.setdefault(metric, {})[name] = r["curve"].mean(0)
     return attributions, scores, curves, errors
-
-
-def _figures(x, attributions: dict, curves: dict, layout: str | None, thumbnails: int) -> dict:
-    """Base64 PNGs: heatmaps of each method (image inputs only) and the mean curve of each metric."""
-    figures = {}
-    if layout is not None:
-        for name, e in attributions.items():
-            figures[f"heatmaps_{name}"] = _png(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
-    for metric, cs in curves.items():
-        figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
-    return figures
-
-
-def _heat_fig(plt, x, e, layout, k):
-    from ..methods import METHODS
-    from .viz import display_image, heat_map
-
-    n = min(k, len(x))
-    sign = METHODS[e.method].sign
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
-    for i in range(n):
-        img = display_image(x[i], layout)
-        axes[0, i].imshow(img, cmap="gray" if img.ndim == 2 else None)
-        axes[0, i].set_title(f"class {e.target[i]}", fontsize=8)
-        h = heat_map(e.attribution[i], layout, "sum", sign)
-        axes[1, i].imshow(
-            h, cmap="bwr" if sign == "signed" else "inferno", vmin=-1 if sign == "signed" else 0, vmax=1
-        )
-        for a in axes[:, i]:
-            a.axis("off")
-    fig.suptitle(e.method)
-    return fig
-
-
-def _curve_fig(plt, curves, metric):
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for name, c in curves.items():
-        ax.plot(np.linspace(0, 1, len(c)), c, label=name)
-    ax.set_title(metric)
-    ax.set_xlabel("fraction perturbed")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _html(report: dict, figures: dict) -> str:
-    e = html.escape
-    m = report["model"]
-    conversion = report["conversion"]
-    if conversion["ok"]:
-        conv = conversion["parity"]
-        conv_html = (
-            f"<p class=ok>torch graph matches onnxruntime: max |diff| {conv['max_abs']:.3g}, relative to the "
-            f"output {conv['max_rel']:.3g}, to the spread between samples {conv['rel_spread']:.3g} (allowed "
-            f"{conv['rtol']:g} and {conv['spread_tol']:g}), on a {e(conv['probe'])} batch of {conv['batch']}; "
-            f"batch mode {e(conversion['batch_mode'])}</p>"
-        )
-    else:
-        conv_html = f"<p class=bad>{e(conversion['error'])}</p><p>{e(conversion['note'])}</p>"
-    rows = []
-    metrics = list(report["scores"])
-    methods = sorted({k for v in report["scores"].values() for k in v})
-    for method in methods:
-        cells = []
-        for metric in metrics:
-            s = report["scores"][metric].get(method)
-            cells.append(f"<td>{s['mean']:.4g}</td>" if s else "<td>—</td>")
-        rows.append(f"<tr><th>{e(method)}</th>{''.join(cells)}</tr>")
-    arrows = "".join(
-        f"<th>{e(k)}<br><small>{'higher' if next(iter(report['scores'][k].values()))['higher_is_better'] else 'lower'} is better</small></th>"
-        for k in metrics
-    )
-    cov = report["lrp_coverage"]
-    cov_html = (f"<p class=ok>every node that carries relevance has a rule ({len(cov['rules'])} nodes)</p>" if cov["ok"]
-                else f"<p class=bad>{e(cov['error'])}</p>")  # fmt: skip
-    imgs = "".join(
-        f"<figure><img src='data:image/png;base64,{v}'><figcaption>{e(k)}</figcaption></figure>"
-        for k, v in figures.items()
-    )
-    errs = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in report["errors"].items()) + "".join(
-        f"<li>{e(f)}</li>" for f in report["inputs"]["failed"]
-    )
-    ops = ", ".join(f"{e(k)} {v}" for k, v in m["ops"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>onnx-explain audit: {e(m["path"])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-.ok{{color:#070}}.bad{{color:#a00}}figure{{display:inline-block;margin:6px}}img{{max-width:520px}}code{{background:#f4f4f4}}</style></head><body>
-<h1>onnx-explain audit</h1>
-<p><b>model</b> <code>{e(m["path"])}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
-<b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
-<p><b>ops</b> {ops}</p>
-<h2>Conversion</h2>{conv_html}
-<h2>LRP coverage</h2>{cov_html}
-<h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
-<table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>
-<h2>Figures</h2>{imgs}
-<h2>Problems</h2><ul>{errs or "<li>none</li>"}</ul>
-<h2>Settings</h2><pre>{e(json.dumps(report["settings"], indent=1))}</pre><pre>{e(json.dumps(report["versions"], indent=1))}</pre>
-<p>{report["seconds"]} s</p></body></html>"""

@@ -17,7 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..heatmap import CMAPS, PNG_LEVEL, RANGES, colorize, colormap_lut, display_image, heat_map, png_bytes
+from ..heatmap import (
+    CMAPS,
+    PNG_LEVEL,
+    RANGES,
+    SHAPE_COLOURS,
+    SHAPE_LABELS,
+    colorize,
+    colormap_lut,
+    display_image,
+    draw_shapes,
+    heat_map,
+    png_bytes,
+    target_shapes,
+)
 from .io import atomic_write_bytes
 
 __all__ = [
@@ -29,6 +42,7 @@ __all__ = [
     "display_image",
     "heat_map",
     "png_bytes",
+    "target_shapes",
 ]
 
 #: a panel's tiles are magnified (nearest neighbour, by a whole factor) until their longer side nears this
@@ -36,7 +50,7 @@ PANEL_PIXELS = 256
 
 _PLOT_LOCK = threading.Lock()  # pyplot (curves, bars) is not thread-safe
 _TEXT_LOCK = threading.Lock()  # one FreeType face is shared by the writer threads
-_PAD, _TITLE, _BAR, _TICK, _LABEL = 8, 20, 14, 4, 34
+_PAD, _TITLE, _BAR, _TICK, _LABEL, _LEGEND = 8, 20, 14, 4, 34, 18
 
 
 def save_heatmap(path: Path, h: np.ndarray, sign: str = "signed") -> None:
@@ -45,16 +59,29 @@ def save_heatmap(path: Path, h: np.ndarray, sign: str = "signed") -> None:
 
 
 def save_panel(
-    path: Path, image: np.ndarray | None, h: np.ndarray, sign: str, title: str, overlay: bool = False
+    path: Path,
+    image: np.ndarray | None,
+    h: np.ndarray,
+    sign: str,
+    title: str,
+    overlay: bool = False,
+    shapes: list = (),
 ) -> None:
-    """The input beside (or under) the heatmap, with a colour bar (see :func:`panel_image`)."""
-    atomic_write_bytes(path, png_bytes(panel_image(image, h, sign, title, overlay), up=True))
+    """The input beside (or under) the heatmap, with a colour bar and the target's shapes (see
+    :func:`panel_image`)."""
+    atomic_write_bytes(path, png_bytes(panel_image(image, h, sign, title, overlay, shapes), up=True))
 
 
-def panel_image(image: np.ndarray | None, h: np.ndarray, sign: str, title: str, overlay: bool = False):
+def panel_image(
+    image: np.ndarray | None, h: np.ndarray, sign: str, title: str, overlay: bool = False, shapes: list = ()
+):
     """A Pillow image: the input (``image``, uint8 ``(H, W)`` or ``(H, W, C)``, or None) titled "input" beside
     the heatmap titled ``title`` — or the heatmap over the input at 60 % opacity (``overlay``) — and the colour
-    bar of ``sign``. Small inputs are magnified by a whole factor (nearest neighbour: each pixel a square)."""
+    bar of ``sign``. Small inputs are magnified by a whole factor (nearest neighbour: each pixel a square).
+
+    ``shapes`` (:func:`onnx_explain.heatmap.target_shapes`: a box target's explained box and matched
+    proposal, a mask target's mask) are drawn 1 pixel wide on every tile at the magnified size, in
+    :data:`~onnx_explain.heatmap.SHAPE_COLOURS`, with a legend under the tiles."""
     from PIL import Image
 
     heat = Image.fromarray(colorize(h, sign))
@@ -67,16 +94,37 @@ def panel_image(image: np.ndarray | None, h: np.ndarray, sign: str, title: str, 
     tiles = [(t, name) for t, name in ((shown, "input"), (heat, title)) if t is not None]
     tw, th = heat.width * k, heat.height * k
     bar = colour_bar(sign, th)
+    shapes = list(shapes or ())
+    legend = _LEGEND if shapes else 0
     canvas = Image.new(
-        "RGB", (_PAD + len(tiles) * (tw + _PAD) + bar.width, _PAD + _TITLE + th + _PAD), "white"
+        "RGB", (_PAD + len(tiles) * (tw + _PAD) + bar.width, _PAD + _TITLE + th + _PAD + legend), "white"
     )
     x0 = _PAD
     for tile, name in tiles:
         canvas.paste(_title(name, tw), (x0, _PAD))
-        canvas.paste(tile.resize((tw, th), Image.NEAREST) if k > 1 else tile, (x0, _PAD + _TITLE))
+        tile = tile.resize((tw, th), Image.NEAREST) if k > 1 else tile
+        if shapes:  # drawn after magnification: 1 pixel wide at the edges of the magnified box
+            tile = Image.fromarray(draw_shapes(np.asarray(tile.convert("RGB")), shapes, k))
+        canvas.paste(tile, (x0, _PAD + _TITLE))
         x0 += tw + _PAD
     canvas.paste(bar, (x0, 0))
+    if shapes:
+        _legend(canvas, [name for name in dict.fromkeys(n for n, _ in shapes)], _PAD + _TITLE + th + _PAD)
     return canvas
+
+
+def _legend(canvas, names: list[str], top: int) -> None:
+    """One swatch and label per drawn kind of shape, in a row under the tiles."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(canvas)
+    x, y = _PAD, top + _LEGEND // 2
+    items = []
+    for name in names:
+        draw.rectangle((x, y - 5, x + 15, y + 4), outline=SHAPE_COLOURS[name], width=2)
+        items.append((x + 20, y, SHAPE_LABELS[name]))
+        x += 20 + 7 * len(SHAPE_LABELS[name]) + 2 * _PAD
+    _text(canvas, items, "lm")
 
 
 @functools.lru_cache(maxsize=4096)

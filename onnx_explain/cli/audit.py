@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..app.audit import default_methods, default_metrics
+from ..app.audit import TEXT_METRICS, default_methods, default_metrics
 from ..methods import METHODS
 from ..metrics import METRICS
-from .common import handle_errors, model_options, parse_options
+from .common import handle_errors, model_options, parse_options, target_option
 
 
 def _defaults(choose) -> str:
@@ -22,7 +22,8 @@ def _defaults(choose) -> str:
 @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)),
               help=f"Methods to compare, repeatable (default, by input: {_defaults(default_methods)}).")  # fmt: skip
 @click.option("--metric", "metrics", multiple=True, type=click.Choice(sorted(METRICS)),
-              help=f"Metrics, repeatable (default, by input: {_defaults(default_metrics)}).")  # fmt: skip
+              help=f"Metrics, repeatable (default, by input: {_defaults(default_metrics)}; texts: "
+              f"{', '.join(TEXT_METRICS)}).")  # fmt: skip
 @click.option("--max-items", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -33,6 +34,13 @@ def _defaults(choose) -> str:
     metavar="KEY=VALUE",
     help="Preprocessing (size, mean, std ...).",
 )
+@click.option("--tokenizer", type=click.Path(dir_okay=False),
+              help="A tokenizers file (tokenizer.json): INPUTS are .txt (a text per line) or .jsonl ('text' "
+              "fields); each text is shown as tokens coloured per method.")  # fmt: skip
+@click.option(
+    "--max-length", type=int, default=None, help="Longest token sequence (longer texts are truncated)."
+)
+@target_option
 @model_options
 @handle_errors
 def audit(
@@ -45,39 +53,36 @@ def audit(
     batch_size,
     seed,
     pre,
+    tokenizer,
+    max_length,
+    target,
     input_name,
     output_name,
     device,
 ):
     """Deployment-time audit: conversion parity, LRP coverage, several methods x several metrics on the
-    inputs, written as a self-contained report.html (heatmaps, curves, the score table, the model's sha256
-    and every setting) and report.json.
+    inputs, written as a self-contained report.html (heatmaps or, for texts, coloured tokens; curves, the
+    score table, the model's sha256 and every setting), report.json and figures/*.png. The same as the
+    Python API's onnx_explain.audit(model, x).save(DIR).
 
     \b
     Example:
       onnx-explain audit models/digits.onnx models/samples --out audit/
+      onnx-explain audit model.onnx texts.txt --tokenizer tokenizer.json --out audit/
     """
-    from ..app.audit import run_audit
+    from ..app.audit import audit as run
     from .common import load_model, resolve_device
 
     _, ort_device = resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
-    r = run_audit(
-        m,
-        inputs,
-        out_dir,
-        list(methods) or None,
-        list(metrics) or None,
-        batch_size,
-        seed,
-        parse_options(pre),
-        max_items,
-    )
-    click.echo(f"audit of {len(r['inputs']['used'])} inputs -> {out_dir}/report.html")
-    for metric, per in r["scores"].items():
-        best = (max if next(iter(per.values()))["higher_is_better"] else min)(
-            per, key=lambda k: per[k]["mean"]
-        )
-        click.echo(f"  {metric:<26} best: {best} ({per[best]['mean']:.4g})")
-    if not r["lrp_coverage"]["ok"]:
-        click.echo(f"  LRP: {r['lrp_coverage']['error']}")
+    r = run(m, list(inputs), list(methods) or None, list(metrics) or None, batch_size=batch_size, seed=seed,
+            preprocess=parse_options(pre), max_items=max_items, tokenizer=tokenizer, max_length=max_length,
+            target=None if target == "predicted" else target)  # fmt: skip
+    r.save(out_dir)
+    click.echo(f"audit of {len(r.report['inputs']['used'])} inputs -> {out_dir}/report.html")
+    for metric, best in r.best().items():
+        click.echo(f"  {metric:<26} best: {best} ({r.scores[metric][best]['mean']:.4g})")
+    if r.report.get("metrics_note"):
+        click.echo(f"  metrics: {r.report['metrics_note']}")
+    if not r.report["lrp_coverage"]["ok"]:
+        click.echo(f"  LRP: {r.report['lrp_coverage']['error']}")

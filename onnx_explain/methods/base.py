@@ -262,7 +262,7 @@ class Explanation:
         """
         import matplotlib.pyplot as plt
 
-        from ..heatmap import CMAPS, RANGES, display_image
+        from ..heatmap import CMAPS, RANGES, display_image, plot_shapes, target_shapes
 
         sign = sign or (METHODS[self.method].sign if self.method in METHODS else "signed")
         a = np.asarray(self.attribution[index])
@@ -291,6 +291,7 @@ class Explanation:
             axes[0].set_axis_off()
         lo, hi = RANGES[sign]
         im = axes[-1].imshow(h, cmap=CMAPS[sign], vmin=lo, vmax=hi)
+        plot_shapes(axes[-1], target_shapes(self.extras, index))  # a box target's boxes, a mask's outline
         axes[-1].set_title(title, fontsize=9)
         axes[-1].set_axis_off()
         fig.colorbar(im, ax=axes[-1], fraction=0.046)
@@ -308,7 +309,7 @@ class Explanation:
         import base64
         import html
 
-        from ..heatmap import colorize, png_bytes
+        from ..heatmap import colorize, draw_shapes, png_bytes, target_shapes
 
         sign = METHODS[self.method].sign if self.method in METHODS else "signed"
         cells = []
@@ -320,8 +321,9 @@ class Explanation:
             if a.ndim >= 2:
                 h = self.heatmap(b, sign=sign)
                 k = max(1, 128 // max(h.shape))
+                tile = np.kron(colorize(h, sign), np.ones((k, k, 1), np.uint8))
                 png = base64.b64encode(
-                    png_bytes(np.kron(colorize(h, sign), np.ones((k, k, 1), np.uint8)))
+                    png_bytes(draw_shapes(tile, target_shapes(self.extras, b), k))
                 ).decode()
                 cells.append(f"<td>{head}<br><img src='data:image/png;base64,{png}'></td>")
             else:

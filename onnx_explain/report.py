@@ -1,0 +1,248 @@
+"""The audit's result as an object (:func:`onnx_explain.audit`): the score table, every method's
+explanation and mean curves, provenance; :meth:`AuditReport.save` writes what ``onnx-explain audit``
+writes (``report.json``, ``report.html`` with the figures embedded, and the figures as PNG files), and
+:meth:`AuditReport._repr_html_` shows the same page in a notebook."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["AuditReport", "render_figures"]
+
+#: the JSON's sections, in the order they are written
+SECTIONS = ("model", "sha256", "versions", "settings", "conversion", "inputs", "lrp_coverage", "scores",
+            "errors", "texts", "seconds")  # fmt: skip
+
+
+@dataclass
+class AuditReport:
+    """What an audit found.
+
+    Attributes
+    ----------
+    report : dict
+        The JSON the command line writes (``report.json``): ``model`` (its description), ``sha256``,
+        ``versions``, ``settings``, ``conversion`` (parity), ``inputs`` (used, failed), ``lrp_coverage``,
+        ``scores`` (metric -> method -> ``mean``, ``per_item``, ``higher_is_better``), ``errors`` (a failing
+        method or method/metric pair, one line each), ``seconds``; for texts, ``texts`` (each text's tokens
+        and every method's token scores).
+    explanations : dict
+        Method name -> its :class:`~onnx_explain.Explanation` on the audited inputs.
+    curves : dict
+        Metric -> method -> the mean curve over the inputs (deletion, insertion, pixel flipping ...).
+    figures : dict
+        Figure name -> PNG bytes (heatmaps per method for images, the mean curves per metric).
+    views : dict
+        Name -> a self-contained HTML page shown inline (texts: each text's tokens coloured per method,
+        the pages of ``explain --tokenizer``).
+    x : numpy.ndarray or None
+        The audited batch.
+    """
+
+    report: dict
+    explanations: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
+    x: np.ndarray | None = None
+
+    @property
+    def scores(self) -> dict:
+        """metric -> method -> ``{'mean', 'per_item', 'higher_is_better'}``."""
+        return self.report["scores"]
+
+    @property
+    def provenance(self) -> dict:
+        """What was audited, with what: the model's description and sha256, versions, settings."""
+        return {k: self.report[k] for k in ("model", "sha256", "versions", "settings") if k in self.report}
+
+    def best(self) -> dict[str, str]:
+        """metric -> the method with the best mean score (by the metric's own direction)."""
+        out = {}
+        for metric, per in self.scores.items():
+            if per:
+                pick = max if next(iter(per.values()))["higher_is_better"] else min
+                out[metric] = pick(per, key=lambda m, per=per: per[m]["mean"])
+        return out
+
+    def to_dict(self) -> dict:
+        """The report's JSON as a dict (numpy values as plain numbers and lists)."""
+        return json.loads(self.to_json())
+
+    def to_json(self) -> str:
+        return json.dumps(self.report, indent=1, default=_plain)
+
+    def save(self, out_dir) -> Path:
+        """Write ``report.json``, ``report.html`` (figures embedded: one self-contained file) and
+        ``figures/NAME.png`` into ``out_dir`` (created); returns the HTML's path."""
+        out_dir = Path(out_dir)
+        _write(out_dir / "report.json", self.to_json().encode())
+        for name, png in self.figures.items():
+            _write(out_dir / "figures" / f"{name}.png", png)
+        page = out_dir / "report.html"
+        _write(page, self.html().encode())
+        return page
+
+    def html(self) -> str:
+        """The self-contained page ``report.html``."""
+        m = self.report["model"]
+        return (
+            f'<!doctype html><html><head><meta charset="utf-8"><title>onnx-explain audit: '
+            f"{html.escape(str(m['path']))}</title><style>body{{font-family:sans-serif;margin:2em;"
+            f"max-width:1100px}}</style></head><body><div class='oe-audit'>{self._body()}</div></body></html>"
+        )
+
+    def _repr_html_(self) -> str:
+        """The report's page as a notebook cell (the same sections, no document wrapper)."""
+        return f"<div class='oe-audit'>{self._body()}</div>"
+
+    def _body(self) -> str:
+        e = html.escape
+        report, m = self.report, self.report["model"]
+        conversion = report["conversion"]
+        if conversion["ok"]:
+            conv = conversion["parity"]
+            conv_html = (
+                f"<p class=ok>torch graph matches onnxruntime: max |diff| {conv['max_abs']:.3g}, relative to the "
+                f"output {conv['max_rel']:.3g}, to the spread between samples {conv['rel_spread']:.3g} (allowed "
+                f"{conv['rtol']:g} and {conv['spread_tol']:g}), on a {e(conv['probe'])} batch of {conv['batch']}; "
+                f"batch mode {e(conversion['batch_mode'])}</p>"
+            )
+        else:
+            conv_html = f"<p class=bad>{e(conversion['error'])}</p><p>{e(conversion['note'])}</p>"
+        metrics = list(report["scores"])
+        methods = sorted({k for v in report["scores"].values() for k in v})
+        rows = []
+        for method in methods:
+            cells = []
+            for metric in metrics:
+                s = report["scores"][metric].get(method)
+                cells.append(f"<td title='{metric}'>{s['mean']:.4g}</td>" if s else "<td>—</td>")
+            rows.append(f"<tr><th>{e(method)}</th>{''.join(cells)}</tr>")
+        arrows = "".join(
+            f"<th>{e(k)}<br><small>{'higher' if next(iter(report['scores'][k].values()))['higher_is_better'] else 'lower'} is better</small></th>"
+            for k in metrics
+            if report["scores"][k]
+        )
+        cov = report["lrp_coverage"]
+        cov_html = (f"<p class=ok>every node that carries relevance has a rule ({len(cov['rules'])} nodes)</p>"
+                    if cov["ok"] else f"<p class=bad>{e(cov['error'])}</p>")  # fmt: skip
+        imgs = "".join(
+            f"<figure><img src='data:image/png;base64,{base64.b64encode(v).decode()}'><figcaption>{e(k)}"
+            "</figcaption></figure>"
+            for k, v in self.figures.items()
+        )
+        errs = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in report["errors"].items()) + "".join(
+            f"<li>{e(f)}</li>" for f in report["inputs"]["failed"]
+        )
+        ops = ", ".join(f"{e(k)} {v}" for k, v in m["ops"].items())
+        texts = "".join(
+            f"<h3>{e(k)}</h3><iframe style='width:100%;border:1px solid #ccc' srcdoc=\"{e(v)}\"></iframe>"
+            for k, v in self.views.items()
+        )
+        texts = f"<h2>Texts</h2>{texts}" if texts else ""
+        return f"""<style>.oe-audit table{{border-collapse:collapse}}.oe-audit td,.oe-audit th{{border:1px solid #ccc;padding:4px 8px}}
+.oe-audit .ok{{color:#070}}.oe-audit .bad{{color:#a00}}.oe-audit figure{{display:inline-block;margin:6px}}.oe-audit img{{max-width:520px}}.oe-audit code{{background:#f4f4f4}}</style>
+<h1>onnx-explain audit</h1>
+<p><b>model</b> <code>{e(str(m["path"]))}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
+<b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
+<p><b>ops</b> {ops}</p>
+<h2>Conversion</h2>{conv_html}
+<h2>LRP coverage</h2>{cov_html}
+<h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
+{report.get("metrics_note") and f"<p>{e(report['metrics_note'])}</p>" or ""}
+<table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>
+<h2>Figures</h2>{imgs}{texts}
+<h2>Problems</h2><ul>{errs or "<li>none</li>"}</ul>
+<h2>Settings</h2><pre>{e(json.dumps(report["settings"], indent=1, default=_plain))}</pre><pre>{e(json.dumps(report["versions"], indent=1))}</pre>
+<p>{report["seconds"]} s</p>"""
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(v):
+    """JSON for numpy values."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def render_figures(x, explanations: dict, curves: dict, layout: str | None, thumbnails: int = 4) -> dict:
+    """PNG bytes: the heatmaps of each method (image inputs, ``layout`` not None; the first ``thumbnails``
+    inputs) and the mean curve of each metric per method."""
+    figures = {}
+    if layout is not None:
+        for name, e in explanations.items():
+            figures[f"heatmaps_{name}"] = _png(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
+    for metric, cs in curves.items():
+        figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
+    return figures
+
+
+def _png(fig_fn) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = fig_fn(plt)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _heat_fig(plt, x, e, layout, k):
+    from .heatmap import display_image, heat_map, plot_shapes, target_shapes
+    from .methods import METHODS
+
+    n = min(k, len(x))
+    sign = METHODS[e.method].sign if e.method in METHODS else "signed"
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
+    for i in range(n):
+        img = display_image(x[i], layout)
+        axes[0, i].imshow(img, cmap="gray" if img.ndim == 2 else None)
+        axes[0, i].set_title(f"target {np.asarray(e.target[i]).tolist()}", fontsize=8)
+        a = np.asarray(e.attribution[i])
+        h = heat_map(a if a.ndim == np.ndim(x[i]) else a[0], layout, "sum", sign)
+        axes[1, i].imshow(
+            h, cmap="bwr" if sign == "signed" else "inferno", vmin=-1 if sign == "signed" else 0, vmax=1
+        )
+        plot_shapes(axes[1, i], target_shapes(e.extras, i))
+        for a in axes[:, i]:
+            a.axis("off")
+    fig.suptitle(e.method)
+    return fig
+
+
+def _curve_fig(plt, curves, metric):
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, c in curves.items():
+        ax.plot(np.linspace(0, 1, len(c)), c, label=name)
+    ax.set_title(metric)
+    ax.set_xlabel("fraction perturbed")
+    ax.legend(fontsize=8)
+    return fig
