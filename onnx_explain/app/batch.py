@@ -58,6 +58,8 @@ def explain_files(
     group: int = 16,
     tokenizer=None,
     max_length: int | None = None,
+    format: str = "files",  # noqa: A002 - the CLI's --format
+    shard_rows: int | None = None,
     **options,
 ) -> dict:
     """Explain every item of ``inputs`` (image files, folders, ``.npy``/``.npz`` arrays, CSV rows) into
@@ -81,6 +83,10 @@ def explain_files(
     per sample, and written as ``<item>.json`` (tokens, offsets, scores) and ``<item>.html`` besides the
     ``.npz`` (:mod:`onnx_explain.app.text`); ``max_length`` truncates (default: the model's fixed
     sequence length, else 512).
+
+    ``format='parquet'`` writes no file per item: one row per item in shards of about ``shard_rows``
+    (10⁴) rows, ``part-00000.parquet``, ... (:mod:`onnx_explain.app.shards`), each complete or absent;
+    ``resume`` skips the items of the complete shards. Failures go to ``_failures.jsonl``.
     """
     spec = _method(method)
     spec.check_options(options)
@@ -89,7 +95,9 @@ def explain_files(
     out_dir = Path(out_dir)
     prep = Preprocess.from_model(model.input, preprocess)
     step = max(1, group)  # a sample's result does not depend on its batch, stochastic methods included
-    run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)))
+    sink = make_sink(format, out_dir, shard_rows)
+    run = _Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)),
+               sink=sink)  # fmt: skip
     if tokenizer is not None:
         from .text import TextEncoder
 
@@ -100,7 +108,8 @@ def explain_files(
     items = read_items(inputs, prep, model.input, [i.name for i in model.inputs], texts=tokenizer is not None)
     todo = run.pending(items, resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
-          **(heatmap or {}), "images": heatmaps, "compress": compress}  # fmt: skip
+          **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
+          "target_spec": target}  # fmt: skip
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target  # a tuple names an element
     settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed, **options)
     bar = _progress(len(todo), quiet, method)
@@ -115,6 +124,59 @@ def explain_files(
         bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)  # also when there was nothing to do
     return run.summary
+
+
+def make_sink(format: str, out_dir, shard_rows: int | None = None):  # noqa: A002 - the CLI's --format
+    """Where a run's finished items go: the manifest (``'files'``) or Parquet shards (``'parquet'``)."""
+    from .shards import FORMATS, SHARD_ROWS, ParquetSink
+
+    if format not in FORMATS:
+        raise OnnxExplainError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "parquet":
+        return ParquetSink(out_dir, shard_rows or SHARD_ROWS)
+    return ManifestSink(out_dir)
+
+
+class ManifestSink:
+    """The ``files`` format's record keeping: a manifest line per item once its files are in place."""
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.manifest = self.out_dir / MANIFEST
+        self._log: JsonlAppender | None = None  # opened on the first record: a usage error leaves nothing
+
+    def done(self, resume: bool) -> set[str]:
+        """The items finished by an earlier run (with ``resume``; its temporaries are removed)."""
+        if not resume:
+            return set()
+        records = read_manifest(self.manifest)
+        remove_stale_temporaries(self.out_dir)
+        return {
+            n for n, r in records.items() if r.get("status") == "ok" and (self.out_dir / f"{n}.npz").exists()
+        }
+
+    def record(self, record: dict) -> None:
+        if self._log is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._log = JsonlAppender(self.manifest)
+        self._log.append(record)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+class CollectSink:
+    """Keeps the records in memory (a Ray worker hands them back to the driver, which records them)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def record(self, record: dict) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
 
 
 def _method(method: str):
@@ -139,31 +201,24 @@ class _Run:
     there are.
     """
 
-    def __init__(self, out_dir: Path, model, layout: str, writers: int = 2, in_flight: int = 32):
+    def __init__(self, out_dir: Path, model, layout: str, writers: int = 2, in_flight: int = 32, sink=None):
         self.out_dir, self.model, self.layout = out_dir, model, layout
-        self.manifest = out_dir / MANIFEST
+        self.sink = ManifestSink(out_dir) if sink is None else sink
         self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
         self.in_flight = max(1, in_flight)
         self._pool = (
             ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer") if writers else None
         )
         self._queue: deque = deque()  # (item, Future | record dict | None, error message | None)
-        self._log: JsonlAppender | None = None  # opened on the first record: a usage error leaves nothing
         self.encoder = None  # a TextEncoder for text items
 
     def pending(self, items, resume: bool) -> list:
         """The items still to do (with ``resume``, those finished in an earlier run are skipped and the
         temporary files of its interrupted writes removed)."""
-        done = read_manifest(self.manifest) if resume else {}
-        if resume:
-            remove_stale_temporaries(self.out_dir)
+        done = self.sink.done(resume)
         todo = []
         for it in items:
-            if (
-                resume
-                and done.get(it.name, {}).get("status") == "ok"
-                and (self.out_dir / f"{it.name}.npz").exists()
-            ):
+            if it.name in done:
                 self.summary["skipped"] += 1
             else:
                 todo.append(it)
@@ -207,10 +262,7 @@ class _Run:
                 self.summary["failures"].append(err)
 
     def _record(self, record: dict) -> None:
-        if self._log is None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._log = JsonlAppender(self.manifest)
-        self._log.append(record)
+        self.sink.record(record)
 
     def close(self) -> None:
         """Wait for every writer, record every item, stop the pool, sync the manifest."""
@@ -219,8 +271,7 @@ class _Run:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
-            if self._log is not None:
-                self._log.close()
+            self.sink.close()
 
     def readable(self, chunk) -> list:
         """The items of ``chunk`` that were read and fit the model; the others are reported."""
@@ -266,8 +317,9 @@ class _Run:
                 continue
             seconds = (time.perf_counter() - t0) / len(group)
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            write = _item_row if hm.get("format") == "parquet" else _write_item
             for k, it in enumerate(group):
-                self.submit(it, _write_item, self.out_dir, it, e, k, hm, seconds, self.layout)
+                self.submit(it, write, self.out_dir, it, e, k, hm, seconds, self.layout)
 
     def explain_texts(self, items, method: str, settings: dict, hm: dict) -> None:
         """Tokenise ``items`` together (padded to the longest, mask per sample), explain, write each."""
@@ -286,8 +338,9 @@ class _Run:
             return
         seconds = (time.perf_counter() - t0) / len(items)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        write = _text_row if hm.get("format") == "parquet" else _write_text_item
         for k, (it, enc) in enumerate(zip(items, encoded, strict=True)):
-            self.submit(it, _write_text_item, self.out_dir, it, enc, e, k, hm, seconds)
+            self.submit(it, write, self.out_dir, it, enc, e, k, hm, seconds)
 
 
 def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
@@ -316,6 +369,25 @@ def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
     return record
 
 
+def _item_row(out_dir, it, e, k, hm, seconds, layout) -> dict:
+    """One item's Parquet row (``--format parquet``)."""
+    from .shards import item_row
+
+    return item_row(it, e, k, seconds, hm.get("target_spec"))
+
+
+def _text_row(out_dir, it, enc, e, k, hm, seconds) -> dict:
+    """One text's Parquet row: its real tokens' attribution, the token ids, tokens and offsets in extras."""
+    from .shards import item_row
+    from .text import text_record
+
+    n = len(enc.tokens)
+    attribution = np.asarray(e.attribution[k])[..., :n]
+    rec = text_record(it.text, enc, attribution if attribution.ndim == 1 else attribution[0])
+    extras = {key: rec[key] for key in ("text", "tokens", "offsets", "truncated")}
+    return item_row(it, e, k, seconds, hm.get("target_spec"), attribution, np.asarray(enc.ids), extras)
+
+
 def _same_shapes(chunk) -> list[list]:
     """The items of ``chunk`` grouped by the shapes of their inputs, in order of first appearance."""
     groups: dict = {}
@@ -331,7 +403,7 @@ def _write_error(it, exc: BaseException) -> str:
 
 def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
     """Write one item's files (on a writer thread); returns its manifest record."""
-    from .viz import display_image, heat_map, save_bars, save_heatmap, save_panel
+    from .viz import display_image, heat_map, save_bars, save_heatmap, save_panel, target_shapes
 
     attribution = e.attribution[k]
     extras = {
@@ -373,7 +445,8 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
             save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
             if images == "panel":
                 shown = it.image if it.image is not None else display_image(it.x, layout)
-                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"])
+                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"],
+                           target_shapes(e.extras, k))  # fmt: skip
             record.setdefault("png", []).append(f"{stem}.png")
         elif np.ndim(amap) == 1:
             save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title)
@@ -383,23 +456,20 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
     return record
 
 
-def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
+def load_attributions(
+    att_dir, sources=None, names=None
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
     """(names, inputs, attributions, targets, companions) of every finished item of an ``explain`` output
-    folder (only those made from ``sources`` files or folders, when given); ``companions`` holds the
-    items' values of the model's other inputs, by input name (empty for single-input models)."""
+    folder (only those made from ``sources`` files or folders, when given; only ``names``, in that order,
+    when given); ``companions`` holds the items' values of the model's other inputs, by input name (empty
+    for single-input models)."""
     att_dir = Path(att_dir)
-    records = read_manifest(att_dir / MANIFEST)
-    names = [n for n, r in records.items() if r.get("status") == "ok" and (att_dir / f"{n}.npz").exists()]
-    if sources:
-        roots = [Path(s).resolve() for s in sources]
-        names = [
-            n
-            for n in names
-            if any(
-                Path(records[n]["source"]).resolve() == r or r in Path(records[n]["source"]).resolve().parents
-                for r in roots
-            )
-        ]
+    if not (att_dir / MANIFEST).exists() and any(att_dir.glob("part-*.parquet")):
+        return _load_shards(att_dir, sources, names)
+    wanted = names
+    names = attribution_names(att_dir, sources)
+    if wanted:
+        names = [n for n in wanted if n in set(names)]
     if not names:
         raise InputFileError(
             f"{att_dir}: no finished items (manifest.jsonl and <item>.npz from 'onnx-explain explain')"
@@ -423,13 +493,71 @@ def load_attributions(att_dir, sources=None) -> tuple[list[str], np.ndarray, np.
         ) from None
 
 
+def attribution_names(att_dir, sources=None) -> list[str]:
+    """The finished items of an ``explain`` output folder (files or Parquet shards), in order, without
+    reading their arrays; only those made from ``sources`` files or folders, when given."""
+    att_dir = Path(att_dir)
+    if not (att_dir / MANIFEST).exists() and any(att_dir.glob("part-*.parquet")):
+        from .shards import read_shards
+
+        found = [(r["item"], r["source"]) for r in read_shards(att_dir, columns=["item", "source"])]
+    else:
+        records = read_manifest(att_dir / MANIFEST)
+        found = [(n, r.get("source", "")) for n, r in records.items()
+                 if r.get("status") == "ok" and (att_dir / f"{n}.npz").exists()]  # fmt: skip
+    if sources:
+        roots = [Path(s).resolve() for s in sources]
+        found = [(n, src) for n, src in found
+                 if any(Path(src).resolve() == q or q in Path(src).resolve().parents for q in roots)]  # fmt: skip
+    return [n for n, _ in found]
+
+
+def _load_shards(att_dir: Path, sources, names=None) -> tuple:
+    """:func:`load_attributions` of a ``--format parquet`` folder."""
+    from .shards import read_shards
+
+    rows = read_shards(att_dir)
+    if names:
+        by_name = {r["item"]: r for r in rows}
+        rows = [by_name[n] for n in names if n in by_name]
+    if sources:
+        roots = [Path(s).resolve() for s in sources]
+        rows = [r for r in rows if any(Path(r["source"]).resolve() == q or q in Path(r["source"]).resolve().parents
+                                       for q in roots)]  # fmt: skip
+    if not rows:
+        raise InputFileError(f"{att_dir}: no finished items (part-*.parquet from 'onnx-explain explain')")
+    attrs = [
+        r["attribution"] if r["attribution"].ndim == r["input"].ndim else r["attribution"][0] for r in rows
+    ]
+    targets = [int(np.atleast_1d(r["target"])[0]) for r in rows]
+    comp_names = [k[len("input_") :] for k in rows[0] if k.startswith("input_")]
+    try:
+        comp = {k: np.stack([r[f"input_{k}"] for r in rows]) for k in comp_names}
+        return (
+            [r["item"] for r in rows],
+            np.stack([r["input"] for r in rows]),
+            np.stack(attrs),
+            np.asarray(targets),
+            comp,
+        )
+    except ValueError:
+        raise InputFileError(
+            f"{att_dir}: the items' inputs differ in shape; evaluate them in groups of one shape"
+        ) from None
+
+
 def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_size: int = 64, seed: int = 0,
-                 output: str | None = None, options: dict | None = None, sources=None) -> dict:  # fmt: skip
+                 output: str | None = None, options: dict | None = None, sources=None, ray=None) -> dict:  # fmt: skip
     """Evaluate the attributions of an ``explain`` output folder with each of ``metrics``; write JSON or
     CSV to ``out_file`` and curve plots to ``plots_dir``. Returns the report.
 
     ``options`` are shared: a key goes to every metric that takes it, ``metric.key`` to that metric
     only, and a key that none of them takes is an :class:`~onnx_explain.options.UnknownOptionError`.
+
+    ``ray`` (a dict of :func:`onnx_explain.app.ray_engine.evaluate_ray`'s engine arguments: ``model``
+    path, ``load_options``, ``address``, ``workers``, ``cpus_per_worker``) scores groups of items on Ray
+    actors instead, for metrics that draw no random numbers (a sample's score then does not depend on
+    its group): the same report.
     """
     from ..evaluation import evaluate
     from ..metrics import METRICS
@@ -441,6 +569,16 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
 
         raise OnnxExplainError(f"unknown metric {unknown[0]!r}; choose one of {', '.join(sorted(METRICS))}")
     per_metric = route_options(options or {}, {m: METRICS[m].options for m in metrics})
+    if ray is not None:
+        from .ray_engine import evaluate_ray
+
+        names, results = evaluate_ray(att_dir, metrics, per_metric, batch_size=batch_size, seed=seed, output=output,
+                                      sources=sources, **ray)  # fmt: skip
+        report = {"model": getattr(model, "source", str(model)), "attributions": str(att_dir), "items": names,
+                  "metrics": {m: _metric_entry(results[m], names, per_metric[m], plots_dir) for m in metrics}}  # fmt: skip
+        if out_file is not None:
+            _write_report(Path(out_file), report, names)
+        return report
     names, xs, attrs, targets, companions = load_attributions(att_dir, sources)
     if companions:
         xs = {model.input.name: xs, **companions}

@@ -3,6 +3,7 @@ model's input shape, item naming, atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -130,13 +131,17 @@ def _expand(paths) -> list[Path]:
 
 
 def read_items(
-    paths, preprocess: Preprocess | None, input_spec, input_names=(), texts: bool = False
+    paths, preprocess: Preprocess | None, input_spec, input_names=(), texts: bool = False, lazy: bool = False
 ) -> list[Item]:
     """Every item in ``paths`` (files and folders): images one item each, ``.npy``/``.npz`` arrays one
     item per row (batch-first, already preprocessed), CSV one item per row. An ``.npz`` holding an array
     named after the explained input is one multi-input file: its arrays are named after the model's
     inputs (``input_names``) and item ``i`` is row ``i`` of each. A file that cannot be read becomes an
-    item with ``error`` set; the others are unaffected."""
+    item with ``error`` set; the others are unaffected.
+
+    ``lazy`` (the Ray engine's listing, made on the driver and again in each worker): images are named but
+    not decoded (:func:`load_item` decodes one) and ``.npy`` files are memory-mapped, so listing a large
+    dataset reads no pixels; names and order are those of the eager listing."""
     items: list[Item] = []
     used: set[str] = set()
 
@@ -156,12 +161,15 @@ def read_items(
             if suffix in IMAGE_SUFFIXES:
                 if preprocess is None:
                     raise InputFileError("the model input is not an image")
+                if lazy:
+                    items.append(Item(name(p.stem), str(p), None, None, "image"))
+                    continue
                 x, img = preprocess.load_image(p)
                 items.append(Item(name(p.stem), str(p), x, img, "image"))
             elif suffix == ".npz" and input_spec.name in (data := np.load(p, allow_pickle=False)).files:
                 items += _named_inputs(p, data, input_spec, input_names, name)
             elif suffix in ARRAY_SUFFIXES:
-                data = np.load(p, allow_pickle=False)
+                data = np.load(p, allow_pickle=False, mmap_mode="r" if lazy and suffix == ".npy" else None)
                 arrays = (
                     [(p.stem, data)] if suffix == ".npy" else [(f"{p.stem}_{k}", data[k]) for k in data.files]
                 )
@@ -190,6 +198,23 @@ def read_items(
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             items.append(Item(name(p.stem or "input"), str(p), error=f"{p}: {msg}"))
     return items
+
+
+def load_item(it: Item, preprocess: Preprocess | None) -> Item:
+    """Make a lazily listed item (:func:`read_items` with ``lazy``) whole: decode its image, copy its
+    memory-mapped row; a file that cannot be read sets ``error`` as the eager listing would."""
+    if it.error is None and it.kind == "image" and it.x is None:
+        p = Path(it.source)
+        try:
+            if not p.exists():
+                raise InputFileError("file not found")
+            it.x, it.image = preprocess.load_image(p)
+        except Exception as exc:  # noqa: BLE001 - one unreadable input is reported, the rest go on
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            it.error = f"{p}: {msg}"
+    elif isinstance(it.x, np.memmap):
+        it.x = np.array(it.x)
+    return it
 
 
 def _named_inputs(p: Path, data, input_spec, input_names, name) -> list[Item]:
@@ -264,6 +289,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path in ``path``'s folder to write a whole file to (by any writer, e.g. pyarrow's),
+    renamed to ``path`` when the block ends without an error and deleted otherwise: a killed run leaves a
+    temporary (removed by :func:`remove_stale_temporaries` on resume), never a partial ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{next(_TEMP_NUMBERS)}{TEMP_SUFFIX}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

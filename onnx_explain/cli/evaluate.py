@@ -35,7 +35,7 @@ def _metrics_epilog() -> str:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--attributions", "-a", "att_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder of 'onnx-explain explain'.")  # fmt: skip
+              help="Output folder of 'onnx-explain explain' (files or --format parquet shards).")  # fmt: skip
 @click.option(
     "--metric",
     "metrics",
@@ -53,11 +53,20 @@ def _metrics_epilog() -> str:
 @click.option("--output", "space", type=click.Choice(OUTPUTS), default=None, help=_output_help())
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per onnxruntime call.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Score here, or groups of items on a Ray cluster (metrics without random draws; "
+                   "pip install 'onnx-explain[ray]').")  # fmt: skip
+@click.option("--address", default=None, help="Ray cluster address (--engine ray; default RAY_ADDRESS or a local "
+              "instance).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray actors, each loading the model once (default: cluster CPUs / --cpus-per-worker).")  # fmt: skip
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPUs per Ray actor; its onnxruntime threads.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @model_options
 @handle_errors
-def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space, batch_size, seed, as_json, input_name,
-             output_name, device):  # fmt: skip
+def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space, batch_size, seed, engine, address,
+             workers, cpus_per_worker, as_json, input_name, output_name, device):  # fmt: skip
     """Evaluate the attributions written by 'onnx-explain explain' (their inputs are read from the .npz files;
     INPUTS, when given, keep only the items made from those files). Writes per-item and mean scores, curves,
     and plots.
@@ -72,13 +81,25 @@ def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space,
     from ..app.batch import evaluate_dir
     from .common import load_model
 
-    _, ort_device = resolve_device(device)
+    if engine == "local" and (address or workers or cpus_per_worker != 1):
+        raise click.UsageError("--address, --workers and --cpus-per-worker need --engine ray")
+    on_ray = None
+    if engine == "ray":
+        from ..app.ray_engine import require_ray
+
+        require_ray()
+        ctx = click.get_current_context(silent=True)
+        on_ray = {"model": model, "address": address, "workers": workers, "cpus_per_worker": cpus_per_worker,
+                  "device": device, "load_options": {"input": input_name, "output": output_name,
+                  "allow_nonfinite": bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))}}  # fmt: skip
+    # with --engine ray the workers run the model: here it is only read (on the CPU) for the report
+    _, ort_device = ("cpu", "cpu") if on_ray else resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
     if not Path(att_dir).is_dir():
         fail(f"{att_dir}: no such folder (the --out of 'onnx-explain explain')")
     try:
         report = evaluate_dir(m, att_dir, metrics, out_file, plots_dir, batch_size, seed, space, parse_options(extra),
-                              sources=list(inputs) or None)  # fmt: skip
+                              sources=list(inputs) or None, ray=on_ray)  # fmt: skip
     except FileNotFoundError as exc:
         fail(str(exc))
     if as_json:

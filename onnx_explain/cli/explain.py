@@ -171,6 +171,21 @@ def _value(text: str):
     default=None,
     help="Truncate texts to this many tokens (default: the model's sequence length, else 512).",
 )
+@click.option("--format", "fmt", type=click.Choice(["files", "parquet"]), default="files", show_default=True,
+              help="Per item files (.npz, images) and manifest.jsonl, or one row per item in Parquet shards "
+                   "part-NNNNN.parquet of --shard-rows rows (runs of 10^5+ items; needs pyarrow).")  # fmt: skip
+@click.option("--shard-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Rows per Parquet shard (--format parquet; fewer when a shard would pass 256 MB).")  # fmt: skip
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run here, or on a Ray cluster (pip install 'onnx-explain[ray]').")  # fmt: skip
+@click.option("--address", default=None, help="Ray cluster address (--engine ray; default RAY_ADDRESS or a local "
+              "instance).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray actors, each loading the model once (default: cluster CPUs / --cpus-per-worker).")  # fmt: skip
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPUs per Ray actor; its torch and onnxruntime threads.")  # fmt: skip
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs per Ray actor (with --device cuda).")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Skip items already finished in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -178,7 +193,8 @@ def _value(text: str):
 @handle_errors
 def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
             preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, heatmaps,
-            compress, tokenizer, max_length, resume, quiet, as_json, **flags):  # fmt: skip
+            compress, tokenizer, max_length, fmt, shard_rows, engine, address, workers, cpus_per_worker, gpus_per_worker,
+            resume, quiet, as_json, **flags):  # fmt: skip
     """Explain every input (image files or folders, .npy/.npz arrays, CSV rows) with a method; write per item
     an .npz (attribution, target, score, input, options), heatmap PNGs and a manifest.jsonl line.
 
@@ -192,7 +208,22 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
     from ..app.batch import explain_files
     from .common import load_model
 
-    torch_device, ort_device = resolve_device(device)
+    if engine == "local" and (address or workers or gpus_per_worker or cpus_per_worker != 1):
+        raise click.UsageError(
+            "--address, --workers, --cpus-per-worker and --gpus-per-worker need --engine ray"
+        )
+    if fmt == "parquet":
+        from ..app.shards import require_pyarrow
+
+        require_pyarrow()  # before any work: one line naming what to install
+    if engine == "ray":
+        from ..app.ray_engine import require_ray
+
+        require_ray()
+        # the driver only lists items and checks the model: its device is the CPU; workers use --device
+        torch_device, ort_device = "cpu", "cpu"
+    else:
+        torch_device, ort_device = resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
     if method == "auto":  # a gradient method when the graph converts, else one that runs on onnxruntime
         from ..explainer import _auto_method
@@ -227,9 +258,20 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
     heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
     if sign:
         heat["sign"] = sign
-    summary = explain_files(m, inputs, out_dir, method, target, output=space, batch_size=batch_size, device=torch_device,
-                            seed=seed, resume=resume, preprocess=pre, heatmap=heat, heatmaps=heatmaps, compress=compress,
-                            quiet=quiet, tokenizer=tokenizer, max_length=max_length, **opts)  # fmt: skip
+    common = dict(output=space, batch_size=batch_size, seed=seed, resume=resume, preprocess=pre, heatmap=heat,
+                  heatmaps=heatmaps, compress=compress, quiet=quiet, tokenizer=tokenizer, max_length=max_length,
+                  format=fmt, shard_rows=shard_rows, **opts)  # fmt: skip
+    if engine == "ray":
+        from ..app.ray_engine import explain_ray
+
+        ctx = click.get_current_context(silent=True)
+        load_opts = {"input": input_name, "output": output_name,
+                     "allow_nonfinite": bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))}  # fmt: skip
+        summary = explain_ray(model, inputs, out_dir, method, target, load_options=load_opts, address=address,
+                              workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                              device=device, driver_model=m, **common)  # fmt: skip
+    else:
+        summary = explain_files(m, inputs, out_dir, method, target, device=torch_device, **common)
     if as_json:
         click.echo(json.dumps(summary))
     else:

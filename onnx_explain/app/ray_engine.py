@@ -1,0 +1,443 @@
+"""``explain --engine ray``: the batch run of :func:`onnx_explain.app.batch.explain_files` on a Ray cluster
+(``pip install 'onnx-explain[ray]'``), for datasets beyond one machine.
+
+The driver lists the items exactly as the local engine does (:func:`~onnx_explain.app.io.read_items`,
+lazily: no pixel is read), skips those an earlier run finished (``resume``) and hands their indices to a
+Ray Data pipeline: ``from_items`` → ``map_batches`` over a pool of :class:`RayWorker` actors
+(``compute=ray.data.ActorPoolStrategy(size=workers)``), each of which loads and converts the model once,
+pins torch and onnxruntime to its ``num_cpus`` threads, reads and explains ``group`` items per call with
+the local engine's code, and returns one record per item. Results therefore equal the local engine's for
+the same seed (a sample's result does not depend on its batch, docs/methods.md §1.2), up to float
+rounding.
+
+Outputs are idempotent, so a run that dies is resumed by running it again with ``resume``:
+
+* ``files``: each worker writes its items' files atomically (the output folder must be visible to every
+  node: a shared file system); the driver alone appends the manifest line of an item once its record
+  comes back, once per item, so a task that Ray retries after a worker died rewrites identical files and
+  records nothing twice;
+* ``parquet``: workers return the rows and the driver writes the shards (:mod:`onnx_explain.app.shards`).
+
+``evaluate --engine ray`` (:func:`evaluate_ray`) scores groups of items of an output folder on
+:class:`RayEvaluator` actors (onnxruntime only), for the metrics that draw no random numbers, whose
+per-item scores do not depend on the grouping.
+
+Ray restarts a dead actor and retries its task (Ray Data's defaults for actor pools); an error inside a
+task is not retried: per-item errors are caught in the worker and reported like the local engine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OnnxExplainError
+from .batch import HEATMAPS, CollectSink, _method, _one_line, _Run, make_sink
+from .io import Preprocess, load_item, read_items
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data, or a one-line error naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise OnnxExplainError(
+            "--engine ray needs Ray Data: pip install 'onnx-explain[ray]' (or pip install 'ray[data]')"
+        ) from None
+    return ray
+
+
+def connect(address: str | None = None, quiet: bool = True) -> bool:
+    """Join the Ray cluster at ``address`` (``None``: ``RAY_ADDRESS`` or a new local instance), unless
+    this process already joined one. Returns whether it joined (then :func:`explain_ray` leaves it)."""
+    ray = require_ray()
+    if address and address != "auto":
+        _probe(address)
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, logging_level="ERROR")
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, Ray's own: one line, exit 2
+        where = f"at {address}" if address else "(local)"
+        raise OnnxExplainError(f"cannot reach the Ray cluster {where}: {_one_line(exc)}") from None
+    return True
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nobody listens at (``ray.init`` itself retries for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise OnnxExplainError(f"--address takes HOST:PORT or ray://HOST:PORT, not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise OnnxExplainError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or type(exc).__name__}"
+        ) from None
+
+
+class RayWorker:
+    """A Ray Data actor: the model loaded (and converted, for torch methods) once, then ``group`` items
+    per call explained and written as the local engine would. Returns ``{"record": [pickled record]}``,
+    one per item of the batch, in the batch's order."""
+
+    config: dict = {}  # set on the subclass that a run makes (see _execute)
+
+    def __init__(self, config: dict | None = None):
+        config = self.config if config is None else config
+        threads = max(1, int(config["threads"]))
+        # pinned before onnxruntime and torch start their pools: N workers on N cores, not N × N threads
+        os.environ["ONNX_EXPLAIN_THREADS"] = str(threads)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+        from ..cli.common import resolve_device
+        from ..methods.base import METHODS
+        from ..model import load
+
+        self.config = config
+        torch_device, ort_device = resolve_device(config["device"])
+        self.model = load(config["model"], device=ort_device, **config["load"])
+        spec = METHODS[config["method"]]
+        if spec.backend == "torch":  # converted once per actor, not per batch
+            from ..explainer import converted
+
+            converted(self.model, torch_device, config["settings"]["output"] or spec.output)
+        self.settings = {**config["settings"], "device": torch_device}
+        self.prep = Preprocess.from_model(self.model.input, config["preprocess"])
+        self.encoder = None
+        if config["tokenizer"] is not None:
+            from .text import TextEncoder
+
+            fixed = (self.model.input.shape or (None, None))[1:2]
+            self.encoder = TextEncoder(
+                config["tokenizer"],
+                config["max_length"] or (fixed[0] if fixed and isinstance(fixed[0], int) else None),
+            )
+        self.items = read_items(config["inputs"], self.prep, self.model.input,
+                                [i.name for i in self.model.inputs], texts=self.encoder is not None,
+                                lazy=True)  # fmt: skip
+
+    def __call__(self, batch: dict) -> dict:
+        chunk = [load_item(dataclasses.replace(self.items[int(i)]), self.prep) for i in batch["i"]]
+        run = _Run(Path(self.config["out_dir"]), self.model, self.prep.layout, writers=0, sink=CollectSink())
+        run.encoder = self.encoder
+        try:
+            good = run.readable(chunk)
+            if good:
+                run.explain_chunk(good, self.config["method"], self.settings, self.config["hm"])
+        finally:
+            run.close()
+        out = np.empty(len(run.sink.records), dtype=object)  # bytes as objects, not a fixed-width array
+        out[:] = [pickle.dumps(r) for r in run.sink.records]
+        return {"record": out}
+
+
+def explain_ray(
+    model,
+    inputs,
+    out_dir,
+    method: str = "smoothgrad",
+    target=None,
+    *,
+    load_options: dict | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0,
+    output: str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+    resume: bool = False,
+    preprocess: dict | None = None,
+    heatmap: dict | None = None,
+    heatmaps: str = "panel",
+    compress: bool = False,
+    quiet: bool = True,
+    group: int = 16,
+    tokenizer=None,
+    max_length: int | None = None,
+    format: str = "files",  # noqa: A002 - the CLI's --format
+    shard_rows: int | None = None,
+    worker_cls=None,
+    driver_model=None,
+    **options,
+) -> dict:
+    """Explain every item of ``inputs`` into ``out_dir`` on Ray; outputs, ``resume`` and the returned
+    summary are those of :func:`~onnx_explain.app.batch.explain_files` (same arguments).
+
+    Parameters
+    ----------
+    model : str or os.PathLike
+        The ``.onnx`` file (a path: every worker loads it; on a cluster it must be readable on each node).
+    load_options : dict, optional
+        Keyword arguments of :func:`onnx_explain.load` besides ``device`` (``input``, ``output``,
+        ``allow_nonfinite``).
+    address : str, optional
+        The Ray cluster (``ray://host:10001`` or ``host:6379``); default ``RAY_ADDRESS`` or a new local
+        instance. A process that already called ``ray.init`` keeps its cluster.
+    workers : int, optional
+        Actors in the pool (default: the cluster's CPUs / ``cpus_per_worker``, or its GPUs /
+        ``gpus_per_worker`` when GPUs are asked for).
+    cpus_per_worker : int
+        CPUs each actor reserves; torch and onnxruntime use that many threads.
+    gpus_per_worker : float
+        GPUs each actor reserves (with ``device='cuda'``).
+    device : {'cpu', 'cuda', 'auto'}
+        Resolved on each worker (the driver needs no GPU).
+    worker_cls : type, optional
+        A subclass of :class:`RayWorker` (tests inject failures with it).
+    driver_model : Model, optional
+        ``model`` already loaded here (on the CPU), to list the items with; loaded when not given.
+
+    Returns
+    -------
+    dict
+        ``{'ok', 'failed', 'skipped', 'failures'}``.
+    """
+    from ..model import load
+
+    spec = _method(method)
+    spec.check_options(options)
+    if heatmaps not in HEATMAPS:
+        raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
+    if (workers is not None and workers < 1) or cpus_per_worker < 1 or gpus_per_worker < 0:
+        raise OnnxExplainError(
+            "--workers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0"
+        )
+    ray = require_ray()
+    out_dir = Path(out_dir)
+    load_options = dict(load_options or {})
+    # the driver lists items; workers load their own copy
+    m = driver_model if driver_model is not None else load(model, device="cpu", **load_options)
+    prep = Preprocess.from_model(m.input, preprocess)
+    items = read_items(
+        inputs, prep, m.input, [i.name for i in m.inputs], texts=tokenizer is not None, lazy=True
+    )
+    sink = make_sink(format, out_dir, shard_rows)
+    run = _Run(out_dir, m, prep.layout, writers=0, sink=sink)
+    index = {id(it): k for k, it in enumerate(items)}
+    todo = run.pending(items, resume)
+    tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
+    hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
+          **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
+          "target_spec": target}  # fmt: skip
+    config = {
+        "model": str(Path(model).resolve()),
+        "load": load_options,
+        "device": device,
+        "method": method,
+        "settings": dict(target=tgt, output=output, batch_size=batch_size, seed=seed, **options),
+        "preprocess": preprocess,
+        "inputs": [str(Path(p).resolve()) for p in inputs],
+        "out_dir": str(out_dir.resolve()),
+        "hm": hm,
+        "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
+        "max_length": max_length,
+        "threads": cpus_per_worker,
+    }
+    joined = False
+    try:
+        for it in todo:
+            if it.error:
+                run.fail(it, it.error)
+        good = [index[id(it)] for it in todo if not it.error]
+        if good:
+            joined = connect(address, quiet)
+            _execute(ray, run, good, config, worker_cls or RayWorker, workers, cpus_per_worker, gpus_per_worker,
+                     max(1, group), quiet)  # fmt: skip
+    finally:
+        run.close()
+        if joined:
+            ray.shutdown()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return run.summary
+
+
+def _quiet_data(ray, quiet: bool) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the same shards, manifest and report order as locally
+    ctx.enable_progress_bars = not quiet
+    if quiet:  # Ray Data announces every execution (and that progress bars are off) on stderr
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _pool_size(ray, workers: int | None, cpus: float, gpus: float) -> int:
+    """The actors to start: ``workers``, or as many as the cluster holds; refused when they cannot fit."""
+    res = ray.cluster_resources()
+    have = {"CPU": res.get("CPU", 0), "GPU": res.get("GPU", 0)}
+    if workers is None:
+        workers = max(1, int(have["GPU"] // gpus) if gpus else int(have["CPU"] // cpus))
+    for kind, each in (("CPU", cpus), ("GPU", gpus)):
+        # an actor pool that cannot be placed waits forever: say so instead (the cluster as it is now)
+        if each and workers * each > have[kind]:
+            flag = "--cpus-per-worker" if kind == "CPU" else "--gpus-per-worker"
+            raise OnnxExplainError(
+                f"{workers} worker(s) × {flag} {each:g} need {workers * each:g} {kind}s; the Ray cluster has "
+                f"{have[kind]:g} (lower --workers or {flag})"
+            )
+    return workers
+
+
+def _reraise(exc: BaseException):
+    """A pipeline's error as one line (a RayTaskError carries the worker's exception as its cause)."""
+    if isinstance(exc, OnnxExplainError):
+        raise exc
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, OnnxExplainError):
+        raise cause from None
+    raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {_one_line(cause)}") from None
+
+
+def _execute(ray, run, good, config, worker_cls, workers, cpus, gpus, group, quiet) -> None:
+    """Run the pipeline and record what comes back (each item once, in input order)."""
+    _quiet_data(ray, quiet)
+    workers = _pool_size(ray, workers, cpus, gpus)
+    ds = ray.data.from_items([{"i": k} for k in good])
+    # the configuration travels inside the class, not as constructor arguments: Ray keeps those in the object
+    # store, and an actor restarted after its worker died could not be rebuilt once they are gone
+    bound = type(worker_cls.__name__, (worker_cls,), {"config": config, "__module__": worker_cls.__module__})
+    ds = ds.map_batches(
+        bound,
+        batch_size=group,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=cpus,
+        num_gpus=gpus or None,
+    )
+    seen: set[str] = set()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for blob in batch["record"]:
+                rec = pickle.loads(blob)
+                if rec["item"] in seen:  # defensive: a record is kept once even if a batch came back twice
+                    continue
+                seen.add(rec["item"])
+                run._record(rec)
+                if rec.get("status") == "error":
+                    run.summary["failed"] += 1
+                    run.summary["failures"].append(rec["error"])
+                else:
+                    run.summary["ok"] += 1
+    except Exception as exc:  # noqa: BLE001 - one line, see _reraise
+        _reraise(exc)
+
+
+class RayEvaluator:
+    """A Ray Data actor of ``evaluate --engine ray``: the model loaded once (onnxruntime only), then the
+    metrics of a group of items per call. Returns one pickled ``{"names", "results"}`` per call."""
+
+    config: dict = {}  # set on the subclass that a run makes (see evaluate_ray)
+
+    def __init__(self, config: dict | None = None):
+        config = self.config if config is None else config
+        os.environ["ONNX_EXPLAIN_THREADS"] = str(max(1, int(config["threads"])))
+        from ..cli.common import resolve_device
+        from ..model import load
+
+        self.config = config
+        self.model = load(config["model"], device=resolve_device(config["device"])[1], **config["load"])
+
+    def __call__(self, batch: dict) -> dict:
+        from ..evaluation import evaluate
+        from .batch import load_attributions
+
+        wanted = [self.config["names"][int(i)] for i in batch["i"]]
+        names, xs, attrs, targets, companions = load_attributions(self.config["att_dir"], None, wanted)
+        if companions:
+            xs = {self.model.input.name: xs, **companions}
+        results = {}
+        for metric in self.config["metrics"]:
+            r = evaluate(self.model, xs, attrs, metric, target=targets, batch_size=self.config["batch_size"],
+                         seed=self.config["seed"], output=self.config["output"], **self.config["options"][metric])  # fmt: skip
+            results[metric] = {k: r[k] for k in ("metric", "higher_is_better", "score", "output", "scores")}
+            if "curve" in r:
+                results[metric]["curve"] = np.asarray(r["curve"])
+        out = np.empty(1, dtype=object)
+        out[0] = pickle.dumps({"names": names, "results": results})
+        return {"record": out}
+
+
+def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict | None = None, address=None,
+                 workers: int | None = None, cpus_per_worker: int = 1, device: str = "cpu", batch_size: int = 64,
+                 seed: int = 0, output: str | None = None, sources=None, group: int = 256, quiet: bool = True,
+                 worker_cls=None) -> tuple[list[str], dict]:  # fmt: skip
+    """Score the items of an ``explain`` output folder with ``metrics`` on Ray actors, ``group`` items per
+    call (behind ``evaluate --engine ray`` and :func:`~onnx_explain.app.batch.evaluate_dir`).
+
+    Only metrics that draw no random numbers run here: their per-item scores do not depend on how the
+    items are grouped, so they equal the local evaluation's. ``options`` holds each metric's own options.
+
+    Returns
+    -------
+    (list of str, dict)
+        The items in order and, per metric, ``metric``, ``higher_is_better``, ``score``, ``output``,
+        ``scores``, ``mean`` (NaN-aware) and ``curve`` when the metric draws one.
+    """
+    from ..metrics import METRICS
+    from .batch import attribution_names
+
+    drawn = [m for m in metrics if METRICS[m].takes_seed or METRICS[m].needs_explainer]
+    if drawn:
+        raise OnnxExplainError(
+            f"--engine ray evaluates metrics without random draws or an explainer; {drawn[0]!r} has them "
+            "(its scores would depend on the grouping): evaluate it with --engine local"
+        )
+    names = attribution_names(att_dir, sources)
+    if not names:
+        raise OnnxExplainError(f"{att_dir}: no finished items (from 'onnx-explain explain')")
+    ray = require_ray()
+    config = {"model": str(Path(model).resolve()), "load": dict(load_options or {}), "device": device,
+              "threads": cpus_per_worker, "names": names, "att_dir": str(Path(att_dir).resolve()),
+              "metrics": list(metrics), "options": options, "batch_size": batch_size, "seed": seed,
+              "output": output}  # fmt: skip
+    joined = connect(address, quiet)
+    try:
+        _quiet_data(ray, quiet)
+        workers = _pool_size(ray, workers, cpus_per_worker, 0)
+        cls = worker_cls or RayEvaluator
+        bound = type(cls.__name__, (cls,), {"config": config, "__module__": cls.__module__})
+        ds = ray.data.from_items([{"i": k} for k in range(len(names))]).map_batches(
+            bound, batch_size=max(1, group), batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+        )  # fmt: skip
+        got: list[str] = []
+        parts: dict[str, list[dict]] = {m: [] for m in metrics}
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for blob in batch["record"]:
+                    rec = pickle.loads(blob)
+                    got += rec["names"]
+                    for m in metrics:
+                        parts[m].append(rec["results"][m])
+        except Exception as exc:  # noqa: BLE001 - a RayTaskError carries the worker's exception as its cause
+            _reraise(exc)
+    finally:
+        if joined:
+            ray.shutdown()
+    results = {}
+    for m in metrics:
+        first = parts[m][0]
+        scores = np.concatenate([np.asarray(p["scores"], dtype=np.float64) for p in parts[m]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+        results[m] = {**{k: first[k] for k in ("metric", "higher_is_better", "score", "output")}, "scores": scores,
+                      "mean": mean}  # fmt: skip
+        if "curve" in first:
+            results[m]["curve"] = np.concatenate([p["curve"] for p in parts[m]])
+    return got, results
