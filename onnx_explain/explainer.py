@@ -145,9 +145,11 @@ def explain(
     if x_np.dtype.kind in "iu":
         kind = _integer_kind(model)
         if kind == "ids":
-            return _explain_ids(
+            e = _explain_ids(
                 module, xt, comp, spec, target, batch_size, generator, opts, _out_shape(model, output)
             )
+            e.extras.update(_quantized_note(module))
+            return e
         xt = xt.to(torch.float32)  # a quantity (pixels, counts): attributed in the input's own layout
         extras_in["integer_input"] = "attributed as a quantity at its cast to float"
     if xt.dtype not in (torch.float32, torch.float64):
@@ -158,6 +160,7 @@ def explain(
     attribution, targets, score, extras = result
     if auto:
         extras_in["auto"] = auto
+    extras_in.update(_quantized_note(module))
     return Explanation(
         attribution=_out_dtype(attribution, xt),
         target=np.asarray(targets),
@@ -317,6 +320,16 @@ def _is_model(model) -> bool:
     from .model import Model
 
     return isinstance(model, Model)
+
+
+def _quantized_note(module) -> dict:
+    """``{'quantized': ...}`` when the converted graph rounds to a quantized grid somewhere: its gradients
+    are the straight-through estimator's (METHODS.md §1.7), not the derivative of the quantized function."""
+    from .convert.ops.quant import straight_through_nodes
+
+    if isinstance(module, torch.nn.Module) and straight_through_nodes(module):
+        return {"quantized": "quantized graph: straight-through gradients"}
+    return {}
 
 
 def _resolve_model(model, x, output: str, device: str, layout: str | None, input_name: str | None = None):

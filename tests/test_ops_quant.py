@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_explain as oe
 from onnx_explain.convert import to_fx
+from onnx_explain.errors import ConversionError
 
 T = TensorProto
 _NP = {T.UINT8: np.uint8, T.INT8: np.int8, T.UINT16: np.uint16, T.INT16: np.int16, T.INT32: np.int32}
@@ -473,6 +474,253 @@ def test_qlinear_add_gradient_is_straight_through():
     q = np.round((np.round(x / 0.05) + np.round(y / 0.05)) * 0.5) + 100
     np.testing.assert_allclose(xt.grad.numpy(), ((q >= 0) & (q <= 255)).astype(np.float32), atol=1e-6)
     assert xt.grad.numpy()[0] == 0 and xt.grad.numpy()[2] == pytest.approx(1.0)
+
+
+# --- com.microsoft DynamicQuantizeLSTM -----------------------------------------------------------------
+def _dq_lstm_model(
+    direction, per_channel, signed, batch, initial, peepholes=False, seed=0, steps=5, hidden=3
+):
+    """A one-node DynamicQuantizeLSTM (W [D, I, 4H], R [D, H, 4H]) with random 8-bit weights and its feeds.
+
+    int8 weights stay in [-64, 64] (``reduce_range``): MLAS's u8*s8 kernel without VNNI saturates int16
+    pair sums beyond that, so onnxruntime is exact only there; uint8 weights use the full range."""
+    rng = np.random.default_rng(seed)
+    d, inp = (2 if direction == "bidirectional" else 1), 4
+    lo, hi, dt, zp = (-64, 64, np.int8, 0) if signed else (0, 255, np.uint8, 131)
+    tensors = {"W": rng.integers(lo, hi, (d, inp, 4 * hidden), endpoint=True).astype(dt),
+               "R": rng.integers(lo, hi, (d, hidden, 4 * hidden), endpoint=True).astype(dt),
+               "B": (rng.standard_normal((d, 8 * hidden)) * 0.3).astype(np.float32)}  # fmt: skip
+    shape = (d, 4 * hidden) if per_channel else (d,)
+    for k in ("W", "R"):
+        tensors[k + "s"] = rng.uniform(0.004, 0.02, shape).astype(np.float32)
+        tensors[k + "z"] = np.full(shape, zp, dt)
+    feeds = {"x": (rng.standard_normal((steps, batch, inp)) * 2).astype(np.float32)}
+    ins = ["x", "W", "R", "B", "", "", "", "", "Ws", "Wz", "Rs", "Rz"]
+    if initial:
+        feeds["h0"] = rng.standard_normal((d, batch, hidden)).astype(np.float32)
+        feeds["c0"] = rng.standard_normal((d, batch, hidden)).astype(np.float32)
+        ins[5:7] = ["h0", "c0"]
+    if peepholes:
+        tensors["P"] = rng.standard_normal((d, 3 * hidden)).astype(np.float32)
+        ins[7] = "P"
+    node = helper.make_node("DynamicQuantizeLSTM", ins, ["Y", "Y_h", "Y_c"], "q_lstm", domain="com.microsoft",
+                            direction=direction, hidden_size=hidden)  # fmt: skip
+    inputs = [vinfo(k, list(v.shape)) for k, v in feeds.items()]
+    outputs = [vinfo("Y", [steps, d, batch, hidden]), vinfo("Y_h", [d, batch, hidden]),
+               vinfo("Y_c", [d, batch, hidden])]  # fmt: skip
+    inits = [numpy_helper.from_array(v, k) for k, v in tensors.items()]
+    return make_model([node], inputs, outputs, inits, opset=17, extra_opsets=_MS), feeds
+
+
+def _dq_lstm_run(model, feeds, threads: int):
+    """(onnxruntime's outputs with ``threads`` intra-op threads, the converted graph told the same)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    ref = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
+    gm = to_fx(onnx.shape_inference.infer_shapes(model))
+    lstm = [m for m in gm.modules() if hasattr(m, "threads")]
+    assert len(lstm) == 1
+    lstm[0].threads = threads
+    return ref, gm
+
+
+_DQ_LSTM_CASES = [
+    ("forward", False, True, 1, False), ("reverse", True, True, 3, True),
+    ("bidirectional", True, True, 6, False), ("bidirectional", False, False, 3, True),
+    ("forward", True, False, 6, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("direction,per_channel,signed,batch,initial", _DQ_LSTM_CASES)
+def test_dynamic_quantize_lstm_matches_onnxruntime(direction, per_channel, signed, batch, initial, threads):
+    """The kernel quantizes X once (one scale for the whole batch) and h at every step, per chunk of
+    ceil(B / threads) rows: with the session's thread count the conversion follows it to float rounding."""
+    model, feeds = _dq_lstm_model(direction, per_channel, signed, batch, initial)
+    ref, gm = _dq_lstm_run(model, feeds, threads)
+    with torch.no_grad():
+        got = gm(*[torch.from_numpy(v) for v in feeds.values()])
+    for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape and np.abs(r).max() > 0.05
+        np.testing.assert_allclose(g.numpy(), r, rtol=0, atol=1e-5 * np.abs(r).max())
+
+
+def test_dynamic_quantize_lstm_follows_the_thread_chunks():
+    """With 6 rows and 2 threads onnxruntime quantizes h over rows 0-2 and 3-5 separately: one scale for
+    all rows is measurably different (so the parity above is not a coincidence of tolerances)."""
+    model, feeds = _dq_lstm_model("forward", False, True, 6, True, seed=4)
+    ref, gm = _dq_lstm_run(model, feeds, 2)
+    next(m for m in gm.modules() if hasattr(m, "threads")).threads = 1
+    with torch.no_grad():
+        got = gm(*[torch.from_numpy(v) for v in feeds.values()])
+    assert np.abs(got[0].numpy() - ref[0]).max() > 1e-4 * np.abs(ref[0]).max()
+
+
+def test_dynamic_quantize_lstm_gradient_is_the_float_lstm_with_dequantized_weights():
+    """Straight-through: away from clipping (the dynamic range always holds the data), the gradient is the
+    float LSTM's with W, R dequantized, up to the quantization of x and h (cos > 0.999)."""
+    model, feeds = _dq_lstm_model("bidirectional", True, True, 2, True, peepholes=True, seed=2)
+    ref, gm = _dq_lstm_run(model, feeds, 1)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    def deq(k):
+        return (
+            (inits[k].astype(np.float64) - inits[k + "z"][..., :1, None]) * inits[k + "s"][..., None, :]
+        ).transpose(0, 2, 1)
+
+    float_lstm = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0", "P"], ["Y", "Y_h", "Y_c"],
+                                  direction="bidirectional", hidden_size=3)  # fmt: skip
+    twin_inits = [numpy_helper.from_array(deq(k).astype(np.float32), k) for k in ("W", "R")]
+    twin_inits += [numpy_helper.from_array(inits[k], k) for k in ("B", "P")]
+    twin = make_model([float_lstm], [vinfo(k, list(v.shape)) for k, v in feeds.items()],
+                      [vinfo("Y", [5, 2, 2, 3]), vinfo("Y_h", [2, 2, 3]), vinfo("Y_c", [2, 2, 3])], twin_inits,
+                      opset=17)  # fmt: skip
+    twin_gm = to_fx(onnx.shape_inference.infer_shapes(twin))
+    grads = []
+    for g in (gm, twin_gm):
+        x = torch.from_numpy(feeds["x"]).requires_grad_(True)
+        y = g(x, torch.from_numpy(feeds["h0"]), torch.from_numpy(feeds["c0"]))[0]
+        y[:, :, :, 1].sum().backward()
+        grads.append(x.grad.numpy())
+    assert _cos(grads[0], grads[1]) > 0.999
+    assert np.abs(grads[0] - grads[1]).max() > 0  # the quantized forward really differs
+
+
+def test_dynamic_quantize_lstm_refuses_sequence_lens_naming_the_node():
+    model, feeds = _dq_lstm_model("forward", False, True, 2, False)
+    model.graph.node[0].input[4] = "lens"
+    model.graph.input.append(vinfo("lens", [2], T.INT32))
+    with pytest.raises(ConversionError, match=r"DynamicQuantizeLSTM.*sequence_lens") as info:
+        to_fx(model)
+    assert "'q_lstm'" in str(info.value)
+
+
+# --- com.microsoft QLinearSoftmax, QAttention, QEmbedLayerNormalization -------------------------------
+_QSOFTMAX_CASES = [(13, -1, (4, 3, 8)), (13, 1, (4, 5, 6)), (12, 1, (4, 3, 5))]
+
+
+@pytest.mark.parametrize(
+    "opset,axis,shape", _QSOFTMAX_CASES, ids=["opset13-last", "opset13-axis1", "opset12"]
+)
+@pytest.mark.parametrize("qt", [T.UINT8, T.INT8], ids=["u8", "i8"])
+def test_qlinear_softmax(qt, opset, axis, shape, rng):
+    """The lookup-table kernel, bit-exact (its float32 table and in-order float32 row sums)."""
+    zx, zy = (np.int8(-3), np.int8(-128)) if qt == T.INT8 else (np.uint8(120), np.uint8(0))
+    inits = [numpy_helper.from_array(np.array(0.08, np.float32), "xs"), numpy_helper.from_array(np.array(zx), "xz"),
+             numpy_helper.from_array(np.array(1 / 256, np.float32), "ys"),
+             numpy_helper.from_array(np.array(zy), "yz")]  # fmt: skip
+    node = helper.make_node("QLinearSoftmax", ["x", "xs", "xz", "ys", "yz"], ["q"], domain="com.microsoft",
+                            axis=axis, opset=opset)  # fmt: skip
+    model = make_model([node], [vinfo("x", list(shape), qt)], [vinfo("q", list(shape), qt)], inits, opset=17,
+                       extra_opsets=_MS)  # fmt: skip
+    x = rng.integers(*_RANGE[qt], shape, endpoint=True).astype(_NP[qt])
+    (ref,), (got,), _ = _run(model, {"x": x})
+    _assert_exact(got, ref)
+    assert len(np.unique(got)) > 10  # not saturated to a few values
+
+
+def test_qlinear_softmax_gradient_is_the_float_softmax_inside_the_range():
+    """Q -> QLinearSoftmax -> DQ: the straight-through gradient is the float softmax's Jacobian (times the
+    input's Q mask), here with nothing saturating."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+             numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(np.array(1 / 256, np.float32), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]  # fmt: skip
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["qx"]),
+             helper.make_node("QLinearSoftmax", ["qx", "xs", "xz", "ys", "yz"], ["qy"], domain="com.microsoft",
+                              axis=-1, opset=13),
+             helper.make_node("DequantizeLinear", ["qy", "ys", "yz"], ["y"])]  # fmt: skip
+    model = make_model(nodes, [vinfo("x", [2, 6])], [vinfo("y", [2, 6])], inits, opset=17, extra_opsets=_MS)
+    x = np.random.default_rng(4).uniform(-2, 2, (2, 6)).astype(np.float32)
+    (ref,), (got,), gm = _run(model, {"x": x})
+    _assert_exact(got, ref)
+    w = torch.linspace(-1, 1, 6)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (gm(xt) * w).sum().backward()
+    xf = torch.from_numpy(x).requires_grad_(True)
+    (torch.softmax(torch.round(xf / 0.05) * 0.05 + (xf - xf.detach()), -1) * w).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), xf.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def _qattention_model(per_column: bool, signed: bool, mask: str, unidirectional: int, rng, batch=2, seq=5):
+    """x (float) -> DynamicQuantizeLinear -> QAttention, as quantize_dynamic writes it; random 8-bit weights."""
+    d, heads = 8, 2
+    lo, hi, dt, zp = (-64, 64, np.int8, 0) if signed else (0, 255, np.uint8, 129)
+    w = rng.integers(lo, hi, (d, 3 * d), endpoint=True).astype(dt)
+    shape = (3 * d,) if per_column else ()
+    inits = {"w": w, "b": (rng.standard_normal(3 * d) * 0.1).astype(np.float32),
+             "ws": rng.uniform(0.004, 0.02, shape).astype(np.float32),
+             "wz": np.full(shape, zp, dt)}  # fmt: skip
+    feeds = {"x": rng.standard_normal((batch, seq, d)).astype(np.float32)}
+    if mask == "end":
+        feeds["m"] = np.array([seq, 3], np.int32)[:batch]
+    elif mask == "2d":
+        feeds["m"] = (rng.uniform(size=(batch, seq)) > 0.3).astype(np.int32)
+        feeds["m"][:, 0] = 1
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("QAttention", ["xq", "w", "b", "xs", "ws", "m" if mask != "none" else "", "xz", "wz"],
+                              ["y"], "q_attention", domain="com.microsoft", num_heads=heads,
+                              unidirectional=unidirectional)]  # fmt: skip
+    inputs = [vinfo("x", [batch, seq, d])] + (
+        [vinfo("m", list(feeds["m"].shape), T.INT32)] if "m" in feeds else []
+    )
+    model = make_model(nodes, inputs, [vinfo("y", [batch, seq, d])],
+                       [numpy_helper.from_array(v, k) for k, v in inits.items()], opset=17, extra_opsets=_MS)  # fmt: skip
+    return model, feeds, inits
+
+
+@pytest.mark.parametrize("mask", ["none", "end", "2d"])
+@pytest.mark.parametrize("per_column,signed", [(False, True), (True, True), (False, False)],
+                         ids=["s8-tensor", "s8-column", "u8-tensor"])  # fmt: skip
+@pytest.mark.parametrize("unidirectional", [0, 1], ids=["bi", "causal"])
+def test_qattention_matches_onnxruntime(per_column, signed, mask, unidirectional, rng):
+    model, feeds, _ = _qattention_model(per_column, signed, mask, unidirectional, rng)
+    (ref,), (got,), _ = _run(model, feeds)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+def test_qattention_gradient_is_the_float_attention_with_dequantized_weights(rng):
+    model, feeds, inits = _qattention_model(True, True, "end", 0, rng)
+    _, _, gm = _run(model, feeds)
+    xt = torch.from_numpy(feeds["x"]).requires_grad_(True)
+    gm(xt, torch.from_numpy(feeds["m"]))[:, :, 1].sum().backward()
+    w = torch.from_numpy((inits["w"].astype(np.float32) - inits["wz"]) * inits["ws"])
+    float_attention = [m for m in gm.modules() if type(m).__name__ == "OnnxQAttention"][0]
+    xf = torch.from_numpy(feeds["x"]).requires_grad_(True)
+    proj = xf @ w + torch.from_numpy(inits["b"])
+    float_attention._from_projection(proj, torch.from_numpy(feeds["m"]))[:, :, 1].sum().backward()
+    assert _cos(xt.grad.numpy(), xf.grad.numpy()) > 0.99
+    assert np.abs(xt.grad.numpy()[1, 3:]).max() > 0  # masked keys still get gradient through their queries
+
+
+@pytest.mark.parametrize("segment", [False, True], ids=["no-segment", "segment"])
+@pytest.mark.parametrize("qt", [T.UINT8, T.INT8], ids=["u8", "i8"])
+def test_qembed_layer_normalization(qt, segment, rng):
+    b, s, d = 2, 5, 8
+    lo, hi = _RANGE[qt]
+    tables = {"word": (11, d), "pos": (7, d), "seg": (2, d), "gamma": (d,), "beta": (d,)}
+    inits = []
+    for k, shape in tables.items():
+        inits += [numpy_helper.from_array(rng.integers(lo, hi, shape, endpoint=True).astype(_NP[qt]), k),
+                  numpy_helper.from_array(np.array(rng.uniform(0.005, 0.02), np.float32), k + "_s"),
+                  numpy_helper.from_array(np.array(rng.integers(lo, hi) // 2, _NP[qt]), k + "_z")]  # fmt: skip
+    ins = ["ids", "segs" if segment else "", "word", "pos", "seg" if segment else "", "gamma", "beta", "mask",
+           "word_s", "pos_s", "seg_s" if segment else "", "gamma_s", "beta_s", "word_z", "pos_z",
+           "seg_z" if segment else "", "gamma_z", "beta_z"]  # fmt: skip
+    node = helper.make_node("QEmbedLayerNormalization", ins, ["y", "mask_index"], domain="com.microsoft",
+                            epsilon=1e-5)  # fmt: skip
+    feeds = {"ids": rng.integers(0, 11, (b, s)).astype(np.int32)}
+    if segment:
+        feeds["segs"] = rng.integers(0, 2, (b, s)).astype(np.int32)
+    feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 2, 1, 1]], np.int32)  # a 2 is no 1: not counted
+    inputs = [vinfo(k, [b, s], T.INT32) for k in feeds]
+    model = make_model([node], inputs, [vinfo("y", [b, s, d]), vinfo("mask_index", [b], T.INT32)], inits,
+                       opset=17, extra_opsets=_MS)  # fmt: skip
+    ref, got, _ = _run(model, feeds)
+    np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-5 * np.abs(ref[0]).max())
+    _assert_exact(got[1], ref[1])
+    np.testing.assert_array_equal(got[1], [3, 4])
 
 
 # --- whole models -----------------------------------------------------------------------------------

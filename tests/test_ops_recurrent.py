@@ -422,3 +422,25 @@ def test_public_api_gradient_equals_autograd(tmp_path):
     got = exp.attribution
     assert got.shape == tuple(x.shape)
     assert_gradients_match(got, xg.grad.numpy(), rel=1e-5, cos=0.99999)
+
+
+@pytest.mark.parametrize("batch_axis,time_axis", [(1, 0), (0, 1)], ids=["time-major", "batch-major"])
+def test_reverse_sequence(batch_axis, time_axis):
+    """tf2onnx writes it for Keras' backward layers: each sequence's first ``len`` steps reversed."""
+    lens = np.array([4, 1, 3], np.int64)
+    shape = [5, 3, 2] if time_axis == 0 else [3, 5, 2]
+    node = helper.make_node(
+        "ReverseSequence", ["x", "lens"], ["y"], batch_axis=batch_axis, time_axis=time_axis
+    )
+    model = make_model([node], [vinfo("x", shape), vinfo("lens", [3], TensorProto.INT64)], [vinfo("y", shape)],
+                       opset=17)  # fmt: skip
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (ref,), (got,) = _run_both(model, {"x": x, "lens": lens})
+    np.testing.assert_array_equal(got, ref)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gm = to_fx(onnx.shape_inference.infer_shapes(model))
+    (gm(xt, torch.from_numpy(lens)) * torch.arange(x.size).reshape(shape)).sum().backward()
+    np.testing.assert_array_equal(
+        xt.grad.numpy(),
+        _ort(model, {"x": np.arange(x.size, dtype=np.float32).reshape(shape), "lens": lens})[0],
+    )

@@ -123,6 +123,10 @@ class OnnxAttention(nn.Module):
         proj = torch.matmul(input, weights)
         if bias is not None:
             proj = proj + bias
+        return self._from_projection(proj, mask_index, attention_bias)
+
+    def _from_projection(self, proj, mask_index=None, attention_bias=None):
+        """Everything after the packed ``(B, S, Dq + Dk + Dv)`` projection (shared with ``QAttention``)."""
         sizes = self.qkv_sizes or [proj.shape[-1] // 3] * 3
         q, k, v = torch.split(proj, sizes, dim=-1)
         mask = None

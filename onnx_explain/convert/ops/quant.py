@@ -1,7 +1,16 @@
 """Quantization ops: QDQ (QuantizeLinear/DequantizeLinear), QOperator (QLinearMatMul, QLinearConv), the
 integer ops of dynamic quantization (DynamicQuantizeLinear, MatMulInteger, ConvInteger) and onnxruntime's
-``com.microsoft`` MatMulIntegerToFloat, DynamicQuantizeMatMul, QGemm, QLinearAdd, QLinearMul and
-QLinearGlobalAveragePool. onnx2torch 1.5.15 converts none.
+``com.microsoft`` MatMulIntegerToFloat, DynamicQuantizeMatMul, QGemm, QLinearAdd, QLinearMul,
+QLinearGlobalAveragePool, QLinearSoftmax, DynamicQuantizeLSTM, QAttention and QEmbedLayerNormalization;
+plus the ``Gather`` of a quantized embedding table. onnx2torch 1.5.15 converts none.
+
+The ``com.microsoft`` ops have no specification beyond their kernels, so each follows onnxruntime's CPU
+kernel as read in its source (named in each class) and measured against onnxruntime 1.31:
+DynamicQuantizeLSTM quantizes its float operands on the fly (the input once per sequence, ``h`` at every
+step per chunk of the batch, one chunk per intra-op thread: see :class:`OnnxDynamicQuantizeLSTM`), so its
+output for a sample depends on the rest of the batch and on onnxruntime's thread count, as onnxruntime's
+does. :func:`straight_through_nodes` lists the nodes whose forward rounds, for the ``extras['quantized']``
+note of the explanations.
 
 Forward (``METHODS.md`` §1.7): ``QuantizeLinear = saturate(rint(x / s) + zp)``, rounding half to even,
 always saturating to the integer type's range; ``DequantizeLinear = (x - zp) * s``; per-tensor, per-axis
@@ -23,23 +32,28 @@ is differentiable w.r.t. the float input. Scales and zero points are constants: 
 propagated (DynamicQuantizeLinear's data-dependent scale and zero point are detached).
 
 To let gradients flow, a quantized tensor whose every consumer is one of these ops, a Cast to a float
-type, or a layout op (Flatten, Reshape, Transpose, (Un)Squeeze, Identity, MaxPool) whose output qualifies
-in turn, is carried as a float tensor holding the exact integer values ("carrier": float32 for quantized
+type, or a layout op (Flatten, Reshape, Transpose, (Un)Squeeze, Identity, MaxPool, Gather of its values)
+whose output qualifies in turn, is carried as a float tensor holding the exact integer values ("carrier": float32 for quantized
 values, float64 for int32 accumulators). A quantized value that is a graph output, or that feeds any other
 op, keeps its ONNX integer dtype (and has no gradient).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import weakref
 
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto
-from torch import nn
+from torch import fx, nn
 
-from ..registry import converter
+from ..registry import builtin, converter
 from ._common import const, result, unsupported
+from .contrib import OnnxAttention, OnnxEmbedLayerNormRest
 from .functional import OnnxConvFunctional
+from .recurrent import OnnxLSTM
 from .tensor import _schema_versions
 
 #: ONNX integer element type -> (torch dtype, min, max)
@@ -68,7 +82,27 @@ _CARRIER_OPS = {
     "QLinearAdd",
     "QLinearMul",
     "QLinearGlobalAveragePool",
+    "QAttention",
+    "QLinearSoftmax",
 }
+
+
+def straight_through_nodes(module: nn.Module) -> list[str]:
+    """The submodules of a converted graph whose forward rounds to a quantized grid (QuantizeLinear,
+    DynamicQuantizeLinear, the requantizing QLinear*/QGemm, DynamicQuantizeMatMul, DynamicQuantizeLSTM,
+    QAttention): their gradient is the straight-through estimator, not the derivative of the function.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A converted graph, or any module holding one (a ``ConvertedModel``).
+
+    Returns
+    -------
+    list of str
+        Qualified submodule names (onnx2torch names them after the ONNX nodes); empty for a float graph.
+    """
+    return [name for name, m in module.named_modules() if getattr(m, "straight_through", False)]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -113,7 +147,7 @@ def _check_scales(node, graph, positions) -> None:
 
 
 #: ops that move a quantized tensor's values unchanged: a carrier may pass when their outputs may
-_PASS_THROUGH = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "MaxPool"}
+_PASS_THROUGH = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "MaxPool", "Gather"}
 
 
 def _carrier(name: str, graph, depth: int = 0) -> bool:
@@ -205,6 +239,8 @@ class OnnxQuantizeLinear(nn.Module):
         The dtype of the division (opset 23 ``precision``). None: float32, as onnxruntime 1.31 does even for
         float16/bfloat16 scales (the opset-23 text says "the scale's type"; onnxruntime is followed).
     """
+
+    straight_through = True  #: the forward rounds: gradients are straight-through
 
     def __init__(self, dtype, axis=1, block_size=0, carrier=False, precision=None):
         super().__init__()
@@ -308,6 +344,8 @@ class OnnxDynamicQuantizeLinear(nn.Module):
     """ONNX DynamicQuantizeLinear (uint8): (y, y_scale, y_zero_point); y with the straight-through
     gradient when ``carrier`` (scale and zero point detached)."""
 
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
     def __init__(self, carrier: bool = False):
         super().__init__()
         self.carrier = carrier
@@ -384,6 +422,8 @@ class OnnxQLinearMatMul(nn.Module):
     """ONNX QLinearMatMul: MatMulInteger, then requantized to y's scale and zero point; scales per tensor,
     a's per row, b's per column."""
 
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
     def __init__(self, dtype, carrier: bool = False):
         super().__init__()
         self.dtype = dtype
@@ -402,6 +442,8 @@ class OnnxQLinearMatMul(nn.Module):
 class OnnxQLinearConv(nn.Module):
     """ONNX QLinearConv: ConvInteger plus the int32 bias, requantized to y's scale and zero point; w's
     scale and zero point per tensor or per output channel."""
+
+    straight_through = True  #: the forward rounds: gradients are straight-through
 
     def __init__(self, attrs: dict, dtype, carrier: bool = False):
         super().__init__()
@@ -450,6 +492,8 @@ class OnnxDynamicQuantizeMatMul(nn.Module):
     """com.microsoft DynamicQuantizeMatMul: A quantized as DynamicQuantizeLinear does (straight-through
     gradient), then MatMulIntegerToFloat with B."""
 
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
     def forward(self, a, b, b_s, b_zp=None, bias=None):
         scale, zp = _dynamic_params(a)
         value, _ = _ste_round(a.float() / scale, zp, 0, 255)
@@ -470,6 +514,7 @@ class OnnxQGemm(nn.Module):
         self.alpha = float(alpha)
         self.dtype = dtype
         self.carrier = carrier
+        self.straight_through = dtype is not None  # rounds only when it requantizes to y's zero point
 
     def forward(self, a, a_s, a_zp, b, b_s, b_zp, c=None, y_s=None, y_zp=None):
         a = _integer(a, a_zp)
@@ -518,6 +563,8 @@ class OnnxQLinearBinary(nn.Module):
     then ``saturate(rint(v))`` with the straight-through gradient.
     """
 
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
     def __init__(self, op: str, dtype, carrier: bool = False):
         super().__init__()
         self.op = op
@@ -565,6 +612,8 @@ class OnnxQLinearGlobalAveragePool(nn.Module):
     """com.microsoft QLinearGlobalAveragePool: the exact integer sum over the spatial axes (NCHW, or NHWC
     with ``channels_last``), requantized by ``f32(s_x / (s_y * n))`` with the straight-through gradient."""
 
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
     def __init__(self, channels_last: bool, dtype, carrier: bool = False):
         super().__init__()
         self.channels_last = bool(channels_last)
@@ -605,3 +654,336 @@ def _matmul_integer_to_float(node, graph):
 def _dynamic_quantize_matmul(node, graph):
     _check_scales(node, graph, [2])
     return result(OnnxDynamicQuantizeMatMul(), node)
+
+
+# --- com.microsoft DynamicQuantizeLSTM ------------------------------------------------------------
+def _dynamic_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` quantized to uint8 as onnxruntime's dynamic GEMMs do (DynamicQuantizeLinear's scale and zero
+    point over all of ``x``): ``(q - zp, scale)``, ``q - zp`` exact in float64 with the straight-through
+    gradient of ``x / scale``, the scale detached."""
+    scale, zp = _dynamic_params(x)
+    value, _ = _ste_round(x.float() / scale, zp, 0, 255)
+    return value.to(torch.float64) - zp.double(), scale
+
+
+class OnnxDynamicQuantizeLSTM(OnnxLSTM):
+    """com.microsoft DynamicQuantizeLSTM as onnxruntime's CPU kernel computes it
+    (``contrib_ops/cpu/quantization/dynamic_quantize_lstm.cc``, ``rnn_helpers.cc ComputeGemm``).
+
+    ``W`` [dirs, I, 4H] and ``R`` [dirs, H, 4H] are int8/uint8 (transposed against ONNX LSTM, gates i, o,
+    f, c), with per-direction or per-column scales; only each direction's first zero point is read (int8
+    weights must have zero point 0, uint8 ones one zero point per direction). Both GEMMs quantize their
+    float operand on the fly to uint8 with DynamicQuantizeLinear's scale and zero point:
+
+    - the input GEMM once, over the whole sequence ``X`` [T, B, I] (so the batch shares one scale);
+    - the recurrent GEMM at every step, over ``h`` [B, H] — in chunks of ``ceil(B / threads)`` rows when
+      onnxruntime splits the batch over its intra-op threads (``B > 4``, or ``B >= 2`` and ``H <= 256``;
+      ``uni_directional_lstm.cc SetNumThreads``), so ``threads`` must be the session's thread count for
+      parity with ``B > 1``.
+
+    Then ``f32(acc) * f32(s_x * s_w)`` as MLAS's output processor; the rest is the LSTM cell of
+    :class:`~onnx_explain.convert.ops.recurrent.OnnxRecurrent`. Gradient: straight-through through both
+    quantizations (scales detached).
+    """
+
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
+    def __init__(self, *args, threads: int = 1, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+        self.threads = int(threads)
+
+    @staticmethod
+    def _weights(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+        """[dirs, K, 4H] integers -> the dequantized [dirs, 4H, K] in float64 (exact: 8-bit times f32)."""
+        dirs = q.shape[0]
+        z = zp.reshape(dirs, -1)[:, :1].to(torch.float64)  # onnxruntime reads each direction's first
+        s = scale.detach().reshape(dirs, -1).to(torch.float64)
+        w = (q.to(torch.float64) - z[:, :, None]) * s[:, None, :]
+        return w.transpose(1, 2)
+
+    def _input_gemm(self, x, w):
+        a, scale = _dynamic_quantize(x)
+        return (torch.matmul(a, w.transpose(0, 1)) * scale.double()).to(x.dtype)
+
+    def _recurrent_gemm(self, h, r):
+        batch, hidden = h.shape
+        chunk = batch
+        if batch > 4 or (batch >= 2 and hidden <= 256):  # onnxruntime's batch-parallel branch
+            chunk = -(-batch // max(self.threads, 1))
+        outs = []
+        for start in range(0, batch, chunk):
+            a, scale = _dynamic_quantize(h[start : start + chunk])
+            outs.append(torch.matmul(a, r.transpose(0, 1)) * scale.double())
+        return torch.cat(outs, 0).to(h.dtype)
+
+    def forward(self, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,  # noqa: N803
+                W_scale=None, W_zero_point=None, R_scale=None, R_zero_point=None):  # noqa: N803  # fmt: skip
+        w = self._weights(W, W_scale, W_zero_point)
+        r = self._weights(R, R_scale, R_zero_point)
+        return self._forward(X, w, r, B, sequence_lens, initial_h, initial_c, P)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", threads={self.threads}"
+
+
+@converter("DynamicQuantizeLSTM", 1, domain="com.microsoft")
+def _dynamic_quantize_lstm(node, graph):
+    from .recurrent import _parse_activations
+
+    _check_scales(node, graph, [8, 10])
+    a = node.attributes
+    names = list(node.input_values) + [""] * 12
+    if names[4]:
+        raise unsupported(node, "sequence_lens")
+    direction = a.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise unsupported(node, f"direction={direction!r}")
+    try:
+        acts = _parse_activations("LSTM", a, 2 if direction == "bidirectional" else 1)
+    except ValueError as exc:
+        raise unsupported(node, str(exc)) from None
+    clip = a.get("clip")
+    module = OnnxDynamicQuantizeLSTM(
+        direction, 0, acts, None if clip is None else float(clip), input_forget=a.get("input_forget", 0),
+        n_outputs=max(len(node.output_values), 1), threads=_ort_threads(),
+    )  # fmt: skip
+    return result(module, node)
+
+
+def _ort_threads() -> int:
+    """The intra-op thread count of this package's onnxruntime sessions: ``ONNX_EXPLAIN_THREADS``, else
+    onnxruntime's default, one thread per physical core this process may run on."""
+    threads = int(os.environ.get("ONNX_EXPLAIN_THREADS", "0") or 0)
+    return threads if threads > 0 else _physical_cores()
+
+
+def _physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (Linux sysfs topology; else the CPU count)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(base + "physical_package_id") as f1, open(base + "core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            return len(cpus) or os.cpu_count() or 1
+    return len(cores) or os.cpu_count() or 1
+
+
+# --- Gather of a quantized table ------------------------------------------------------------------
+class OnnxCarrierGather(nn.Module):
+    """Gather from an integer (quantized) table, returning the exact integers as a float32 carrier, so a
+    dequantized embedding lookup (``Gather(q_table, ids) -> DequantizeLinear``, as ``quantize_dynamic``
+    writes it) has a float tensor right after the lookup where gradients can start."""
+
+    def __init__(self, gather: nn.Module):
+        super().__init__()
+        self.gather = gather
+
+    def forward(self, data: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return self.gather(data.to(torch.float32), indices)
+
+
+def _gather(node, graph):
+    converted = _BUILTIN_GATHER(node, graph)
+    elem = _elem_type(node.input_values[0], graph)
+    if (
+        elem in _INT_TYPES
+        and node.input_values[0] in graph.initializers
+        and _carrier(node.output_values[0], graph)
+    ):
+        converted = result(OnnxCarrierGather(converted.torch_module), node)
+    return converted
+
+
+_BUILTIN_GATHER = builtin("Gather", 13)  # onnx2torch converts versions 1, 11 and 13 alike
+converter("Gather", [1, 11, 13], override=True)(_gather)
+
+
+# --- com.microsoft QAttention, QEmbedLayerNormalization -------------------------------------------
+class OnnxQAttention(OnnxAttention):
+    """com.microsoft QAttention as onnxruntime's CPU kernel computes it (``attention_quant.cc``): the packed
+    projection ``f32((x - x_zp) @ (W - w_zp)) * f32(x_s * w_s) + bias`` of an already quantized uint8
+    input (a carrier: straight-through gradient to the float input of its DynamicQuantizeLinear), per-tensor
+    or per-column weight scales and zero points, then the float attention of ``com.microsoft.Attention``
+    (``mask_index`` forms, ``unidirectional``; no ``past``)."""
+
+    straight_through = True  #: its input was rounded (by the DynamicQuantizeLinear feeding it)
+
+    def forward(self, input, weights, bias, input_scale, weight_scale, mask_index=None,  # noqa: A002
+                input_zero_point=None, weight_zero_point=None, past=None):  # fmt: skip
+        acc = torch.matmul(_integer(input, input_zero_point), _integer(weights, weight_zero_point))
+        multiplier = weight_scale.detach().float() * input_scale.detach().float().reshape(())
+        proj = acc.to(torch.float32) * multiplier + bias
+        return self._from_projection(proj, mask_index)
+
+
+@converter("QAttention", 1, domain="com.microsoft")
+def _qattention(node, graph):
+    _check_scales(node, graph, [3, 4])
+    a = node.attributes
+    names = list(node.input_values) + [""] * 9
+    if names[8]:
+        raise unsupported(node, "a past state (input 'past', KV cache)")
+    heads = int(a["num_heads"])
+    module = OnnxQAttention(
+        heads, None, bool(a.get("unidirectional", 0)), float(a.get("mask_filter_value", -10000.0)),
+        float(a.get("scale", 0.0)), max(1, len(node.output_values)),
+    )  # fmt: skip
+    return result(module, node)
+
+
+def _dequantized(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    """onnxruntime's ``quantization::Dequantize``: ``f32(int32(q) - zp) * scale`` (per tensor)."""
+    v = q.to(torch.int32) - (zp.to(torch.int32).reshape(()) if zp is not None else 0)
+    return v.to(torch.float32) * scale.detach().float().reshape(())
+
+
+class OnnxQWordEmbedding(nn.Module):
+    """The word lookup of ``QEmbedLayerNormalization`` in the dequantized table (its own graph node, where
+    attribution to token ids starts, as for ``EmbedLayerNormalization``)."""
+
+    def forward(self, input_ids, table, scale, zp=None):
+        return F.embedding(input_ids.long(), _dequantized(table, scale, zp))
+
+
+class OnnxQEmbedLayerNormRest(OnnxEmbedLayerNormRest):
+    """Position and segment embeddings, LayerNorm and mask index of ``QEmbedLayerNormalization``: every
+    table, gamma and beta dequantized per tensor; the mask index counts the entries equal to 1."""
+
+    def forward(self, words, input_ids, segment_ids, position_q, segment_q, gamma_q, beta_q, mask,  # noqa: PLR0913
+                position_s, segment_s, gamma_s, beta_s, position_z, segment_z, gamma_z, beta_z):  # fmt: skip
+        segment = None if segment_q is None else _dequantized(segment_q, segment_s, segment_z)
+        return super().forward(
+            words, input_ids, segment_ids, _dequantized(position_q, position_s, position_z), segment,
+            _dequantized(gamma_q, gamma_s, gamma_z), _dequantized(beta_q, beta_s, beta_z),
+            None if mask is None else (mask == 1), None,
+        )  # fmt: skip
+
+
+_QEMBED_INPUTS = (
+    "input_ids", "segment_ids", "word_embedding", "position_embedding", "segment_embedding", "gamma", "beta",
+    "mask", "word_scale", "position_scale", "segment_scale", "gamma_scale", "beta_scale", "word_zp",
+    "position_zp", "segment_zp", "gamma_zp", "beta_zp",
+)  # fmt: skip
+
+
+@converter("QEmbedLayerNormalization", 1, domain="com.microsoft")
+def _qembed_layer_norm(node, graph):
+    _check_scales(node, graph, range(8, 13))
+    n_out = max(1, len(node.output_values))
+    g = fx.Graph()
+    root = nn.Module()
+    root.words = OnnxQWordEmbedding()
+    root.rest = OnnxQEmbedLayerNormRest(float(node.attributes.get("epsilon", 1e-12)), n_out)
+    names = list(node.input_values) + [""] * (len(_QEMBED_INPUTS) - len(node.input_values))
+    ph = {key: g.placeholder(key) for key in _QEMBED_INPUTS}
+    words = g.call_module("words", (ph["input_ids"], ph["word_embedding"], ph["word_scale"], ph["word_zp"]))
+    rest = [ph[k] for k in _QEMBED_INPUTS if k not in ("word_embedding", "word_scale", "word_zp")]
+    g.output(g.call_module("rest", (words, *rest)))
+    module = fx.GraphModule(root, g)
+    module.onnx_inline = True  # the driver inlines it, so the word lookup is a node of its own
+    return result(module, node, tuple(names))
+
+
+# --- com.microsoft QLinearSoftmax -----------------------------------------------------------------
+class OnnxQLinearSoftmax(nn.Module):
+    """com.microsoft QLinearSoftmax as onnxruntime's CPU kernel computes it (``qlinear_softmax.cc``): a
+    256-entry float32 table ``exp((k - 255 + shift) * s_x)`` (``shift = max(0, log(FLT_MAX / D) - 5) / s_x``),
+    indexed by ``255 - max(x) + x``; the row sum accumulated in float32 in order; ``y = rint(t *
+    floor(1 / s_y) / sum) + zp_y``, saturated (measured on onnxruntime 1.31: int8 outputs saturate at 127).
+
+    Straight-through gradient: that of ``softmax((x - zp_x) s_x) / s_y`` where the output does not
+    saturate. ``axis`` is the opset-13 one (softmax over one axis); opset < 13 flattens from ``axis`` on."""
+
+    straight_through = True  #: the forward rounds: gradients are straight-through
+
+    def __init__(self, axis: int, opset: int, dtype, carrier: bool = False):
+        super().__init__()
+        self.axis = int(axis)
+        self.opset = int(opset)
+        self.dtype = dtype
+        self.carrier = carrier
+
+    def forward(self, x, x_s, x_zp, y_s, y_zp=None):
+        shape = x.shape
+        axis = self.axis % x.dim()
+        if self.opset < 13:  # softmax over everything from axis on
+            x2 = x.reshape(*shape[:axis], -1)
+        else:
+            x2 = x.movedim(axis, -1)
+        d = x2.shape[-1]
+        xs, ys = _f32(x_s), _f32(y_s)
+        with torch.no_grad():
+            q = x2.detach().to(torch.float64)
+            shift = max(0.0, math.log(torch.finfo(torch.float32).max / d) - 5) / float(xs)
+            k = q - q.amax(dim=-1, keepdim=True)  # (k - 255) of the kernel's table index
+            table = torch.exp((k + shift) * float(xs)).to(torch.float32)
+            total = torch.zeros(table.shape[:-1], dtype=torch.float32, device=x.device)
+            for j in range(d):  # the kernel's in-order float32 sum
+                total = total + table[..., j]
+            y_scale = torch.floor(1.0 / ys)
+            v = torch.round((table * y_scale) / total[..., None]).to(torch.float64)
+            v = v + (_f32(y_zp).double() if y_zp is not None else 0.0)
+            lo, hi = _RANGE[self.dtype]
+            inside = (v >= lo) & (v <= hi)
+            v = torch.clamp(v, lo, hi)
+        exact = v.to(torch.float32)
+        if x.requires_grad:
+            zx = _f32(x_zp) if x_zp is not None else torch.zeros((), device=x.device)
+            t = torch.softmax((x2.float() - zx) * xs, dim=-1) / ys
+            exact = exact + torch.where(inside, t - t.detach(), torch.zeros((), device=x.device))
+        y = exact.reshape(shape) if self.opset < 13 else exact.movedim(-1, axis)
+        return y if self.carrier else y.detach().to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, opset={self.opset}, carrier={self.carrier}"
+
+
+@converter("QLinearSoftmax", 1, domain="com.microsoft")
+def _qlinear_softmax(node, graph):
+    _check_scales(node, graph, [1, 3])
+    a = node.attributes
+    opset = int(a.get("opset", 13))
+    axis = int(a.get("axis", 1 if opset < 13 else -1))
+    names = list(node.input_values) + [""] * 5
+    dtype = _out_dtype(node, graph, names[4] or names[0])
+    if dtype not in (torch.uint8, torch.int8):
+        raise unsupported(node, f"a {dtype} output (only uint8 and int8)")
+    return result(OnnxQLinearSoftmax(axis, opset, dtype, _carrier(node.output_values[0], graph)), node)
+
+
+# --- the graph onnxruntime runs -------------------------------------------------------------------
+def onnxruntime_fused(model) -> object:
+    """The graph onnxruntime's CPU provider runs for ``model``: its extended graph optimisations applied
+    (``ORT_ENABLE_EXTENDED``) and saved as ONNX.
+
+    For QDQ graphs this matters: onnxruntime rewrites ``DequantizeLinear -> op -> QuantizeLinear`` groups
+    into its QLinear* kernels (QLinearAdd, QLinearMul, QLinearSoftmax, QLinearMatMul, QGemm ...), whose
+    rounding differs from the graph as written (a tiny BERT: 2-3 % of the logits). Converting this graph
+    instead reproduces onnxruntime's outputs exactly (its kernels are all converted here). It may hold
+    other fused ``com.microsoft`` ops (FusedConv, FusedMatMul ...), so it is a fallback for graphs whose
+    as-written conversion differs from onnxruntime, not a default.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model (in memory; no external data).
+
+    Returns
+    -------
+    onnx.ModelProto
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory() as folder:
+        opts.optimized_model_filepath = os.path.join(folder, "fused.onnx")
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath)

@@ -14,6 +14,11 @@ one explicit cell loop over time (autograd flows through it to ``X`` and to comp
 - any subset of the outputs ``Y``, ``Y_h``, ``Y_c``.
 
 Gate orders are ONNX's: LSTM ``W``/``R``/``B`` rows are i, o, f, c; ``P`` is i, o, f; GRU is z, r, h.
+The input and recurrent products go through two hooks (``_input_gemm``, ``_recurrent_gemm``) that
+``com.microsoft.DynamicQuantizeLSTM`` (in :mod:`.quant`) replaces with its quantized GEMMs.
+
+Also ``ReverseSequence`` (opset 10), which tf2onnx writes for Keras' backward recurrent layers (Keras LSTMs
+become one ONNX ``LSTM`` node, Keras 3 GRUs a ``Loop`` over the cell: both convert).
 """
 
 from __future__ import annotations
@@ -153,6 +158,15 @@ class OnnxRecurrent(nn.Module):
         )
 
     # --- one direction ---------------------------------------------------------------------------
+    def _input_gemm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T`` for every time step at once (``x`` [T, B, I], ``w`` [G*H, I]); a hook for the
+        quantized LSTM, which quantizes ``x`` first."""
+        return torch.matmul(x, w.transpose(0, 1))
+
+    def _recurrent_gemm(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """``h @ R^T`` of one LSTM step (``h`` [B, H], ``r`` [4*H, H]); a hook like :meth:`_input_gemm`."""
+        return torch.matmul(h, r.transpose(0, 1))
+
     def _pre(self, v: torch.Tensor) -> torch.Tensor:
         return v if self.clip is None else torch.clamp(v, -self.clip, self.clip)
 
@@ -164,7 +178,7 @@ class OnnxRecurrent(nn.Module):
         """One direction over time-major ``x`` [T, B, I]; returns (Y [T, B, H], h, c)."""
         steps, batch = x.shape[0], x.shape[1]
         hidden = r.shape[-1]
-        xw = torch.matmul(x, w.transpose(0, 1))  # [T, B, G*H]
+        xw = self._input_gemm(x, w)  # [T, B, G*H]
         rb = None
         if b is not None:
             half = b.shape[0] // 2
@@ -228,7 +242,7 @@ class OnnxRecurrent(nn.Module):
             cand = self._act(acts, 1, cand)
             return (1 - z) * cand + z * h, None
         # LSTM: gates i, o, f, c
-        gates = xw + torch.matmul(h, r.transpose(0, 1))
+        gates = xw + self._recurrent_gemm(h, r)
         if rb is not None:
             gates = gates + rb
         gi, go, gf, gc = gates.split(hidden, -1)
@@ -328,3 +342,37 @@ def _recurrent(node, graph):
 
 for _op in ("LSTM", "GRU", "RNN"):
     converter(_op, _schema_versions(_op, [7, 14, 22]))(_recurrent)
+
+
+class OnnxReverseSequence(nn.Module):
+    """ONNX ReverseSequence: per batch element ``b``, the first ``sequence_lens[b]`` steps along
+    ``time_axis`` reversed and the rest kept (tf2onnx writes it for Keras' backward recurrent layers)."""
+
+    def __init__(self, batch_axis: int = 1, time_axis: int = 0):
+        super().__init__()
+        self.batch_axis = int(batch_axis)
+        self.time_axis = int(time_axis)
+
+    def forward(self, x: torch.Tensor, sequence_lens: torch.Tensor) -> torch.Tensor:
+        steps = x.shape[self.time_axis]
+        t = torch.arange(steps, device=x.device)[:, None]  # [T, 1]
+        lens = sequence_lens.to(device=x.device, dtype=torch.long)[None, :]  # [1, B]
+        index = torch.where(t < lens, lens - 1 - t, t)  # [T, B]
+        if self.time_axis == 1:  # batch-major
+            index = index.transpose(0, 1)
+        index = index.reshape(tuple(index.shape) + (1,) * (x.dim() - 2)).expand_as(x)
+        return x.gather(self.time_axis, index)
+
+    def extra_repr(self) -> str:
+        return f"batch_axis={self.batch_axis}, time_axis={self.time_axis}"
+
+
+@converter("ReverseSequence", 10)
+def _reverse_sequence(node, graph):
+    a = node.attributes
+    batch_axis, time_axis = a.get("batch_axis", 1), a.get("time_axis", 0)
+    if {batch_axis, time_axis} != {0, 1}:
+        raise unsupported(
+            node, f"batch_axis={batch_axis}, time_axis={time_axis} (one must be 0, the other 1)"
+        )
+    return result(OnnxReverseSequence(batch_axis, time_axis), node)
