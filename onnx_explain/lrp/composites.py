@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ..errors import OptionError
 from . import roles
 from . import rules as R
+from . import rules_extra as RX
 
 #: name -> fn(layers, **options) -> list of rules, one per layer; ``layers`` is a list of
 #: ``(kind, node_name)`` in graph order, kind 'conv' or 'dense'
@@ -129,7 +130,14 @@ def attnlrp(layers, epsilon=1e-6):
     return [R.epsilon(epsilon) for _ in layers]
 
 
-@register_composite("cp_lrp", role_rules={roles.SOFTMAX: lambda: R.STOP})
+@register_composite(
+    "cp_lrp",
+    role_rules={
+        roles.SOFTMAX: lambda: R.STOP,
+        roles.ATTENTION: RX.attention_cp,
+        roles.Q_ATTENTION: RX.qattention_cp,
+    },
+)
 def cp_lrp(layers, epsilon=1e-6):
     """CP-LRP (Ali et al., ICML 2022): as ``attnlrp``, but the attention probabilities are constants, so
     the values take all relevance of attention × values and the queries and keys get none."""

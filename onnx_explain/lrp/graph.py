@@ -1,6 +1,8 @@
 """Build the LRP graph of a converted model in three steps, on a copy (the model itself is never modified):
 
-- **canonize**: MatMul+Add → Linear, BatchNorm merged into the preceding linear layer;
+- **canonize**: ``DequantizeLinear`` of constant weights evaluated (QDQ graphs), Conv/Gemm whose weights thus
+  became constants made layers, quantize_dynamic's ``MatMulInteger``/``ConvInteger`` chains made a dequantized
+  input and the dequantized layer, MatMul+Add → Linear, BatchNorm merged into the preceding linear layer;
 - **plan**: every node that carries relevance gets its role (:mod:`onnx_explain.lrp.roles`) and a rule
   from the override, the composite or the role — or the build fails naming the ONNX node;
 - **wrap**: each planned node's module is replaced by a :class:`RuleWrapper` computing its rule.
@@ -24,9 +26,15 @@ Mul of a signal and a gate (SiLU, SE, GELU)    Pass to the signal; the gate is a
 Mul/MatMul/Einsum of two activations           bilinear (½ each)
 Softmax                                        AttnLRP's rule (CP-LRP: stop)
 LayerNormalization (+ fused), Sqrt of a mean   σ held constant
+com.microsoft Attention, MultiHeadAttention,   AttnLRP through the fused node (bilinear halves, softmax
+QAttention                                     rule, projections ε, masks constant); CP-LRP: P constant
+com.microsoft (Q)EmbedLayerNormalization       the embeddings' shares, σ held constant
+com.microsoft BiasGelu, FastGelu(x, bias)      identity on the activation, the bias absorbing its share
 LSTM, GRU, RNN                                 signal-take-all
 routing (Flatten, Reshape, Transpose, Concat,  gradient
-Slice, Pad, Squeeze, Gather ...)
+Slice, Pad, Squeeze, Gather, Where ...)
+QuantizeLinear/DequantizeLinear of an          gradient: a Q → DQ pair is the straight-through identity
+activation, DynamicQuantizeLinear              (0 where it clips); DQL's scale and zero point: constants
 anything else carrying relevance               error naming the node, unless ``fallback='gradient'``
 =============================================  ==========================================================
 """
@@ -126,7 +134,12 @@ class RuleWrapper(nn.Module):
         self.dependent = list(dependent)
         self.label = label
         make = getattr(rule, "surrogate", None)
-        self.surrogate = make(module) if make is not None else None
+        if make is None:
+            self.surrogate = None
+        else:  # a surrogate may need to know which inputs carry relevance (the others are constants)
+            self.surrogate = (
+                make(module, self.dependent) if getattr(make, "with_dependent", False) else make(module)
+            )
         self.record = None
         setattr(self, NODE_ATTR, getattr(module, NODE_ATTR, ("", "", "")))
 
@@ -194,6 +207,198 @@ def _fold_matmul(gm: fx.GraphModule) -> int:
     return folded
 
 
+#: ops evaluated once when every input is a constant: the weight side of a quantized (QDQ) layer
+_FOLDABLE = ("DequantizeLinear", "Transpose", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Identity",
+             "Flatten")  # fmt: skip
+
+
+def _fold_constants(gm: fx.GraphModule) -> int:
+    """A ``DequantizeLinear`` of constant integer weights (and layout ops of constants after it) → the
+    constant float tensor, so that ``DequantizeLinear → MatMul/Gemm/Conv`` is the dequantized linear layer."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or _onnx(gm.get_submodule(node.target))[1] not in _FOLDABLE:
+            continue
+        if node.kwargs or not node.args:
+            continue
+        values = [_const_value(gm, a) if isinstance(a, fx.Node) else a for a in node.args]
+        if any(isinstance(a, fx.Node) and v is None for a, v in zip(node.args, values, strict=True)):
+            continue
+        with torch.no_grad():
+            value = gm.get_submodule(node.target)(*values)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = f"lrp_const_{folded}"
+        gm.register_buffer(name, value.detach().clone())
+        with gm.graph.inserting_before(node):
+            new = gm.graph.get_attr(name)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        folded += 1
+    return folded
+
+
+def _fold_weight_inputs(gm: fx.GraphModule) -> int:
+    """Conv (functional) and Gemm nodes whose weight and bias are constants but arrive as inputs (a folded
+    ``DequantizeLinear``) → ``nn.Conv*d`` / ``nn.Linear``, which the layer rules read."""
+    from ..convert.ops.functional import OnnxConvFunctional
+
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) < 2 or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        w = _const_value(gm, node.args[1])
+        b = _const_value(gm, node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
+        if w is None or (len(node.args) > 2 and node.args[2] is not None and b is None):
+            continue
+        layer = None
+        if isinstance(module, OnnxConvFunctional) and module.auto_pad in ("NOTSET", "VALID"):
+            n, strides, dilations, _ = module._common(w)
+            pads = module.pads if module.auto_pad == "NOTSET" and module.pads else [0] * (2 * n)
+            if pads[:n] != pads[n:]:
+                continue  # asymmetric padding: no nn.Conv equivalent; the node stays (and has no role)
+            conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n]
+            layer = conv(w.shape[1] * module.group, w.shape[0], tuple(w.shape[2:]), stride=tuple(strides),
+                         padding=tuple(pads[:n]), dilation=tuple(dilations), groups=module.group,
+                         bias=b is not None).to(w.dtype)  # fmt: skip
+            layer.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
+        elif _onnx(module)[1] == "Gemm" and not getattr(module, "trans_a", True) and w.dim() == 2:
+            weight = (w if module.trans_b else w.T) * module.alpha
+            if b is not None and b.dim() != 1:
+                continue
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=b is not None).to(w.dtype)
+            layer.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+            b = b * module.beta if b is not None else None
+        if layer is None:
+            continue
+        if b is not None:
+            layer.bias = nn.Parameter(b.detach().reshape(-1).clone(), requires_grad=False)
+        setattr(layer, NODE_ATTR, _onnx(module))
+        name = f"lrp_layer_{folded}"
+        gm.add_module(name, layer)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        folded += 1
+    return folded
+
+
+class _Dequantize(nn.Module):
+    """``(q - zp) · s``: the dequantized input of a ``MatMulInteger``/``ConvInteger`` made a float layer (a
+    ``DequantizeLinear`` for LRP: with the ``DynamicQuantizeLinear`` before it, the straight-through identity)."""
+
+    def forward(self, q, scale, zp=None):
+        q = q.to(torch.float32)
+        return (q if zp is None else q - zp.to(torch.float32)) * scale.to(torch.float32)
+
+
+def _only_user(node: fx.Node, gm: fx.GraphModule, op: str) -> fx.Node | None:
+    """The single user of ``node`` if it is a module of ONNX op type ``op``."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return None
+    return users[0] if _onnx(gm.get_submodule(users[0].target))[1] == op else None
+
+
+def _other(node: fx.Node, arg: fx.Node):
+    """The operand of a binary node that is not ``arg``."""
+    return node.args[1] if node.args[0] is arg else node.args[0]
+
+
+def _fold_integer_layers(gm: fx.GraphModule) -> int:
+    """quantize_dynamic's ``DynamicQuantizeLinear → MatMulInteger/ConvInteger (constant weights) → Cast → Mul(s_x·s_w)
+    [→ Add(constant bias)]`` → the dequantized input ``(q - zp)·s_x`` and ``nn.Linear``/``nn.Conv*d`` with the
+    dequantized weights ``(W - w_zp)·s_w`` and the bias: the float twin's layer, with the composite's rule."""
+    from ..convert.ops.quant import OnnxConvInteger, OnnxDynamicQuantizeLinear, OnnxMatMulInteger
+
+    def getitem_of(arg, index):  # the DynamicQuantizeLinear node whose output ``index`` ``arg`` is
+        if not (isinstance(arg, fx.Node) and arg.op == "call_function" and len(arg.args) == 2):
+            return None
+        src, i = arg.args
+        ok = isinstance(src, fx.Node) and src.op == "call_module" and i == index
+        return src if ok and isinstance(gm.get_submodule(src.target), OnnxDynamicQuantizeLinear) else None
+
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        if not isinstance(module, (OnnxMatMulInteger, OnnxConvInteger)):
+            continue
+        q, w, zp, w_zp = (list(node.args) + [None] * 4)[:4]
+        dql = getitem_of(q, 0)
+        w, w_zp_v = _const_value(gm, w), _const_value(gm, w_zp) if w_zp is not None else None
+        if (
+            dql is None
+            or w is None
+            or (w_zp is not None and w_zp_v is None)
+            or (zp is not None and getitem_of(zp, 2) is not dql)
+        ):
+            continue
+        cast = _only_user(node, gm, "Cast")
+        mul = _only_user(cast, gm, "Mul") if cast is not None else None
+        scales = _other(mul, cast) if mul is not None else None
+        if not (isinstance(scales, fx.Node) and scales.op == "call_module"):
+            continue
+        if _onnx(gm.get_submodule(scales.target))[1] != "Mul" or len(scales.args) != 2:
+            continue
+        s_x = next((a for a in scales.args if getitem_of(a, 1) is dql), None)
+        s_w = _const_value(gm, _other(scales, s_x)) if s_x is not None else None
+        if s_w is None:
+            continue
+        add, bias = _only_user(mul, gm, "Add"), None
+        if add is not None:
+            bias = _const_value(gm, _other(add, mul))
+            add = (
+                add
+                if bias is not None
+                and bias.numel() == w.shape[1 if isinstance(module, OnnxMatMulInteger) else 0]
+                else None
+            )
+        w = w.to(torch.float64) - (w_zp_v.to(torch.float64) if w_zp_v is not None else 0.0)
+        s_w = s_w.to(torch.float64)
+        if isinstance(module, OnnxMatMulInteger):
+            if w.dim() != 2 or s_w.numel() not in (1, w.shape[1]):
+                continue
+            weight = (w * s_w.reshape(1, -1)).T
+            layer = nn.Linear(w.shape[0], w.shape[1], bias=add is not None)
+        else:
+            conv = module.conv
+            if conv.auto_pad not in ("NOTSET", "VALID") or s_w.numel() != 1:
+                continue
+            n, strides, dilations, _ = conv._common(w)
+            pads = conv.pads if conv.auto_pad == "NOTSET" and conv.pads else [0] * (2 * n)
+            if pads[:n] != pads[n:]:
+                continue
+            weight = w * s_w.reshape(())
+            layer = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n](
+                w.shape[1] * conv.group, w.shape[0], tuple(w.shape[2:]), stride=tuple(strides),
+                padding=tuple(pads[:n]), dilation=tuple(dilations), groups=conv.group, bias=add is not None,
+            )  # fmt: skip
+        layer.weight = nn.Parameter(weight.float().contiguous(), requires_grad=False)
+        if add is not None:
+            layer.bias = nn.Parameter(bias.detach().reshape(-1).float().clone(), requires_grad=False)
+        name, op, domain = _onnx(module)
+        deq = _Dequantize()
+        setattr(deq, NODE_ATTR, (f"{name}/dequantize", "DequantizeLinear", ""))
+        setattr(layer, NODE_ATTR, (name, op, domain))
+        gm.add_module(f"lrp_dequantize_{folded}", deq)
+        gm.add_module(f"lrp_integer_layer_{folded}", layer)
+        last = add if add is not None else mul
+        with gm.graph.inserting_after(last):
+            d = gm.graph.call_module(f"lrp_dequantize_{folded}", (q, s_x) if zp is None else (q, s_x, zp))
+        with gm.graph.inserting_after(d):
+            new = gm.graph.call_module(f"lrp_integer_layer_{folded}", (d,))
+        last.replace_all_uses_with(new)
+        for dead in (add, mul, cast, node):
+            if dead is not None:
+                gm.graph.erase_node(dead)
+        folded += 1
+    return folded
+
+
 def _merge_batchnorm(gm: fx.GraphModule) -> int:
     """BatchNormalization right after a Conv/Linear with no other consumer → folded into its weights."""
     merged = 0
@@ -251,12 +456,18 @@ class Plan:
 
 
 def canonize(converted):
-    """A deep copy of ``converted`` with MatMul(+Add) folded into Linear layers and BatchNorm merged.
+    """A deep copy of ``converted`` with the ``DequantizeLinear`` of constant weights evaluated, Conv and Gemm
+    nodes whose weights thus became constants made layers, MatMul(+Add) folded into Linear layers and
+    BatchNorm merged.
 
     Returns ``(copy, report)``, the report counting each rewrite."""
     lrp = copy.deepcopy(converted)
     gm: fx.GraphModule = lrp.graph
-    report = {"folded_matmul": _fold_matmul(gm), "merged_batchnorm": _merge_batchnorm(gm)}
+    report = {"folded_constants": _fold_constants(gm)}  # DequantizeLinear of weights: float constants
+    report["folded_weight_inputs"] = _fold_weight_inputs(gm)
+    report["folded_integer_layers"] = _fold_integer_layers(gm)
+    report["folded_matmul"] = _fold_matmul(gm)
+    report["merged_batchnorm"] = _merge_batchnorm(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return lrp, report
@@ -307,7 +518,10 @@ def plan(
         if not dep_inputs:
             continue
         if node.op == "call_function":  # getitem of a multi-output node
-            depends.add(node)
+            src = node.args[0]
+            role = steps[src].role if src in steps else None
+            if role is None or role.outputs is None or node.args[1] in role.outputs:
+                depends.add(node)  # else an output the node's role holds constant
             continue
         float_dep = [i for i in dep_inputs if _is_float(node.args[i])]
         if not float_dep or not _is_float(node):
@@ -346,7 +560,7 @@ def plan(
                 )
     layers = [("dense" if isinstance(gm.get_submodule(n.target), nn.Linear) else "conv", n)
               for n, s in steps.items() if s.role is roles_.LAYER]  # fmt: skip
-    attention = any(s.role is roles_.SOFTMAX for s in steps.values())
+    attention = any(s.role in (roles_.SOFTMAX, roles_.ATTENTION, roles_.Q_ATTENTION) for s in steps.values())
     return Plan(steps, layers, attention)
 
 

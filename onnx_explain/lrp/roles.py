@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from torch import fx, nn
 
 from . import rules as R
+from . import rules_extra as RX
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,11 +37,15 @@ class Role:
     inputs : callable, optional
         ``view -> positions`` of the inputs that receive relevance (default: every float input that
         depends on the explained input).
+    outputs : tuple of int, optional
+        For a multi-output node, the outputs that carry relevance (default: all); the others are constants
+        for LRP (the data-dependent scale and zero point of ``DynamicQuantizeLinear``).
     """
 
     name: str
     rule: Callable | None
     inputs: Callable | None = field(default=None, repr=False)
+    outputs: tuple | None = None
 
     def __repr__(self):
         return f"Role({self.name!r})"
@@ -175,6 +180,19 @@ def _single_output(view):
     return getattr(view.module, "n_outputs", 1) == 1
 
 
+def _biased(view):  # an activation of x + a bias, x alone carrying relevance
+    return view.dependent == [0] and len(view.node.args) > 1 and view.node.args[1] is not None
+
+
+def _attention_outputs_unused(view):
+    """Only the attention output carries relevance: a ``present`` (KV cache) output used downstream would
+    carry some too, and has no rule."""
+    if getattr(view.module, "n_outputs", 1) == 1:
+        return True
+    uses = [u for u in view.node.users if u.op == "call_function"]
+    return all(u.args[1] == 0 for u in uses if len(u.args) > 1)
+
+
 # ------------------------------------------------------------------------------------------- roles
 
 LAYER = Role("layer", None)
@@ -189,13 +207,20 @@ GATED = Role("gated", lambda: R.PASS, inputs=_signal)
 NORM_SCALE = Role("norm_scale", lambda: R.STOP)
 LAYER_NORM = Role("layer_norm", R.layer_norm)
 RECURRENT = Role("recurrent", R.signal_take_all)
+ATTENTION = Role("attention", RX.attention)  # fused: projections, Q·Kᵀ, softmax, P·V, mask
+EMBED_NORM = Role("embed_layer_norm", RX.embed_layer_norm)
+Q_ATTENTION = Role("q_attention", RX.qattention)  # quantize_dynamic's fused attention
+Q_EMBED_NORM = Role("q_embed_layer_norm", RX.q_embed_layer_norm)
+BIAS_ACTIVATION = Role("bias_activation", RX.bias_identity)
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Elu",
                "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Swish", "Mish", "Clip",
                "ThresholdedRelu")  # fmt: skip
 ROUTING = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Slice", "Pad",
-           "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")  # fmt: skip
+           "Split", "Gather", "Cast", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+           "Where")  # fmt: skip  # Where: SDPA exports zero NaN probabilities (fully masked rows)
 
+register_lrp_role(("BiasGelu", "FastGelu"), BIAS_ACTIVATION, when=_biased)  # com.microsoft: act(x + bias)
 register_lrp_role(ACTIVATIONS, IDENTITY)
 register_lrp_role("BatchNormalization", IDENTITY)  # when not merged into the layer before it
 register_lrp_role(ROUTING, ROUTE)
@@ -218,3 +243,17 @@ register_lrp_role("BiasAdd", PROPORTIONAL)  # com.microsoft: x + bias + skip
 register_lrp_role("FusedMatMul", PROPORTIONAL, when=_one)
 register_lrp_role("FusedMatMul", BILINEAR, when=_two)
 register_lrp_role("Sqrt", NORM_SCALE, when=_norm_scale)  # σ of a decomposed LayerNorm or RMSNorm
+register_lrp_role(("Attention", "MultiHeadAttention"), ATTENTION, when=_attention_outputs_unused)
+register_lrp_role("EmbedLayerNormalization", EMBED_NORM)  # its word lookup is a routing Gather before it
+# quantized graphs: a Q → DQ pair on an activation is the identity for relevance with the straight-through
+# gradient (0 where the quantizer clips); the DequantizeLinear of constant weights is folded in canonize
+register_lrp_role(("QuantizeLinear", "DequantizeLinear"), ROUTE, when=_one)
+
+# quantize_dynamic: DynamicQuantizeLinear's y = round(x / s) + zp routes relevance straight through (as a
+# QuantizeLinear); its data-dependent s and zp are constants. canonize makes each MatMulInteger/ConvInteger of
+# constant weights (with the Cast, scale Mul and bias Add after it) a DequantizeLinear of its input and the
+# dequantized layer, so the pair is the straight-through identity and the layer gets its composite rule.
+DYNAMIC_QUANTIZE = Role("dynamic_quantize", lambda: R.GRADIENT, outputs=(0,))
+register_lrp_role("DynamicQuantizeLinear", DYNAMIC_QUANTIZE)
+register_lrp_role("QAttention", Q_ATTENTION, when=_attention_outputs_unused)
+register_lrp_role("QEmbedLayerNormalization", Q_EMBED_NORM)

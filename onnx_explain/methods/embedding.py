@@ -59,19 +59,47 @@ class _CutGraph(nn.Module):
 
 class EmbeddingModel(nn.Module):
     """``f(e)`` with the ids travelling as a companion input: ``forward(e, companions)`` runs the cut
-    graph on rows of ``e`` with each row's own ids (``companions[ids_key]``) and other inputs."""
+    graph on rows of ``e`` with each row's own ids (``companions[ids_key]``) and other inputs.
+
+    It offers what LRP needs of a converted model (:attr:`graph`, :attr:`position`, :meth:`graph_args`),
+    so the LRP graph is built on the cut graph with the embedding as the explained input."""
 
     ids_key = "onnx_explain_ids"
 
-    def __init__(self, cut: _CutGraph, wrapper):
+    def __init__(self, cut: _CutGraph, wrapper, frontier: str = ""):
         super().__init__()
         self.cut = cut
         self.wrapper = wrapper
+        self.frontier = frontier
+
+    @property
+    def graph(self) -> fx.GraphModule:
+        """The cut graph: the original inputs, then the embedding (the last placeholder)."""
+        return self.cut.graph
+
+    @property
+    def position(self) -> int:
+        """Position of the embedding among the cut graph's inputs (the last one)."""
+        return sum(n.op == "placeholder" for n in self.cut.graph.graph.nodes) - 1
+
+    def graph_args(self, e: torch.Tensor, rows: int | None = None, companions: dict | None = None) -> list:
+        """The cut graph's positional arguments for rows ``e`` (their ids among ``companions``)."""
+        companions = dict(companions or {})
+        ids = companions.pop(self.ids_key)
+        return [*self.wrapper.graph_args(ids, rows=rows, companions=companions), e]
 
     def forward(self, e: torch.Tensor, companions: dict) -> torch.Tensor:
-        companions = dict(companions)
-        ids = companions.pop(self.ids_key)
-        return self.cut(*self.wrapper.graph_args(ids, companions=companions), e)
+        return self.cut(*self.graph_args(e, companions=companions))
+
+    def __deepcopy__(self, memo):
+        """A copy of the cut graph (LRP rewrites it) with the converted model's inputs shared: only its
+        :meth:`graph_args` is used, so its graph is not copied, and the copy holds no reference to the
+        converted model itself (LRP graphs are cached per converted model, weakly)."""
+        inputs = copy.copy(self.wrapper)
+        object.__setattr__(
+            inputs, "_modules", {}
+        )  # graph_args reads the fixed inputs (buffers), not the graph
+        return EmbeddingModel(copy.deepcopy(self.cut, memo), inputs, self.frontier)
 
 
 def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
@@ -92,4 +120,4 @@ def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
     probe.recompile()
     with torch.no_grad():
         e = probe(*wrapper.graph_args(ids, companions=companions))
-    return EmbeddingModel(cut, wrapper), e, frontier
+    return EmbeddingModel(cut, wrapper, frontier), e, frontier

@@ -30,8 +30,9 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     from ..lrp.graph import build_lrp_graph
 
     _check_module(module)
-    per_model = _CACHE.setdefault(module, {})
-    key = (composite, _key(composite_options), _key(rules), fallback, maxpool)
+    owner, cut = _owner(module)
+    per_model = _CACHE.setdefault(owner, {})
+    key = (cut, composite, _key(composite_options), _key(rules), fallback, maxpool)
     if key not in per_model:
         per_model[key] = build_lrp_graph(
             module, example, composite, composite_options, rules, fallback, maxpool
@@ -44,16 +45,26 @@ def default_composite(module, example) -> str:
     ``epsilon_plus`` (decided once per model)."""
     from ..lrp.graph import default_composite as decide
 
-    per_model = _CACHE.setdefault(module, {})
-    if "default_composite" not in per_model:
-        per_model["default_composite"] = decide(module, example)
-    return per_model["default_composite"]
+    owner, cut = _owner(module)
+    per_model = _CACHE.setdefault(owner, {})
+    if (cut, "default_composite") not in per_model:
+        per_model[(cut, "default_composite")] = decide(module, example)
+    return per_model[(cut, "default_composite")]
+
+
+def _owner(module):
+    """``(converted model, cut)``: the object the LRP graphs of ``module`` are cached on, and the embedding
+    node a token model's graph is cut at (None for a float input). A token model's embedding view is made
+    anew for every call; its LRP graph is a copy, so caching it on the converted model keeps nothing alive."""
+    frontier = getattr(module, "frontier", None)
+    return (module.wrapper, frontier) if frontier is not None else (module, None)
 
 
 def _check_module(module) -> None:
     from ..convert.wrapper import ConvertedModel
+    from .embedding import EmbeddingModel
 
-    if not isinstance(module, ConvertedModel):
+    if not isinstance(module, (ConvertedModel, EmbeddingModel)):
         raise OnnxExplainError(
             "LRP runs on a converted ONNX model (onnx_explain.load(...)), not on a plain torch module"
         )
@@ -103,7 +114,9 @@ def lrp(
         Also report Σ R at the output and input of every rule layer (the conservation diagnostic).
 
     Extras: ``delta`` = Σ R − f_c(x) per sample (with ``output_relevance='score'``), ``rules`` (node →
-    rule), ``fallback_nodes``, and ``layer_relevance`` on request.
+    rule), ``fallback_nodes``, and ``layer_relevance`` on request. Token-id inputs are explained at the
+    embedding lookup's output (the graph cut there, as for the gradient methods); the token relevance is
+    its sum over the hidden dim, and ``relevance_at`` says so.
     """
     if output_relevance not in ("score", "onehot"):
         raise OptionError(f"output_relevance must be 'score' or 'onehot', not {output_relevance!r}")
@@ -134,6 +147,11 @@ def lrp(
         "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
         "fallback_nodes": [a.onnx_name for a in assignments if a.fallback],
     }
+    frontier = getattr(scorer.module, "frontier", None)
+    if frontier is not None:  # token ids: the graph was cut at the embedding (methods/embedding.py)
+        extras["relevance_at"] = (
+            f"the output of {frontier!r} (the embedding), summed over the hidden dim per token"
+        )
     if record is not None:
         extras["layer_relevance"] = [
             {
