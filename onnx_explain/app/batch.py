@@ -484,6 +484,23 @@ def load_attributions(
             for key in z.files:
                 if key.startswith("input_"):
                     companions.setdefault(key[len("input_") :], []).append(z[key])
+    if len({v.shape for v in xs}) > 1 and all(v.ndim == 1 and v.dtype.kind in "iu" for v in xs):
+        # texts of different lengths: pad to the longest (id 0, attribution 0) with an attention mask, so
+        # the token metrics see each text with its own real tokens (padding is masked, never perturbed)
+        L = max(len(v) for v in xs)
+
+        def pad(v):
+            return np.pad(v, (0, L - len(v)))
+
+        comp = {k: np.stack([pad(c) for c in v]) for k, v in companions.items() if len(v) == len(names)}
+        comp.setdefault("attention_mask", np.stack([pad(np.ones(len(v), np.int64)) for v in xs]))
+        return (
+            names,
+            np.stack([pad(v) for v in xs]),
+            np.stack([pad(a) for a in attrs]),
+            np.asarray(targets),
+            comp,
+        )
     try:
         comp = {k: np.stack(v) for k, v in companions.items() if len(v) == len(names)}
         return names, np.stack(xs), np.stack(attrs), np.asarray(targets), comp

@@ -8,6 +8,7 @@ from . import perturbation  # noqa: F401  (registration: pixel flipping ... loca
 from . import correlation  # noqa: F401  (sensitivity-n, faithfulness correlation, infidelity)
 from . import noise  # noqa: F401  (total variation)
 from . import robustness  # noqa: F401  (max-sensitivity, rank consistency)
+from . import text  # noqa: F401  (token deletion, insertion, rank consistency)
 
 # isort: on
 from .base import METRICS, MetricSpec, Predictor, register_metric
