@@ -247,6 +247,23 @@ def test_dynamically_quantized_bert_matches_onnxruntime_and_its_float_twin(bert,
     _check_bert(qpath, bert["float"])
 
 
+def test_dynamically_quantized_embedding_is_attributed_in_its_real_units(bert, tmp_path):
+    """``quantize_dynamic`` quantizes the word-embedding table (Gather -> DequantizeLinear): the cut is at the
+    DequantizeLinear, so the embedding is ``(q - zp) * s`` and gradient x input equals the float twin's."""
+    qpath = _quantize("dynamic", bert["float"], tmp_path / "q.onnx", BERT_VOCAB, SEQ)
+    feeds = _bert_inputs()
+    eq = oe.explain(oe.load(qpath, input="input_ids"), feeds, "gradient_x_input", target=0)
+    ef = oe.explain(oe.load(bert["float"], input="input_ids"), feeds, "gradient_x_input", target=0)
+    q = onnx.load(str(qpath))
+    gathers = [n for n in q.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    deq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == gathers[0].output[0]]
+    assert deq, "the word embedding is not quantized: nothing to test"
+    assert eq.extras["embedding_node"] != ef.extras["embedding_node"]
+    for b in range(3):
+        assert _cos(eq.attribution[b], ef.attribution[b]) >= 0.98
+    assert np.all(eq.attribution[0, 6:] == 0)
+
+
 def test_optimised_then_dynamically_quantized_bert_uses_qattention(bert, tmp_path):
     """``optimize_model`` then ``quantize_dynamic``: QEmbedLayerNormalization and QAttention."""
     qpath = _quantize("dynamic", bert["optimised"], tmp_path / "q.onnx", BERT_VOCAB, SEQ,

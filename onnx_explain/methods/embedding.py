@@ -30,10 +30,27 @@ def find_float_frontier(graph: fx.GraphModule, position: int, x: torch.Tensor, a
         if meta is None or not hasattr(meta, "dtype"):
             continue
         if meta.dtype.is_floating_point and tuple(meta.shape[: x.dim()]) == tuple(x.shape):
-            return node.name
+            return _dequantized(gm, node).name
     raise InputSpecError(
         "no float tensor of the input's shape is computed from the integer input: nothing to attribute to"
     )
+
+
+def _dequantized(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """A lookup in a quantized table (``quantize_dynamic``'s ``Gather(q_table, ids) -> DequantizeLinear``)
+    gives the table's integers in a float carrier: attribute at the DequantizeLinear after it, whose output
+    is the embedding in its real units, so that gradient x input multiplies by ``(q - zp) * s``, not ``q``."""
+    from ..convert.ops.quant import OnnxCarrierGather, OnnxDequantizeLinear
+
+    def module(n: fx.Node):
+        return gm.get_submodule(n.target) if n.op == "call_module" else None
+
+    if not isinstance(module(node), OnnxCarrierGather):
+        return node
+    users = list(node.users)
+    if len(users) == 1 and isinstance(module(users[0]), OnnxDequantizeLinear):
+        return users[0]
+    return node
 
 
 class _CutGraph(nn.Module):
