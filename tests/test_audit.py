@@ -153,7 +153,10 @@ def test_a_text_model_is_audited_with_its_tokens_shown_per_method(text_job):
         for token in t["tokens"]:
             assert html.escape(f">{html.escape(token)}</span>") in page  # inside each view's srcdoc
     assert set(d["settings"]["methods"]) == {"gradient", "integrated_gradients"}
-    assert d["lrp_coverage"]["ok"] is False
+    # LRP coverage is checked through the embedding cut: the rules are those LRP itself uses on the texts
+    cov, lrp = d["lrp_coverage"], oe.explain(model, {k: v[:2] for k, v in batch.items()}, "lrp")
+    assert cov["ok"] is True and cov["rules"] == lrp.extras["rules"] and cov["composite"] == "epsilon_plus"
+    assert cov["relevance_at"] == lrp.extras["relevance_at"]
     token_metrics = [m for m in ("token_deletion", "token_insertion") if m in oe.METRICS]
     assert set(d["scores"]) == set(token_metrics)  # the token metrics, else none, said why
     assert bool(d.get("metrics_note")) == (not token_metrics)

@@ -83,9 +83,9 @@ def test_the_audit_defaults_come_from_the_registries():
     assert default_metrics("table") == ["sensitivity_n", "faithfulness_correlation", "infidelity"]
     assert default_methods("image") == default_methods("table") == {
         "gradient": {}, "smoothgrad": {"n_samples": 20}, "integrated_gradients": {"n_steps": 16},
-        "lrp": {"composite": "epsilon_plus"},
+        "lrp": {"composite": "auto"},
     }  # fmt: skip
-    assert "lrp" not in default_methods("tokens")  # LRP runs on the converted float graph only
+    assert default_methods("tokens")["lrp"] == {"composite": "auto"}  # AttnLRP through the embedding cut
 
 
 def _negative(scorer, x, target, generator=None, scale: float = 1.0):

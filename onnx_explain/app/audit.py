@@ -119,7 +119,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         report["settings"]["methods"] = methods
         report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
     elif texts is not None:
-        report["lrp_coverage"] = {"ok": False, "error": "not checked for token inputs"}
+        report["lrp_coverage"] = _lrp_coverage_tokens(model, x)
     else:
         report["lrp_coverage"] = _lrp_coverage(module, x)
     if not report["lrp_coverage"]["ok"]:
@@ -333,6 +333,23 @@ def _lrp_coverage(module, x: np.ndarray) -> dict:
         return {"ok": False, "composite": composite, "error": str(exc)}
     rules = {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments}
     return {"ok": True, "composite": composite, "rules": rules}
+
+
+def _lrp_coverage_tokens(model, x: dict) -> dict:
+    """Whether LRP covers a token model: LRP on two texts through the embedding cut, with the default
+    composite (attnlrp where attention carries relevance); the rules and where relevance is read."""
+    from ..errors import LRPCoverageError
+    from ..explainer import explain
+
+    two = {k: np.asarray(v)[:2] for k, v in x.items()}
+    try:
+        e = explain(model, two, "lrp")
+    except LRPCoverageError as exc:
+        return {"ok": False, "error": str(exc)}
+    cov = {"ok": True, "composite": e.extras["composite"], "rules": e.extras["rules"]}
+    if "relevance_at" in e.extras:
+        cov["relevance_at"] = e.extras["relevance_at"]
+    return cov
 
 
 def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, seed: int,

@@ -73,9 +73,9 @@ def _check_module(module) -> None:
 @register_method(
     "lrp",
     "Layer-wise Relevance Propagation with a composite of rules (strict coverage)",
-    modalities=("image", "table"),
+    modalities=("image", "table", "tokens"),  # token ids: relevance at the embedding cut, summed per token
     cost="forward + modified backward",
-    overview={"composite": "epsilon_plus"},
+    overview={"composite": "auto"},  # epsilon_plus on CNNs, attnlrp where attention carries relevance
 )
 def lrp(
     scorer: Scorer,
