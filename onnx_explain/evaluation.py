@@ -131,7 +131,26 @@ def evaluate(
     if attributions is not None and attributions.ndim == x.ndim:
         a_cf = to_channels_first(attributions, layout)
     res = spec.fn(predictor, x_cf, a_cf, t, np.random.default_rng(seed), **kwargs)
+    if (
+        scalar is not None
+        and scalar.kind == "mask"
+        and "region" in _parameters(spec)
+        and "region" not in kwargs
+    ):
+        # a segmentation mask target: the same curve with only the mask's pixels, then only the others
+        # replaced (METHODS §3.10), when the output's pixels are the input's
+        mask = scalar.info["mask"]
+        if mask.shape[1:] == x_cf.shape[-2:]:
+            for where, region in (("inside", mask), ("outside", ~mask)):
+                part = spec.fn(predictor, x_cf, a_cf, t, np.random.default_rng(seed), **kwargs, region=region)
+                res[f"{spec.score}_{where}"], res[f"curve_{where}"] = part[spec.score], part["curve"]
     return _result(spec, res, options, t, output, predictor)
+
+
+def _parameters(spec: MetricSpec) -> set:
+    import inspect
+
+    return set(inspect.signature(spec.fn).parameters)
 
 
 def _metric(metric: str) -> MetricSpec:

@@ -167,6 +167,44 @@ def test_a_mask_target_equals_autograd_of_the_masked_sum(tmp_path):
         oe.explain(model, x, "gradient", target={"mask": mask, "class": 4}, output="output")
 
 
+def test_deletion_of_a_mask_target_is_reported_inside_and_outside_the_mask(tmp_path):
+    """METHODS §3.10: a segmenter's deletion curve, and the same curve replacing only the mask's pixels,
+    then only the others; each equals a plain loop that replaces ceil(t/n · |region|) pixels of the region,
+    most relevant first, and scores Σ M · O_c on onnxruntime."""
+    import onnxruntime as ort
+
+    src = _FCN().eval()
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = export(src, torch.from_numpy(x), tmp_path / "fcn.onnx", "legacy")
+    model = oe.load(path)
+    mask = np.zeros((8, 8), bool)
+    mask[1:5, 2:7] = True  # 20 pixels
+    target = {"mask": mask, "class": 2}
+    a = oe.explain(model, x, "gradient_x_input", target=target, output="output").attribution
+    r = oe.evaluate(model, x, a, "deletion", target=target, n_steps=8)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sal = a.sum(1).reshape(2, -1)
+    for where, region in (("inside", mask), ("outside", ~mask)):
+        inside = region.reshape(-1)
+        n_in = int(inside.sum())
+        want = np.empty((2, 9))
+        for b in range(2):
+            order = [p for p in np.argsort(-sal[b], kind="stable") if inside[p]]
+            for t in range(9):
+                xt = x[b].reshape(3, -1).copy()
+                xt[:, order[: int(np.ceil(t / 8 * n_in - 1e-9))]] = 0.0  # the zero substrate
+                out = sess.run(None, {sess.get_inputs()[0].name: xt.reshape(1, 3, 8, 8)})[0][0, 2]
+                want[b, t] = (out * mask).sum()
+        np.testing.assert_allclose(r[f"curve_{where}"], want, rtol=1e-5, atol=1e-5)
+        auc = (want.sum(1) - want[:, 0] / 2 - want[:, -1] / 2) / 8
+        np.testing.assert_allclose(r[f"auc_{where}"], auc, rtol=1e-5, atol=1e-6)
+    # the whole image as the region is plain deletion when the steps divide the pixels evenly
+    whole = oe.evaluate(model, x, a, "deletion", target=target, n_steps=8, region=np.ones((8, 8), bool))
+    np.testing.assert_allclose(whole["curve"], r["curve"], rtol=1e-6)
+    with pytest.raises(oe.OptionError, match="region has shape"):
+        oe.evaluate(model, x, a, "deletion", target=target, region=np.ones((4, 4), bool))
+
+
 def test_embedding_targets_equal_autograd_of_dot_and_cosine(tmp_path):
     src = _Embedder().eval()
     x = np.random.default_rng(4).standard_normal((3, L, D)).astype(np.float32)

@@ -24,7 +24,8 @@ def cumulative_curve(
     """Scores ``(B, len(counts))`` of x with its first ``counts[t]`` units (in ``order``) replaced.
 
     ``unit_of_element`` gives the unit (pixel, region, feature) of every element of one sample (flat,
-    length C·H·W); ``order`` is ``(B, n_units)``; ``replacement`` has x's shape.
+    length C·H·W); ``order`` is ``(B, n_units)``; ``replacement`` has x's shape; ``counts`` is ``(T,)``, or
+    ``(B, T)`` when samples replace different numbers of units per step.
     """
     B = len(x)
     T = len(counts)
@@ -34,6 +35,8 @@ def cumulative_curve(
     pos[np.arange(B)[:, None], order] = np.arange(order.shape[1])[None]
     pos_el = pos[:, unit_of_element]  # (B, n_elements): when each element is replaced
     counts = np.asarray(counts)
+    T = counts.shape[-1]
+    counts = np.broadcast_to(counts, (B, T))
 
     def make_rows(a, b):
         out = np.empty((b - a, flat_x.shape[1]), dtype=x.dtype)
@@ -42,7 +45,7 @@ def cumulative_curve(
             owner = r // T
             stop = min(b, (owner + 1) * T)
             steps = np.arange(r, stop) - owner * T
-            mask = pos_el[owner][None, :] < counts[steps][:, None]
+            mask = pos_el[owner][None, :] < counts[owner, steps][:, None]
             np.copyto(out[r - a : stop - a], np.where(mask, flat_r[owner], flat_x[owner]), casting="unsafe")
             r = stop
         return out.reshape(b - a, *x.shape[1:])
@@ -241,16 +244,25 @@ def region_perturbation(
     return out
 
 
-def _causal(predictor, x, a, target, rng, mode, n_steps, substrate, agg, order):
+def _causal(predictor, x, a, target, rng, mode, n_steps, substrate, agg, order, region=None):
     B = len(x)
     sal = channel_map(a, x.shape, agg).reshape(B, -1) if x.ndim > 2 else np.asarray(a).reshape(B, -1)
     n_pix = sal.shape[1]
     per_step = math.ceil(n_pix / int(n_steps))
     counts = _counts(n_pix, per_step)
+    if region is not None:  # only the region's pixels are replaced: n_steps equal fractions of each region
+        inside = _region(region, B, x.shape[2:] if x.ndim > 2 else x.shape[1:])
+        sal = np.where(inside, sal, -np.inf)  # ranked after every pixel of the region, never reached
+        n_in = inside.sum(1)
+        frac = np.arange(int(n_steps) + 1) / int(n_steps)
+        counts = np.minimum(np.ceil(frac[None] * n_in[:, None] - 1e-9).astype(np.int64), n_in[:, None])
+        per_step = None
     if order == "rise":  # RISE: np.flip(np.argsort(s)) — quicksort, ties in reversed index order
         ordr = np.stack([np.flip(np.argsort(s)) for s in sal])
     else:
         ordr = rank(sal, "morf", rng)
+    if region is not None:  # the region's pixels first, in the order's own sequence (random orders too)
+        ordr = np.take_along_axis(ordr, np.argsort(~np.take_along_axis(inside, ordr, 1), 1, kind="stable"), 1)
     unit_of_element = np.tile(np.arange(n_pix), x.shape[1]) if x.ndim > 2 else np.arange(n_pix)
     if mode == "deletion":
         start, finish = x, make_baseline(x, substrate, rng)
@@ -258,7 +270,23 @@ def _causal(predictor, x, a, target, rng, mode, n_steps, substrate, agg, order):
         start, finish = make_baseline(x, substrate, rng), x
     curve = cumulative_curve(predictor, start, target, unit_of_element, ordr, counts, finish)
     auc = (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1)
+    if region is not None:
+        return {"curve": curve, "auc": auc, "region_pixels": n_in}
     return {"curve": curve, "auc": auc, "pixels_per_step": per_step}
+
+
+def _region(region, B: int, spatial: tuple) -> np.ndarray:
+    """A boolean pixel region ``(H, W)`` or ``(B, H, W)`` as ``(B, H·W)``, checked against the input."""
+    r = np.asarray(region)
+    if r.dtype != bool:
+        raise OptionError(f"region must be a boolean pixel mask, not {r.dtype}")
+    if r.shape == tuple(spatial):
+        r = np.broadcast_to(r, (B, *spatial))
+    if r.shape != (B, *spatial):
+        raise OptionError(
+            f"region has shape {list(r.shape)}; the input's pixels are {list(spatial)} (or {[B, *spatial]})"
+        )
+    return r.reshape(B, -1)
 
 
 @register_metric(
@@ -281,11 +309,14 @@ def deletion(
     substrate="zero",
     agg: str = "sum",
     order: str = "stable",
+    region=None,
 ):
     """RISE deletion: start at x, replace ``ceil(H·W / n_steps)`` pixels per step by the substrate
     (default zero), most relevant first. AUC = (Σ s − s_0/2 − s_n/2) / n. Use ``output='prob'``
-    (the default of :func:`onnx_explain.evaluate` for this metric) for RISE's numbers."""
-    return _causal(predictor, x, a, target, rng, "deletion", n_steps, substrate, agg, order)
+    (the default of :func:`onnx_explain.evaluate` for this metric) for RISE's numbers. ``region`` (a
+    boolean ``(H, W)`` or ``(B, H, W)`` mask) replaces only its pixels, ``ceil(t/n_steps · |region|)`` at
+    step t; a segmentation mask target reports deletion inside and outside its mask this way."""
+    return _causal(predictor, x, a, target, rng, "deletion", n_steps, substrate, agg, order, region)
 
 
 @register_metric(
@@ -309,10 +340,11 @@ def insertion(
     substrate="blur",
     agg: str = "sum",
     order: str = "stable",
+    region=None,
 ):
     """RISE insertion: start at the substrate (default: x blurred with RISE's kernel), insert x's pixels
-    most relevant first."""
-    return _causal(predictor, x, a, target, rng, "insertion", n_steps, substrate, agg, order)
+    most relevant first (only those of ``region`` when given, as in :func:`deletion`)."""
+    return _causal(predictor, x, a, target, rng, "insertion", n_steps, substrate, agg, order, region)
 
 
 def greedy_windows(h: np.ndarray, k: int, n: int) -> list[tuple[int, int]]:
