@@ -99,6 +99,49 @@ def ort_vs_torch(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, output: 
     return m.predict(x), got, m
 
 
+def word_tokenizer(folder: Path, sentences: list[str], specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]")) -> Path:
+    """A WordLevel ``tokenizers`` file trained on ``sentences`` (no download), adding [CLS] ... [SEP]."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator(sentences, tokenizers.trainers.WordLevelTrainer(special_tokens=list(specials)))
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    path = folder / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def tiny_bert(path: Path, vocab: int, names: list[str], num_labels: int = 2) -> Path:
+    """A tiny random HF BERT classifier (1 layer, d = 16) exported with inputs ``names`` (ids first, then
+    the attention mask and, if named, the token type ids), dynamic batch and length."""
+    transformers = pytest.importorskip("transformers")
+    import warnings
+
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=20, max_position_embeddings=32, num_labels=num_labels,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(cfg).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, *inputs):
+            return self.bert(**dict(zip(names, inputs, strict=True))).logits
+
+    ids = torch.ones(2, 5, dtype=torch.int64)
+    args = tuple(ids * 0 if n == "token_type_ids" else ids for n in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(), args, str(path), dynamo=False, opset_version=17, input_names=names,
+                          output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})  # fmt: skip
+    return path
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

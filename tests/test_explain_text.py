@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import html
 import re
-import warnings
 
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_bert, word_tokenizer
 
 import onnx_explain as oe
 from onnx_explain.app.text import TextEncoder
@@ -21,38 +20,12 @@ SENTENCES = ["the film was great", "a dull and boring film", "great acting but a
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("explain_text")
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    trainer = tokenizers.trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    tok.train_from_iterator(SENTENCES, trainer)
-    tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(word_tokenizer(folder, SENTENCES)))
+    path = tiny_bert(
+        folder / "bert.onnx", tok.get_vocab_size(), ["input_ids", "attention_mask"], num_labels=3
     )
-    tok.save(str(folder / "tokenizer.json"))
-    cfg = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=20, max_position_embeddings=32,
-                                  num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
-    torch.manual_seed(0)
-    bert = transformers.BertForSequenceClassification(cfg).eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    ids = torch.ones(2, 5, dtype=torch.int64)
-    path = folder / "bert.onnx"
-    names = ["input_ids", "attention_mask"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(), (ids, ids), str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})  # fmt: skip
     return folder, oe.load(path)
 
 
