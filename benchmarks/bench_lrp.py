@@ -1,7 +1,7 @@
 """LRP speed: onnx-explain vs one plain forward+backward and vs Zennit (issue: LRP, Performance).
 
     python benchmarks/bench_lrp.py                       # ResNet-18, ResNet-50, VGG-16; 224x224; one image
-    python benchmarks/bench_lrp.py --arch resnet18 --repeats 5
+    python benchmarks/bench_lrp.py --arch resnet18 --repeats 5 --threads 1 2
 
 onnx-explain prepares the LRP graph once per model and settings (the first call, excluded like Zennit's
 import); every timed call is one forward and one modified backward. Zennit is timed as it is used: a
@@ -26,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 LOW, HIGH = -2.5, 2.5
 
 
-def bench_arch(arch: str, repeats: int) -> list:
-    """Timings of every composite on one architecture."""
+def bench_arch(arch: str, repeats: int, threads: int) -> list:
+    """Timings of every composite on one architecture, with ``threads`` torch threads."""
     import torchvision
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox, EpsilonPlus, LayerMapComposite, layer_map_base
@@ -38,6 +38,7 @@ def bench_arch(arch: str, repeats: int) -> list:
     import onnx_explain as oe
 
     rows = []
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = getattr(torchvision.models, arch)(weights=None).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(LOW, HIGH)
@@ -83,14 +84,17 @@ def bench_arch(arch: str, repeats: int) -> list:
         ours()  # builds the LRP graph once
         zen()
         times = {"floor": [], "ours": [], "zennit": []}
+        cpu = {k: [] for k in times}  # CPU seconds: robust to other jobs on a shared machine
         for _ in range(repeats):
             for k, fn in (("floor", floor), ("ours", ours), ("zennit", zen)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((arch, name, med))
-        print(arch, name, med, flush=True)
+        med.update({f"cpu_{k}": statistics.median(v) for k, v in cpu.items()})
+        rows.append((arch, threads, name, med))
+        print(arch, threads, name, med, flush=True)
     return rows
 
 
@@ -98,21 +102,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=["resnet18", "resnet50", "vgg16"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (each one a run)")
     ap.add_argument("--out", default=str(HERE / "results" / "lrp.md"))
     args = ap.parse_args()
-    rows = [r for arch in args.arch for r in bench_arch(arch, args.repeats)]
+    rows = [r for th in args.threads for arch in args.arch for r in bench_arch(arch, args.repeats, th)]
     lines = [
         "# LRP: onnx-explain vs a plain forward+backward and Zennit",
         "",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. One 224x224 image, random weights, median of",
-        f"{args.repeats} interleaved runs after a warm-up. Command: `python benchmarks/bench_lrp.py`",
+        f"{args.repeats} interleaved runs after a warm-up; wall-clock seconds, and the ratio of CPU seconds "
+        "(`time.process_time`, robust to other jobs on a shared machine). Command: "
+        f"`python benchmarks/bench_lrp.py --arch {' '.join(args.arch)} --repeats {args.repeats} "
+        f"--threads {' '.join(map(str, args.threads))}`",
         "",
-        "| model | composite | forward+backward (s) | onnx-explain (s) | Zennit (s) | ours / fwd+bwd | ours / Zennit |",
-        "|---|---|---|---|---|---|---|",
+        "| model | threads | composite | forward+backward (s) | onnx-explain (s) | Zennit (s) | ours / fwd+bwd | "
+        "ours / Zennit | CPU: ours / fwd+bwd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for arch, name, m in rows:
-        lines.append(f"| {arch} | {name} | {m['floor']:.3f} | {m['ours']:.3f} | {m['zennit']:.3f} | "
-                     f"{m['ours'] / m['floor']:.2f} | {m['ours'] / m['zennit']:.2f} |")  # fmt: skip
+    for arch, threads, name, m in rows:
+        lines.append(f"| {arch} | {threads} | {name} | {m['floor']:.3f} | {m['ours']:.3f} | {m['zennit']:.3f} | "
+                     f"{m['ours'] / m['floor']:.2f} | {m['ours'] / m['zennit']:.2f} | "
+                     f"{m['cpu_ours'] / m['cpu_floor']:.2f} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

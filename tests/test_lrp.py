@@ -77,7 +77,7 @@ def _conv_matrix(conv: nn.Conv2d, in_shape):
 
     def f(z):
         return torch.nn.functional.conv2d(
-            z.reshape(1, *in_shape), w, None, conv.stride, conv.padding
+            z.reshape(1, *in_shape), w, None, conv.stride, conv.padding, conv.dilation, conv.groups
         ).reshape(-1)  # noqa: E731
 
     return torch.autograd.functional.jacobian(
@@ -86,15 +86,21 @@ def _conv_matrix(conv: nn.Conv2d, in_shape):
 
 
 @pytest.mark.parametrize("name", list(RULE_CASES))
-@pytest.mark.parametrize("layer", ["linear", "conv"])
-def test_rule_matches_its_matrix_form(name, layer):
+@pytest.mark.parametrize("layer", ["linear", "conv", "grouped_conv"])
+@pytest.mark.parametrize("sign", ["signed", "relu"])  # after a ReLU the rules take their fused, x ≥ 0 path
+def test_rule_matches_its_matrix_form(name, layer, sign):
     g = torch.Generator().manual_seed(0)
     if layer == "linear":
         module = nn.Linear(6, 4).double()
         x = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    else:
+    elif layer == "conv":
         module = nn.Conv2d(2, 3, 3, padding=1).double()
         x = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    else:
+        module = nn.Conv2d(4, 6, 3, padding=1, groups=2).double()
+        x = torch.randn(3, 4, 4, 4, generator=g, dtype=torch.float64)
+    if sign == "relu":
+        x = x.clamp(min=0)
     with torch.no_grad():
         module.weight.copy_(torch.randn(module.weight.shape, generator=g, dtype=torch.float64))
         module.bias.copy_(torch.randn(module.bias.shape, generator=g, dtype=torch.float64))
@@ -109,6 +115,66 @@ def test_rule_matches_its_matrix_form(name, layer):
         b = np.repeat(module.bias.detach().numpy(), 16)
     want = _replica(name, x.reshape(n, -1).numpy(), W, b, r.reshape(n, -1).numpy(), low=-1.5, high=2.0)
     np.testing.assert_allclose(got.reshape(n, -1), want, rtol=1e-7, atol=1e-9)
+
+
+FUSED = {  # every rule with a fused Conv/Linear path, bias kept and zeroed
+    "epsilon": lambda: R.epsilon(1e-6),
+    "epsilon_zero_bias": lambda: R.epsilon(1e-6, zero_bias=True),
+    "zplus": R.zplus,
+    "zplus_zero_bias": lambda: R.zplus(zero_bias=True),
+    "alpha_beta": lambda: R.alpha_beta(2.0, 1.0),
+    "alpha1_beta0": lambda: R.alpha_beta(1.0, 0.0),
+    "alpha_beta_zero_bias": lambda: R.alpha_beta(2.0, 1.0, zero_bias=True),
+    "gamma": lambda: R.gamma(0.25),
+    "gamma_zero_bias": lambda: R.gamma(0.5, zero_bias=True),
+    "zbox": lambda: R.zbox(-1.5, 2.0),
+}
+LAYERS = {  # strides, dilations, groups and ranks the fused products must handle like the plain passes
+    "linear_3d_input": (lambda: nn.Linear(6, 5), (2, 3, 6)),
+    "conv1d_strided": (lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1), (2, 3, 9)),
+    "conv2d_dilated": (lambda: nn.Conv2d(3, 4, 3, padding=2, dilation=2), (2, 3, 6, 6)),
+    "conv2d_depthwise": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=4), (2, 4, 5, 5)),
+    "conv3d": (lambda: nn.Conv3d(2, 3, 2), (2, 2, 3, 3, 3)),
+    "conv2d_no_bias": (lambda: nn.Conv2d(3, 4, 3, stride=2, bias=False), (2, 3, 7, 7)),
+}
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("sign", ["signed", "relu"])
+def test_fused_passes_equal_the_separate_passes(layer, sign):
+    # the fused path (stacked and concatenated weights, xW⁻ = xW − xW⁺) against the rule's own passes run
+    # one by one through autograd-free transposed products, for every rule, with and without the output
+    make, shape = LAYERS[layer]
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    x = x.clamp(min=0) if sign == "relu" else x
+    out = module(x).detach()
+    r = torch.randn(out.shape, dtype=torch.float64)
+    for name, make_rule in FUSED.items():
+        fused, plain = make_rule(), make_rule()
+        plain.fast = None
+        want = plain.relevance(module, [x], r)[0]
+        for given in (None, out):
+            got = fused.relevance(module, [x], r, given)[0]
+            torch.testing.assert_close(
+                got, want, rtol=1e-9, atol=1e-12, msg=f"{name}, output given: {given is not None}"
+            )
+
+
+def test_fused_rules_follow_a_changed_weight():
+    # the fused rules cache their modified weights; an in-place change of the weight must not be missed
+    torch.manual_seed(0)
+    module = nn.Conv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64).clamp(min=0)
+    r = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for make_rule in (R.zplus, lambda: R.gamma(0.25), lambda: R.alpha_beta(2.0, 1.0), lambda: R.zbox(-1, 1)):
+        rule, plain = make_rule(), make_rule()
+        plain.fast = None
+        rule.relevance(module, [x], r)
+        with torch.no_grad():
+            module.weight.mul_(-1.5)
+        torch.testing.assert_close(rule.relevance(module, [x], r)[0], plain.relevance(module, [x], r)[0])
 
 
 def test_alpha1_beta0_equals_zplus():

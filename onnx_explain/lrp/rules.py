@@ -4,6 +4,7 @@ output as a modified gradient. docs/methods.md §2.5.2; the float64 replicas in 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -79,6 +80,9 @@ class Rule:
     options: dict = field(default_factory=dict)
     used: tuple | None = None  # the passes whose gradient the reducer reads (None: all)
     surrogate: Callable | None = None  # module -> module whose shares a Norm-type rule computes
+    #: ``fast(layer, x, relevance, output) -> R_in or None``: the same relevance as the passes above for a
+    #: Conv/Linear layer, with the passes fused (fewer, larger products); None falls back to the passes
+    fast: Callable | None = field(default=None, repr=False, compare=False)
 
     def relevance(
         self,
@@ -105,8 +109,7 @@ class Rule:
             rel = []
             for x in ins:
                 g = next(grads) if x is not None and x.requires_grad else None
-                # a masked logit (−inf) has no share; x·g would be NaN there
-                rel.append(None if g is None else torch.where(torch.isfinite(x), x * g, 0.0))
+                rel.append(None if g is None else _share(x, g))
             return rel
         x = inputs[0]
         vjp = _direct_vjp(module)
@@ -120,7 +123,13 @@ class Rule:
             grads = torch.autograd.grad(outs, ins, grad_outs, allow_unused=True)
             grads = [torch.zeros_like(i) if g is None else g for i, g in zip(ins, grads, strict=True)]
             return [self.reducer(ins, grads)]
-        has_neg = bool((x < 0).any()) if _neg in self.input_mods else True
+        if self.fast is not None:
+            layer = _Layer.of(module)
+            if layer is not None:
+                rel = self.fast(layer, x, relevance, output)
+                if rel is not None:
+                    return [rel]
+        has_neg = _has_negative(x) if _neg in self.input_mods else True
         zero = x.new_zeros(())  # stands for an all-zero input or gradient in the reducer
         ins, outs, params, skip = [], [], [], []
         for in_mod, p_mod in zip(self.input_mods, self.param_mods, strict=True):
@@ -147,6 +156,14 @@ class Rule:
         return [self.reducer(ins, grads)]
 
 
+def _share(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``x ⊙ g``, 0 where ``x`` is not finite: a masked logit (−inf) has no share, and x·g would be NaN there.
+    A finite sum proves every entry finite (inf and NaN propagate), one fast reduction instead of the mask."""
+    if bool(torch.isfinite(x.sum())):
+        return x * g
+    return torch.where(torch.isfinite(x), x * g, 0.0)
+
+
 def _direct_vjp(module: torch.nn.Module):
     """``(x, weight, grad_out) -> Wᵀ grad_out`` for Conv1d/2d/3d (zero padding) and Linear, else None."""
     import torch.nn.functional as F  # noqa: F401  (kept next to torch.nn.grad)
@@ -159,6 +176,93 @@ def _direct_vjp(module: torch.nn.Module):
         return None
     m = module
     return lambda x, w, g: conv_input(x.shape, w, g, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _has_negative(x: torch.Tensor) -> bool:
+    """Whether ``x`` has a negative entry; ``amin`` is several times faster than ``(x < 0).any()`` on CPU."""
+    return x.numel() > 0 and bool(x.amin() < 0)
+
+
+#: the cached weight variants of each layer (a modified layer's weights are constant between calls)
+_WEIGHT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Layer:
+    """A Conv1d/2d/3d (zero padding) or Linear layer as the fused rules use it: its forward and transposed
+    products with any weight, the channel axis, and a cache of weight variants (clamped, stacked) that is
+    rebuilt when the weight changes."""
+
+    __slots__ = ("module", "weight", "bias", "vjp", "groups", "cdim", "_fwd")
+
+    @staticmethod
+    def of(module: torch.nn.Module) -> _Layer | None:
+        return None if _direct_vjp(module) is None else _Layer(module)
+
+    def __init__(self, module):
+        import torch.nn.functional as F
+
+        self.module, self.weight, self.bias = module, module.weight, module.bias
+        self.groups = getattr(module, "groups", 1)
+        self.cdim = -1 if isinstance(module, torch.nn.Linear) else 1
+        m = module
+        if isinstance(module, torch.nn.Linear):
+            self._fwd = F.linear
+            self.vjp = lambda shape, w, g: g @ w
+        else:
+            conv, conv_input = {
+                torch.nn.Conv1d: (F.conv1d, torch.nn.grad.conv1d_input),
+                torch.nn.Conv2d: (F.conv2d, torch.nn.grad.conv2d_input),
+                torch.nn.Conv3d: (F.conv3d, torch.nn.grad.conv3d_input),
+            }[type(m)]
+            self._fwd = lambda x, w, b: conv(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+            self.vjp = lambda shape, w, g: conv_input(shape, w, g, m.stride, m.padding, m.dilation, m.groups)
+
+    def fwd(self, x, w, b=None):
+        """``x Wᵀ + b`` (the layer with weight ``w`` and bias ``b``)."""
+        return self._fwd(x, w, b)
+
+    def along_channels(self, b: torch.Tensor, ndim: int) -> torch.Tensor:
+        """A per-output-channel vector shaped to broadcast over an output of ``ndim`` dimensions."""
+        return b if self.cdim == -1 else b.reshape(-1, *([1] * (ndim - 2)))
+
+    def cached(self, tag: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()``, a function of the weight, computed once per weight version."""
+        w = self.weight
+        store = _WEIGHT_CACHE.setdefault(self.module, {})
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        hit = store.get(tag)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = store[tag] = (key, make().detach())
+        return hit[1]
+
+    def stack_out(self, tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+        """Output channels of several weights (dim 0) or outputs/gradients (the channel axis) side by
+        side, group by group, so that one product with the stacked weight computes every product at once
+        (``Wᵀ`` of stacked gradients sums them)."""
+        if self.groups == 1:
+            return torch.cat(tensors, dim)
+        dim = dim % tensors[0].dim()
+        parts = [t.unflatten(dim, (self.groups, -1)) for t in tensors]
+        return torch.stack(parts, dim + 1).flatten(dim, dim + 2)
+
+    def fwd_in(self, xs: list, ws: list, b, tag: str) -> torch.Tensor:
+        """``Σ_i x_i W_iᵀ + b``: one product over inputs concatenated along the channels (groups = 1)."""
+        if self.groups != 1:
+            return sum(
+                self.fwd(x, w, b if i == 0 else None) for i, (x, w) in enumerate(zip(xs, ws, strict=True))
+            )
+        w = self.cached(tag, lambda: torch.cat(ws, 1))
+        return self.fwd(torch.cat(xs, self.cdim), w, b)
+
+    def vjp_in(self, shape, ws: list, g: torch.Tensor, tag: str) -> list:
+        """``[W_i g for each W_i]`` (transposed products of one gradient), in one product for groups = 1."""
+        if self.groups != 1:
+            return [self.vjp(shape, w, g) for w in ws]
+        w = self.cached(tag, lambda: torch.cat(ws, 1))
+        shape = list(shape)
+        shape[self.cdim] *= len(ws)
+        return list(self.vjp(shape, w, g).chunk(len(ws), self.cdim))
 
 
 def _ident(x):
@@ -176,8 +280,15 @@ def _neg(x):
 def epsilon(epsilon: float = 1e-6, zero_bias: bool = False, stabilizer: Callable | None = None) -> Rule:
     """LRP-ε (ε → 0: LRP-0): ``R_in = x ⊙ ((R / st(xWᵀ + b)) W)``."""
     st = stabilizer or (lambda z: stabilize(z, epsilon))
+
+    def fast(layer, x, r, out):
+        z = layer.fwd(x, layer.weight, layer.bias) if out is None else out
+        if zero_bias and layer.bias is not None:
+            z = z - layer.along_channels(layer.bias, z.dim())
+        return x * layer.vjp(x.shape, layer.weight, r / st(z))
+
     return Rule("epsilon", [_ident], [ParamMod(zero_bias=zero_bias)], lambda r, o: [r / st(o[0])],
-                lambda i, g: i[0] * g[0], options={"epsilon": epsilon})  # fmt: skip
+                lambda i, g: i[0] * g[0], options={"epsilon": epsilon}, fast=fast)  # fmt: skip
 
 
 def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: bool = False) -> Rule:
@@ -190,6 +301,29 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
             + [r * (o[4] < 0) / st(o[2] + o[3])] * 2
             + [torch.zeros_like(r)]
         )
+
+    def fast(layer, x, r, out):
+        # after a ReLU (x ≥ 0) the two x⁻ passes vanish, and x(W+γW⁻) = xW + γ(xW − xW⁺): one product with
+        # W⁺ (xW comes with the forward output) gives both denominators, and one transposed product with
+        # the two modified weights stacked gives both numerators
+        if _has_negative(x):
+            return None
+        w, b = layer.weight, layer.bias
+        if out is None:
+            out = layer.fwd(x, w, b)
+        u = layer.fwd(x, layer.cached("pos", lambda: w.clamp(min=0)))
+        xw = out if b is None else out - layer.along_channels(b, out.dim())
+        z_pos, z_neg = xw + gamma * u, xw + gamma * (xw - u)
+        if b is not None and not zero_bias:
+            z_pos = z_pos + layer.along_channels(b + gamma * b.clamp(min=0), out.dim())
+            z_neg = z_neg + layer.along_channels(b + gamma * b.clamp(max=0), out.dim())
+        g_pos = torch.where(out > 0, r / st(z_pos), 0.0)
+        g_neg = torch.where(out < 0, r / st(z_neg), 0.0)
+        stacked = layer.cached(
+            f"gamma{gamma}",
+            lambda: layer.stack_out([w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)], 0),
+        )
+        return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
 
     return Rule(
         "gamma",
@@ -205,6 +339,7 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
         lambda i, g: sum(a * b for a, b in zip(i[:4], g[:4], strict=True)),
         options={"gamma": gamma},
         used=(0, 1, 2, 3),
+        fast=fast,
     )
 
 
@@ -217,6 +352,27 @@ def alpha_beta(
     if alpha - beta != 1:
         raise OptionError("alpha - beta must equal 1")
     st = lambda z: stabilize(z, stabilizer)  # noqa: E731
+
+    def fast(layer, x, r, out):
+        # x ≥ 0: the x⁻ passes vanish and xW⁻ = xW − xW⁺, so one product with W⁺ gives both denominators
+        if _has_negative(x):
+            return None
+        w, b = layer.weight, layer.bias
+        if out is None:
+            out = layer.fwd(x, w, b)
+        wp = layer.cached("pos", lambda: w.clamp(min=0))
+        u = layer.fwd(x, wp)
+        z_pos, z_neg = u, (out if b is None else out - layer.along_channels(b, out.dim())) - u
+        if b is not None and not zero_bias:
+            z_pos = z_pos + layer.along_channels(b.clamp(min=0), out.dim())
+            z_neg = z_neg + layer.along_channels(b.clamp(max=0), out.dim())
+        g_pos = alpha * r / st(z_pos)
+        if beta == 0:
+            return x * layer.vjp(x.shape, wp, g_pos)
+        g_neg = -beta * r / st(z_neg)
+        stacked = layer.cached("pos|neg", lambda: layer.stack_out([wp, w.clamp(max=0)], 0))
+        return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
+
     return Rule(
         "alpha_beta",
         [_pos, _neg, _pos, _neg],
@@ -229,14 +385,29 @@ def alpha_beta(
         lambda r, o: [r / st(o[0] + o[1])] * 2 + [r / st(o[2] + o[3])] * 2,
         lambda i, g: alpha * (i[0] * g[0] + i[1] * g[1]) - beta * (i[2] * g[2] + i[3] * g[3]),
         options={"alpha": alpha, "beta": beta},
+        fast=fast,
     )
 
 
 def zplus(stabilizer: float = 1e-6, zero_bias: bool = False) -> Rule:
     """z⁺ (= α1β0): positive contributions only."""
     st = lambda z: stabilize(z, stabilizer)  # noqa: E731
+
+    def fast(layer, x, r, out):
+        w, b = layer.weight, layer.bias
+        wp = layer.cached("pos", lambda: w.clamp(min=0))
+        bp = None if b is None or zero_bias else b.clamp(min=0)
+        if not _has_negative(x):  # after a ReLU: the x⁻ pass contributes nothing
+            return x * layer.vjp(x.shape, wp, r / st(layer.fwd(x, wp, bp)))
+        # signed input: x⁺W⁺ + x⁻W⁻ as one product over [x⁺, x⁻] concatenated along the channels
+        xs, ws = [x.clamp(min=0), x.clamp(max=0)], [wp, layer.cached("neg", lambda: w.clamp(max=0))]
+        s = r / st(layer.fwd_in(xs, ws, bp, "pos,neg"))
+        g_pos, g_neg = layer.vjp_in(x.shape, ws, s, "pos,neg")
+        return xs[0] * g_pos + xs[1] * g_neg
+
     return Rule("zplus", [_pos, _neg], [_clamp(min=0.0, zero_bias=zero_bias), _clamp(max=0.0, zero_bias=True)],
-                lambda r, o: [r / st(o[0] + o[1])] * 2, lambda i, g: i[0] * g[0] + i[1] * g[1])  # fmt: skip
+                lambda r, o: [r / st(o[0] + o[1])] * 2, lambda i, g: i[0] * g[0] + i[1] * g[1],
+                fast=fast)  # fmt: skip
 
 
 def zbox(low, high, stabilizer: float | Callable = 1e-6) -> Rule:
@@ -249,6 +420,18 @@ def zbox(low, high, stabilizer: float | Callable = 1e-6) -> Rule:
     def hi(x):
         return torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(x)
 
+    def fast(layer, x, r, out):
+        # the two bound passes in one product over [l, h] (their biases b⁺ + b⁻ = b), the three
+        # transposed products in one over [W, W⁺, W⁻]
+        w, b = layer.weight, layer.bias
+        if out is None:
+            out = layer.fwd(x, w, b)
+        bounds = [lo(x), hi(x)]
+        wp, wn = layer.cached("pos", lambda: w.clamp(min=0)), layer.cached("neg", lambda: w.clamp(max=0))
+        s = r / st(out - layer.fwd_in(bounds, [wp, wn], b, "pos,neg"))
+        g, g_lo, g_hi = layer.vjp_in(x.shape, [w, wp, wn], s, "id,pos,neg")
+        return x * g - bounds[0] * g_lo - bounds[1] * g_hi
+
     return Rule(
         "zbox",
         [_ident, lo, hi],
@@ -256,6 +439,7 @@ def zbox(low, high, stabilizer: float | Callable = 1e-6) -> Rule:
         lambda r, o: [r / st(o[0] - o[1] - o[2])] * 3,
         lambda i, g: i[0] * g[0] - i[1] * g[1] - i[2] * g[2],
         options={"low": low, "high": high},
+        fast=fast,
     )
 
 
