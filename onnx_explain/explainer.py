@@ -45,6 +45,15 @@ def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | N
     return t, None
 
 
+def to_device(a: np.ndarray, device) -> torch.Tensor:
+    """``a`` as a tensor on ``device``: on a GPU through pinned (page-locked) host memory, so the copy is
+    one DMA transfer that need not wait for the host; on the CPU without a copy."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _out_dtype(a: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     """float32, except for float64 inputs (a float64 torch module), which keep their precision."""
     return a.detach().cpu().numpy().astype(np.float64 if x.dtype == torch.float64 else np.float32)
@@ -139,8 +148,8 @@ def explain(
         return e
     model, module, x_np, companions, layout = _resolve_model(model, x, output, device, layout, input)
     generator = make_generator(seed, device)
-    xt = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
-    comp = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in companions.items()}
+    xt = to_device(x_np, device)
+    comp = {k: to_device(v, device) for k, v in companions.items()}
     extras_in: dict = {}
     if x_np.dtype.kind in "iu":
         kind = _integer_kind(model)
