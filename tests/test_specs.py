@@ -171,8 +171,8 @@ def test_unknown_options_are_errors_everywhere(digits, tmp_path):
     # evaluate_dir used to drop keys that no metric took
     with pytest.raises(UnknownOptionError, match="'n_step' for metrics 'pixel_flipping', 'deletion'"):
         evaluate_dir(digits, tmp_path / "g", ["pixel_flipping", "deletion"], options={"n_step": 3})
-    with pytest.raises(UnknownOptionError, match="'region' for metric 'deletion'"):
-        evaluate_dir(digits, tmp_path / "g", ["pixel_flipping", "deletion"], options={"deletion.region": 3})
+    with pytest.raises(UnknownOptionError, match="'window' for metric 'deletion'"):
+        evaluate_dir(digits, tmp_path / "g", ["pixel_flipping", "deletion"], options={"deletion.window": 3})
     # composites and other registries of plain functions
     from onnx_explain.lrp.composites import COMPOSITES
 
