@@ -268,14 +268,33 @@ def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, ou
 
     if out_shape is None:
         out_shape = tuple(outputs().shape[1:])
-    resolved = resolve(target, out_shape, B, outputs, device=xt.device)
+    # the predicted class of a (B, C) output, for a method whose rows are the inputs themselves: read from
+    # its own pass rather than from a separate forward pass (a third of a plain gradient's work)
+    on_pass = (
+        spec.reads_inputs
+        and (target is None or (isinstance(target, str) and target == "predicted"))
+        and len(out_shape) == 1
+        and "out" not in seen
+    )
+    if on_pass:
+        from .targets import Resolved
+
+        pending = torch.full((B,), -1, dtype=torch.long, device=xt.device)
+        resolved = Resolved("class", samples, index=pending, out_shape=tuple(out_shape))
+    else:
+        resolved = resolve(target, out_shape, B, outputs, device=xt.device)
     scorer = make_scorer(resolved)
     scorer.out_shape = tuple(out_shape)
+    scorer.predict_on_pass = on_pass
     k = resolved.k
     rows = xt if k is None else xt.repeat_interleave(k, 0)
     keys = torch.arange(len(rows), device=xt.device)
     with torch.no_grad():
         attribution, extras = spec.fn(scorer, rows, keys, generator, **opts)
+    if on_pass:
+        if bool((resolved.index < 0).any()):
+            raise OnnxExplainError(f"method {spec.name!r} left a predicted class unread (reads_inputs)")
+        resolved.record = resolved.index.cpu().numpy()
     reported = extras.get("score")
     if isinstance(reported, torch.Tensor) and reported.shape == (len(rows),):
         score = reported.to(xt.dtype)

@@ -379,3 +379,35 @@ def test_docs_methods_has_every_cited_section_and_every_registered_name():
     named = set(re.findall(r"`(\w+)", doc))
     registered = set(oe.METHODS) | set(oe.METRICS) | set(COMPOSITES) | set(RULES)
     assert registered <= named, f"registered but not documented: {sorted(registered - named)}"
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradient_x_input"])
+def test_the_predicted_class_is_read_from_the_gradient_pass_itself(method, tmp_path, monkeypatch):
+    """A method whose rows are the inputs (``reads_inputs``) takes the predicted class from its own forward
+    pass: one pass per chunk, no separate one, and the same result as naming the arg-max class."""
+    from onnx_explain.methods.base import Scorer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).eval()
+    x = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
+    model = oe.load(export(net, torch.from_numpy(x[:2]), tmp_path / "mlp.onnx", "legacy"))
+    model.torch_module()  # converted (and parity-checked) before counting
+    calls = []
+    forward = Scorer.forward
+
+    def counting(self, rows, keys=None):
+        calls.append(len(rows))
+        return forward(self, rows, keys)
+
+    monkeypatch.setattr(Scorer, "forward", counting)
+    e = oe.explain(model, x, method, batch_size=3)
+    assert calls == [3, 3, 1]  # the gradient's own chunks and nothing else
+    with torch.no_grad():
+        predicted = net(torch.from_numpy(x)).argmax(1).numpy()
+    np.testing.assert_array_equal(e.target, predicted)
+    want = oe.explain(model, x, method, target=predicted, batch_size=3)
+    np.testing.assert_array_equal(e.attribution, want.attribution)
+    np.testing.assert_array_equal(e.score, want.score)
+    calls.clear()
+    oe.explain(model, x, "smoothgrad", n_samples=2, batch_size=3)  # noisy rows: the class from a clean pass
+    assert sum(calls) == 7 + 14

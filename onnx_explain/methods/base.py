@@ -66,6 +66,8 @@ class Scorer:
         self._samples = target.samples if target is not None else samples
         self.companions = dict(companions or {})
         self.out_shape: tuple | None = None  # one output row's shape, seen on the first pass
+        # classes still -1 are the predicted ones, read from the first output of their row (reads_inputs)
+        self.predict_on_pass = False
 
     # ------------------------------------------------------------------ keys
     def classes(self, keys: torch.Tensor) -> torch.Tensor:
@@ -106,6 +108,10 @@ class Scorer:
         """``f`` of every row: its unit's scalar of ``out`` ``(R, F)`` (the flattened output rows)."""
         if self.target is not None and self._classes is None:
             return self.target.select(out.reshape(out.shape[0], *self.out_shape), keys)
+        if self.predict_on_pass:
+            todo = self._classes[keys] < 0
+            if bool(todo.any()):  # the row is the explained input: its arg-max is the predicted class
+                self._classes[keys[todo]] = out.detach().reshape(len(out), -1)[todo].argmax(1)
         return out.gather(1, self.classes(keys).reshape(-1, 1)).squeeze(1)
 
     # ------------------------------------------------------------------ passes
@@ -395,6 +401,9 @@ class MethodSpec:
     backend : {'torch', 'onnxruntime'}
         What it runs on: the converted torch graph (gradients, LRP), or onnxruntime on the file itself
         (black-box methods: a :class:`RuntimeScorer`; they work where the graph does not convert).
+    reads_inputs : bool
+        Its rows are the explained inputs themselves, each scored once (gradient, gradient × input): a
+        predicted class is then read from that pass's own output instead of a separate forward pass.
     """
 
     name: str
@@ -408,6 +417,7 @@ class MethodSpec:
     delegate: str | None = None
     overview: dict | None = None
     backend: str = "torch"
+    reads_inputs: bool = False
 
     @property
     def options(self) -> list[str]:

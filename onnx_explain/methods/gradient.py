@@ -11,7 +11,7 @@ from .base import METHODS, Draws, Scorer, expand, explicit_rows, per_sample_sigm
 REDUCES = ("mean", "mean_sq", "var")
 
 
-@register_method("gradient", "∂f_c/∂x, signed (saliency)", sign="abs", overview={})
+@register_method("gradient", "∂f_c/∂x, signed (saliency)", sign="abs", overview={}, reads_inputs=True)
 def gradient(scorer: Scorer, x, target, generator=None):
     out = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=x.dtype, device=x.device)
@@ -23,7 +23,7 @@ def gradient(scorer: Scorer, x, target, generator=None):
     return out, {"score": scores}
 
 
-@register_method("gradient_x_input", "x ⊙ ∂f_c/∂x, signed")
+@register_method("gradient_x_input", "x ⊙ ∂f_c/∂x, signed", reads_inputs=True)
 def gradient_x_input(scorer: Scorer, x, target, generator=None):
     grad, extras = gradient(scorer, x, target)
     return x * grad, extras
