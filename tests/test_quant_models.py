@@ -21,8 +21,6 @@ from conftest import make_model, vinfo
 from onnx import helper, numpy_helper
 
 import onnx_explain as oe
-from onnx_explain import explainer as oe_explainer
-from onnx_explain.convert import checked as oe_checked
 from onnx_explain.convert import to_fx
 from onnx_explain.convert.ops.quant import onnxruntime_fused, straight_through_nodes
 
@@ -140,14 +138,9 @@ def test_quantized_lstm_tagger_matches_onnxruntime_and_its_float_twin(kind, tagg
             assert _cos(gq[b], gf[b]) >= 0.9, (kind, position, cls, b, _cos(gq[b], gf[b]))
 
 
-@pytest.mark.xfail(
-    not hasattr(oe_explainer, "_quantized_note"),
-    reason="needs the explainer.py diff of issue 12 (extras['quantized'] from straight_through_nodes)",
-    strict=True,
-)
 def test_explain_says_the_graph_is_quantized(tagger, tmp_path):
-    """Straight-through gradients are announced in ``extras['quantized']`` for quantized graphs only (with
-    the explainer.py diff that calls :func:`~onnx_explain.convert.ops.quant.straight_through_nodes`)."""
+    """Straight-through gradients are announced in ``extras['quantized']`` for quantized graphs only
+    (:func:`~onnx_explain.convert.ops.quant.straight_through_nodes`)."""
     qpath = _quantize("dynamic", tagger, tmp_path / "q.onnx", VOCAB, STEPS)
     ids = np.random.default_rng(0).integers(0, VOCAB, (2, STEPS)).astype(np.int64)
     assert oe.explain(oe.load(qpath), ids, "gradient", target=(1, 1)).extras["quantized"] == NOTE
@@ -328,11 +321,6 @@ def test_statically_quantized_bert_qdq(bert, tmp_path):
         assert min(cosines) >= 0.9, cosines
 
 
-@pytest.mark.xfail(
-    not hasattr(oe_checked, "_prove"),
-    reason="needs the checked.py diff of issue 12 (QDQ graphs fall back to onnxruntime_fused)",
-    strict=True,
-)
 def test_qdq_bert_passes_the_parity_gate_through_the_fused_graph(bert, tmp_path):
     """The public path: ``oe.load`` + ``explain`` on the QDQ file, whose as-written conversion fails the
     gate, uses the graph onnxruntime runs and says so in the parity notes."""
