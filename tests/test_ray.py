@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -41,6 +42,17 @@ class _DiesOnceAfterWriting(RayWorker):
         except FileExistsError:
             return out
         os._exit(1)
+
+
+class _TakesOnlyReadItems(RayWorker):
+    """Fails the run if an item reaches the explaining actor undecoded: reading is the read stage's job."""
+
+    def __call__(self, batch):
+        for blob in batch["item"]:
+            it = pickle.loads(blob)
+            decoded = type(it.x) is np.ndarray and (it.kind != "image" or it.image is not None)
+            assert it.error is not None or decoded, f"{it.name} reached the worker unread"
+        return super().__call__(batch)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +138,32 @@ def test_ray_from_the_command_line_writes_the_local_rows_as_parquet(local_ray, r
         with np.load(reference / "local" / f"{r['item']}.npz") as a:
             np.testing.assert_allclose(r["attribution"], a["attribution"], rtol=1e-5, atol=1e-7)
             assert r["target"] == a["target"].tolist()
+
+
+def test_images_and_rows_are_read_by_the_read_stage_and_equal_the_local_engine(
+    local_ray, reference, tmp_path
+):
+    from PIL import Image
+
+    import onnx_explain as oe
+    from onnx_explain.app.batch import explain_files
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(5):
+        Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(folder / f"p{k}.png")
+    inputs = [folder, reference / "many.npy"]
+    local = explain_files(oe.load(DIGITS), inputs, tmp_path / "local", "gradient", heatmaps="none")
+    res = explain_ray(DIGITS, inputs, tmp_path / "ray", "gradient", workers=1, readers=2, group=4,
+                      heatmaps="none", worker_cls=_TakesOnlyReadItems)  # fmt: skip
+    assert (res["ok"], res["failed"]) == (local["ok"], 0) == (45, 0)
+    want = _lines(tmp_path / "local" / "manifest.jsonl")
+    assert [r["item"] for r in _lines(tmp_path / "ray" / "manifest.jsonl")] == [r["item"] for r in want]
+    for r in want:
+        with np.load(tmp_path / "local" / r["npz"]) as a, np.load(tmp_path / "ray" / r["npz"]) as b:
+            np.testing.assert_array_equal(b["input"], a["input"])
+            np.testing.assert_allclose(b["attribution"], a["attribution"], rtol=1e-5, atol=1e-7)
 
 
 def test_evaluate_on_ray_equals_the_local_report(local_ray, reference):

@@ -4,6 +4,7 @@ model's input shape, item naming, atomic writes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -113,6 +114,7 @@ class Item:
     columns: list[str] | None = None
     companions: dict | None = None  # one sample's values of the model's other inputs, by name
     text: str | None = None  # a text to tokenise (kind 'text')
+    row: int | None = None  # lazy listing of a ``.npy`` file: the row of ``source`` (-1: the whole array)
 
 
 def _expand(paths) -> list[Path]:
@@ -139,9 +141,9 @@ def read_items(
     inputs (``input_names``) and item ``i`` is row ``i`` of each. A file that cannot be read becomes an
     item with ``error`` set; the others are unaffected.
 
-    ``lazy`` (the Ray engine's listing, made on the driver and again in each worker): images are named but
-    not decoded (:func:`load_item` decodes one) and ``.npy`` files are memory-mapped, so listing a large
-    dataset reads no pixels; names and order are those of the eager listing."""
+    ``lazy`` (the Ray engine's listing, made on the driver): images are named but not decoded and ``.npy``
+    files are memory-mapped, so listing a large dataset reads no pixels (:func:`shippable` and
+    :func:`load_item` read one item where it is needed); names and order are those of the eager listing."""
     items: list[Item] = []
     used: set[str] = set()
 
@@ -175,11 +177,18 @@ def read_items(
                 )
                 for base, arr in arrays:
                     arr = np.asarray(arr)
-                    rows = arr if arr.ndim == len(input_spec.shape or arr.shape) else arr[None]
+                    batched = arr.ndim == len(input_spec.shape or arr.shape)
+                    rows = arr if batched else arr[None]
+                    mapped = isinstance(data, np.memmap)
                     for i, row in enumerate(rows):
                         items.append(
                             Item(
-                                name(f"{base}_{i:03d}" if len(rows) > 1 else base), str(p), row, None, "array"
+                                name(f"{base}_{i:03d}" if len(rows) > 1 else base),
+                                str(p),
+                                row,
+                                None,
+                                "array",
+                                row=(i if batched else -1) if mapped else None,
                             )
                         )
             elif suffix in TEXT_SUFFIXES:
@@ -200,10 +209,23 @@ def read_items(
     return items
 
 
+def shippable(it: Item) -> Item:
+    """A lazily listed item as a small description to send to another process (the Ray engine's read
+    stage): a memory-mapped ``.npy`` row is dropped and read there again by :func:`load_item`."""
+    return dataclasses.replace(it, x=None) if it.row is not None else it
+
+
 def load_item(it: Item, preprocess: Preprocess | None) -> Item:
-    """Make a lazily listed item (:func:`read_items` with ``lazy``) whole: decode its image, copy its
-    memory-mapped row; a file that cannot be read sets ``error`` as the eager listing would."""
-    if it.error is None and it.kind == "image" and it.x is None:
+    """Make a lazily listed item (:func:`read_items` with ``lazy``) whole: decode its image, read or copy
+    its ``.npy`` row; a file that cannot be read sets ``error`` as the eager listing would."""
+    if it.error is None and it.kind == "array" and it.x is None and it.row is not None:
+        try:
+            data = np.load(it.source, allow_pickle=False, mmap_mode="r")
+            it.x = np.array(data if it.row < 0 else data[it.row])
+        except Exception as exc:  # noqa: BLE001 - changed or removed since it was listed: this item fails
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            it.error = f"{it.source}: {msg}"
+    elif it.error is None and it.kind == "image" and it.x is None:
         p = Path(it.source)
         try:
             if not p.exists():
@@ -212,7 +234,7 @@ def load_item(it: Item, preprocess: Preprocess | None) -> Item:
         except Exception as exc:  # noqa: BLE001 - one unreadable input is reported, the rest go on
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             it.error = f"{p}: {msg}"
-    elif isinstance(it.x, np.memmap):
+    elif it.row is not None:  # a view of the memory-mapped file: copied
         it.x = np.array(it.x)
     return it
 

@@ -2,13 +2,18 @@
 (``pip install 'onnx-explain[ray]'``), for datasets beyond one machine.
 
 The driver lists the items exactly as the local engine does (:func:`~onnx_explain.app.io.read_items`,
-lazily: no pixel is read), skips those an earlier run finished (``resume``) and hands their indices to a
-Ray Data pipeline: ``from_items`` → ``map_batches`` over a pool of :class:`RayWorker` actors
-(``compute=ray.data.ActorPoolStrategy(size=workers)``), each of which loads and converts the model once,
-pins torch and onnxruntime to its ``num_cpus`` threads, reads and explains ``group`` items per call with
-the local engine's code, and returns one record per item. Results therefore equal the local engine's for
-the same seed (a sample's result does not depend on its batch, docs/methods.md §1.2), up to float
-rounding.
+lazily: no pixel is read), skips those an earlier run finished (``resume``) and hands their descriptions
+(file, row, name: :func:`~onnx_explain.app.io.shippable`) to a Ray Data pipeline of two stages:
+
+1. **read** (:func:`read_stage`, Ray tasks, ``compute=ray.data.TaskPoolStrategy(size=readers)``): each
+   item read and decoded as the local engine reads it (images decoded and preprocessed, ``.npy`` rows read
+   from the file, texts as they are), so decoding runs beside the explaining, not inside it;
+2. **explain** (``compute=ray.data.ActorPoolStrategy(size=workers)``): :class:`RayWorker` actors, each of
+   which loads and converts the model once, pins torch and onnxruntime to its ``num_cpus`` threads,
+   explains ``group`` items per call with the local engine's code and returns one record per item.
+
+Results therefore equal the local engine's for the same seed (a sample's result does not depend on its
+batch, docs/methods.md §1.2), up to float rounding.
 
 Outputs are idempotent, so a run that dies is resumed by running it again with ``resume``:
 
@@ -28,7 +33,6 @@ task is not retried: per-item errors are caught in the worker and reported like 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import warnings
@@ -38,7 +42,7 @@ import numpy as np
 
 from ..errors import OnnxExplainError
 from .batch import HEATMAPS, CollectSink, _method, _one_line, _Run, make_sink
-from .io import Preprocess, load_item, read_items
+from .io import Preprocess, load_item, read_items, shippable
 
 
 def require_ray():
@@ -85,10 +89,18 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def read_stage(batch: dict, prep: Preprocess) -> dict:
+    """The read stage (a Ray task): every item of ``batch["item"]`` (pickled descriptions) read and
+    decoded with :func:`~onnx_explain.app.io.load_item`; an unreadable one carries its error, as locally."""
+    out = np.empty(len(batch["item"]), dtype=object)  # bytes as objects, not a fixed-width array
+    out[:] = [pickle.dumps(load_item(pickle.loads(b), prep)) for b in batch["item"]]
+    return {"item": out}
+
+
 class RayWorker:
     """A Ray Data actor: the model loaded (and converted, for torch methods) once, then ``group`` items
-    per call explained and written as the local engine would. Returns ``{"record": [pickled record]}``,
-    one per item of the batch, in the batch's order."""
+    per call (read by :func:`read_stage`) explained and written as the local engine would. Returns
+    ``{"record": [pickled record]}``, one per item of the batch, in the batch's order."""
 
     config: dict = {}  # set on the subclass that a run makes (see _execute)
 
@@ -125,12 +137,9 @@ class RayWorker:
                 config["tokenizer"],
                 config["max_length"] or (fixed[0] if fixed and isinstance(fixed[0], int) else None),
             )
-        self.items = read_items(config["inputs"], self.prep, self.model.input,
-                                [i.name for i in self.model.inputs], texts=self.encoder is not None,
-                                lazy=True)  # fmt: skip
 
     def __call__(self, batch: dict) -> dict:
-        chunk = [load_item(dataclasses.replace(self.items[int(i)]), self.prep) for i in batch["i"]]
+        chunk = [pickle.loads(b) for b in batch["item"]]
         run = _Run(Path(self.config["out_dir"]), self.model, self.prep.layout, writers=0, sink=CollectSink())
         run.encoder = self.encoder
         try:
@@ -156,6 +165,7 @@ def explain_ray(
     workers: int | None = None,
     cpus_per_worker: int = 1,
     gpus_per_worker: float = 0,
+    readers: int | None = None,
     output: str | None = None,
     batch_size: int = 64,
     device: str = "cpu",
@@ -195,6 +205,9 @@ def explain_ray(
         CPUs each actor reserves; torch and onnxruntime use that many threads.
     gpus_per_worker : float
         GPUs each actor reserves (with ``device='cuda'``).
+    readers : int, optional
+        Read tasks running at once (default: one per worker). They reserve no CPU: decoding is light next
+        to explaining, and a reservation could leave none for them once the workers hold every CPU.
     device : {'cpu', 'cuda', 'auto'}
         Resolved on each worker (the driver needs no GPU).
     worker_cls : type, optional
@@ -213,9 +226,10 @@ def explain_ray(
     spec.check_options(options)
     if heatmaps not in HEATMAPS:
         raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
-    if (workers is not None and workers < 1) or cpus_per_worker < 1 or gpus_per_worker < 0:
+    if (workers is not None and workers < 1) or (readers is not None and readers < 1) or cpus_per_worker < 1 \
+            or gpus_per_worker < 0:  # fmt: skip
         raise OnnxExplainError(
-            "--workers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0"
+            "--workers, --readers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0"
         )
     ray = require_ray()
     out_dir = Path(out_dir)
@@ -228,7 +242,6 @@ def explain_ray(
     )
     sink = make_sink(format, out_dir, shard_rows)
     run = _Run(out_dir, m, prep.layout, writers=0, sink=sink)
-    index = {id(it): k for k, it in enumerate(items)}
     todo = run.pending(items, resume)
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
@@ -241,7 +254,6 @@ def explain_ray(
         "method": method,
         "settings": dict(target=tgt, output=output, batch_size=batch_size, seed=seed, **options),
         "preprocess": preprocess,
-        "inputs": [str(Path(p).resolve()) for p in inputs],
         "out_dir": str(out_dir.resolve()),
         "hm": hm,
         "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
@@ -253,11 +265,11 @@ def explain_ray(
         for it in todo:
             if it.error:
                 run.fail(it, it.error)
-        good = [index[id(it)] for it in todo if not it.error]
+        good = [shippable(it) for it in todo if not it.error]
         if good:
             joined = connect(address, quiet)
-            _execute(ray, run, good, config, worker_cls or RayWorker, workers, cpus_per_worker, gpus_per_worker,
-                     max(1, group), quiet)  # fmt: skip
+            _execute(ray, run, good, prep, config, worker_cls or RayWorker, workers, readers, cpus_per_worker,
+                     gpus_per_worker, max(1, group), quiet)  # fmt: skip
     finally:
         run.close()
         if joined:
@@ -303,11 +315,19 @@ def _reraise(exc: BaseException):
     raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {_one_line(cause)}") from None
 
 
-def _execute(ray, run, good, config, worker_cls, workers, cpus, gpus, group, quiet) -> None:
+def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, group, quiet) -> None:
     """Run the pipeline and record what comes back (each item once, in input order)."""
     _quiet_data(ray, quiet)
     workers = _pool_size(ray, workers, cpus, gpus)
-    ds = ray.data.from_items([{"i": k} for k in good])
+    ds = ray.data.from_items([{"item": pickle.dumps(it)} for it in good])
+    ds = ds.map_batches(
+        read_stage,
+        fn_kwargs={"prep": prep},
+        batch_size=group,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=readers or workers),
+        num_cpus=0,
+    )
     # the configuration travels inside the class, not as constructor arguments: Ray keeps those in the object
     # store, and an actor restarted after its worker died could not be rebuilt once they are gone
     bound = type(worker_cls.__name__, (worker_cls,), {"config": config, "__module__": worker_cls.__module__})

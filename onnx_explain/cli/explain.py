@@ -182,6 +182,8 @@ def _value(text: str):
               "instance).")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Ray actors, each loading the model once (default: cluster CPUs / --cpus-per-worker).")  # fmt: skip
+@click.option("--readers", type=click.IntRange(min=1), default=None,
+              help="Ray read tasks at once, decoding inputs beside the workers (default: one per worker).")  # fmt: skip
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPUs per Ray actor; its torch and onnxruntime threads.")  # fmt: skip
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
@@ -193,8 +195,8 @@ def _value(text: str):
 @handle_errors
 def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
             preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, heatmaps,
-            compress, tokenizer, max_length, fmt, shard_rows, engine, address, workers, cpus_per_worker, gpus_per_worker,
-            resume, quiet, as_json, **flags):  # fmt: skip
+            compress, tokenizer, max_length, fmt, shard_rows, engine, address, workers, readers, cpus_per_worker,
+            gpus_per_worker, resume, quiet, as_json, **flags):  # fmt: skip
     """Explain every input (image files or folders, .npy/.npz arrays, CSV rows) with a method; write per item
     an .npz (attribution, target, score, input, options), heatmap PNGs and a manifest.jsonl line.
 
@@ -208,9 +210,9 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
     from ..app.batch import explain_files
     from .common import load_model
 
-    if engine == "local" and (address or workers or gpus_per_worker or cpus_per_worker != 1):
+    if engine == "local" and (address or workers or readers or gpus_per_worker or cpus_per_worker != 1):
         raise click.UsageError(
-            "--address, --workers, --cpus-per-worker and --gpus-per-worker need --engine ray"
+            "--address, --workers, --readers, --cpus-per-worker and --gpus-per-worker need --engine ray"
         )
     if fmt == "parquet":
         from ..app.shards import require_pyarrow
@@ -268,8 +270,8 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         load_opts = {"input": input_name, "output": output_name,
                      "allow_nonfinite": bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))}  # fmt: skip
         summary = explain_ray(model, inputs, out_dir, method, target, load_options=load_opts, address=address,
-                              workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                              device=device, driver_model=m, **common)  # fmt: skip
+                              workers=workers, readers=readers, cpus_per_worker=cpus_per_worker,
+                              gpus_per_worker=gpus_per_worker, device=device, driver_model=m, **common)  # fmt: skip
     else:
         summary = explain_files(m, inputs, out_dir, method, target, device=torch_device, **common)
     if as_json:
