@@ -48,10 +48,10 @@ class _TakesOnlyReadItems(RayWorker):
     """Fails the run if an item reaches the explaining actor undecoded: reading is the read stage's job."""
 
     def __call__(self, batch):
-        for blob in batch["item"]:
-            it = pickle.loads(blob)
-            decoded = type(it.x) is np.ndarray and (it.kind != "image" or it.image is not None)
-            assert it.error is not None or decoded, f"{it.name} reached the worker unread"
+        for blob in batch["items"]:
+            for it in pickle.loads(blob):
+                decoded = type(it.x) is np.ndarray and (it.kind != "image" or it.image is not None)
+                assert it.error is not None or decoded, f"{it.name} reached the worker unread"
         return super().__call__(batch)
 
 
@@ -164,6 +164,47 @@ def test_images_and_rows_are_read_by_the_read_stage_and_equal_the_local_engine(
         with np.load(tmp_path / "local" / r["npz"]) as a, np.load(tmp_path / "ray" / r["npz"]) as b:
             np.testing.assert_array_equal(b["input"], a["input"])
             np.testing.assert_allclose(b["attribution"], a["attribution"], rtol=1e-5, atol=1e-7)
+
+
+def test_parquet_on_ray_is_written_by_the_workers_each_item_once(local_ray, reference, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from onnx_explain.app import shards
+
+    def items_of(path):
+        return pq.read_table(path, columns=["item"]).column("item").to_pylist()
+
+    came_back = []
+    record = shards.WorkerShardSink.record
+    monkeypatch.setattr(
+        shards.WorkerShardSink, "record", lambda self, rec: (came_back.append(rec), record(self, rec))
+    )
+    out = tmp_path / "p"
+    job = dict(JOB)
+    method = job.pop("method")
+    res = explain_ray(DIGITS, [reference / "many.npy"], out, method, workers=2, format="parquet", shard_rows=16,
+                      worker_cls=_DiesOnceAfterWriting, **job)  # fmt: skip
+    assert (tmp_path / "died").exists()  # a worker died after writing its shard; its call was retried
+    assert (res["ok"], res["failed"]) == (40, 0)
+    assert len(came_back) == 40 and not any(isinstance(v, np.ndarray) for r in came_back for v in r.values())
+    local = _lines(reference / "local" / "manifest.jsonl")
+    paths = shards.shard_paths(out)
+    counts = [len(items_of(p)) for p in paths]
+    assert max(counts) <= 16 and sum(counts) == 40
+    # part-<run>-<position of its first item>: the positions follow from the rows before
+    assert [p.name for p in paths] == [f"part-00000-{sum(counts[:i]):09d}.parquet" for i in range(len(paths))]
+    rows = shards.read_shards(out)
+    assert [r["item"] for r in rows] == [r["item"] for r in local]  # each item once, in input order
+    for r in rows:
+        with np.load(reference / "local" / f"{r['item']}.npz") as a:
+            np.testing.assert_allclose(r["attribution"], a["attribution"], rtol=1e-5, atol=1e-7)
+    lost = items_of(paths[1])
+    paths[1].unlink()  # as if that shard had never been renamed into place
+    res = explain_ray(DIGITS, [reference / "many.npy"], out, method, resume=True, format="parquet",
+                      shard_rows=16, **job)  # fmt: skip
+    assert (res["ok"], res["skipped"]) == (len(lost), 40 - len(lost))
+    assert [p.name for p in shards.shard_paths(out)][-1] == "part-00001-000000000.parquet"  # the next run
+    assert sorted(r["item"] for r in shards.read_shards(out)) == sorted(r["item"] for r in local)
 
 
 def test_evaluate_on_ray_equals_the_local_report(local_ray, reference):

@@ -21,7 +21,9 @@ Outputs are idempotent, so a run that dies is resumed by running it again with `
   node: a shared file system); the driver alone appends the manifest line of an item once its record
   comes back, once per item, so a task that Ray retries after a worker died rewrites identical files and
   records nothing twice;
-* ``parquet``: workers return the rows and the driver writes the shards (:mod:`onnx_explain.app.shards`).
+* ``parquet``: each worker call takes up to a shard's worth of items (:func:`~onnx_explain.app.shards.rows_per_call`)
+  and writes their rows as a shard itself (:func:`~onnx_explain.app.shards.write_worker_shards`); only
+  item names, shard names and failures come back to the driver, which writes ``_failures.jsonl``.
 
 ``evaluate --engine ray`` (:func:`evaluate_ray`) scores groups of items of an output folder on
 :class:`RayEvaluator` actors (onnxruntime only), for the metrics that draw no random numbers, whose
@@ -90,11 +92,12 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def read_stage(batch: dict, prep: Preprocess) -> dict:
-    """The read stage (a Ray task): every item of ``batch["item"]`` (pickled descriptions) read and
-    decoded with :func:`~onnx_explain.app.io.load_item`; an unreadable one carries its error, as locally."""
-    out = np.empty(len(batch["item"]), dtype=object)  # bytes as objects, not a fixed-width array
-    out[:] = [pickle.dumps(load_item(pickle.loads(b), prep)) for b in batch["item"]]
-    return {"item": out}
+    """The read stage (a Ray task): every item of each row's ``items`` (a pickled list of descriptions,
+    one worker call's worth) read and decoded with :func:`~onnx_explain.app.io.load_item`; an unreadable
+    one carries its error, as locally."""
+    out = np.empty(len(batch["items"]), dtype=object)  # bytes as objects, not a fixed-width array
+    out[:] = [pickle.dumps([load_item(it, prep) for it in pickle.loads(b)]) for b in batch["items"]]
+    return {"k": batch["k"], "items": out}
 
 
 class RayWorker:
@@ -139,18 +142,33 @@ class RayWorker:
             )
 
     def __call__(self, batch: dict) -> dict:
-        chunk = [pickle.loads(b) for b in batch["item"]]
+        records = []
+        for first, blob in zip(batch["k"], batch["items"], strict=True):  # one row per call, as the run asks
+            records += self._explain(int(first), pickle.loads(blob))
+        out = np.empty(len(records), dtype=object)  # bytes as objects, not a fixed-width array
+        out[:] = [pickle.dumps(r) for r in records]
+        return {"record": out}
+
+    def _explain(self, first: int, chunk: list) -> list[dict]:
+        """The records of ``chunk``, the items at positions ``first``, ``first + 1`` ... of the run."""
         run = _Run(Path(self.config["out_dir"]), self.model, self.prep.layout, writers=0, sink=CollectSink())
         run.encoder = self.encoder
         try:
             good = run.readable(chunk)
-            if good:
-                run.explain_chunk(good, self.config["method"], self.settings, self.config["hm"])
+            step = self.config.get("group") or len(good) or 1  # a parquet call can hold a shard's worth
+            for i in range(0, len(good), step):
+                run.explain_chunk(good[i : i + step], self.config["method"], self.settings, self.config["hm"])
         finally:
             run.close()
-        out = np.empty(len(run.sink.records), dtype=object)  # bytes as objects, not a fixed-width array
-        out[:] = [pickle.dumps(r) for r in run.sink.records]
-        return {"record": out}
+        records = run.sink.records
+        if self.config.get("shards"):  # --format parquet: this worker writes its rows, the driver gets names
+            from .shards import write_worker_shards
+
+            positions = {it.name: first + i for i, it in enumerate(chunk)}
+            records = write_worker_shards(
+                self.config["out_dir"], self.config["shards"]["run"], records, positions
+            )
+        return records
 
 
 def explain_ray(
@@ -240,7 +258,14 @@ def explain_ray(
     items = read_items(
         inputs, prep, m.input, [i.name for i in m.inputs], texts=tokenizer is not None, lazy=True
     )
-    sink = make_sink(format, out_dir, shard_rows)
+    per_call = max(1, group)
+    if format == "parquet":  # the workers write the shards (see onnx_explain.app.shards)
+        from .shards import SHARD_ROWS, WorkerShardSink, rows_per_call
+
+        sink = WorkerShardSink(out_dir, shard_rows or SHARD_ROWS)
+        per_call = rows_per_call(shard_rows or SHARD_ROWS, m.input.shape)
+    else:
+        sink = make_sink(format, out_dir, shard_rows)
     run = _Run(out_dir, m, prep.layout, writers=0, sink=sink)
     todo = run.pending(items, resume)
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
@@ -259,6 +284,8 @@ def explain_ray(
         "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
         "max_length": max_length,
         "threads": cpus_per_worker,
+        "shards": {"run": sink._next} if format == "parquet" else None,
+        "group": max(1, group),
     }
     joined = False
     try:
@@ -269,7 +296,7 @@ def explain_ray(
         if good:
             joined = connect(address, quiet)
             _execute(ray, run, good, prep, config, worker_cls or RayWorker, workers, readers, cpus_per_worker,
-                     gpus_per_worker, max(1, group), quiet)  # fmt: skip
+                     gpus_per_worker, max(1, group), per_call, quiet)  # fmt: skip
     finally:
         run.close()
         if joined:
@@ -315,15 +342,23 @@ def _reraise(exc: BaseException):
     raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {_one_line(cause)}") from None
 
 
-def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, group, quiet) -> None:
-    """Run the pipeline and record what comes back (each item once, in input order)."""
+def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, group, per_call, quiet):
+    """Run the pipeline and record what comes back (each item once, in input order): read ``group`` items
+    per read task, explain ``per_call`` per worker call."""
     _quiet_data(ray, quiet)
     workers = _pool_size(ray, workers, cpus, gpus)
-    ds = ray.data.from_items([{"item": pickle.dumps(it)} for it in good])
+    # a row per worker call (``per_call`` items: a shard with --format parquet), a block per row, so that the
+    # calls, and the shards, are the same however Ray bundles blocks and whenever it retries a call
+    calls = [good[i : i + per_call] for i in range(0, len(good), per_call)]
+    workers = min(workers, len(calls))  # an actor without a call would load and convert the model for nothing
+    ds = ray.data.from_items(
+        [{"k": i * per_call, "items": pickle.dumps(c)} for i, c in enumerate(calls)],
+        override_num_blocks=len(calls),
+    )
     ds = ds.map_batches(
         read_stage,
         fn_kwargs={"prep": prep},
-        batch_size=group,
+        batch_size=1,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=readers or workers),
         num_cpus=0,
@@ -333,7 +368,7 @@ def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, g
     bound = type(worker_cls.__name__, (worker_cls,), {"config": config, "__module__": worker_cls.__module__})
     ds = ds.map_batches(
         bound,
-        batch_size=group,
+        batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus,

@@ -16,6 +16,12 @@ at most a hidden temporary (names starting with ``.``, which pyarrow's and Ray's
 Items that failed are lines of ``_failures.jsonl`` (a leading ``_``: also skipped by those readers).
 ``--resume`` skips the items of the complete shards and numbers new shards after them.
 
+On Ray (``--engine ray``) the workers write the shards themselves (:func:`write_worker_shards`), so no
+attribution passes through the driver: a worker's call of up to :func:`rows_per_call` items becomes
+``part-<run>-<first item's position>.parquet`` (cut again at ``shard_bytes``), where ``<run>`` numbers the
+runs of a folder as the local engine numbers its shards. Names sort in input order within a run, and a
+call that Ray retries after its worker died writes the same name with the same rows.
+
 Columns: ``item``, ``source``, ``method``, ``target`` (the resolved target as JSON: a class, a list for
 top:K, an element), ``requested_target`` (as given, JSON), ``score`` (``list<double>``, one value per
 explained target), ``attribution`` (``list<float32>``, C order) and ``attribution_shape``, ``input`` and
@@ -129,6 +135,61 @@ class ParquetSink:
         finally:
             if self._failures is not None:
                 self._failures.close()
+
+
+class WorkerShardSink(ParquetSink):
+    """The driver's side of ``--format parquet`` on Ray: the workers write the shards
+    (:func:`write_worker_shards`) and hand back one small record per item; failures and ``resume`` are
+    kept here as by :class:`ParquetSink`."""
+
+    def record(self, rec: dict) -> None:
+        if rec.get("status") == "error":
+            super().record(rec)
+        elif (path := self.out_dir / rec["shard"]) not in self.written:
+            self.written.append(path)
+
+    def flush(self) -> None:
+        pass  # nothing collected here
+
+
+def rows_per_call(shard_rows: int, input_shape, itemsize: int = 4, shard_bytes: int = SHARD_BYTES) -> int:
+    """How many items a Ray worker takes per call with ``--format parquet``: ``shard_rows``, fewer when
+    their inputs and attributions (about twice the input's bytes; 512 for an unknown axis) would pass
+    ``shard_bytes``, so that a call's rows, held until its shard is written, stay bounded."""
+    n = 1
+    for d in list(input_shape or [])[1:]:
+        n *= d if isinstance(d, int) and d > 0 else 512
+    return max(1, min(int(shard_rows), shard_bytes // max(1, 2 * n * itemsize)))
+
+
+def write_worker_shards(out_dir, run: int, records: list[dict], positions: dict[str, int],
+                        shard_bytes: int = SHARD_BYTES) -> list[dict]:  # fmt: skip
+    """Write the rows among ``records`` (a Ray worker's call, in input order) as shards named after
+    ``run`` and their first item's position (``positions``: item name → position in the run); returns
+    the records to hand back, each row replaced by ``{'item', 'status': 'ok', 'shard'}``."""
+    pq = require_pyarrow()
+    out, rows, size = [], [], 0
+
+    def flush():
+        nonlocal rows, size
+        if rows:
+            path = Path(out_dir) / f"part-{run:05d}-{positions[rows[0]['item']]:09d}.parquet"
+            with atomic_path(path) as tmp:
+                pq.write_table(rows_table(rows), tmp)
+            out.extend({"item": r["item"], "status": "ok", "shard": path.name} for r in rows)
+            rows, size = [], 0
+
+    for rec in records:
+        if rec.get("status") == "error":
+            out.append(rec)
+            continue
+        rows.append(rec)
+        size += sum(np.asarray(v).nbytes for v in rec.values() if isinstance(v, np.ndarray))
+        if size >= shard_bytes:
+            flush()
+    flush()
+    order = {r["item"]: i for i, r in enumerate(records)}
+    return sorted(out, key=lambda r: order[r["item"]])  # errors and rows in the call's order
 
 
 def item_row(it, e, k: int, seconds: float, target_spec, attribution=None, x=None, extras=None) -> dict:
