@@ -5,13 +5,15 @@
     python benchmarks/bench_ray.py --items 16       # quicker, printed only
 
 The job: torchvision ResNet-18 with random weights exported to ONNX (``bench_cli.resnet_job``), PNG images
-of 224x224 with ImageNet normalisation, ``gradient``, ``--heatmaps none``, ``--format files``, 8 items per
+of 224x224 with ImageNet normalisation, ``gradient``, ``--heatmaps none``, ``--format files`` (and ``parquet``), 8 items per
 call. Every configuration runs in this one process, one after the other, on a local Ray instance of 2 CPUs
 started once (its start-up is not counted):
 
 - local, 1 thread / 2 threads: :func:`explain_files` with the model loaded and converted beforehand
   (torch pinned to that many threads);
-- ray, 1 worker / 2 workers: :func:`explain_ray`, one CPU and one torch/onnxruntime thread per actor.
+- ray, 1 worker / 2 workers: :func:`explain_ray`, one CPU and one torch/onnxruntime thread per actor;
+- the same with ``--format parquet`` (shards of 24 rows), local 2 threads and Ray 2 workers, where the Ray
+  workers write the shards.
 
 ``end to end`` is the wall time of a run (for Ray: actor start, model load and conversion per actor,
 reading, explaining, writing); ``steady`` is the rate at which items are recorded after the first batch of
@@ -55,6 +57,7 @@ def main() -> None:
     import onnx_explain as oe
     from onnx_explain.app.batch import ManifestSink, explain_files
     from onnx_explain.app.ray_engine import explain_ray
+    from onnx_explain.app.shards import ParquetSink, WorkerShardSink
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     job = resnet_job(tmp, args.items)
@@ -64,24 +67,29 @@ def main() -> None:
     model = oe.load(job["model"])
     model.torch_module(space="logit")
 
-    def local(threads):
+    parquet = {"format": "parquet", "shard_rows": 24}  # 4 shards of 24 items: a worker writes each
+
+    def local(threads, **fmt):
         def go(inputs, out):
             torch.set_num_threads(threads)
-            return explain_files(model, [inputs], out, "gradient", **common)
+            return explain_files(model, [inputs], out, "gradient", **common, **fmt)
 
         return go
 
-    def on_ray(workers):
+    def on_ray(workers, **fmt):
         def go(inputs, out):
-            return explain_ray(job["model"], [inputs], out, "gradient", workers=workers, **common)
+            return explain_ray(job["model"], [inputs], out, "gradient", workers=workers, **common, **fmt)
 
         return go
 
     configs = {"local, 1 thread": local(1), "local, 2 threads": local(2), "ray, 1 worker": on_ray(1),
-               "ray, 2 workers": on_ray(2)}  # fmt: skip
+               "ray, 2 workers": on_ray(2), "local, 2 threads, parquet": local(2, **parquet),
+               "ray, 2 workers, parquet (written by the workers)": on_ray(2, **parquet)}  # fmt: skip
     stamps: list[float] = []
     # when each item is recorded: by the local run, or by the Ray driver as its record comes back
     ManifestSink.record = _stamped(ManifestSink.record, stamps)
+    ParquetSink.record = _stamped(ParquetSink.record, stamps)
+    WorkerShardSink.record = _stamped(WorkerShardSink.record, stamps)
     rows = {}
     for name, go in configs.items():
         out = tmp / f"out_{len(rows)}"
@@ -118,6 +126,8 @@ def main() -> None:
         "come back), after the first 8; Ray Data hands results back in blocks, so its steady rate is the",
         "rougher of the two. The local engine with 2 threads shares the cores with the other users of this",
         "machine; its threads wait on each other, which is why it can be slower than 1 thread here.",
+        "With `--format parquet` (shards of 24 rows here) the local engine writes the shards on its own thread;",
+        "on Ray each worker call explains and writes one shard, and its records come back 24 at a time.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
