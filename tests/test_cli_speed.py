@@ -325,24 +325,6 @@ def test_the_pool_overlaps_compute_and_writing_and_stays_bounded(digits, tmp_pat
     )
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
-def test_writers_yield_the_cores_to_the_computing_threads(digits, tmp_path, monkeypatch):
-    seen = []
-    write = batch._write_item
-
-    def noting_write(*args):
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return write(*args)
-
-    monkeypatch.setattr(batch, "_write_item", noting_write)
-    path, _ = _many(tmp_path, 8)
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    summary = batch.explain_files(digits, [path], tmp_path / "o", "gradient", writers=2, group=4)
-    assert summary["ok"] == len(seen) == 8
-    assert set(seen) == {min(19, mine + 10)}  # every write on a lower-priority thread
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the computing thread is not
-
-
 def test_a_writer_error_is_that_items_failure_and_resume_redoes_it(digits, tmp_path, monkeypatch):
     panel = viz.save_panel
 

@@ -5,9 +5,7 @@ per item once its files are complete, resume, and one bad item reported while th
 from __future__ import annotations
 
 import json
-import os
 import sys
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -209,9 +207,7 @@ class _Run:
         self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
         self.in_flight = max(1, in_flight)
         self._pool = (
-            ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer", initializer=_yielding)
-            if writers
-            else None
+            ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer") if writers else None
         )
         self._queue: deque = deque()  # (item, Future | record dict | None, error message | None)
         self.encoder = None  # a TextEncoder for text items
@@ -399,16 +395,6 @@ def _same_shapes(chunk) -> list[list]:
         key = (np.shape(it.x), tuple(sorted((k, np.shape(v)) for k, v in (it.companions or {}).items())))
         groups.setdefault(key, []).append(it)
     return list(groups.values())
-
-
-def _yielding() -> None:
-    """A writer thread runs at a lower priority than the computing threads (Linux: nice is per thread), so
-    that it writes in the gaps of the computation instead of preempting one of torch's threads, which
-    would leave the others waiting for it."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # another platform: writers run at the usual priority
-        pass
 
 
 def _write_error(it, exc: BaseException) -> str:
