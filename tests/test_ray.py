@@ -205,6 +205,16 @@ def test_parquet_on_ray_is_written_by_the_workers_each_item_once(local_ray, refe
     assert (res["ok"], res["skipped"]) == (len(lost), 40 - len(lost))
     assert [p.name for p in shards.shard_paths(out)][-1] == "part-00001-000000000.parquet"  # the next run
     assert sorted(r["item"] for r in shards.read_shards(out)) == sorted(r["item"] for r in local)
+    # the worker-written shards evaluate, on Ray too, as the local per-item files do
+    import onnx_explain as oe
+    from onnx_explain.app.batch import evaluate_dir
+
+    model = oe.load(DIGITS)
+    want = evaluate_dir(model, reference / "local", ["deletion"])["metrics"]["deletion"]["per_item"]
+    for how in (None, {"model": DIGITS, "workers": 1, "group": 16}):
+        got = evaluate_dir(model, out, ["deletion"], ray=how)["metrics"]["deletion"]["per_item"]
+        assert sorted(got) == sorted(want)
+        np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_on_ray_equals_the_local_report(local_ray, reference):
