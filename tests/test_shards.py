@@ -182,3 +182,38 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
         "error: --format parquet needs pyarrow: pip install pyarrow (or pip install 'onnx-explain[ray]')"
     ]
     assert not out.exists()
+
+
+def test_a_worker_call_becomes_shards_named_by_run_and_position_cut_at_the_byte_bound(tmp_path):
+    from onnx_explain.app.shards import rows_per_call, write_worker_shards
+
+    # a call holds at most shard_rows items and about 256 MB of inputs and attributions
+    assert rows_per_call(10_000, (None, 1, 32, 32)) == 10_000
+    assert rows_per_call(10_000, (None, 3, 224, 224)) == 256 * 2**20 // (2 * 3 * 224 * 224 * 4) == 222
+    assert rows_per_call(10_000, ("batch", "seq")) == 10_000 and rows_per_call(5, (None, 10**9)) == 1
+
+    def row(name):
+        return {"item": name, "source": "s", "attribution": np.full((4, 4), float(name[1:]), np.float32),
+                "input": np.zeros((4, 4), np.float32)}  # fmt: skip
+
+    names = [f"i{k}" for k in range(7)]
+    records = [row(n) for n in names[:3]] + [{"item": "i3", "status": "error", "error": "bad"}]
+    records += [row(n) for n in names[4:]]
+    positions = {n: 40 + k for k, n in enumerate(names)}
+    # 128 bytes per row: a shard is cut once it holds 300 bytes, i.e. after 3 rows
+    back = write_worker_shards(tmp_path, 2, records, positions, shard_bytes=300)
+    assert [p.name for p in shard_paths(tmp_path)] == [
+        "part-00002-000000040.parquet",
+        "part-00002-000000044.parquet",
+    ]
+    assert [r["item"] for r in back] == names  # the call's order, the failure in its place
+    assert back[3] == records[3] and all(
+        set(r) == {"item", "status", "shard"} for i, r in enumerate(back) if i != 3
+    )
+    assert [r["shard"] for r in back if r["status"] == "ok"] == ["part-00002-000000040.parquet"] * 3 + [
+        "part-00002-000000044.parquet"
+    ] * 3
+    rows = read_shards(tmp_path)
+    assert [r["item"] for r in rows] == [n for n in names if n != "i3"]
+    assert all(float(r["attribution"][0, 0]) == float(r["item"][1:]) for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

@@ -10,7 +10,8 @@ lazily: no pixel is read), skips those an earlier run finished (``resume``) and 
    from the file, texts as they are), so decoding runs beside the explaining, not inside it;
 2. **explain** (``compute=ray.data.ActorPoolStrategy(size=workers)``): :class:`RayWorker` actors, each of
    which loads and converts the model once, pins torch and onnxruntime to its ``num_cpus`` threads,
-   explains ``group`` items per call with the local engine's code and returns one record per item.
+   explains the items of a call (``group`` of them; a shard's worth with ``parquet``) ``group`` at a time
+   with the local engine's code and returns one record per item.
 
 Results therefore equal the local engine's for the same seed (a sample's result does not depend on its
 batch, docs/methods.md §1.2), up to float rounding.
@@ -296,7 +297,7 @@ def explain_ray(
         if good:
             joined = connect(address, quiet)
             _execute(ray, run, good, prep, config, worker_cls or RayWorker, workers, readers, cpus_per_worker,
-                     gpus_per_worker, max(1, group), per_call, quiet)  # fmt: skip
+                     gpus_per_worker, per_call, quiet)  # fmt: skip
     finally:
         run.close()
         if joined:
@@ -342,9 +343,9 @@ def _reraise(exc: BaseException):
     raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {_one_line(cause)}") from None
 
 
-def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, group, per_call, quiet):
-    """Run the pipeline and record what comes back (each item once, in input order): read ``group`` items
-    per read task, explain ``per_call`` per worker call."""
+def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, per_call, quiet):
+    """Run the pipeline and record what comes back (each item once, in input order): ``per_call`` items
+    per read task and per worker call (which explains them ``config['group']`` at a time)."""
     _quiet_data(ray, quiet)
     workers = _pool_size(ray, workers, cpus, gpus)
     # a row per worker call (``per_call`` items: a shard with --format parquet), a block per row, so that the
