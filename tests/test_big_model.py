@@ -88,6 +88,7 @@ print(json.dumps({"peak": peak,
 """
 
 
+@pytest.mark.slow  # writes and reads a 2.4 GB file (CI runs it)
 def test_over_2gb_loads_predicts_and_explains_with_the_weights_in_memory_once(big_model, tmp_path):
     out = tmp_path / "out.npz"
     res = subprocess.run(

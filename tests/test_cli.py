@@ -54,7 +54,7 @@ def test_ci_runs_the_readme_quickstart_verbatim_then_ruff():
     commands = [ln for ln in lines if ln and not ln.startswith("#")]
     quickstart = _quickstart()
     start = commands.index(quickstart[0])
-    assert commands[start:] == [*quickstart, "ruff check .", "ruff format --check ."]
+    assert commands[start:] == [*quickstart, "pytest -q -m slow", "ruff check .", "ruff format --check ."]
 
 
 def test_readme_main_job_command(tmp_path):

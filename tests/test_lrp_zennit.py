@@ -30,7 +30,11 @@ ARCHS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
+@pytest.fixture(
+    scope="module",
+    # resnet18 (residual Adds, BatchNorm merging) runs by default; the bigger sweeps in CI's slow run
+    params=[a if a == "resnet18" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS],
+)
 def arch(request, tmp_path_factory):
     name = request.param
     size, n, canonizer = ARCHS[name]
@@ -48,7 +52,6 @@ def arch(request, tmp_path_factory):
     return net, model, x, canonizer
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("composite", list(COMPOSITES))
 def test_lrp_matches_zennit(arch, composite):
     net, model, x, canonizer = arch

@@ -86,6 +86,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow  # a worker killed mid-run: Ray restarts actors (30 s)
 def test_ray_equals_local_and_a_dead_worker_loses_and_repeats_nothing(local_ray, reference, tmp_path):
     out = tmp_path / "ray"
     job = dict(JOB)
@@ -166,6 +167,7 @@ def test_images_and_rows_are_read_by_the_read_stage_and_equal_the_local_engine(
             np.testing.assert_allclose(b["attribution"], a["attribution"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # a worker killed mid-run: Ray restarts actors (30 s)
 def test_parquet_on_ray_is_written_by_the_workers_each_item_once(local_ray, reference, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 

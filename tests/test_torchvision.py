@@ -50,9 +50,13 @@ def _check(model, path, x: torch.Tensor) -> oe.Model:
     return m
 
 
-@pytest.mark.slow
+def _slow_unless(*fast):
+    """Parameters of a sweep: those in ``fast`` run by default, the others are marked ``slow`` (CI runs both)."""
+    return lambda names: [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", _slow_unless("resnet18")(list(ARCHS)))
 def test_torchvision_dynamic_batch(name, exporter, tmp_path):
     size = ARCHS[name]
     model = _build(name, size)
@@ -62,9 +66,8 @@ def test_torchvision_dynamic_batch(name, exporter, tmp_path):
     assert m.batch_mode == "dynamic"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-@pytest.mark.parametrize("name", ["resnet18", "vit_b_16", "swin_t"])
+@pytest.mark.parametrize("name", _slow_unless("resnet18")(["resnet18", "vit_b_16", "swin_t"]))
 def test_torchvision_fixed_batch_one(name, exporter, tmp_path):
     size = ARCHS[name]
     model = _build(name, size)
