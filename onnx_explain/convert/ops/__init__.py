@@ -13,6 +13,8 @@ from . import (  # noqa: F401  (registration)
     logic,
     ml,
     norm,
+    pad,
+    pooling,
     quant,
     recurrent,
     reduce,

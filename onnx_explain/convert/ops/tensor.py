@@ -2,7 +2,6 @@
 
 - Reshape: ``allowzero=1`` (set on nearly every Reshape of the dynamo exporter) raised; 19/21/23/24 missing.
 - Split-18: ``num_outputs`` with a smaller last chunk.
-- Pad-18+: the ``axes`` input, ``wrap`` mode.
 - Clip: integer tensors came back as float (the next Gather crashed); bounds fed as computed tensors
   raised "Dynamic value of min/max is not implemented".
 - CumSum: ``reverse`` defaulted to 1, so every plain CumSum was silently reversed.
@@ -14,11 +13,10 @@ import math
 
 import onnx.defs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import converter
-from ._common import const, result, unsupported
+from ._common import const, result
 
 
 def _schema_versions(op_type: str, candidates, domain: str = "") -> list[int]:
@@ -77,53 +75,6 @@ class OnnxSplit18(nn.Module):
 def _split18(node, graph):
     num = node.attributes.get("num_outputs", len(node.output_values))
     return result(OnnxSplit18(node.attributes.get("axis", 0), num), node)
-
-
-# --- Pad -----------------------------------------------------------------------------------------
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
-
-
-class OnnxPad(nn.Module):
-    """ONNX Pad-18+ (pads, optional constant_value and axes; negative pads crop)."""
-
-    def __init__(self, mode: str, pads=None, axes=None):
-        super().__init__()
-        self.mode = _PAD_MODES[mode]
-        self.pads = None if pads is None else [int(p) for p in pads]
-        self.axes = None if axes is None else [int(a) for a in axes]
-
-    def forward(self, x, pads=None, constant_value=None, axes=None):
-        pads = self.pads if pads is None else [int(p) for p in pads.tolist()]
-        axes = self.axes if axes is None else [int(a) for a in axes.tolist()]
-        rank = x.dim()
-        axes = list(range(rank)) if axes is None else [a % rank for a in axes]
-        n = len(axes)
-        begin, end = [0] * rank, [0] * rank
-        for i, a in enumerate(axes):
-            begin[a], end[a] = pads[i], pads[i + n]
-        torch_pads: list[int] = []
-        for a in reversed(range(rank)):  # torch lists the last axis first
-            torch_pads += [begin[a], end[a]]
-        if self.mode != "constant":
-            # torch pads only trailing axes in these modes: drop the all-zero leading ones
-            while torch_pads and torch_pads[-2:] == [0, 0]:
-                torch_pads = torch_pads[:-2]
-            return F.pad(x, torch_pads, mode=self.mode)
-        value = 0.0 if constant_value is None else constant_value.item()
-        return F.pad(x, torch_pads, mode="constant", value=value)
-
-
-@converter("Pad", _schema_versions("Pad", [18, 19, 21, 23, 24, 25]))
-def _pad18(node, graph):
-    mode = node.attributes.get("mode", "constant")
-    if mode not in _PAD_MODES:
-        raise unsupported(node, f"mode={mode!r}")
-    names = list(node.input_values) + [""] * (4 - len(node.input_values))
-    pads, value, axes = (const(n, graph) for n in names[1:])
-    if pads is not None and not names[2] and (axes is not None or not names[3]):
-        static = OnnxPad(mode, pads.tolist(), None if axes is None else axes.tolist())
-        return result(static, node, inputs=(names[0],))
-    return result(OnnxPad(mode), node)  # something is computed: read everything at run time
 
 
 # --- Clip ----------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ TYPE_ONLY: dict[str, tuple[int, list[int]]] = {
     "HardSigmoid": (6, [22]),
     "HardSwish": (14, [22]),
     "InstanceNormalization": (6, [22]),
-    "MaxPool": (12, [22]),
     "Round": (11, [22]),
     "Softplus": (1, [22]),
     "Softsign": (1, [22]),
@@ -59,11 +58,6 @@ def _alias(op_type: str, base_version: int, versions: list[int], check=None) -> 
         converter(op_type, found)(convert)
 
 
-def _check_average_pool(node) -> None:
-    if any(d != 1 for d in node.attributes.get("dilations", [])):
-        raise unsupported(node, "dilations other than 1")
-
-
 def _check_resize(node) -> None:
     a = node.attributes
     if a.get("antialias", 0):
@@ -78,5 +72,4 @@ def _check_resize(node) -> None:
 
 for _op, (_base, _versions) in TYPE_ONLY.items():
     _alias(_op, _base, _versions)
-_alias("AveragePool", 11, [19, 22], _check_average_pool)
 _alias("Resize", 13, [18, 19], _check_resize)
