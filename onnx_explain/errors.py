@@ -19,6 +19,7 @@ __all__ = [
     "InputFileError",
     "InputSpecError",
     "LRPCoverageError",
+    "MemoryBudgetError",
     "ModelLoadError",
     "ModelRunError",
     "OnnxExplainError",
@@ -85,6 +86,10 @@ class UnknownOptionError(OptionError, TypeError):
 
 class DeviceError(OnnxExplainError):
     """The device asked for (``cuda``) is not available."""
+
+
+class MemoryBudgetError(OnnxExplainError):
+    """A job cannot fit the memory budget (``max_memory`` / ``--max-memory``) even one row at a time."""
 
 
 class ExportError(OnnxExplainError):

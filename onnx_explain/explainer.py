@@ -77,6 +77,7 @@ def explain(
     seed=None,
     layout: str | None = None,
     input: str | None = None,  # noqa: A002 - mirrors load(input=...)
+    max_memory=None,
     **options,
 ) -> Explanation:
     """Explain ``model`` at the inputs ``x`` with a registered attribution ``method``.
@@ -116,6 +117,11 @@ def explain(
         channels on axis 1 for a torch module.
     input : str, optional
         The input to explain for this call (:meth:`Model.with_input`); default: the one chosen at load.
+    max_memory : int or str, optional
+        The memory a gradient method's passes may plan to use (bytes, or ``'8G'``, ``'512M'``); default
+        half of the memory available. The rows per pass are capped to fit it (measured on the graph:
+        :mod:`onnx_explain.memory`; ``extras['memory']`` says when), and an input whose single row does
+        not fit is refused with :class:`~onnx_explain.errors.MemoryBudgetError` before anything runs.
     **options
         The method's own options (``sigma``, ``n_samples``, ``reduce``, ``base``, ``n_steps``,
         ``quadrature_method``, ``baseline``, ``n_roots``, ``perturbations``, ``roots`` ...). An option the
@@ -134,7 +140,7 @@ def explain(
     model, target = prepare_box_target(model, target)  # a (boxes, scores) pair or an NMS graph, for a box
     auto = None
     if method == "auto":
-        method, auto = _auto_method(model, output, device, input)
+        method, auto = _auto_method(model, output, device, input, x)
     if method not in METHODS:
         choices = ", ".join(sorted(METHODS))
         raise OnnxExplainError(f"unknown method {method!r}; choose one of {choices} (or 'auto')")
@@ -151,6 +157,8 @@ def explain(
     xt = to_device(x_np, device)
     comp = {k: to_device(v, device) for k, v in companions.items()}
     extras_in: dict = {}
+    if _is_model(model) and model.parity is not None:  # what the conversion was certified on
+        extras_in["parity"] = model.parity.summary()
     if x_np.dtype.kind in "iu":
         kind = _integer_kind(model)
         if kind == "ids":
@@ -158,11 +166,15 @@ def explain(
                 module, xt, comp, spec, target, batch_size, generator, opts, _out_shape(model, output)
             )
             e.extras.update(_quantized_note(module))
+            e.extras.update(extras_in)
             return e
         xt = xt.to(torch.float32)  # a quantity (pixels, counts): attributed in the input's own layout
         extras_in["integer_input"] = "attributed as a quantity at its cast to float"
     if xt.dtype not in (torch.float32, torch.float64):
         xt = xt.float()
+    batch_size, memory_note = _fit_memory(model, module, xt, comp, batch_size, max_memory, device, output)
+    if memory_note:
+        extras_in["memory"] = memory_note
     result = _run(
         module, xt, comp, spec, target, batch_size, layout, generator, opts, _out_shape(model, output)
     )
@@ -344,6 +356,26 @@ def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, l
     )
 
 
+#: a row whose input holds fewer bytes than budget / (rows x this) is not measured: no graph saves that much
+_SAVED_PER_INPUT_BYTE = 4000
+
+
+def _fit_memory(model, module, xt, comp, batch_size, max_memory, device, output) -> tuple[int, str | None]:
+    """``(rows per pass, note)`` within the memory budget (:mod:`onnx_explain.memory`); the bytes per row
+    are measured once per Model, space and input shape."""
+    from .memory import budget_bytes, fit_rows, row_bytes
+
+    budget = budget_bytes(max_memory, device)
+    row_in = xt[:1].numel() * xt.element_size() + sum(v[:1].numel() * v.element_size() for v in comp.values())
+    if max_memory is None and batch_size * row_in * _SAVED_PER_INPUT_BYTE < budget:
+        return batch_size, None
+    key = (output, tuple(xt.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in sorted(comp.items())))
+    cache = model.row_bytes_cache if _is_model(model) else {}
+    if key not in cache:
+        cache[key] = row_bytes(module, xt, comp)
+    return fit_rows(cache[key], batch_size, budget)
+
+
 def _is_model(model) -> bool:
     from .model import Model
 
@@ -370,20 +402,24 @@ def _resolve_model(model, x, output: str, device: str, layout: str | None, input
     if _is_model(model):
         model = model.with_input(input_name)
         xe, companions = model.split_inputs(x)
-        return model, converted(model, device, output), xe, companions, layout or model.layout
+        module = converted(model, device, output, (xe, companions))
+        return model, module, xe, companions, layout or model.layout
     if isinstance(x, dict) or input_name is not None:
         raise InputDataError("several inputs need an onnx_explain.Model (a torch module takes one tensor)")
     return model, model, np.asarray(x), {}, layout
 
 
-def converted(model, device: str = "cpu", output: str = "output"):
-    """``model.torch_module(device, space=output)``; when the graph does not convert, the error says which
-    methods still work (those that run on onnxruntime alone)."""
+def converted(model, device: str = "cpu", output: str = "output", data=None):
+    """``model.torch_module(device, space=output, probe=data)``: the graph certified on the user's own
+    ``data`` (``(x, companions)``; None: the conversion only, certified later on data); when the graph
+    does not convert, the error says which methods still work (those that run on onnxruntime alone)."""
     from .errors import ConversionError, ParityError
     from .methods.base import runtime_methods
 
     try:
-        return model.torch_module(device=device, space=output)
+        if data is None:
+            return model.convert(output)
+        return model.torch_module(device=device, space=output, probe=data)
     except (ConversionError, ParityError) as exc:
         others = runtime_methods()
         if not others:
@@ -393,9 +429,12 @@ def converted(model, device: str = "cpu", output: str = "output"):
         ) from None
 
 
-def _auto_method(model, output: str | None, device: str, input_name: str | None) -> tuple[str, str]:
-    """``(method, why)`` for ``method='auto'``: SmoothGrad when the graph converts to torch with parity, else
-    the first black-box method of the registry's overview (or any)."""
+def _auto_method(
+    model, output: str | None, device: str, input_name: str | None, data=None
+) -> tuple[str, str]:
+    """``(method, why)`` for ``method='auto'``: SmoothGrad when the graph converts to torch with parity on
+    ``data`` (the user's batch; None: conversion alone), else the first black-box method of the
+    registry's overview (or any)."""
     from .errors import ConversionError, ParityError
     from .methods.base import runtime_methods
     from .model import load
@@ -404,8 +443,12 @@ def _auto_method(model, output: str | None, device: str, input_name: str | None)
     if not _is_model(model):
         return "smoothgrad", "a torch module: gradient methods"
     try:
-        model.with_input(input_name).torch_module(device=device, space=output or "logit")
-        return "smoothgrad", "the graph converts to torch with parity: a gradient method"
+        m = model.with_input(input_name)
+        if data is None:
+            m.convert(output or "logit")
+            return "smoothgrad", "the graph converts to torch: a gradient method"
+        m.torch_module(device=device, space=output or "logit", probe=m.split_inputs(data))
+        return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
     except (ConversionError, ParityError) as exc:
         others = runtime_methods()
         if not others:

@@ -353,10 +353,14 @@ class Model:
         #: big weights memory-mapped from external data (name -> array), shared by onnxruntime and torch
         self.weights = dict(weights or {})
         self.runtime = Runner(proto, path if ort_path is ... else ort_path, signature, device, self.weights)
-        self._converted: dict = {}  # (space name, probe key, rtol, atol) -> (cpu module, ParityReport)
-        self._by_space: dict = {}  # space name -> the key of its last checked conversion
+        self._modules: dict = {}  # space name -> the converted cpu module (converted once)
+        #: (space name, probe key, rtol, atol, range) -> ParityReport; the user's data is keyed by its shapes
+        self._certified: dict = {}
+        self._by_space: dict = {}  # space name -> the key of its last certification
         self._moved: dict = {}  # (id of the cpu module, device) -> the module on that device
         self._siblings: dict = {}  # input name -> this model explaining that input (with_input)
+        #: (space, input row shapes) -> bytes one row adds to a forward+backward (onnx_explain.memory)
+        self.row_bytes_cache: dict = {}
 
     @classmethod
     def _build(
@@ -543,10 +547,30 @@ class Model:
     # ---------------------------------------------------------------- torch
     @property
     def parity(self):
-        """:class:`~onnx_explain.convert.checked.ParityReport` of the last checked conversion (or None)."""
+        """:class:`~onnx_explain.convert.checked.ParityReport` of the last certification (or None)."""
         if not self._by_space:
             return None
-        return self._converted[next(reversed(self._by_space.values()))][1]
+        return self._certified[next(reversed(self._by_space.values()))]
+
+    def convert(self, space: str = "output"):
+        """The converted torch graph of ``space``'s output, *not yet certified* (converted once per
+        space; :meth:`torch_module` certifies it on data).
+
+        Raises
+        ------
+        ConversionError
+            A node has no converter or its converter failed (names the node and op).
+        """
+        from .convert.checked import convert_graph
+
+        name = self.space_name(space)
+        if name not in self._modules:
+            self.runtime.session()  # a file onnxruntime refuses is reported as such first
+            self._modules[name] = convert_graph(
+                self.runtime.batch.graph, self.signature, name, self.runtime.batch.fixed_batch,
+                self.source, self.weights,
+            )[0]  # fmt: skip
+        return self._modules[name]
 
     def torch_module(
         self,
@@ -557,16 +581,24 @@ class Model:
         space: str = "output",
         probe_range: tuple[float, float] | None = None,
     ):
-        """The converted torch graph, checked against onnxruntime (cached per space and check settings).
+        """The converted torch graph, certified against onnxruntime on ``probe``.
+
+        The graph is converted once per space; it is certified once per probe *shape*: the user's data
+        is the probe (``explain`` passes its batch), and a batch of new shapes (another sequence length,
+        another image size) is certified when it first appears.
 
         Parameters
         ----------
         device : str
             torch device. Each device gets its own copy; a module already handed out never moves.
-        probe : array_like, optional
-            A batch to check parity on (at least 2 rows: it catches baked-in batch sizes and lets the
-            gate compare the error with the spread between samples); default: 2 standard-normal rows,
-            then rows drawn from ``probe_range`` when those cannot certify the output.
+        probe : array_like, dict or (array_like, dict), optional
+            The data to certify on: a batch of the explained input, or a dict of batch-first arrays named
+            after the inputs (its companions with it). Its first rows are used (see
+            :func:`~onnx_explain.convert.checked.given_probe`). Default: the last certification of this
+            space, else a *synthetic* probe (2 standard-normal rows with made-up companions, then rows
+            drawn from ``probe_range``) — which can fail on a model that needs real data (a map that is
+            ~0 on noise, a pooling that needs a minimum size): such a failure means "not certified yet",
+            not that the conversion is wrong.
         rtol, atol : float
             The gate: ``max|torch - ort| <= atol + rtol * max|ort|``, and at most 1 % of the largest
             difference between samples (see :mod:`onnx_explain.convert.checked`).
@@ -591,20 +623,22 @@ class Model:
         from .convert.checked import convert_checked
 
         name = self.space_name(space)
-        probe_key = None if probe is None else _array_key(probe)
+        probe_key = None if probe is None else _probe_key(probe)
         key = (name, probe_key, float(rtol), float(atol), None if probe_range is None else tuple(probe_range))
         default = probe is None and rtol == 1e-4 and atol == 0.0 and probe_range is None
         if default and name in self._by_space:
-            key = self._by_space[name]  # a request with no settings reuses the conversion already proven
-        if key not in self._converted:
-            self._converted[key] = convert_checked(
-                self.runtime.batch.graph, self.signature, self.runtime, space, probe, rtol, atol,
-                probe_range=probe_range, weights=self.weights,
+            key = self._by_space[name]  # a request with no settings reuses the certification already made
+        if key not in self._certified:
+            module, report = convert_checked(
+                self.runtime.batch.graph, self.signature, self.runtime, space,
+                probe, rtol, atol,
+                probe_range=probe_range, weights=self.weights, module=self.convert(space),
             )  # fmt: skip
+            self._modules[name] = module  # the graph onnxruntime fuses, when only that one holds
+            self._certified[key] = report
         self._by_space.pop(name, None)
         self._by_space[name] = key
-        module = self._converted[key][0]
-        return self._on_device(module, device)
+        return self._on_device(self._modules[name], device)
 
     def _on_device(self, module, device):
         import torch
@@ -621,9 +655,16 @@ class Model:
         return moved
 
 
-def _array_key(a) -> tuple:
-    """A hashable key for a probe array (its bytes' digest, shape and dtype)."""
-    import hashlib
-
-    a = np.ascontiguousarray(np.asarray(a))
-    return (hashlib.sha1(a.tobytes()).hexdigest(), a.shape, a.dtype.str)
+def _probe_key(probe) -> tuple:
+    """A hashable key for a probe: the shapes (after the batch axis) and dtypes of its arrays. The user's
+    data is certified once per shape: another batch of the same shapes reuses the certification."""
+    if isinstance(probe, tuple):
+        x, comp = probe
+        arrays = {"": x, **(comp or {})}
+    elif isinstance(probe, dict):
+        arrays = probe
+    else:
+        arrays = {"": probe}
+    return tuple(
+        (k, np.shape(v)[1:], np.asarray(v).dtype.str) for k, v in sorted(arrays.items(), key=lambda kv: kv[0])
+    )

@@ -238,6 +238,8 @@ class Runner:
         self.device = device
         self._batch: BatchMode | None = None
         self._ort_model = None
+        #: tensor name -> its batch axis when it is not 0 (time-major CTC and seq2seq outputs, ``(T, B, C)``)
+        self.out_axes: dict[str, int] = {}
         self._session = None
         self._tmpdir = None
 
@@ -364,17 +366,55 @@ class Runner:
             contiguous = index[-1] - index[0] == len(index) - 1
             chunk = x[index[0] : index[-1] + 1] if contiguous else x[index]
             rows = {k: v[owner[index]] for k, v in companions.items()} if companions else None
-            try:
-                out = session.run([name], feed(chunk, rows))[0]
-            except OnnxExplainError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-                raise ort_error(exc, self.source, f"run output {name!r}") from None
-            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
-                raise InputSpecError(
-                    f"{self.source}: output {name!r} is not batch-first (shape {list(out.shape)} "
-                    f"for a batch of {chunk.shape[0]}); onnx-explain explains per-sample outputs"
-                )
-            return out
+
+            def once(rows_x, rows_c):
+                try:
+                    return session.run([name], feed(rows_x, rows_c))[0]
+                except OnnxExplainError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                    raise ort_error(exc, self.source, f"run output {name!r}") from None
+
+            out = once(chunk, rows)
+            axis = self.out_axes.get(name)
+            if axis is None:
+                axis = self._batch_axis(name, out, chunk, rows, once)
+            return np.moveaxis(out, axis, 0) if axis else out
 
         return run_rows(run, len(x), batch_size, fixed)
+
+    def _batch_axis(self, name: str, out: np.ndarray, chunk: np.ndarray, rows, once) -> int:
+        """The batch axis of tensor ``name``: 0 when it is batch-first; else the one axis whose size
+        follows the batch (from the file's dim names, else from a second run one row longer), remembered.
+
+        Raises
+        ------
+        InputSpecError
+            No axis follows the batch (a per-batch output: onnx-explain explains per-sample outputs).
+        """
+        b = chunk.shape[0]
+        spec = next((o for o in self.signature.tensor_outputs if o.name == name), None)
+        batch_dim = (self.signature.input.shape or (None,))[0]
+        named = []
+        if spec is not None and spec.shape and isinstance(batch_dim, str):
+            named = [a for a, d in enumerate(spec.shape) if d == batch_dim]
+        candidates = [a for a in range(out.ndim) if out.shape[a] == b]
+        if len(named) == 1 and named[0] in candidates:
+            axis = named[0]
+        elif candidates == [0] or (candidates and candidates[0] == 0 and self.batch.fixed_batch):
+            axis = 0
+        elif candidates and not self.batch.fixed_batch:  # grow the batch by one row: the axis that follows
+            more = np.concatenate([chunk, chunk[-1:]])
+            rows2 = {k: np.concatenate([v, v[-1:]]) for k, v in rows.items()} if rows else None
+            grown = once(more, rows2)
+            axes = [a for a in candidates if grown.ndim == out.ndim and grown.shape[a] == b + 1]
+            axis = axes[0] if len(axes) == 1 else None
+        else:
+            axis = None
+        if axis is None:
+            raise InputSpecError(
+                f"{self.source}: output {name!r} has no batch axis (shape {list(out.shape)} for a batch of "
+                f"{b}); onnx-explain explains per-sample outputs"
+            )
+        self.out_axes[name] = axis
+        return axis

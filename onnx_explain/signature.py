@@ -24,6 +24,11 @@ _INT_TYPES = {
     onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
 }  # fmt: skip
 _CHANNELS = (1, 3, 4)
+#: dim_param values that name no dimension (PaddlePaddle's ``?``, ``-1`` written as text): each such dim
+#: is an unknown of its own, never "the same size" as another
+_UNNAMED = {"?", "-1", "None", "none", "unk", "unknown", ""}
+#: sizes tried, in turn, for the unknown dims of a synthetic probe (the first that onnxruntime accepts)
+PROBE_SIZES = (32, 64, 128, 224, 320, 640)
 #: the most values a probe batch may hold (2**28 float32 values are 1 GiB)
 MAX_PROBE_ELEMENTS = 2**28
 
@@ -92,7 +97,7 @@ def spec_from_value_info(value_info: onnx.ValueInfoProto) -> TensorSpec:
     for d in tt.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
+        elif d.HasField("dim_param") and d.dim_param and d.dim_param.strip() not in _UNNAMED:
             dims.append(d.dim_param)
         else:  # unknown, or 0 / negative: a "free" dim in exporters' conventions, not a size
             dims.append(None)
@@ -213,7 +218,7 @@ class Signature:
             input=chosen_in,
             output=chosen_out,
             logit_name=_find_logit(proto, chosen_out),
-            fixed_inputs={k: np.asarray(v) for k, v in fixed_inputs.items()},
+            fixed_inputs={k: _as_input_dtype(v, inputs, k) for k, v in fixed_inputs.items()},
             allow_nonfinite=bool(allow_nonfinite),
         )
 
@@ -338,8 +343,23 @@ class Signature:
         _check_symbolic_dims(self.input, xe, {n: (by_name[n], v) for n, v in companions.items()})
         return xe, companions
 
-    def probe_shape(self, n: int) -> list[int]:
-        """The shape of a probe batch of ``n`` rows: fixed dims as declared, unknown ones 32.
+    def pinned_dims(self) -> dict:
+        """Sizes of symbolic dims that a fixed input fixes (an attention mask of length 12 given at load
+        pins ``sequence`` to 12 for every input that shares it)."""
+        by_name = {i.name: i for i in self.inputs}
+        pinned = {}
+        for name, value in self.fixed_inputs.items():
+            spec = by_name.get(name)
+            if spec is None or spec.shape is None or np.ndim(value) != len(spec.shape):
+                continue
+            for d, size in zip(spec.shape, np.shape(value), strict=True):
+                if isinstance(d, str):
+                    pinned.setdefault(d, int(size))
+        return pinned
+
+    def probe_shape(self, n: int, unknown: int = 32) -> list[int]:
+        """The shape of a probe batch of ``n`` rows: fixed dims as declared, dims a fixed input pins
+        (:meth:`pinned_dims`) at its size, other unknown ones ``unknown``.
 
         Raises
         ------
@@ -347,7 +367,10 @@ class Signature:
             The declared dims ask for more than :data:`MAX_PROBE_ELEMENTS` values.
         """
         spec = self.input
-        shape = [n] + [d if isinstance(d, int) else 32 for d in (spec.shape or (None, None))[1:]]
+        pinned = self.pinned_dims()
+        shape = [n] + [
+            d if isinstance(d, int) else pinned.get(d, unknown) for d in (spec.shape or (None, None))[1:]
+        ]
         if int(np.prod(shape, dtype=np.float64)) > MAX_PROBE_ELEMENTS:
             raise InputSpecError(
                 f"{self.source}: input {spec.name!r} declares shape {spec.shape_str()}: a batch of {n} would hold "
@@ -355,35 +378,42 @@ class Signature:
             )
         return shape
 
-    def probe_batch(self, n: int = 2, seed: int = 0, index_bound: int | None = None) -> np.ndarray:
+    def probe_batch(
+        self, n: int = 2, seed: int = 0, index_bound: int | None = None, unknown: int = 32
+    ) -> np.ndarray:
         """Random data of the input's dtype and shape (batch ``n``) for parity checks.
 
         Floats are standard normal; integers are drawn below ``index_bound`` (else 10). Unknown non-batch
-        dims are 32.
+        dims are ``unknown`` (see :meth:`probe_shape`).
         """
         spec = self.input
-        shape = self.probe_shape(n)
+        shape = self.probe_shape(n, unknown)
         rng = np.random.default_rng(seed)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
             return rng.standard_normal(shape).astype(dtype)
         return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
 
-    def probe_companions(self, n: int, index_bounds: dict | None = None, seed: int = 0) -> dict:
+    def probe_companions(
+        self, n: int, index_bounds: dict | None = None, seed: int = 0, unknown: int = 32
+    ) -> dict:
         """Plausible per-sample values of the companion inputs for a probe of ``n`` rows: integers that
         index a table (``Gather``) are drawn below its size, other integers and booleans are ones (an
         attention mask that keeps every position), floats standard normal. Dims are sized as in
         :meth:`probe_shape` (a symbolic dimension shared with the explained input gets its size)."""
         rng = np.random.default_rng(seed + 7)
-        sizes = {
-            d: v
-            for d, v in zip(self.input.shape or (), self.probe_shape(n), strict=False)
-            if isinstance(d, str)
-        }
+        sizes = self.pinned_dims()
+        sizes.update(
+            {
+                d: v
+                for d, v in zip(self.input.shape or (), self.probe_shape(n, unknown), strict=False)
+                if isinstance(d, str)
+            }
+        )
         out = {}
         for spec in self.companions:
             shape = [n] + [
-                d if isinstance(d, int) else sizes.get(d, 32) for d in (spec.shape or (None, None))[1:]
+                d if isinstance(d, int) else sizes.get(d, unknown) for d in (spec.shape or (None, None))[1:]
             ]
             dtype = np.dtype(spec.dtype)
             bound = (index_bounds or {}).get(spec.name)
@@ -394,6 +424,16 @@ class Signature:
             else:
                 out[spec.name] = np.ones(shape, dtype=dtype)
         return out
+
+
+def _as_input_dtype(value, inputs: list, name: str) -> np.ndarray:
+    """A fixed input's value in the dtype its input declares (``--fixed sr=16000`` reads as an int, and an
+    int64 input gets an int64 scalar)."""
+    spec = next((i for i in inputs if i.name == name), None)
+    a = np.asarray(value)
+    if spec is None or not spec.dtype or spec.dtype.startswith("elem_type"):
+        return a
+    return a.astype(np.dtype(spec.dtype), copy=False)
 
 
 def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False) -> np.ndarray:

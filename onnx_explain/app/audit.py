@@ -103,7 +103,6 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
 
         report["settings"]["target"] = target if isinstance(target, (str, int)) else repr(target)
         model, target = prepare_box_target(model, target)
-    module, report["conversion"] = _conversion(model)
     texts = None
     if tokenizer is not None:
         x, report["inputs"], texts = _read_texts(model, x, tokenizer, max_length, max_items)
@@ -114,6 +113,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     else:
         x = model.validate_input(np.asarray(x))[:max_items]
         report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(x))], "failed": []}
+    module, report["conversion"] = _conversion(model, x)  # certified on the audited inputs themselves
     if module is None:  # the graph does not convert: the methods that run on onnxruntime alone, said so
         methods = _runtime_only(methods, given, kind)
         report["settings"]["methods"] = methods
@@ -242,12 +242,13 @@ def _text_views(texts, explanations: dict) -> tuple[list, dict]:
     return records, views
 
 
-def _conversion(model):
-    """(torch module or None, the report's conversion entry)."""
+def _conversion(model, x):
+    """(torch module or None, the report's conversion entry): the conversion certified on the audited
+    inputs ``x`` (an array, or a dict of arrays named after the inputs)."""
     from ..errors import ConversionError, ParityError
 
     try:
-        module = model.torch_module()
+        module = model.torch_module(probe=x)
     except (ConversionError, ParityError) as exc:
         return None, {"ok": False, "error": str(exc), "note": "gradient methods and LRP skipped; black-box "
                       "methods (onnxruntime alone) run instead"}  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError, OnnxExplainError
+from ..errors import InputFileError, MemoryBudgetError, OnnxExplainError, ParityError
 from .io import (
     JsonlAppender,
     Preprocess,
@@ -25,6 +25,9 @@ from .io import (
 )
 
 MANIFEST = "manifest.jsonl"
+#: errors of the model or the job rather than of one item: on the first items they end the run (nothing
+#: written); on a later input shape, only that shape's items fail
+_JOB_ERRORS = (ParityError, MemoryBudgetError)
 #: ``heatmaps=``: the map and the panel (input, map, colour bar), the map alone, or no images at all
 HEATMAPS = ("panel", "map", "none")
 
@@ -89,6 +92,7 @@ def explain_files(
     ``resume`` skips the items of the complete shards. Failures go to ``_failures.jsonl``.
     """
     spec = _method(method)
+    max_memory = options.pop("max_memory", None)
     spec.check_options(options)
     if heatmaps not in HEATMAPS:
         raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
@@ -111,7 +115,10 @@ def explain_files(
           **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
           "target_spec": target}  # fmt: skip
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target  # a tuple names an element
-    settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed, **options)
+    settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed,
+                    max_memory=max_memory, **options)  # fmt: skip
+    if spec.backend == "torch" and tokenizer is None:
+        _certify_first(model, todo, output or spec.output, device)
     bar = _progress(len(todo), quiet, method)
     try:
         for start in range(0, len(todo), step):
@@ -124,6 +131,23 @@ def explain_files(
         bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)  # also when there was nothing to do
     return run.summary
+
+
+def _certify_first(model, todo, space: str, device: str, tries: int = 8) -> None:
+    """Certify the torch conversion on the first readable item before anything is written: a model that
+    onnxruntime cannot run, or whose conversion differs on the user's data, ends the run with one line
+    and nothing on disk (later input shapes are certified when they appear; their failures are per item)."""
+    for it in todo[:tries]:
+        if it.error or it.kind == "text":
+            continue
+        try:
+            given = {model.input.name: np.asarray(it.x)[None]}
+            given.update({k: np.asarray(v)[None] for k, v in (it.companions or {}).items()})
+            data = model.split_inputs(given)
+        except Exception:  # noqa: BLE001 - an unreadable item is reported in its turn
+            continue
+        model.torch_module(device=device, space=space, probe=data)
+        return
 
 
 def make_sink(format: str, out_dir, shard_rows: int | None = None):  # noqa: A002 - the CLI's --format
@@ -205,6 +229,7 @@ class _Run:
         self.out_dir, self.model, self.layout = out_dir, model, layout
         self.sink = ManifestSink(out_dir) if sink is None else sink
         self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
+        self.explained = False  # a group went through: a later certification failure is per item
         self.in_flight = max(1, in_flight)
         self._pool = (
             ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer") if writers else None
@@ -311,10 +336,17 @@ class _Run:
                 e = explain(self.model, x, method, **settings)
             except OptionError:
                 raise  # a usage error: the same for every item
+            except _JOB_ERRORS:
+                if not self.explained:
+                    raise  # certified on the first items and refused: a model error, nothing written
+                for it in group:  # a later input shape that fails its certification: these items only
+                    self.fail(it, f"{it.source}: {_one_line(sys.exc_info()[1])}")
+                continue
             except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
                 for it in group:
                     self.fail(it, f"{it.source}: {_one_line(exc)}")
                 continue
+            self.explained = True
             seconds = (time.perf_counter() - t0) / len(group)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write = _item_row if hm.get("format") == "parquet" else _write_item
@@ -332,10 +364,17 @@ class _Run:
             e = explain(self.model, self.encoder.batch(encoded, self.model), method, **settings)
         except OptionError:
             raise
+        except _JOB_ERRORS:
+            if not self.explained:
+                raise
+            for it in items:
+                self.fail(it, f"{it.source}: {_one_line(sys.exc_info()[1])}")
+            return
         except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
             for it in items:
                 self.fail(it, f"{it.source}: {_one_line(exc)}")
             return
+        self.explained = True
         seconds = (time.perf_counter() - t0) / len(items)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write = _text_row if hm.get("format") == "parquet" else _write_text_item
@@ -422,6 +461,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
         **{f"input_{k}": np.asarray(v) for k, v in (it.companions or {}).items()},
         method=np.asarray(e.method),
         options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)),
+        **({"parity": np.asarray(e.extras["parity"])} if isinstance(e.extras.get("parity"), str) else {}),
         **{f"extra_{key}": v for key, v in extras.items()},
     )
     score = np.asarray(e.score[k], dtype=np.float64)

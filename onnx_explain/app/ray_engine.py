@@ -242,6 +242,7 @@ def explain_ray(
     from ..model import load
 
     spec = _method(method)
+    max_memory = options.pop("max_memory", None)
     spec.check_options(options)
     if heatmaps not in HEATMAPS:
         raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
@@ -278,7 +279,9 @@ def explain_ray(
         "load": load_options,
         "device": device,
         "method": method,
-        "settings": dict(target=tgt, output=output, batch_size=batch_size, seed=seed, **options),
+        "settings": dict(
+            target=tgt, output=output, batch_size=batch_size, seed=seed, max_memory=max_memory, **options
+        ),  # fmt: skip
         "preprocess": preprocess,
         "out_dir": str(out_dir.resolve()),
         "hm": hm,

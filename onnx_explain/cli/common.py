@@ -85,6 +85,55 @@ def load_array(path: str, what: str):
     return data
 
 
+def load_probe(path: str, model):
+    """``--probe FILE``: a ``.npy`` batch of the explained input, or an ``.npz`` of arrays named after the
+    model's inputs (the explained one and its per-sample companions) -> what ``torch_module(probe=)``
+    takes."""
+    import numpy as np
+
+    from ..errors import InputFileError
+
+    if str(path).endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputFileError(f"{path} (--probe): cannot read: {_one_line(str(exc))}") from None
+        if model.input.name in arrays:
+            return model.split_inputs(arrays)
+        if len(arrays) != 1:
+            raise InputFileError(
+                f"{path} (--probe): name its arrays after the model's inputs ({model.input.name!r} ...), "
+                f"found {sorted(arrays)}"
+            )
+        return model.split_inputs(next(iter(arrays.values())))
+    return model.split_inputs(load_array(path, "--probe"))
+
+
+def parse_fixed(pairs, what: str = "--fixed") -> dict:
+    """``NAME=VALUE`` pairs -> ``{name: array}``: VALUE is a number or JSON list, or a ``.npy`` file."""
+    import json
+    import os
+
+    import numpy as np
+
+    out = {}
+    for p in pairs or ():
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{what} takes NAME=VALUE or NAME=FILE.npy, not {p!r}")
+        if value.endswith(".npy") or os.path.isfile(value):
+            out[name] = load_array(value, f"{what} {name}")
+            continue
+        try:
+            out[name] = np.asarray(json.loads(value))
+        except (json.JSONDecodeError, ValueError):
+            raise click.UsageError(
+                f"{what} {name}: {value!r} is neither a number, a JSON list nor an existing .npy file"
+            ) from None
+    return out
+
+
 def parse_range(text: str | None, what: str) -> tuple[float, float] | None:
     """``'LO,HI'`` -> ``(lo, hi)`` with lo < hi; None stays None."""
     if text is None:
@@ -104,7 +153,17 @@ def _remember(ctx, param, value):
 
 
 def model_options(fn):
-    """--input-name, --output-name, --device, --allow-nonfinite: how to read the model (see :func:`load_model`)."""
+    """--input-name, --output-name, --device, --allow-nonfinite, --fixed: how to read the model (see
+    :func:`load_model`)."""
+    fn = click.option(
+        "--fixed",
+        multiple=True,
+        expose_value=False,
+        callback=_remember,
+        metavar="NAME=VALUE",
+        help="A value for input NAME shared by every item (a number, a JSON list or a .npy file): "
+        "--fixed sr=16000 --fixed state=state.npy. Repeatable.",
+    )(fn)
     fn = click.option(
         "--allow-nonfinite",
         is_flag=True,
@@ -130,13 +189,61 @@ def model_options(fn):
     return fn
 
 
-def load_model(path, input_name=None, output_name=None, device="auto", **kw):
-    """:func:`onnx_explain.load` with the command line's model options (``--allow-nonfinite``)."""
+def probe_option(fn):
+    """--probe FILE: certify the conversion on this data before anything runs (else on the first items)."""
+    return click.option(
+        "--probe",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_remember,
+        help="Certify the torch conversion on this data first: a .npy batch of the explained input or an "
+        ".npz of arrays named after the inputs (default: the first items of each new input shape).",
+    )(fn)
+
+
+def certify_given_probe(model, torch_device: str, space: str) -> None:
+    """Certify ``model`` on ``--probe FILE`` when the command line gave one (nothing otherwise)."""
+    ctx = click.get_current_context(silent=True)
+    path = ctx.meta.get("onnx_explain.probe") if ctx else None
+    if path:
+        model.torch_module(device=torch_device, space=space, probe=load_probe(path, model))
+
+
+def load_model(path, input_name=None, output_name=None, device="auto", choose_output: bool = True, **kw):
+    """:func:`onnx_explain.load` with the command line's model options (``--allow-nonfinite``, ``--fixed``).
+
+    A file with several float outputs and no ``--output-name`` is explained at its first float output,
+    as ``info`` describes it, with a note on stderr (``choose_output=False`` refuses instead)."""
+    from ..errors import InputSpecError
     from ..model import load
 
     ctx = click.get_current_context(silent=True)
     allow = bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))
-    return load(path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw)
+    fixed = parse_fixed(ctx.meta.get("onnx_explain.fixed") if ctx else None)
+    if fixed:
+        kw["fixed_inputs"] = {**fixed, **kw.get("fixed_inputs", {})}
+    try:
+        return load(path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw)
+    except InputSpecError as exc:
+        if not choose_output or output_name is not None or "several float outputs" not in str(exc):
+            raise
+        first = float_output_names(path)[0]
+        click.echo(
+            f"note: several float outputs and none chosen: explaining {first!r} (--output-name to choose)",
+            err=True,
+        )
+        return load(path, input=input_name, output=first, device=device, allow_nonfinite=allow, **kw)
+
+
+def float_output_names(path) -> list[str]:
+    """The file's float tensor outputs, in order, read without its weights."""
+    import onnx
+
+    from ..signature import spec_from_value_info
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return [o.name for o in proto.graph.output if spec_from_value_info(o).is_float]
 
 
 def target_option(fn):

@@ -12,7 +12,16 @@ from ..methods.base import METHODS, NOISES, OUTPUTS, SIGNS
 from ..methods.gradient import REDUCES
 from ..methods.integrated_gradients import QUADRATURES
 from ..metrics.base import AGGREGATORS
-from .common import fail, handle_errors, model_options, parse_options, resolve_device, target_option
+from .common import (
+    certify_given_probe,
+    fail,
+    handle_errors,
+    model_options,
+    parse_options,
+    probe_option,
+    resolve_device,
+    target_option,
+)
 
 # flag -> the method parameters it may set (the first one the method has)
 FLAG_PARAMS = {
@@ -129,6 +138,9 @@ def _value(text: str):
 @click.option("--output", "space", type=click.Choice(OUTPUTS), default=None,
               help="Explain the logits before a final softmax, or the output as is (default: the method's, logit).")  # fmt: skip
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward/backward pass.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory the passes may plan to use (8G, 512M): rows per pass are capped to fit, and an "
+                   "input whose one row cannot fit is refused up front (default: half the memory available).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--preprocess",
@@ -192,8 +204,10 @@ def _value(text: str):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @model_options
+@probe_option
 @handle_errors
-def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size, seed,
+def explain(model, inputs, method, out_dir, target, input_name, output_name, device, rules, extra, space, batch_size,
+            max_memory, seed,
             preprocess_file, size, mean, std, bgr, crop, sign, aggregate, percentile, times_input, overlay, heatmaps,
             compress, tokenizer, max_length, fmt, shard_rows, engine, address, workers, readers, cpus_per_worker,
             gpus_per_worker, resume, quiet, as_json, **flags):  # fmt: skip
@@ -257,9 +271,15 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         from ..explainer import converted
 
         converted(m, torch_device, space or METHODS[method].output)
+        certify_given_probe(m, torch_device, space or METHODS[method].output)
     heat = {"aggregate": aggregate, "percentile": percentile, "times_input": times_input, "overlay": overlay}
     if sign:
         heat["sign"] = sign
+    if max_memory is not None:
+        from ..memory import parse_size
+
+        parse_size(max_memory)  # a bad size is a usage error before anything runs
+        opts["max_memory"] = max_memory
     common = dict(output=space, batch_size=batch_size, seed=seed, resume=resume, preprocess=pre, heatmap=heat,
                   heatmaps=heatmaps, compress=compress, quiet=quiet, tokenizer=tokenizer, max_length=max_length,
                   format=fmt, shard_rows=shard_rows, **opts)  # fmt: skip
@@ -269,6 +289,8 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         ctx = click.get_current_context(silent=True)
         load_opts = {"input": input_name, "output": output_name,
                      "allow_nonfinite": bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))}  # fmt: skip
+        if m.fixed_inputs:
+            load_opts["fixed_inputs"] = dict(m.fixed_inputs)
         summary = explain_ray(model, inputs, out_dir, method, target, load_options=load_opts, address=address,
                               workers=workers, readers=readers, cpus_per_worker=cpus_per_worker,
                               gpus_per_worker=gpus_per_worker, device=device, driver_model=m, **common)  # fmt: skip

@@ -9,7 +9,12 @@ The gate is relative. With ``ref`` the onnxruntime output on the probe and ``err
 
 - ``scale = max|ref|`` and ``err <= atol + rtol · scale`` (an error small next to the output), and
 - ``spread = max over output elements of (max − min over the probe's samples)`` and
-  ``err <= spread_tol · spread`` (an error small next to what distinguishes one sample from another).
+  ``err <= max(spread_tol · spread, 2 ulps · scale)`` (an error small next to what distinguishes one
+  sample from another, or below float rounding when the samples hardly differ).
+
+The probe is the user's own data wherever there is some (``explain`` certifies on the first rows of each
+new input shape it meets); a synthetic probe (random rows, made-up companions) only says "not certified
+yet" when it fails, since real models can need real data (a map that is ~0 on noise, a minimum size).
 
 An absolute tolerance alone certifies any conversion of a model whose outputs are tiny (a freshly
 initialised MobileNetV3 gives outputs of about 1e-9); the default ``atol`` is therefore 0.
@@ -53,8 +58,11 @@ class ParityReport:
     passed : bool
     convert_seconds : float
     probe : str
-        ``'random'`` (standard normal), ``'range [lo, hi]'`` (the second probe) or ``'given'``.
+        ``'random'`` (standard normal: a synthetic probe), ``'range [lo, hi]'`` (the second probe),
+        ``'given'`` (the user's data) or ``'given + 2 rows near it'`` (one row of it).
     notes : list of str
+    shapes : dict of str to list of int
+        The probe's arrays' shapes by input name: what the certification holds for.
     """
 
     max_abs: float
@@ -70,6 +78,12 @@ class ParityReport:
     spread: float = 0.0
     rel_spread: float = 0.0
     spread_tol: float = 1e-2
+    shapes: dict = field(default_factory=dict)
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the probe was made up (random or range rows), not the user's data."""
+        return not self.probe.startswith("given")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +92,9 @@ class ParityReport:
         """One line for people: the errors relative to the output's scale and spread."""
         return (
             f"max |diff| {self.max_abs:.3g}, relative to the output {self.max_rel:.3g}, to the spread "
-            f"between samples {self.rel_spread:.3g} ({self.probe} probe of {self.batch})"
+            f"between samples {self.rel_spread:.3g} ({self.probe} probe of {self.batch}"
+            + "".join(f", {k} {v}" for k, v in list(self.shapes.items())[:1])
+            + ")"
         )
 
 
@@ -165,7 +181,9 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         f"{op} node {node!r} folded to its {branch} (condition known at load time)"
         for node, op, branch in getattr(graph, "onnx_folded", [])
     ]
-    return module, time.perf_counter() - t0, notes
+    module.onnx_convert_seconds = time.perf_counter() - t0
+    module.onnx_notes = tuple(notes)
+    return module, module.onnx_convert_seconds, notes
 
 
 def _torch_output(module, x: np.ndarray, source: str, name: str, companions: dict) -> np.ndarray:
@@ -191,9 +209,33 @@ def _torch_output(module, x: np.ndarray, source: str, name: str, companions: dic
         ) from None  # fmt: skip
 
 
-def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:
+def _synthetic_size(signature, runner, name, bound, comp_bounds) -> tuple[int, np.ndarray | None, str]:
+    """``(size, onnxruntime's output, note)``: the first of :data:`~onnx_explain.signature.PROBE_SIZES`
+    for the input's unknown dims on which onnxruntime runs the graph (a pooling that needs 48 rows, a
+    reshape to a fixed grid); the note says which size was taken when it is not the first."""
+    from ..signature import PROBE_SIZES
+
+    shape = signature.input.shape or ()
+    if all(isinstance(d, int) for d in shape[1:]) and not signature.companions:
+        return PROBE_SIZES[0], None, ""
+    first_error = None
+    for size in PROBE_SIZES:
+        x = signature.probe_batch(2, index_bound=bound, unknown=size)
+        comp = signature.probe_companions(2, comp_bounds, unknown=size)
+        try:
+            return size, runner.run(name, x, len(x), comp), (
+                f"synthetic probe: unknown dims set to {size}, the smallest of "
+                f"{', '.join(map(str, PROBE_SIZES))} onnxruntime runs"
+                if size != PROBE_SIZES[0] else ""
+            )  # fmt: skip
+        except OnnxExplainError as exc:
+            first_error = first_error or exc
+    raise first_error
+
+
+def _range_probe(signature, n: int, probe_range, index_bound, unknown: int = 32) -> np.ndarray:
     spec = signature.input
-    shape = signature.probe_shape(n)
+    shape = signature.probe_shape(n, unknown)
     rng = np.random.default_rng(1)
     dtype = np.dtype(spec.dtype)
     lo, hi = probe_range
@@ -202,13 +244,71 @@ def _range_probe(signature, n: int, probe_range, index_bound) -> np.ndarray:
     return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
 
 
-def _rows_like(x: np.ndarray, n: int, index_bound) -> np.ndarray:
-    """``n`` random rows shaped like ``x``'s (standard normal, or integers below ``index_bound``)."""
+#: errors up to this many ulps of the output's scale pass the spread test (rounding, not a wrong graph)
+ROUNDING_ULPS = 2
+#: the most rows of the user's batch a certification runs (each new input shape is certified once)
+GIVEN_ROWS = 4
+
+
+def _near_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """``n`` rows near the single row ``x[0]``: floats with Gaussian noise of 10 % of the row's spread,
+    integers (token ids, pixels) permuted along the row, so every value stays one the model accepts."""
     rng = np.random.default_rng(2)
-    shape = (n, *x.shape[1:])
+    row = x[:1]
     if x.dtype.kind == "f":
-        return rng.standard_normal(shape).astype(x.dtype)
-    return rng.integers(0, index_bound or 10, size=shape).astype(x.dtype)
+        sd = float(np.std(row)) or 1.0
+        return (row + rng.normal(0.0, 0.1 * sd, size=(n, *x.shape[1:]))).astype(x.dtype)
+    flat = row.reshape(-1)
+    return np.stack([rng.permutation(flat).reshape(x.shape[1:]) for _ in range(n)]).astype(x.dtype)
+
+
+def _repeat_rows(comp: dict, n: int) -> dict:
+    """Companions for ``n`` rows: the first ``n`` given, the first row repeated past them."""
+    out = {}
+    for k, v in comp.items():
+        v = np.asarray(v)
+        out[k] = v[:n] if len(v) >= n else np.concatenate([v, np.repeat(v[:1], n - len(v), axis=0)])
+    return out
+
+
+def _range_like(x: np.ndarray, lo_hi) -> np.ndarray:
+    """4 rows of ``x``'s shape uniform in ``lo_hi`` (floats); integers keep ``x``'s first row, permuted."""
+    if x.dtype.kind != "f":
+        return _near_rows(x, 4)
+    rng = np.random.default_rng(1)
+    return rng.uniform(lo_hi[0], lo_hi[1], size=(4, *x.shape[1:])).astype(x.dtype)
+
+
+def given_probe(signature, probe, proto=None) -> tuple[str, np.ndarray, dict] | None:
+    """``(kind, x, companions)``: the first :data:`GIVEN_ROWS` finite rows of the user's data ``probe``
+    (an array of the explained input, a dict of arrays named after the inputs, or ``(x, companions)``);
+    a single row is joined by two rows near it (:func:`_near_rows`). None when no row is finite."""
+    if isinstance(probe, tuple):
+        x, comp = probe
+        x = signature.validate_input(x)
+    else:
+        x, comp = signature.split_inputs(probe)
+    comp = {k: np.asarray(v) for k, v in (comp or {}).items()}
+    finite = np.ones(len(x), bool)  # rows holding NaN or inf (allowed by the user) certify nothing
+    for a in (x, *comp.values()):
+        if a.dtype.kind == "f" and a.ndim and len(a) == len(x):
+            finite &= np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    if not finite.any():
+        return None
+    keep = np.flatnonzero(finite)[:GIVEN_ROWS]
+    x = x[keep]
+    comp = {k: v[keep] if v.ndim and len(v) == len(finite) else v for k, v in comp.items()}
+    missing = [c.name for c in signature.companions if c.name not in comp]
+    if missing:  # an array alone for a model with per-sample inputs: synthetic companions of its shape
+        from .batch_dim import index_bounds
+
+        comp.update(
+            {k: v for k, v in signature.probe_companions(len(x), index_bounds(proto, missing) if proto is not None else None).items()
+             if k in missing}
+        )  # fmt: skip
+    if len(x) >= 2:
+        return "given", x, comp
+    return "given + 2 rows near it", np.concatenate([x, _near_rows(x, 2)]), _repeat_rows(comp, 3)
 
 
 def _measure(got: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, bool]:
@@ -243,6 +343,7 @@ def convert_checked(
     spread_tol: float = 1e-2,
     probe_range: tuple[float, float] | None = None,
     weights: dict | None = None,
+    module=None,
 ):
     """Convert ``proto`` to torch and prove it against onnxruntime.
 
@@ -254,16 +355,21 @@ def convert_checked(
     runner : Runner
         onnxruntime on the same model.
     space : {'output', 'logit'}
-    probe : array_like, optional
-        The batch to check on (at least 2 rows); default: 2 standard-normal rows. When the output on it
-        cannot certify anything (all zero, or the same for every sample), 4 rows uniform in
-        ``probe_range`` are tried.
+    probe : array_like or (array_like, dict), optional
+        The batch to check on: the explained input, or the explained input and its per-sample companion
+        inputs (the user's own data: its shapes and values). At most :data:`GIVEN_ROWS` rows are used;
+        one row is joined by two rows near it (the same row with a little noise, integers permuted) so
+        that the gate can compare the error with a spread. Default: 2 standard-normal rows with
+        synthetic companions (a *synthetic* probe). When the output on the probe cannot certify anything
+        (all zero, or the same for every sample), 4 rows uniform in ``probe_range`` are tried.
     rtol, atol, spread_tol : float
         The gate (see the module's docstring).
     probe_range : (float, float), optional
         The input's range for the second probe; default :data:`DEFAULT_PROBE_RANGE`.
     weights : dict of str to numpy.ndarray, optional
         Memory-mapped initializers (:attr:`onnx_explain.Model.weights`), kept out of ``proto``.
+    module : ConvertedModel, optional
+        A conversion of ``proto`` made earlier (:func:`convert_graph`): only proven here, not made again.
 
     Returns
     -------
@@ -279,12 +385,19 @@ def convert_checked(
     source = signature.source
     name = signature.space_name(space)
     runner.session()  # a file onnxruntime refuses is reported as such, before any conversion work
-    module, seconds, notes = convert_graph(proto, signature, name, runner.batch.fixed_batch, source, weights)
+    if module is None:
+        module, seconds, notes = convert_graph(
+            proto, signature, name, runner.batch.fixed_batch, source, weights
+        )
+    else:
+        seconds, notes = module.onnx_convert_seconds, list(module.onnx_notes)
     args = (proto, signature, runner, name, probe, rtol, atol, spread_tol, probe_range)
     try:
         return _prove(module, seconds, notes, *args)
     except ParityError:
-        if weights or not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        if weights or getattr(module, "onnx_fused", False):
+            raise
+        if not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
             raise
     # a QDQ graph: onnxruntime's optimiser fuses DQ -> op -> Q groups into QLinear* kernels that round
     # differently from the graph as written; convert the graph onnxruntime runs instead
@@ -293,6 +406,7 @@ def convert_checked(
     fused = onnxruntime_fused(proto)
     module, seconds, notes = convert_graph(fused, signature, name, runner.batch.fixed_batch, source, None)
     notes = [*notes, "QDQ graph converted as onnxruntime's graph optimiser fuses it (its QLinear* kernels)"]
+    module.onnx_fused = True
     return _prove(module, seconds, notes, *args)
 
 
@@ -306,20 +420,29 @@ def _prove(
     source = signature.source
     bound = index_bound(proto, signature.input.name)
     lo_hi = tuple(probe_range or DEFAULT_PROBE_RANGE)
-    if probe is None:
-        first = ("random", signature.probe_batch(2, index_bound=bound))
-    else:
-        given = signature.validate_input(probe)
-        first = ("given", given)
-        if len(given) < 2:  # one row has no spread to compare with: add two random rows of its shape
-            first = ("given + 2 random rows", np.concatenate([given, _rows_like(given, 2, bound)]))
-    candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", _range_probe(signature, 4, lo_hi, bound))]
-    why_not = []
     comp_names = [c.name for c in signature.companions]
     comp_bounds = index_bounds(proto, comp_names)
-    for kind, x in candidates:
-        comp = signature.probe_companions(len(x), comp_bounds)
-        ref = runner.run(name, x, len(x), comp)
+    why_not = []
+    given = None if probe is None else given_probe(signature, probe, proto)
+    if probe is not None and given is None:
+        why_not.append("the data holds NaN or inf in every row: a synthetic probe is used")
+        probe = None
+    if probe is None:
+        size, ref0, note = _synthetic_size(signature, runner, name, bound, comp_bounds)
+        if note:
+            why_not.append(note)
+        x0 = signature.probe_batch(2, index_bound=bound, unknown=size)
+        first = ("random", x0, signature.probe_companions(2, comp_bounds, unknown=size))
+        range_x = _range_probe(signature, 4, lo_hi, bound, size)
+        range_comp = signature.probe_companions(4, comp_bounds, unknown=size)
+    else:
+        first, ref0 = given, None
+        range_x = _range_like(first[1], lo_hi)
+        range_comp = _repeat_rows(first[2], len(range_x))
+    candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", range_x, range_comp)]
+    for kind, x, comp in candidates:
+        ref = ref0 if ref0 is not None and kind == "random" else runner.run(name, x, len(x), comp)
+        module.out_axis = runner.out_axes.get(name, 0)  # a time-major output: batch first, as onnxruntime's
         got = _torch_output(module, x, source, name, comp)
         if got.shape != ref.shape:
             raise ParityError(
@@ -344,9 +467,15 @@ def _prove(
             spread=spread,
             rel_spread=max_abs / spread if spread > 0 else float("inf") if max_abs > 0 else 0.0,
             spread_tol=spread_tol,
+            shapes={signature.input.name: list(x.shape), **{k: list(np.shape(v)) for k, v in comp.items()}},
         )
+        # samples that hardly differ (saturated probabilities, the user's similar first rows) have a
+        # spread below float rounding: an error of 2 ulps of the output is rounding whatever the spread
+        rounding = ROUNDING_ULPS * float(np.finfo(ref.dtype if ref.dtype.kind == "f" else np.float32).eps)
         report.passed = bool(
-            finite and max_abs <= atol + rtol * scale and (len(x) < 2 or max_abs <= spread_tol * spread)
+            finite
+            and max_abs <= atol + rtol * scale
+            and (len(x) < 2 or max_abs <= max(spread_tol * spread, rounding * scale))
         )
         if not report.passed:
             raise ParityError(_failure(source, name, report, finite))

@@ -68,8 +68,12 @@ class ConvertedModel(nn.Module):
             raise InputDataError(f"input {missing[0]!r} needs a value per sample (pass it with the inputs)")
         return args
 
+    #: the graph output's batch axis (1 for a time-major ``(T, B, C)`` output): moved to the front
+    out_axis: int = 0
+
     def _run(self, x: torch.Tensor, companions: dict | None = None) -> torch.Tensor:
-        return self.graph(*self.graph_args(x, companions=companions))
+        out = self.graph(*self.graph_args(x, companions=companions))
+        return out.movedim(self.out_axis, 0) if self.out_axis else out
 
     def forward(self, x: torch.Tensor, companions: dict | None = None) -> torch.Tensor:
         n = self.fixed_batch
