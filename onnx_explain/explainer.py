@@ -133,7 +133,9 @@ def explain(
         ``attribution`` (float32, x's shape; float64 for float64 input to a torch module), ``target``,
         ``score`` (f_c(x)), ``method``, ``options`` and ``extras`` (``delta`` of IG, ``sigma`` ...; for
         token ids ``embedding_attribution``, the attribution at the embedding, whose sum over the
-        embedding axes is ``attribution``; positions an attention mask leaves out get exactly 0).
+        embedding axes is ``attribution`` — its L2 norm for the gradient and SmoothGrad, whose sums are ~0
+        after a LayerNorm: ``extras['token_reduction']``; positions an attention mask leaves out get what
+        the graph gives them, 0 where the model does not read them).
     """
     from .targets import prepare_box_target
 
@@ -294,7 +296,9 @@ def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, ou
         pending = torch.full((B,), -1, dtype=torch.long, device=xt.device)
         resolved = Resolved("class", samples, index=pending, out_shape=tuple(out_shape))
     else:
-        resolved = resolve(target, out_shape, B, outputs, device=xt.device)
+        from .targets import with_real_tokens
+
+        resolved = resolve(with_real_tokens(target, comp, B), out_shape, B, outputs, device=xt.device)
     scorer = make_scorer(resolved)
     scorer.out_shape = tuple(out_shape)
     scorer.predict_on_pass = on_pass
@@ -487,6 +491,23 @@ def _mask_of(ids: torch.Tensor, comp: dict):
     return None, None
 
 
+def token_reduction(spec, opts: dict) -> str:
+    """How a token's score is made from its embedding's attribution: ``'l2'`` (the norm over the embedding
+    dims) for sensitivities — the gradient, and SmoothGrad's mean of gradients — whose sum is ~0 whenever
+    a LayerNorm follows the embedding (every BERT-style model: the LayerNorm's gradient sums to 0 over
+    its dims); ``'sum'`` for relevances (gradient × input, Integrated Gradients, LRP, ...), which add up
+    to the explained score."""
+    if spec.name == "gradient":
+        return "l2"
+    if (
+        spec.delegate == "base"
+        and opts.get("base", "gradient") == "gradient"
+        and opts.get("reduce", "mean") == "mean"
+    ):
+        return "l2"
+    return "sum"
+
+
 def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, out_shape) -> Explanation:
     """Token ids: the graph is cut at the embedding once and every sample's rows run through it in
     batches, exactly as for float inputs; the ids travel with their sample like any companion input."""
@@ -498,20 +519,23 @@ def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, o
     attribution, targets, score, extras = _run(
         emb_module, e, comp, spec, target, batch_size, None, generator, opts, out_shape
     )
+    # positions the mask leaves out keep what the graph gives them: exactly 0 where the model does not read
+    # them (the mask's -inf/min logits), and their real share where it does (a right-padded GPT-2 reads
+    # the last position, a pad, to classify)
     top_k = attribution.dim() > e.dim()
-    if mask is not None:  # positions the mask leaves out take no part: exactly zero
-        keep = (mask != 0).to(attribution.dtype)
-        keep = keep.unsqueeze(1) if top_k else keep
-        attribution = attribution * keep.reshape(*keep.shape, *([1] * (attribution.dim() - keep.dim())))
     lead = ids.dim() + (1 if top_k else 0)
-    per_position = (
-        attribution.sum(dim=tuple(range(lead, attribution.dim())))
-        if attribution.dim() > lead
-        else attribution
-    )
+    how = token_reduction(spec, opts)
+    axes = tuple(range(lead, attribution.dim()))
+    if attribution.dim() <= lead:
+        per_position = attribution
+    elif how == "l2":
+        per_position = attribution.norm(dim=axes)
+    else:
+        per_position = attribution.sum(dim=axes)
     out_extras = {
         "embedding_attribution": attribution.cpu().numpy().astype(np.float32),
         "embedding_node": frontier,
+        "token_reduction": how,
     }
     if mask_name is not None:
         out_extras["mask_input"] = mask_name

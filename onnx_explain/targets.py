@@ -353,7 +353,7 @@ def _embedding(target, out_shape, B, outputs) -> Resolved:
     """``⟨e_b, r⟩`` (``{'dot': r}``) or the cosine (``{'cosine': r}``, 0 when a norm is 0) of the embedding
     ``e_b``: the output row ``(B, D)``, or ``(B, L, D)`` pooled by ``'pool'`` (``'mean'`` or ``'cls'``, the
     first position)."""
-    _only(target, {"dot", "cosine", "pool"})
+    _only(target, {"dot", "cosine", "pool", "real_tokens"})
     kind = "dot" if "dot" in target else "cosine"
     r = torch.as_tensor(np.asarray(target[kind], dtype=np.float64).reshape(-1))
     pool = target.get("pool")
@@ -367,13 +367,20 @@ def _embedding(target, out_shape, B, outputs) -> Resolved:
     if r.numel() != D:
         raise InputDataError(f"the reference vector has {r.numel()} values; the embedding has {D}")
 
-    def embed(out):
-        if out.dim() == 3:
-            return out.mean(1) if pool == "mean" else out[:, 0]
-        return out
+    real = target.get("real_tokens")  # (B, L): 1 for real tokens, 0 for pads (the attention mask)
 
-    def fn(out):
-        e = embed(out)
+    def embed(out, units):
+        if out.dim() != 3:
+            return out
+        if pool != "mean":
+            return out[:, 0]
+        if real is None or real.shape[1] != out.shape[1]:
+            return out.mean(1)
+        w = real.to(out.device, out.dtype)[units]  # the rows' own samples' masks: pads take no part
+        return (out * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+
+    def fn(out, units):
+        e = embed(out, units)
         ref = r.to(e.dtype).to(e.device)
         dot = e @ ref
         if kind == "dot":
@@ -381,8 +388,23 @@ def _embedding(target, out_shape, B, outputs) -> Resolved:
         norm = e.norm(dim=1) * ref.norm()
         return torch.where(norm > 0, dot / norm.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(dot))
 
-    info = {"target": f"{kind} with a reference of {D} values" + (f", {pool} pooling" if pool else "")}
-    return Resolved("embedding", torch.arange(B), fn=fn, record=np.full(B, -1), info=info)
+    how = f", {pool} pooling" + (" over real tokens" if pool == "mean" and real is not None else "")
+    info = {"target": f"{kind} with a reference of {D} values" + (how if pool else "")}
+    return Resolved("embedding", torch.arange(B), fn=fn, record=np.full(B, -1), info=info, per_unit=True)
+
+
+def with_real_tokens(target, companions: dict, B: int):
+    """An embedding target with mean pooling gets the attention mask of its samples (``real_tokens``), so
+    that the mean is over each text's real tokens and a text's result never depends on the other texts
+    padded into its batch; any other target is returned as it is."""
+    t = _parse(target)
+    if not (isinstance(t, dict) and ("dot" in t or "cosine" in t) and t.get("pool") == "mean"):
+        return target
+    for name, v in (companions or {}).items():
+        v = torch.as_tensor(v)
+        if "mask" in name.lower() and v.dim() == 2 and v.shape[0] == B:
+            return {**t, "real_tokens": (v != 0)}
+    return target
 
 
 def _only(target: dict, keys: set) -> None:

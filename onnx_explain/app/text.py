@@ -63,7 +63,13 @@ class TextEncoder:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputFileError(f"{path}: not a tokenizers file ({first})") from None
         self.max_length = int(max_length or 512)
-        self.pad_id = self.tok.token_to_id("[PAD]") or self.tok.token_to_id("<pad>") or 0
+        # a tokenizer.json often pads every text to a fixed length itself (to 128, 512): its pad id is the
+        # one the model was trained with, but the padding is ours to do per batch (to the longest text, or
+        # the model's fixed length), so that pads cost no compute and the mask marks them
+        padding = self.tok.padding
+        known = self.tok.token_to_id("[PAD]") or self.tok.token_to_id("<pad>") or 0
+        self.pad_id = int(padding["pad_id"]) if padding and padding.get("pad_id") is not None else known
+        self.tok.no_padding()
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Each text tokenised (with the tokenizer's special tokens), truncated to ``max_length``."""
@@ -88,6 +94,9 @@ class TextEncoder:
         """The model's inputs for a batch of encoded texts, padded to the longest: the token ids, and the
         attention mask and token type ids where the model takes them (by their exporters' names)."""
         T = max(len(e.ids) for e in encoded)
+        fixed = (model.input.shape or (None, None))[1:2]
+        if fixed and isinstance(fixed[0], int):  # a sequence length fixed in the file: pad to it
+            T = max(T, fixed[0])
 
         def pad(rows, value):
             return np.stack([np.pad(r, (0, T - len(r)), constant_values=value) for r in rows])
