@@ -228,3 +228,42 @@ def test_explain_picks_the_first_float_output_as_info_does(tmp_path):
     assert "explaining 'scores' (--output-name to choose)" in r.output
     with np.load(out / "x_000.npz") as z:
         np.testing.assert_allclose(z["attribution"], np.arange(12, dtype=np.float32).reshape(4, 3)[:, 2] / 10)
+
+
+def _qdq_model(tmp_path):
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    s = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("MatMul", ["d", "w"], ["y"])]  # fmt: skip
+    return save(make_model(nodes, [vinfo("x", ["N", 4])], [vinfo("y", ["N", 3])], [w, s, z], opset=17),
+                tmp_path / "qdq.onnx")  # fmt: skip
+
+
+@pytest.mark.parametrize("steps, passes", [(0.0, True), (1.0, True), (3.5, True), (10.0, False)])
+def test_quantized_graphs_are_gated_in_steps_of_their_output_grid(steps, passes, tmp_path, monkeypatch):
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    x = np.random.default_rng(1).uniform(-3, 3, (4, 4)).astype(np.float32)
+    ref = oe.load(_qdq_model(tmp_path)).predict(x)
+    step = float(np.ptp(ref)) / 255
+    forward = OnnxMatMul.forward
+
+    def flipped(self, a, b):  # a requantization flip upstream: one output element off by `steps` steps
+        out = forward(self, a, b)
+        bump = torch.zeros_like(out)
+        bump.view(-1)[0] = steps * step
+        return out + bump
+
+    monkeypatch.setattr(OnnxMatMul, "forward", flipped)
+    m = oe.load(_qdq_model(tmp_path))
+    if passes:
+        m.torch_module(probe=x)
+        assert m.parity.quant_steps == pytest.approx(steps, abs=0.01)
+        assert any("steps of the output's 8-bit grid" in n for n in m.parity.notes)
+    else:
+        with pytest.raises(
+            oe.ParityError, match=r"10 steps of the output's 8-bit grid .*allowed for a quantized graph: 4"
+        ):
+            m.torch_module(probe=x)

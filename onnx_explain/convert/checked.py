@@ -63,6 +63,9 @@ class ParityReport:
     notes : list of str
     shapes : dict of str to list of int
         The probe's arrays' shapes by input name: what the certification holds for.
+    quant_step, quant_steps : float or None
+        For a quantized graph: one step of the output's 8-bit grid (its range / 255) and the error in those
+        steps (the gate allows :data:`QUANT_STEPS`); None otherwise.
     """
 
     max_abs: float
@@ -79,6 +82,8 @@ class ParityReport:
     rel_spread: float = 0.0
     spread_tol: float = 1e-2
     shapes: dict = field(default_factory=dict)
+    quant_step: float | None = None
+    quant_steps: float | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -90,9 +95,10 @@ class ParityReport:
 
     def summary(self) -> str:
         """One line for people: the errors relative to the output's scale and spread."""
+        steps = "" if self.quant_steps is None else f", {self.quant_steps:.3g} steps of its 8-bit grid"
         return (
             f"max |diff| {self.max_abs:.3g}, relative to the output {self.max_rel:.3g}, to the spread "
-            f"between samples {self.rel_spread:.3g} ({self.probe} probe of {self.batch}"
+            f"between samples {self.rel_spread:.3g}{steps} ({self.probe} probe of {self.batch}"
             + "".join(f", {k} {v}" for k, v in list(self.shapes.items())[:1])
             + ")"
         )
@@ -242,6 +248,21 @@ def _range_probe(signature, n: int, probe_range, index_bound, unknown: int = 32)
     if dtype.kind == "f":
         return rng.uniform(lo, hi, size=shape).astype(dtype)
     return rng.integers(0, index_bound or 10, size=shape).astype(dtype)
+
+
+#: a quantized graph passes with errors up to this many steps of its output's 8-bit grid (range / 255)
+QUANT_STEPS = 4
+#: ops that compute on an integer grid (rounding flips between two implementations are possible)
+_QUANT_OPS = {
+    "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",
+    "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeLSTM", "QAttention", "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearSigmoid", "QLinearLeakyRelu",
+}  # fmt: skip
+
+
+def is_quantized(proto) -> bool:
+    """True when the graph computes on an integer grid somewhere (QDQ, dynamic or QOperator format)."""
+    return any(n.op_type in _QUANT_OPS for n in proto.graph.node)
 
 
 #: errors up to this many ulps of the output's scale pass the spread test (rounding, not a wrong graph)
@@ -440,6 +461,11 @@ def _prove(
         range_x = _range_like(first[1], lo_hi)
         range_comp = _repeat_rows(first[2], len(range_x))
     candidates = [first, (f"range [{lo_hi[0]:g}, {lo_hi[1]:g}]", range_x, range_comp)]
+    quantized = is_quantized(proto)
+    if quantized:
+        why_not.append(
+            f"quantized graph: errors up to {QUANT_STEPS} steps of the output's 8-bit grid (its range / 255) pass"
+        )
     for kind, x, comp in candidates:
         ref = ref0 if ref0 is not None and kind == "random" else runner.run(name, x, len(x), comp)
         module.out_axis = runner.out_axes.get(name, 0)  # a time-major output: batch first, as onnxruntime's
@@ -472,10 +498,17 @@ def _prove(
         # samples that hardly differ (saturated probabilities, the user's similar first rows) have a
         # spread below float rounding: an error of 2 ulps of the output is rounding whatever the spread
         rounding = ROUNDING_ULPS * float(np.finfo(ref.dtype if ref.dtype.kind == "f" else np.float32).eps)
+        # an integer graph rounds to its grid: a value on a rounding boundary can land one step away and
+        # carry the step to the output; the allowance is stated in steps of the output's own 8-bit grid
+        q_allow = 0.0
+        if quantized:
+            report.quant_step = float(np.ptp(ref)) / 255 if ref.size else 0.0
+            report.quant_steps = max_abs / report.quant_step if report.quant_step > 0 else 0.0
+            q_allow = QUANT_STEPS * report.quant_step
         report.passed = bool(
             finite
-            and max_abs <= atol + rtol * scale
-            and (len(x) < 2 or max_abs <= max(spread_tol * spread, rounding * scale))
+            and max_abs <= max(atol + rtol * scale, q_allow)
+            and (len(x) < 2 or max_abs <= max(spread_tol * spread, rounding * scale, q_allow))
         )
         if not report.passed:
             raise ParityError(_failure(source, name, report, finite))
@@ -489,6 +522,12 @@ def _prove(
 def _failure(source: str, name: str, r: ParityReport, finite: bool) -> str:
     if not finite:
         return f"{source}: the converted torch graph gives non-finite values where onnxruntime does not (output {name!r})"
+    if r.quant_step is not None and r.max_abs > max(r.atol + r.rtol * r.scale, QUANT_STEPS * r.quant_step):
+        return (
+            f"{source}: the converted torch graph differs from onnxruntime on output {name!r}: max |diff| "
+            f"{r.max_abs:.3g} is {r.quant_steps:.3g} steps of the output's 8-bit grid {r.quant_step:.3g} "
+            f"(allowed for a quantized graph: {QUANT_STEPS})"
+        )
     if r.max_abs > r.atol + r.rtol * r.scale:
         return (
             f"{source}: the converted torch graph differs from onnxruntime on output {name!r}: max |diff| "
