@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, ROOT, export
+from conftest import FIXTURES, ROOT, assert_gradients_match, export
 from torch import nn
 
 import onnx_explain as oe
@@ -434,3 +434,50 @@ def test_maxpool_avgpool_surrogate_is_the_norm_rule_of_an_average_pool(tmp_path)
     (g,) = torch.autograd.grad(avg, xd, r_out / avg.detach())
     np.testing.assert_allclose(e.attribution, (xd * g).detach().numpy(), rtol=1e-5, atol=1e-7)
     assert e.extras["rules"]["/MaxPool"] == "MaxPool: avgpool"
+
+
+class UpNet(nn.Module):
+    """An FPN/U-Net step: convolve, upsample (nearest or bilinear), merge with the skip, convolve."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.c1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(3, 6, 1)
+        self.c2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        kw = {"align_corners": False} if self.mode == "bilinear" else {}
+        up = nn.functional.interpolate(h, scale_factor=2, mode=self.mode, **kw)
+        h = torch.relu(self.c2(up + self.skip(x)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_resize_is_linear_for_lrp(mode, exporter, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    m = oe.load(export(UpNet(mode).eval(), x, tmp_path / "up.onnx", exporter))
+    lrp0 = oe.explain(m, x.numpy(), "lrp", rules={"Conv": "epsilon0", "Gemm": "epsilon0"})
+    gxi = oe.explain(m, x.numpy(), "gradient_x_input").attribution
+    # equal up to the Norm rule's stabiliser at the skip Add (1e-6 next to sums that are near 0 in places)
+    assert_gradients_match(lrp0.attribution, gxi, rel=1e-3, cos=0.99999)
+    assert ("Resize: gradient" if mode == "nearest" else "Resize: norm") in lrp0.extras["rules"].values()
+    rules = {"Conv": "epsilon:1e-9", "Gemm": "epsilon:1e-9"}
+    e = oe.explain(m, x.numpy(), "lrp", composite="epsilon_plus", rules=rules)
+    bias = e.extras["delta"]  # biases absorb their share: the sum is the score less what they took
+    assert np.all(np.isfinite(bias)) and np.abs(e.attribution).sum() > 0
+
+
+def test_stop_override_on_every_path_gives_zero_relevance_not_a_torch_error(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    m = oe.load(export(Ratio().eval(), x, tmp_path / "g.onnx", "legacy"))
+    e = oe.explain(m, x.numpy(), "lrp", rules={"Div": "stop"})
+    np.testing.assert_array_equal(e.attribution, 0)
+    np.testing.assert_allclose(e.extras["delta"], -e.score, rtol=1e-6)
+    p = oe.explain(m, x.numpy(), "lrp", rules={"Div": "pass"})
+    assert p.extras["rules"]["/Div"] == "Div: pass" and np.abs(p.attribution).sum() > 0

@@ -41,6 +41,8 @@ anything else carrying relevance               error naming the node, unless ``f
 
 from __future__ import annotations
 
+import functools
+
 import copy
 from dataclasses import dataclass
 
@@ -85,6 +87,7 @@ class _LRPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, wrapper, kwargs, *args):
         ctx.wrapper = wrapper
+        ctx.kwargs = kwargs  # keyword inputs (a Resize's scales/sizes): the rule's re-run needs them too
         ctx.n = len(args)
         with torch.no_grad():
             out = wrapper.module(*args, **kwargs)
@@ -111,6 +114,8 @@ class _LRPFunction(torch.autograd.Function):
                 grads[w.dependent[0]] = w.rule.relevance(w.module, [args[w.dependent[0]]], relevance, out)[0]
             else:
                 layer = w.surrogate if w.surrogate is not None else w.module
+                if ctx.kwargs:
+                    layer = functools.partial(layer, **ctx.kwargs)
                 rel = w.rule.relevance(layer, args, relevance)
                 for i in w.dependent:
                     grads[i] = rel[i]

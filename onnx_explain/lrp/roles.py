@@ -180,6 +180,14 @@ def _single_output(view):
     return getattr(view.module, "n_outputs", 1) == 1
 
 
+def _nearest(view):
+    m = getattr(
+        view.module, "_resize", view.module
+    )  # onnx2torch wraps Resize-10 around the Resize-11+ module
+    mode = getattr(m, "onnx_mode", None) or getattr(m, "mode", "")
+    return str(mode).lower().startswith("nearest")
+
+
 def _biased(view):  # an activation of x + a bias, x alone carrying relevance
     return view.dependent == [0] and len(view.node.args) > 1 and view.node.args[1] is not None
 
@@ -227,6 +235,11 @@ register_lrp_role(ROUTING, ROUTE)
 register_lrp_role(("Add", "Sum", "Sub"), PROPORTIONAL)
 register_lrp_role(("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"), PROPORTIONAL)
 register_lrp_role("MaxPool", MAX_POOL)
+# Resize/Upsample (every FPN and U-Net): nearest copies pixels, so relevance is routed back to its source
+# (exactly, no stabiliser); (bi/tri)linear and cubic modes are linear maps, so the Norm rule gives each
+# source pixel its share of each output pixel (its interpolation weight times its value)
+register_lrp_role(("Resize", "Upsample"), ROUTE, when=_nearest)
+register_lrp_role(("Resize", "Upsample"), PROPORTIONAL)
 register_lrp_role(("GlobalMaxPool", "ReduceMax"), WINNER_TAKES_ALL)
 register_lrp_role("Mul", IDENTITY, when=_one)  # scaling by a constant
 register_lrp_role("Div", IDENTITY, when=_scaled)

@@ -201,8 +201,9 @@ def _propagate(scorer: Scorer, module, x, keys, output_relevance: str):
             out = out.reshape(out.shape[0], -1)
             onehot = torch.zeros_like(out).scatter_(1, cls, 1.0)
             seed = out.detach() * onehot if output_relevance == "score" else onehot
-            (rel,) = torch.autograd.grad(out, rows, seed)
-        relevance[a:b] = rel
+            # allow_unused: rules can stop every path (``stop`` overrides): no relevance reaches the input
+            (rel,) = torch.autograd.grad(out, rows, seed, allow_unused=True)
+        relevance[a:b] = 0.0 if rel is None else rel
         scores[a:b] = out.detach().gather(1, cls).squeeze(1).to(torch.float64)
     return relevance, scores
 
