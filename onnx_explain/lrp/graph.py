@@ -41,9 +41,8 @@ anything else carrying relevance               error naming the node, unless ``f
 
 from __future__ import annotations
 
-import functools
-
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
