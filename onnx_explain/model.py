@@ -233,6 +233,7 @@ def load(
     device: str = "auto",
     check: bool = True,
     allow_nonfinite: bool = False,
+    batch_axes: dict[str, int | None] | None = None,
 ) -> Model:
     """Load, validate and describe an ONNX model.
 
@@ -253,6 +254,11 @@ def load(
         Run ``onnx.checker`` (full check). Turn off only for models you know the checker mis-reads.
     allow_nonfinite : bool
         Accept input arrays holding NaN or ±Inf (refused by default, naming the sample).
+    batch_axes : dict, optional
+        The axis each other input holds its batch on, where the file's dim names do not say it (a
+        recurrent state ``[2, B, 128]``: ``{"state": 1}``; None: no batch axis). Read from the names
+        otherwise; scalar inputs have none. Arrays are given in the model's layout; a value of batch 1 is
+        shared by every sample.
 
     Returns
     -------
@@ -303,7 +309,7 @@ def load(
         )
     return Model._build(
         inferred, path, source, input, output, fixed_inputs, device, notes, allow_nonfinite, bool(rewrites),
-        weights,
+        weights, batch_axes,
     )  # fmt: skip
 
 
@@ -321,6 +327,15 @@ def _rewrite_before_checks(raw: onnx.ModelProto, source: str) -> list[str]:
     dropped = drop_trailing_empty_inputs(raw)
     if dropped:
         notes.append(f"{dropped} empty trailing node input(s) dropped (omitted optional inputs)")
+    if raw.ir_version and raw.ir_version < 4:
+        listed = {i.name for i in raw.graph.input}
+        missing = [t.name for t in raw.graph.initializer if t.name not in listed]
+        if missing:  # IR < 4 wants every initializer listed as an input; writers that did not are still run
+            was, raw.ir_version = raw.ir_version, 4
+            notes.append(
+                f"IR {was} file with initializers that are not graph inputs ({', '.join(missing[:3])}"
+                f"{' ...' if len(missing) > 3 else ''}): read as IR 4, which allows them (onnxruntime runs it so)"
+            )
     return notes
 
 
@@ -365,7 +380,7 @@ class Model:
     @classmethod
     def _build(
         cls, proto, path, source, input_name, output_name, fixed_inputs, device, notes, allow_nonfinite,
-        rewritten=False, weights=None,
+        rewritten=False, weights=None, batch_axes=None,
     ):  # fmt: skip
         from .convert.prepare import tensor_outputs
 
@@ -374,7 +389,15 @@ class Model:
         # then (it returns only graph outputs), torch always does. ``proto`` is our own copy.
         replaced = tensor_outputs(proto)
         signature = Signature.build(
-            proto, declared, replaced, source, input_name, output_name, fixed_inputs, allow_nonfinite
+            proto,
+            declared,
+            replaced,
+            source,
+            input_name,
+            output_name,
+            fixed_inputs,
+            allow_nonfinite,
+            batch_axes,
         )
         notes = list(notes)
         for old, new in replaced.items():

@@ -210,6 +210,10 @@ class BatchMode:
     note: str | None = None
 
 
+#: ``Runner.out_axes`` value of an output without a batch axis in a graph fixed at batch 1: one is added
+NEW_AXIS = -1
+
+
 class Runner:
     """onnxruntime on one model: one cached session, the batch mode, chunked runs.
 
@@ -379,6 +383,8 @@ class Runner:
             axis = self.out_axes.get(name)
             if axis is None:
                 axis = self._batch_axis(name, out, chunk, rows, once)
+            if axis == NEW_AXIS:
+                return out[None]
             return np.moveaxis(out, axis, 0) if axis else out
 
         return run_rows(run, len(x), batch_size, fixed)
@@ -401,6 +407,12 @@ class Runner:
         candidates = [a for a in range(out.ndim) if out.shape[a] == b]
         if len(named) == 1 and named[0] in candidates:
             axis = named[0]
+        elif self.batch.fixed_batch == 1 and (
+            not candidates or out.ndim < len(self.signature.input.shape or ())
+        ):
+            axis = (
+                NEW_AXIS  # a graph fixed at batch 1 that drops the batch axis (Squeeze): one sample per run
+            )
         elif candidates == [0] or (candidates and candidates[0] == 0 and self.batch.fixed_batch):
             axis = 0
         elif candidates and not self.batch.fixed_batch:  # grow the batch by one row: the axis that follows

@@ -178,6 +178,11 @@ class Signature:
     logit_name: str | None
     fixed_inputs: dict = field(default_factory=dict)
     allow_nonfinite: bool = False
+    #: input name -> the axis its batch is on (0 unless the file or the user says otherwise; None: the input
+    #: has no batch axis, a scalar such as a sample rate, shared by every sample)
+    batch_axes: dict = field(default_factory=dict)
+    #: inputs the explained output does not depend on: never asked for (onnxruntime gets placeholders)
+    unused: frozenset = frozenset()
 
     @classmethod
     def build(
@@ -190,6 +195,7 @@ class Signature:
         output_name: str | None = None,
         fixed_inputs: dict | None = None,
         allow_nonfinite: bool = False,
+        batch_axes: dict | None = None,
     ) -> Signature:
         """Choose the explained input and output of ``proto`` (whose ZipMap outputs are already replaced
         by their tensors, see :func:`onnx_explain.convert.prepare.tensor_outputs`).
@@ -209,6 +215,10 @@ class Signature:
         if unknown:
             raise InputSpecError(f"{source}: fixed_inputs names {unknown} that are not inputs of the model")
         chosen_out = _choose_output(tensor_outs, declared_outputs, replaced, output_name, source)
+        axes = _batch_axes(inputs, chosen_in, batch_axes or {}, source)
+        logit = _find_logit(proto, chosen_out)
+        needed = inputs_needed(proto, [chosen_out.name] + ([logit] if logit else []))
+        unused = frozenset(i.name for i in inputs if i.name not in needed and i.name != chosen_in.name)
         return cls(
             source=source,
             inputs=inputs,
@@ -217,9 +227,11 @@ class Signature:
             replaced=dict(replaced),
             input=chosen_in,
             output=chosen_out,
-            logit_name=_find_logit(proto, chosen_out),
+            logit_name=logit,
             fixed_inputs={k: _as_input_dtype(v, inputs, k) for k, v in fixed_inputs.items()},
             allow_nonfinite=bool(allow_nonfinite),
+            batch_axes=axes,
+            unused=unused,
         )
 
     # ------------------------------------------------------------------ facts
@@ -237,7 +249,11 @@ class Signature:
     def companions(self) -> list[TensorSpec]:
         """The other inputs without a fixed value: each call gives them per sample (an attention mask,
         token type ids ...), in a dict named after the inputs."""
-        return [i for i in self.inputs if i.name != self.input.name and i.name not in self.fixed_inputs]
+        return [
+            i
+            for i in self.inputs
+            if i.name != self.input.name and i.name not in self.fixed_inputs and i.name not in self.unused
+        ]
 
     def n_classes(self, space: str = "logit") -> int | None:
         """Number of scores per sample when the file fixes it (else None)."""
@@ -255,13 +271,44 @@ class Signature:
             raise OptionError(f"output space must be 'logit' or 'output', not {space!r}")
         return self.logit_name if space == "logit" and self.logit_name else self.output.name
 
+    def batch_axis(self, name: str) -> int | None:
+        """The axis input ``name`` holds its batch on (0 by default; None for an input without one)."""
+        return self.batch_axes.get(name, 0)
+
+    def to_batch_first(self, name: str, value):
+        """Input ``name``'s array in the model's layout -> batch first (a scalar becomes one row)."""
+        axis = self.batch_axis(name)
+        if axis is None:
+            return value[None]
+        return value if axis == 0 else _moveaxis(value, axis, 0)
+
+    def from_batch_first(self, name: str, value):
+        """The inverse of :meth:`to_batch_first`: a batch-first array -> the model's layout (a scalar input
+        takes the first row's value, the same in every row)."""
+        axis = self.batch_axis(name)
+        if axis is None:
+            return np.asarray(value[0]) if isinstance(value, np.ndarray) else value[0]
+        return value if axis == 0 else _moveaxis(value, 0, axis)
+
+    def repeat_fixed(self, name: str, value, rows: int):
+        """A fixed input's value for a batch of ``rows``: repeated along its batch axis when it holds one
+        sample there (``(1, ...)``, or a state ``(2, 1, 128)`` on axis 1), else as it is."""
+        axis = self.batch_axis(name)
+        if axis is None or np.ndim(value) <= axis or np.shape(value)[axis] != 1 or rows == 1:
+            return value
+        return np.repeat(value, rows, axis=axis)
+
     def feed(self, x: np.ndarray, companions: dict | None = None) -> dict[str, np.ndarray]:
-        """The onnxruntime feed for a batch ``x`` of the explained input: ``companions`` (row-aligned with
-        ``x``) by name, the fixed inputs repeated to the batch."""
+        """The onnxruntime feed for a batch ``x`` of the explained input: ``companions`` (batch-first,
+        row-aligned with ``x``) by name in the model's layout, the fixed inputs repeated to the batch."""
         feed = {self.input.name: x}
         for name, value in self.fixed_inputs.items():
-            feed[name] = np.repeat(value, x.shape[0], axis=0) if value.shape[:1] == (1,) else value
-        feed.update(companions or {})
+            feed[name] = self.repeat_fixed(name, value, x.shape[0])
+        for name, value in (companions or {}).items():
+            feed[name] = self.from_batch_first(name, value)
+        for spec in self.inputs:  # onnxruntime wants every input fed: placeholders where nothing reads them
+            if spec.name in self.unused and spec.name not in feed:
+                feed[spec.name] = _placeholder(spec)
         return feed
 
     # ------------------------------------------------------------------ input checks
@@ -329,18 +376,24 @@ class Signature:
                 f"inputs ({names}), or fixed_inputs= at load for a value shared by every sample"
             )
         xe = check_array(self.input, x[self.input.name], allow)
-        companions = {}
+        given = {}
         for name, value in x.items():
             if name != self.input.name:
-                companions[name] = check_array(by_name[name], value, allow)
-        sizes = {name: len(v) for name, v in companions.items()}
-        bad = [n for n, b in sizes.items() if b != len(xe)]
-        if bad:
-            raise InputDataError(
-                f"arrays with different batch sizes: {self.input.name!r} has {len(xe)} rows, "
-                f"{bad[0]!r} has {sizes[bad[0]]}"
-            )
-        _check_symbolic_dims(self.input, xe, {n: (by_name[n], v) for n, v in companions.items()})
+                given[name] = check_array(by_name[name], value, allow, batch_axis=self.batch_axis(name))
+        _check_symbolic_dims(self.input, xe, {n: (by_name[n], v) for n, v in given.items()}, self.batch_axes)
+        companions = {}
+        for name, value in given.items():
+            v = self.to_batch_first(name, value)
+            if len(v) == 1 and len(xe) > 1:  # one value for the whole batch (a scalar, a state of batch 1)
+                v = np.repeat(v, len(xe), axis=0)
+            if len(v) != len(xe):
+                axis = self.batch_axis(name)
+                raise InputDataError(
+                    f"arrays with different batch sizes: {self.input.name!r} has {len(xe)} rows, {name!r} has "
+                    f"{len(v)} on its batch axis {axis} (batch_axes= / --batch-axis {name}=AXIS if it is "
+                    "another)"
+                )
+            companions[name] = v
         return xe, companions
 
     def pinned_dims(self) -> dict:
@@ -412,9 +465,10 @@ class Signature:
         )
         out = {}
         for spec in self.companions:
-            shape = [n] + [
-                d if isinstance(d, int) else sizes.get(d, unknown) for d in (spec.shape or (None, None))[1:]
-            ]
+            dims = list(spec.shape or (None, None))
+            axis = self.batch_axis(spec.name)
+            rest = dims if axis is None else dims[:axis] + dims[axis + 1 :]  # batch-first: the batch axis out
+            shape = [n] + [d if isinstance(d, int) else sizes.get(d, unknown) for d in rest]
             dtype = np.dtype(spec.dtype)
             bound = (index_bounds or {}).get(spec.name)
             if dtype.kind == "f":
@@ -424,6 +478,79 @@ class Signature:
             else:
                 out[spec.name] = np.ones(shape, dtype=dtype)
         return out
+
+
+def inputs_needed(proto: onnx.ModelProto, outputs: list[str]) -> set[str]:
+    """The graph inputs tensors ``outputs`` depend on (through subgraphs too: an If or Loop body's
+    outer-scope names count as inputs of its node)."""
+
+    def names_in(graph) -> set[str]:
+        out = set()
+        for n in graph.node:
+            out.update(n.input)
+            for a in n.attribute:
+                for g in [a.g] if a.HasField("g") else list(a.graphs):
+                    out |= names_in(g)
+        return out
+
+    producer = {}
+    for n in proto.graph.node:
+        for o in n.output:
+            producer[o] = n
+    todo, seen = list(outputs), set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is None:
+            continue
+        todo.extend(i for i in node.input if i)
+        for a in node.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                todo.extend(names_in(g))
+    return seen
+
+
+def _placeholder(spec: TensorSpec) -> np.ndarray:
+    """Zeros of an input's type and declared shape (unknown dims 1), for an input nothing reads."""
+    dtype = np.dtype(spec.dtype) if spec.dtype and not spec.dtype.startswith("elem_type") else np.float32
+    return np.zeros([d if isinstance(d, int) else 1 for d in (spec.shape or ())], dtype=dtype)
+
+
+def _moveaxis(value, src: int, dst: int):
+    """``np.moveaxis`` or ``torch.movedim``, whichever ``value`` is."""
+    if isinstance(value, np.ndarray):
+        return np.moveaxis(value, src, dst)
+    return value.movedim(src, dst)
+
+
+def _batch_axes(inputs: list, main: TensorSpec, declared: dict, source: str) -> dict:
+    """Each input's batch axis where it is not 0: declared (``batch_axes=``), else read from the file's
+    dim names (the explained input's first dim name found at another axis: a state ``[2, batch, 128]``),
+    else None for a scalar (rank 0) input."""
+    names = {i.name: i for i in inputs}
+    unknown = sorted(set(declared) - set(names))
+    if unknown:
+        raise InputSpecError(f"{source}: batch_axes names {unknown} that are not inputs of the model")
+    batch = (main.shape or (None,))[0] if main.shape else None
+    axes = {}
+    for spec in inputs:
+        if spec.name in declared:
+            a = declared[spec.name]
+            rank = len(spec.shape) if spec.shape is not None else None
+            if a is not None and (not isinstance(a, int) or a < 0 or (rank is not None and a >= rank)):
+                raise InputSpecError(
+                    f"{source}: batch axis {a!r} of input {spec.name!r} is not an axis of its shape "
+                    f"{spec.shape_str()}"
+                )
+            axes[spec.name] = a
+        elif spec.shape == ():
+            axes[spec.name] = None
+        elif isinstance(batch, str) and spec.shape and spec.shape[0] != batch and batch in spec.shape:
+            axes[spec.name] = spec.shape.index(batch)
+    return {k: v for k, v in axes.items() if v != 0}
 
 
 def _as_input_dtype(value, inputs: list, name: str) -> np.ndarray:
@@ -436,9 +563,10 @@ def _as_input_dtype(value, inputs: list, name: str) -> np.ndarray:
     return a.astype(np.dtype(spec.dtype), copy=False)
 
 
-def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False) -> np.ndarray:
+def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False, batch_axis: int | None = 0) -> np.ndarray:
     """Check ``x`` against input ``spec`` (rank, fixed dims, dtype kind, non-empty batch, finite values)
-    and return it as a contiguous array of the input's dtype.
+    and return it as a contiguous array of the input's dtype. ``batch_axis`` is the axis the batch is on
+    (its size is free; None: no batch axis, a scalar input).
 
     Raises
     ------
@@ -460,15 +588,16 @@ def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False) -> np.ndarra
                 f"got an array of shape {list(x.shape)}"
             )
         for axis, (want_d, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
-            if axis > 0 and isinstance(want_d, int) and want_d != got:
+            if axis != batch_axis and isinstance(want_d, int) and want_d != got:
                 raise InputDataError(
                     f"input {spec.name!r} expects shape {spec.shape_str()}, got {list(x.shape)} "
                     f"(axis {axis} must be {want_d})"
                 )
-    if x.ndim == 0 or x.shape[0] == 0:
+    if batch_axis is not None and (x.ndim <= batch_axis or x.shape[batch_axis] == 0):
         raise InputDataError(f"input {spec.name!r}: empty batch")
     if x.dtype.kind == "f" and not allow_nonfinite:
-        finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+        rows = np.moveaxis(x, batch_axis, 0) if batch_axis else (x[None] if batch_axis is None else x)
+        finite = np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite)
             which = f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
@@ -476,16 +605,21 @@ def check_array(spec: TensorSpec, x, allow_nonfinite: bool = False) -> np.ndarra
                 f"input {spec.name!r}: {which} holds NaN or infinite values "
                 "(refused; load(..., allow_nonfinite=True) / --allow-nonfinite accepts them)"
             )
+    if x.ndim == 0:  # a scalar input (np.ascontiguousarray would make it 1-D)
+        return np.asarray(x, dtype=want)
     return np.ascontiguousarray(x, dtype=want)
 
 
-def _check_symbolic_dims(main: TensorSpec, x: np.ndarray, others: dict) -> None:
+def _check_symbolic_dims(
+    main: TensorSpec, x: np.ndarray, others: dict, batch_axes: dict | None = None
+) -> None:
     """Inputs sharing a symbolic dimension (``sequence`` of ``input_ids`` and ``attention_mask``) must
-    agree on its size."""
+    agree on its size (batch axes aside: a value shared by the batch has 1 there)."""
     sizes: dict = {}
     for spec, arr in [(main, x), *others.values()]:
+        batch = (batch_axes or {}).get(spec.name, 0)
         for axis, d in enumerate(spec.shape or ()):
-            if axis == 0 or not isinstance(d, str):
+            if axis == batch or not isinstance(d, str) or axis >= arr.ndim:
                 continue
             seen = sizes.setdefault(d, (spec.name, arr.shape[axis]))
             if seen[1] != arr.shape[axis]:

@@ -109,7 +109,10 @@ def explain_files(
         run.encoder = TextEncoder(
             tokenizer, max_length or (fixed[0] if fixed and isinstance(fixed[0], int) else None)
         )
-    items = read_items(inputs, prep, model.input, [i.name for i in model.inputs], texts=tokenizer is not None)
+    items = read_items(
+        inputs, prep, model.input, [i.name for i in model.inputs], texts=tokenizer is not None,
+        batch_first=model.signature.to_batch_first,
+    )  # fmt: skip
     todo = run.pending(items, resume)
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
           **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
@@ -133,6 +136,16 @@ def explain_files(
     return run.summary
 
 
+def _model_layout(model, x, companions, one: bool = False) -> dict:
+    """The inputs dict ``split_inputs`` takes (the model's layout) from a batch-first explained input and
+    batch-first companion rows; ``one``: ``x`` and the companions are one item's rows (no batch axis)."""
+    sig = model.signature
+    lift = (lambda v: np.asarray(v)[None]) if one else np.asarray
+    given = {model.input.name: lift(x)}
+    given.update({k: sig.from_batch_first(k, lift(v)) for k, v in (companions or {}).items()})
+    return given
+
+
 def _certify_first(model, todo, space: str, device: str, tries: int = 8) -> None:
     """Certify the torch conversion on the first readable item before anything is written: a model that
     onnxruntime cannot run, or whose conversion differs on the user's data, ends the run with one line
@@ -141,9 +154,7 @@ def _certify_first(model, todo, space: str, device: str, tries: int = 8) -> None
         if it.error or it.kind == "text":
             continue
         try:
-            given = {model.input.name: np.asarray(it.x)[None]}
-            given.update({k: np.asarray(v)[None] for k, v in (it.companions or {}).items()})
-            data = model.split_inputs(given)
+            data = model.split_inputs(_model_layout(model, it.x, it.companions, one=True))
         except Exception:  # noqa: BLE001 - an unreadable item is reported in its turn
             continue
         model.torch_module(device=device, space=space, probe=data)
@@ -309,9 +320,7 @@ class _Run:
                 good.append(it)
                 continue
             try:
-                given = {self.model.input.name: np.asarray(it.x)[None]}
-                given.update({k: np.asarray(v)[None] for k, v in (it.companions or {}).items()})
-                x, comp = self.model.split_inputs(given)
+                x, comp = self.model.split_inputs(_model_layout(self.model, it.x, it.companions, one=True))
                 it.x, it.companions = x[0], {k: v[0] for k, v in comp.items()}
                 good.append(it)
             except Exception as exc:  # noqa: BLE001 - reported per item
@@ -330,8 +339,8 @@ class _Run:
             t0 = time.perf_counter()
             x = np.stack([it.x for it in group])
             if group[0].companions:
-                x = {self.model.input.name: x}
-                x.update({k: np.stack([it.companions[k] for it in group]) for k in group[0].companions})
+                comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
+                x = _model_layout(self.model, x, comp)
             try:
                 e = explain(self.model, x, method, **settings)
             except OptionError:

@@ -133,7 +133,13 @@ def _expand(paths) -> list[Path]:
 
 
 def read_items(
-    paths, preprocess: Preprocess | None, input_spec, input_names=(), texts: bool = False, lazy: bool = False
+    paths,
+    preprocess: Preprocess | None,
+    input_spec,
+    input_names=(),
+    texts: bool = False,
+    lazy: bool = False,
+    batch_first=None,
 ) -> list[Item]:
     """Every item in ``paths`` (files and folders): images one item each, ``.npy``/``.npz`` arrays one
     item per row (batch-first, already preprocessed), CSV one item per row. An ``.npz`` holding an array
@@ -143,7 +149,11 @@ def read_items(
 
     ``lazy`` (the Ray engine's listing, made on the driver): images are named but not decoded and ``.npy``
     files are memory-mapped, so listing a large dataset reads no pixels (:func:`shippable` and
-    :func:`load_item` read one item where it is needed); names and order are those of the eager listing."""
+    :func:`load_item` read one item where it is needed); names and order are those of the eager listing.
+
+    ``batch_first(name, array)`` puts a named input's batch axis first (:meth:`Signature.to_batch_first`: a
+    state ``[2, B, 128]``, a scalar sample rate); by default every array is batch-first already. Item
+    companions are batch-first rows; a value with one row is shared by every item of its file."""
     items: list[Item] = []
     used: set[str] = set()
 
@@ -169,7 +179,7 @@ def read_items(
                 x, img = preprocess.load_image(p)
                 items.append(Item(name(p.stem), str(p), x, img, "image"))
             elif suffix == ".npz" and input_spec.name in (data := np.load(p, allow_pickle=False)).files:
-                items += _named_inputs(p, data, input_spec, input_names, name)
+                items += _named_inputs(p, data, input_spec, input_names, name, batch_first)
             elif suffix in ARRAY_SUFFIXES:
                 data = np.load(p, allow_pickle=False, mmap_mode="r" if lazy and suffix == ".npy" else None)
                 arrays = (
@@ -239,8 +249,9 @@ def load_item(it: Item, preprocess: Preprocess | None) -> Item:
     return it
 
 
-def _named_inputs(p: Path, data, input_spec, input_names, name) -> list[Item]:
-    """The items of an ``.npz`` whose arrays are named after the model's inputs (batch-first each)."""
+def _named_inputs(p: Path, data, input_spec, input_names, name, batch_first=None) -> list[Item]:
+    """The items of an ``.npz`` whose arrays are named after the model's inputs (in the model's layout;
+    ``batch_first`` puts each one's batch axis first)."""
     unknown = [k for k in data.files if k not in input_names and k != input_spec.name]
     if unknown:
         raise InputFileError(
@@ -249,6 +260,12 @@ def _named_inputs(p: Path, data, input_spec, input_names, name) -> list[Item]:
         )
     arrays = {k: np.asarray(data[k]) for k in data.files}
     main = arrays.pop(input_spec.name)
+    if batch_first is not None:
+        arrays = {k: batch_first(k, v) for k, v in arrays.items()}
+    if main.ndim:  # a value of one row (a scalar, a state of batch 1) goes with every row
+        arrays = {
+            k: np.repeat(v, len(main), axis=0) if v.ndim and len(v) == 1 else v for k, v in arrays.items()
+        }
     sizes = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
     bad = [k for k, n in sizes.items() if n != len(main)]
     if main.ndim == 0 or bad:

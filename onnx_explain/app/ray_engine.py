@@ -258,8 +258,9 @@ def explain_ray(
     m = driver_model if driver_model is not None else load(model, device="cpu", **load_options)
     prep = Preprocess.from_model(m.input, preprocess)
     items = read_items(
-        inputs, prep, m.input, [i.name for i in m.inputs], texts=tokenizer is not None, lazy=True
-    )
+        inputs, prep, m.input, [i.name for i in m.inputs], texts=tokenizer is not None, lazy=True,
+        batch_first=m.signature.to_batch_first,
+    )  # fmt: skip
     per_call = max(1, group)
     if format == "parquet":  # the workers write the shards (see onnx_explain.app.shards)
         from .shards import SHARD_ROWS, WorkerShardSink, rows_per_call

@@ -134,6 +134,25 @@ def parse_fixed(pairs, what: str = "--fixed") -> dict:
     return out
 
 
+def parse_batch_axes(pairs) -> dict:
+    """``NAME=AXIS`` pairs (AXIS an integer or 'none') -> ``{name: axis}``."""
+    out = {}
+    for p in pairs or ():
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"--batch-axis takes NAME=AXIS, not {p!r}")
+        if value.lower() == "none":
+            out[name] = None
+            continue
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise click.UsageError(
+                f"--batch-axis {name}: {value!r} is not an axis (an integer or 'none')"
+            ) from None
+    return out
+
+
 def parse_range(text: str | None, what: str) -> tuple[float, float] | None:
     """``'LO,HI'`` -> ``(lo, hi)`` with lo < hi; None stays None."""
     if text is None:
@@ -155,6 +174,15 @@ def _remember(ctx, param, value):
 def model_options(fn):
     """--input-name, --output-name, --device, --allow-nonfinite, --fixed: how to read the model (see
     :func:`load_model`)."""
+    fn = click.option(
+        "--batch-axis",
+        multiple=True,
+        expose_value=False,
+        callback=_remember,
+        metavar="NAME=AXIS",
+        help="The axis input NAME holds its batch on, where the file's dim names do not say it (a state "
+        "[2, B, 128]: --batch-axis state=1; 'none' for an input without one). Repeatable.",
+    )(fn)
     fn = click.option(
         "--fixed",
         multiple=True,
@@ -223,17 +251,45 @@ def load_model(path, input_name=None, output_name=None, device="auto", choose_ou
     fixed = parse_fixed(ctx.meta.get("onnx_explain.fixed") if ctx else None)
     if fixed:
         kw["fixed_inputs"] = {**fixed, **kw.get("fixed_inputs", {})}
-    try:
-        return load(path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw)
-    except InputSpecError as exc:
-        if not choose_output or output_name is not None or "several float outputs" not in str(exc):
-            raise
-        first = float_output_names(path)[0]
-        click.echo(
-            f"note: several float outputs and none chosen: explaining {first!r} (--output-name to choose)",
-            err=True,
-        )
-        return load(path, input=input_name, output=first, device=device, allow_nonfinite=allow, **kw)
+    axes = parse_batch_axes(ctx.meta.get("onnx_explain.batch_axis") if ctx else None)
+    if axes:
+        kw["batch_axes"] = {**axes, **kw.get("batch_axes", {})}
+    for _ in range(3):  # at most: choose the input, then the output
+        try:
+            return load(
+                path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw
+            )
+        except InputSpecError as exc:
+            if not choose_output:
+                raise
+            if input_name is None and "several inputs" in str(exc):
+                input_name = first_input_name(path)
+                click.echo(
+                    f"note: several inputs and none chosen: explaining {input_name!r}, the others given per "
+                    "item (an .npz named after the inputs) or by --fixed (--input-name to choose)",
+                    err=True,
+                )
+            elif output_name is None and "several float outputs" in str(exc):
+                output_name = float_output_names(path)[0]
+                click.echo(
+                    f"note: several float outputs and none chosen: explaining {output_name!r} (--output-name "
+                    "to choose)",
+                    err=True,
+                )
+            else:
+                raise
+    return load(path, input=input_name, output=output_name, device=device, allow_nonfinite=allow, **kw)
+
+
+def first_input_name(path) -> str:
+    """The first graph input (initializers excluded) that is not a scalar, else the first."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    ranked = [i for i in inputs if len(i.type.tensor_type.shape.dim) >= 1]
+    return (ranked or inputs)[0].name
 
 
 def float_output_names(path) -> list[str]:

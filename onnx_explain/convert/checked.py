@@ -165,7 +165,9 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     # fixed inputs that are not repeated to the batch (scalars, no leading 1) are what the graph sees on
     # every call: an If whose condition they decide is folded to its branch at load time
     known = {
-        k: np.asarray(v) for k, v in signature.fixed_inputs.items() if np.ndim(v) == 0 or np.shape(v)[0] != 1
+        k: np.asarray(v)
+        for k, v in signature.fixed_inputs.items()
+        if signature.repeat_fixed(k, np.asarray(v), 2) is v or np.ndim(v) == 0
     }
     graph = to_fx(prepared, source, known=known)
     init_names = {t.name for t in prepared.graph.initializer}
@@ -181,7 +183,10 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         if k in input_names
     }
     position = input_names.index(signature.input.name) if signature.input.name in input_names else None
-    module = ConvertedModel(graph, position, len(input_names), others, fixed_batch, input_names).eval()
+    module = ConvertedModel(
+        graph, position, len(input_names), others, fixed_batch, input_names, signature.batch_axes,
+        signature.unused,
+    ).eval()  # fmt: skip
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
     notes += [
         f"{op} node {node!r} folded to its {branch} (condition known at load time)"

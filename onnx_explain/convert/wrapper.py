@@ -6,6 +6,14 @@ import torch
 from torch import fx, nn
 
 
+def batch_first_output(out: torch.Tensor, axis: int) -> torch.Tensor:
+    """A graph output with its batch axis ``axis`` moved first (``-1``, :data:`runtime.NEW_AXIS`: a batch-1
+    graph that drops its batch axis gets one)."""
+    if axis == -1:
+        return out.unsqueeze(0)
+    return out.movedim(axis, 0) if axis else out
+
+
 class ConvertedModel(nn.Module):
     """Wrap the converted ``fx.GraphModule`` as ``f(x) -> explained output``.
 
@@ -25,9 +33,21 @@ class ConvertedModel(nn.Module):
     """
 
     def __init__(
-        self, graph: fx.GraphModule, position, n_inputs: int, others: dict, fixed_batch=None, names=None
+        self,
+        graph: fx.GraphModule,
+        position,
+        n_inputs: int,
+        others: dict,
+        fixed_batch=None,
+        names=None,
+        batch_axes: dict | None = None,
+        unused=(),
     ):
         super().__init__()
+        #: inputs the output does not read: their placeholders get None
+        self.unused = frozenset(unused)
+        #: input name -> its batch axis where it is not 0 (None: no batch axis); companions arrive batch-first
+        self.batch_axes = dict(batch_axes or {})
         self.graph = graph
         self.position = position
         self.n_inputs = n_inputs
@@ -44,9 +64,16 @@ class ConvertedModel(nn.Module):
         return list(self._others)
 
     def other_value(self, position: int, rows: int | None = None) -> torch.Tensor:
-        """The fixed value at graph input ``position``; a batch-1 value repeated to ``rows`` rows when given."""
+        """The fixed value at graph input ``position``; one holding a single sample on its batch axis is
+        repeated to ``rows`` rows there when given."""
         v = getattr(self, f"other_{position}")
-        return v.expand(rows, *v.shape[1:]) if rows is not None and v.shape[:1] == (1,) else v
+        name = next((n for n, i in self.positions.items() if i == position), None)
+        axis = self.batch_axes.get(name, 0)
+        if rows is None or axis is None or v.dim() <= axis or v.shape[axis] != 1:
+            return v
+        shape = list(v.shape)
+        shape[axis] = rows
+        return v.expand(*shape)
 
     def graph_args(self, x: torch.Tensor, rows: int | None = None, companions: dict | None = None) -> list:
         """The positional arguments of :attr:`graph` for the explained input ``x``: ``x`` at its position,
@@ -60,8 +87,15 @@ class ConvertedModel(nn.Module):
             args[k] = self.other_value(k, rows)
         for name, value in (companions or {}).items():
             if name in self.positions:  # an input the explained output does not depend on is not in the graph
-                args[self.positions[name]] = value
-        missing = [name for name, i in self.positions.items() if args[i] is None and i != self.position]
+                axis = self.batch_axes.get(name, 0)
+                args[self.positions[name]] = (
+                    value[0] if axis is None else value.movedim(0, axis) if axis else value
+                )
+        missing = [
+            name
+            for name, i in self.positions.items()
+            if args[i] is None and i != self.position and name not in self.unused
+        ]
         if missing:
             from ..errors import InputDataError
 
@@ -72,8 +106,7 @@ class ConvertedModel(nn.Module):
     out_axis: int = 0
 
     def _run(self, x: torch.Tensor, companions: dict | None = None) -> torch.Tensor:
-        out = self.graph(*self.graph_args(x, companions=companions))
-        return out.movedim(self.out_axis, 0) if self.out_axis else out
+        return batch_first_output(self.graph(*self.graph_args(x, companions=companions)), self.out_axis)
 
     def forward(self, x: torch.Tensor, companions: dict | None = None) -> torch.Tensor:
         n = self.fixed_batch

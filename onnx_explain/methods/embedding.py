@@ -106,7 +106,9 @@ class EmbeddingModel(nn.Module):
         return [*self.wrapper.graph_args(ids, rows=rows, companions=companions), e]
 
     def forward(self, e: torch.Tensor, companions: dict) -> torch.Tensor:
-        return self.cut(*self.graph_args(e, companions=companions))
+        from ..convert.wrapper import batch_first_output
+
+        return batch_first_output(self.cut(*self.graph_args(e, companions=companions)), self.wrapper.out_axis)
 
     def __deepcopy__(self, memo):
         """A copy of the cut graph (LRP rewrites it) with the converted model's inputs shared: only its
