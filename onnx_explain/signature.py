@@ -128,11 +128,17 @@ def _np_names(types) -> set[str]:
 
 
 def _find_logit(proto: onnx.ModelProto, output: TensorSpec) -> str | None:
-    """The input of a Softmax/LogSoftmax over the last axis that produces the explained output."""
+    """The input of a Softmax/LogSoftmax over the last axis, or of a Sigmoid, that produces the explained
+    output: the logit (a sigmoid's probability is ~1e-5 wherever the answer is "no": the logit keeps the
+    information, and onnxruntime's approximate sigmoid costs relative precision there)."""
     node = next((n for n in proto.graph.node if output.name in n.output), None)
-    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+    if node is None or node.domain not in ("", "ai.onnx"):
         return None
     if not node.input or not node.input[0]:  # a damaged file: a Softmax of nothing
+        return None
+    if node.op_type == "Sigmoid":
+        return node.input[0]
+    if node.op_type not in ("Softmax", "LogSoftmax"):
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), None)
     rank = len(output.shape) if output.shape is not None else None
@@ -550,6 +556,14 @@ def _batch_axes(inputs: list, main: TensorSpec, declared: dict, source: str) -> 
             axes[spec.name] = None
         elif isinstance(batch, str) and spec.shape and spec.shape[0] != batch and batch in spec.shape:
             axes[spec.name] = spec.shape.index(batch)
+        elif (
+            spec is not main and spec.shape and isinstance(spec.shape[0], int) and not isinstance(batch, int)
+        ):
+            # a fixed first dim cannot follow a free batch: the batch is its one free dim (silero's
+            # state [2, ?, 128]), or it has none (an LSTM state [1, 1, 128] shared by every window)
+            free = [a for a, d in enumerate(spec.shape) if not isinstance(d, int)]
+            if len(free) <= 1:
+                axes[spec.name] = free[0] if free else None
     return {k: v for k, v in axes.items() if v != 0}
 
 

@@ -452,14 +452,16 @@ def test_streaming_model_explained_with_state_fixed(sr, tmp_path):
     branch = "then_branch" if sr == 16000 else "else_branch"
     assert m.torch_module().graph.onnx_folded == [("rate_if", "If", branch)]
     assert f"If node 'rate_if' folded to its {branch} (condition known at load time)" in m.parity.notes
-    e = oe.explain(m, x, "gradient", target=0)
+    e = oe.explain(m, x, "gradient", target=0, output="output")  # the probability itself
     xt = torch.from_numpy(x).requires_grad_(True)
     feat = xt @ torch.from_numpy(W16) if sr == 16000 else xt[:, : T_IN // 2] @ torch.from_numpy(W8)
-    prob = torch.sigmoid(
-        torch.tanh(feat + torch.from_numpy(state) @ torch.from_numpy(R)) @ torch.from_numpy(V)
-    )
-    prob.sum().backward()
+    logit = torch.tanh(feat + torch.from_numpy(state) @ torch.from_numpy(R)) @ torch.from_numpy(V)
+    torch.sigmoid(logit).sum().backward(retain_graph=True)
     np.testing.assert_allclose(e.attribution, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    xt.grad = None  # by default the logit before the final Sigmoid, as before a final Softmax
+    logit.sum().backward()
+    np.testing.assert_allclose(oe.explain(m, x, "gradient", target=0).attribution, xt.grad.numpy(), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
     if sr != 16000:  # the 8 kHz branch reads only the first half of the frame
         assert not e.attribution[:, T_IN // 2 :].any()
     # the state output is explainable too (state fixed, one hidden unit as the target)

@@ -510,11 +510,16 @@ def _prove(
             report.quant_step = float(np.ptp(ref)) / 255 if ref.size else 0.0
             report.quant_steps = max_abs / report.quant_step if report.quant_step > 0 else 0.0
             q_allow = QUANT_STEPS * report.quant_step
+        # rows made near one given row tell how the output moves under a little noise, not how samples
+        # differ: their spread is no yardstick, so one row is held to the scale test alone (noted)
+        near = kind.endswith("near it")
         report.passed = bool(
             finite
             and max_abs <= max(atol + rtol * scale, q_allow)
-            and (len(x) < 2 or max_abs <= max(spread_tol * spread, rounding * scale, q_allow))
+            and (len(x) < 2 or near or max_abs <= max(spread_tol * spread, rounding * scale, q_allow))
         )
+        if near:
+            report.notes = [*report.notes, "one row of data: the error is held to the output's scale only"]
         if not report.passed:
             raise ParityError(_failure(source, name, report, finite))
         return module, report

@@ -63,6 +63,8 @@ class Predictor:
         if output not in OUTPUTS:
             raise OptionError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
         self.model = model
+        if output == "prob" and _ends_in_sigmoid(model):
+            output = "output"  # the model's own sigmoid is the probability (a softmax of one logit is 1)
         self.output = output
         self.batch_size = int(batch_size)
         self.layout = layout
@@ -291,3 +293,12 @@ def register_metric(name: str, description: str, score: str, higher_is_better, n
 def trapezoid(y: np.ndarray, dx: float) -> np.ndarray:
     """Trapezoid rule along the last axis."""
     return (y[..., 1:] + y[..., :-1]).sum(-1) * dx / 2
+
+
+def _ends_in_sigmoid(model) -> bool:
+    """True for an onnx_explain Model whose explained output is a Sigmoid's (its logit is that input)."""
+    sig = getattr(model, "signature", None)
+    if sig is None or sig.logit_name is None:
+        return False
+    node = next((n for n in model.proto.graph.node if sig.output.name in n.output), None)
+    return node is not None and node.op_type == "Sigmoid"
