@@ -157,7 +157,8 @@ def _parse_prefixed(target: str) -> dict:
     if kind in ("mask", "dot", "cosine") and 1 <= len(parts) <= 2:
         data = _load_array(parts[0], target)
         if kind == "mask":
-            return {"mask": data.astype(bool), "class": _int(parts[1], target) if len(parts) == 2 else 1}
+            # no class: the foreground (1) of a segmenter, the one channel of a one-channel map
+            return {"mask": data.astype(bool), "class": _int(parts[1], target) if len(parts) == 2 else None}
         return {kind: data, **({"pool": parts[1]} if len(parts) == 2 else {})}
     raise InputDataError(
         f"target {target!r} is not understood: use predicted, INDEX, top:K, POSITION,CLASS, "
@@ -313,19 +314,33 @@ def _mask(target, out_shape, B, outputs) -> Resolved:
     ``(H, W)`` or per-sample ``(B, H, W)`` array; without one (``mask='predicted'``), the pixels whose
     predicted class is ``c`` at ``x`` (frozen there)."""
     _only(target, {"mask", "class"})
-    if len(out_shape) != 3:
+    if len(out_shape) not in (2, 3):
         raise InputDataError(
-            f"a mask target needs a segmentation output (B, C, H, W), not [B, {', '.join(map(str, out_shape))}]"
+            f"a mask target needs a segmentation output (B, C, H, W), (B, H, W, C) or a map (B, H, W), not "
+            f"[B, {', '.join(map(str, out_shape))}]"
         )
-    C, H, W = out_shape
+    m = target["mask"]
+    channels_last = False
+    if len(out_shape) == 2:  # one map without a channel axis (a sigmoid text-detection map)
+        C, (H, W) = 1, out_shape
+    else:
+        C, H, W = out_shape
+        given = np.shape(m)[-2:] if not isinstance(m, str) else None
+        if given is not None and given != (H, W) and given == tuple(out_shape[:2]):
+            (H, W, C), channels_last = out_shape, True  # (B, H, W, C): Keras/TF segmenters
     c = target.get("class")
+    if c is None:
+        c = 0 if C == 1 else 1  # a one-channel map's only channel; else the foreground class 1
     if not isinstance(c, (int, np.integer)) or not 0 <= c < C:
         raise InputDataError(
             f"a mask target needs 'class': an index below the output's {C} classes, not {c!r}"
         )
     m = target["mask"]
     if isinstance(m, str) and m == "predicted":
-        mask = (outputs().reshape(B, C, H, W).argmax(1) == int(c)).cpu().numpy()
+        if C == 1:
+            raise InputDataError("mask='predicted' needs an output with several classes; give the mask")
+        out = outputs().reshape(B, H, W, C).movedim(-1, 1) if channels_last else outputs().reshape(B, C, H, W)
+        mask = (out.argmax(1) == int(c)).cpu().numpy()
     else:
         mask = np.asarray(m)
         if mask.shape == (H, W):
@@ -336,6 +351,8 @@ def _mask(target, out_shape, B, outputs) -> Resolved:
             )
     weights = torch.zeros(B, C, H, W)
     weights[:, int(c)] = torch.as_tensor(mask.astype(np.float32))
+    if channels_last:
+        weights = weights.permute(0, 2, 3, 1).contiguous()
     pixels = mask.reshape(B, -1).sum(1)
     info = {"target": f"mask of class {int(c)}", "mask_pixels": pixels, "mask": np.array(mask, dtype=bool)}
     return Resolved(
