@@ -451,14 +451,16 @@ def _auto_method(
         if data is None:
             m.convert(output or "logit")
             return "smoothgrad", "the graph converts to torch: a gradient method"
-        m.torch_module(device=device, space=output or "logit", probe=m.split_inputs(data))
+        probe = data if isinstance(data, tuple) else m.split_inputs(data)
+        m.torch_module(device=device, space=output or "logit", probe=probe)
         return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
     except (ConversionError, ParityError) as exc:
         others = runtime_methods()
         if not others:
             raise
         pick = next((m for m in others if METHODS[m].overview is not None), others[0])
-        return pick, f"the graph does not convert to torch ({exc}): {pick} runs on onnxruntime alone"
+        what = "is not certified on the data" if isinstance(exc, ParityError) else "does not convert to torch"
+        return pick, f"the graph {what} ({exc}): {pick} runs on onnxruntime alone"
 
 
 def _out_shape(model, space: str) -> tuple | None:

@@ -267,3 +267,19 @@ def test_quantized_graphs_are_gated_in_steps_of_their_output_grid(steps, passes,
             oe.ParityError, match=r"10 steps of the output's 8-bit grid .*allowed for a quantized graph: 4"
         ):
             m.torch_module(probe=x)
+
+
+def test_auto_certifies_on_the_first_item_and_falls_back_when_the_data_cannot_certify(tmp_path):
+    path = _shift_model(tmp_path)
+    good, low = tmp_path / "good.npy", tmp_path / "low.npy"
+    np.save(good, (1000 + np.random.default_rng(1).uniform(0, 5, (2, 4))).astype(np.float32))
+    np.save(low, np.random.default_rng(1).uniform(0, 5, (2, 4)).astype(np.float32))
+    r = CliRunner().invoke(main, ["explain", str(path), str(good), "-m", "auto", "--out", str(tmp_path / "a"),
+                                  "--heatmaps", "none"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "method auto: smoothgrad (the graph converts to torch with parity on the data" in r.output
+    r = CliRunner().invoke(main, ["explain", str(path), str(low), "-m", "auto", "--out", str(tmp_path / "b"),
+                                  "--heatmaps", "none"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "the graph is not certified on the data" in r.output and "runs on onnxruntime alone" in r.output
+    assert len(list((tmp_path / "b").glob("*.npz"))) == 2

@@ -146,19 +146,36 @@ def _model_layout(model, x, companions, one: bool = False) -> dict:
     return given
 
 
-def _certify_first(model, todo, space: str, device: str, tries: int = 8) -> None:
-    """Certify the torch conversion on the first readable item before anything is written: a model that
-    onnxruntime cannot run, or whose conversion differs on the user's data, ends the run with one line
-    and nothing on disk (later input shapes are certified when they appear; their failures are per item)."""
+def _first_data(model, todo, tries: int = 8):
+    """``(x, companions)`` of the first of ``todo``'s first ``tries`` items that reads and fits the model
+    (None when none does; texts are not looked at)."""
     for it in todo[:tries]:
         if it.error or it.kind == "text":
             continue
         try:
-            data = model.split_inputs(_model_layout(model, it.x, it.companions, one=True))
+            return model.split_inputs(_model_layout(model, it.x, it.companions, one=True))
         except Exception:  # noqa: BLE001 - an unreadable item is reported in its turn
             continue
+    return None
+
+
+def first_item_data(model, inputs, preprocess: dict | None = None):
+    """The first readable item of ``inputs`` as ``(x, companions)`` (or None): what ``-m auto`` certifies
+    the conversion on before it chooses a method."""
+    prep = Preprocess.from_model(model.input, preprocess)
+    items = read_items(
+        inputs, prep, model.input, [i.name for i in model.inputs], batch_first=model.signature.to_batch_first
+    )
+    return _first_data(model, items)
+
+
+def _certify_first(model, todo, space: str, device: str) -> None:
+    """Certify the torch conversion on the first readable item before anything is written: a model that
+    onnxruntime cannot run, or whose conversion differs on the user's data, ends the run with one line
+    and nothing on disk (later input shapes are certified when they appear; their failures are per item)."""
+    data = _first_data(model, todo)
+    if data is not None:
         model.torch_module(device=device, space=space, probe=data)
-        return
 
 
 def make_sink(format: str, out_dir, shard_rows: int | None = None):  # noqa: A002 - the CLI's --format

@@ -241,12 +241,6 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
     else:
         torch_device, ort_device = resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
-    if method == "auto":  # a gradient method when the graph converts, else one that runs on onnxruntime
-        from ..explainer import _auto_method
-
-        method, why = _auto_method(m, space, torch_device, None)
-        click.echo(f"method auto: {method} ({why})", err=True)
-    opts = method_options(method, flags, rules, parse_options(extra))
     pre = {}
     if preprocess_file:
         pre.update(json.loads(open(preprocess_file).read()))
@@ -265,6 +259,14 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         pre["color"] = "BGR"
     if crop:
         pre["resize"] = "center-crop"
+    if method == "auto":  # a gradient method when the graph converts and is certified on the first item
+        from ..app.batch import first_item_data
+        from ..explainer import _auto_method
+
+        data = None if tokenizer else first_item_data(m, inputs, pre)
+        method, why = _auto_method(m, space, torch_device, None, None if data is None else data)
+        click.echo(f"method auto: {method} ({why})", err=True)
+    opts = method_options(method, flags, rules, parse_options(extra))
     # conversion and parity first, in the space the method explains (converted once for the whole run): a
     # bad model leaves nothing on disk; methods on onnxruntime alone need no conversion
     if METHODS[method].backend == "torch":
