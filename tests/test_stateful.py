@@ -153,3 +153,28 @@ def test_ir3_file_whose_initializers_are_not_inputs_loads(tmp_path):
     m = oe.load(path)
     assert any("read as IR 4" in n for n in m.notes)
     np.testing.assert_array_equal(m.predict(np.ones((3, 2), np.float32)), np.full((3, 2), 2.0))
+
+
+def test_evaluate_reads_back_a_state_on_axis_1(tmp_path):
+    net, path = _export(tmp_path, named=True)
+    rng = np.random.default_rng(3)
+    npz = tmp_path / "chunk.npz"
+    np.savez(npz, audio=rng.standard_normal((3, 16)).astype(np.float32),
+             state=rng.standard_normal((2, 3, H)).astype(np.float32), sr=np.array(16000, np.int64))  # fmt: skip
+    out = tmp_path / "att"
+    r = CliRunner().invoke(main, ["explain", str(path), str(npz), "--output-name", "output", "-m", "gradient_x_input",
+                                  "--output", "output", "--out", str(out), "--heatmaps", "none"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = tmp_path / "eval.json"
+    r = CliRunner().invoke(main, ["evaluate", str(path), "-a", str(out), "--output-name", "output", "--metric",
+                                  "deletion", "--out", str(report)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    import json
+
+    d = json.loads(report.read_text())
+    m = oe.load(path, input="audio", output="output")
+    z = dict(np.load(npz))
+    e = oe.explain(m, z, "gradient_x_input", output="output")
+    want = oe.evaluate(m, z, e.attribution, "deletion")
+    got = d["metrics"]["deletion"] if "metrics" in d else d["deletion"]
+    assert np.isclose(got["mean"], np.mean(want["scores"]), rtol=1e-5), (got, want["scores"])

@@ -136,7 +136,7 @@ def explain_files(
     return run.summary
 
 
-def _model_layout(model, x, companions, one: bool = False) -> dict:
+def model_layout(model, x, companions, one: bool = False) -> dict:
     """The inputs dict ``split_inputs`` takes (the model's layout) from a batch-first explained input and
     batch-first companion rows; ``one``: ``x`` and the companions are one item's rows (no batch axis)."""
     sig = model.signature
@@ -153,7 +153,7 @@ def _first_data(model, todo, tries: int = 8):
         if it.error or it.kind == "text":
             continue
         try:
-            return model.split_inputs(_model_layout(model, it.x, it.companions, one=True))
+            return model.split_inputs(model_layout(model, it.x, it.companions, one=True))
         except Exception:  # noqa: BLE001 - an unreadable item is reported in its turn
             continue
     return None
@@ -337,7 +337,7 @@ class _Run:
                 good.append(it)
                 continue
             try:
-                x, comp = self.model.split_inputs(_model_layout(self.model, it.x, it.companions, one=True))
+                x, comp = self.model.split_inputs(model_layout(self.model, it.x, it.companions, one=True))
                 it.x, it.companions = x[0], {k: v[0] for k, v in comp.items()}
                 good.append(it)
             except Exception as exc:  # noqa: BLE001 - reported per item
@@ -357,7 +357,7 @@ class _Run:
             x = np.stack([it.x for it in group])
             if group[0].companions:
                 comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
-                x = _model_layout(self.model, x, comp)
+                x = model_layout(self.model, x, comp)
             try:
                 e = explain(self.model, x, method, **settings)
             except OptionError:
@@ -663,8 +663,8 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
             _write_report(Path(out_file), report, names)
         return report
     names, xs, attrs, targets, companions = load_attributions(att_dir, sources)
-    if companions:
-        xs = {model.input.name: xs, **companions}
+    if companions:  # stored as batch-first rows: back to the model's layout (a state [2, B, 128])
+        xs = model_layout(model, xs, companions)
     report = {
         "model": getattr(model, "source", str(model)),
         "attributions": str(att_dir),

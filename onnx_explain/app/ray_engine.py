@@ -418,8 +418,10 @@ class RayEvaluator:
 
         wanted = [self.config["names"][int(i)] for i in batch["i"]]
         names, xs, attrs, targets, companions = load_attributions(self.config["att_dir"], None, wanted)
-        if companions:
-            xs = {self.model.input.name: xs, **companions}
+        if companions:  # stored as batch-first rows: back to the model's layout
+            from .batch import model_layout
+
+            xs = model_layout(self.model, xs, companions)
         results = {}
         for metric in self.config["metrics"]:
             r = evaluate(self.model, xs, attrs, metric, target=targets, batch_size=self.config["batch_size"],

@@ -100,10 +100,12 @@ class Predictor:
         x = from_channels_first(x, self.layout)
         if isinstance(self.model, Model):
             space = "output" if self.output == "output" else "logit"
-            if self.companions:
+            if self.companions:  # batch-first companions (split_inputs), each row with its sample's
                 owner = np.arange(start, start + len(x)) // per
-                x = {self.model.input.name: x, **{k: v[owner] for k, v in self.companions.items()}}
-            return self.model.predict(x, batch_size=len(owner) if self.companions else len(x), space=space)
+                comp = {k: v[owner] for k, v in self.companions.items()}
+                xv = self.model.validate_input(x)
+                return self.model.runtime.run(self.model.space_name(space), xv, len(xv), comp)
+            return self.model.predict(x, batch_size=len(x), space=space)
         return np.asarray(self.model(x))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
