@@ -481,3 +481,19 @@ def test_stop_override_on_every_path_gives_zero_relevance_not_a_torch_error(tmp_
     np.testing.assert_allclose(e.extras["delta"], -e.score, rtol=1e-6)
     p = oe.explain(m, x.numpy(), "lrp", rules={"Div": "pass"})
     assert p.extras["rules"]["/Div"] == "Div: pass" and np.abs(p.attribution).sum() > 0
+
+
+COMPOSITE_NAMES = sorted(__import__("onnx_explain.lrp.composites", fromlist=["COMPOSITES"]).COMPOSITES)
+BOUNDED = {"epsilon_gamma_box", "montavon2019"}
+
+
+@pytest.mark.parametrize("composite", COMPOSITE_NAMES)
+def test_every_composite_gives_a_sample_the_same_relevance_alone_and_in_a_batch(composite):
+    m = oe.load(DIGITS)
+    x = np.load(ROOT / "models" / "samples" / "digits.npy")[:6]
+    kw = {"low": float(x.min()), "high": float(x.max())} if composite in BOUNDED else {}
+    if composite in ("montavon2019",):
+        kw["maxpool"] = "avgpool"
+    batch = oe.explain(m, x, "lrp", composite=composite, **kw).attribution
+    alone = oe.explain(m, x[:1], "lrp", composite=composite, **kw).attribution
+    np.testing.assert_allclose(alone[0], batch[0], rtol=1e-5, atol=1e-6 * np.abs(batch[0]).max())

@@ -22,9 +22,12 @@ def stabilize(z: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
 
 
 def stabilize_unsigned(z: torch.Tensor, epsilon: float = 1e-9, rms: float = 0.0) -> torch.Tensor:
-    """The Montavon tutorial's ``incr``: ``z + ε (+ rms·sqrt(mean z²))``, added without sign."""
+    """The Montavon tutorial's ``incr``: ``z + ε (+ rms·sqrt(mean z²))``, added without sign. The mean is
+    per sample (the tutorial explains one image at a time): a sample's relevance never depends on the
+    others in its batch."""
     if rms:
-        return z + epsilon + rms * (z**2).mean() ** 0.5
+        per_sample = (z.reshape(len(z), -1) ** 2).mean(1) ** 0.5
+        return z + epsilon + rms * per_sample.reshape(-1, *([1] * (z.dim() - 1)))
     return z + epsilon
 
 
