@@ -407,15 +407,16 @@ class Runner:
         candidates = [a for a in range(out.ndim) if out.shape[a] == b]
         if len(named) == 1 and named[0] in candidates:
             axis = named[0]
-        elif self.batch.fixed_batch == 1 and (
-            not candidates or out.ndim < len(self.signature.input.shape or ())
-        ):
-            axis = (
-                NEW_AXIS  # a graph fixed at batch 1 that drops the batch axis (Squeeze): one sample per run
-            )
-        elif candidates == [0] or (candidates and candidates[0] == 0 and self.batch.fixed_batch):
+        elif candidates == [0]:
             axis = 0
-        elif candidates and not self.batch.fixed_batch:  # grow the batch by one row: the axis that follows
+        elif self.batch.fixed_batch:  # the batch cannot grow: read it from the sizes alone
+            if len(candidates) == 1:
+                axis = candidates[0]  # a time-major (T, 1, C) output of a graph fixed at batch 1
+            elif not candidates and self.batch.fixed_batch == 1:
+                axis = NEW_AXIS  # a graph fixed at batch 1 that drops its batch axis (Squeeze)
+            else:
+                axis = 0 if 0 in candidates else None
+        elif candidates:  # grow the batch by one row: the axis that follows
             more = np.concatenate([chunk, chunk[-1:]])
             rows2 = {k: np.concatenate([v, v[-1:]]) for k, v in rows.items()} if rows else None
             grown = once(more, rows2)

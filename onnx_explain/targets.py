@@ -374,6 +374,10 @@ def _embedding(target, out_shape, B, outputs) -> Resolved:
     kind = "dot" if "dot" in target else "cosine"
     r = torch.as_tensor(np.asarray(target[kind], dtype=np.float64).reshape(-1))
     pool = target.get("pool")
+    if len(out_shape) > 1 and all(d == 1 for d in out_shape[:-1]):
+        out_shape = out_shape[-1:]  # (B, 1, 1, D): an embedding with singleton axes (Keras/tf2onnx)
+    elif len(out_shape) > 2 and sum(d != 1 for d in out_shape[:-1]) == 1:
+        out_shape = (next(d for d in out_shape[:-1] if d != 1), out_shape[-1])
     if len(out_shape) == 2 and pool not in ("mean", "cls"):
         raise InputDataError(
             f"an output of shape [B, {out_shape[0]}, {out_shape[1]}] needs pool='mean' or 'cls'"
@@ -387,6 +391,7 @@ def _embedding(target, out_shape, B, outputs) -> Resolved:
     real = target.get("real_tokens")  # (B, L): 1 for real tokens, 0 for pads (the attention mask)
 
     def embed(out, units):
+        out = out.reshape(len(out), *out_shape)
         if out.dim() != 3:
             return out
         if pool != "mean":

@@ -497,3 +497,27 @@ def test_every_composite_gives_a_sample_the_same_relevance_alone_and_in_a_batch(
     batch = oe.explain(m, x, "lrp", composite=composite, **kw).attribution
     alone = oe.explain(m, x[:1], "lrp", composite=composite, **kw).attribution
     np.testing.assert_allclose(alone[0], batch[0], rtol=1e-5, atol=1e-6 * np.abs(batch[0]).max())
+
+
+class TfLeaky(nn.Module):
+    """tf2onnx writes Keras' LeakyReLU and ReLU as Maximum(x, 0.2 x) and Maximum(x, 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.maximum(h, 0.2 * h)
+        return self.b(torch.maximum(h, torch.zeros(())))
+
+
+def test_max_of_activations_routes_to_the_winner(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
+    m = oe.load(export(TfLeaky().eval(), x, tmp_path / "leaky.onnx", "legacy"))
+    lrp0 = oe.explain(m, x.numpy(), "lrp", rules={"Gemm": "epsilon0", "MatMul": "epsilon0"})
+    gxi = oe.explain(m, x.numpy(), "gradient_x_input").attribution
+    assert_gradients_match(lrp0.attribution, gxi, rel=1e-4, cos=0.99999)
+    assert "Max: gradient" in lrp0.extras["rules"].values() and "Max: pass" in lrp0.extras["rules"].values()

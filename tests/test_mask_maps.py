@@ -75,3 +75,22 @@ def test_one_channel_sigmoid_map_takes_a_mask_without_a_class(tmp_path):
         assert r.exit_code == 0, r.output
         with np.load(out / "x_001.npz") as z:
             np.testing.assert_allclose(z["attribution"], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_lrp_takes_mask_and_sum_targets(tmp_path):
+    # a linear graph: LRP-0 is gradient x input, for a mask of the map and for a sum over positions alike
+    x = RNG.standard_normal((2, 2, 6, 8)).astype(np.float32)
+    mask = np.zeros((6, 8), bool)
+    mask[1:5, 2:7] = True
+    m = oe.load(_seg(tmp_path, "NCHW"))
+    target = {"mask": mask, "class": 1}
+    lrp = oe.explain(m, x, "lrp", target=target, rules={"Conv": "epsilon0"})
+    gxi = oe.explain(m, x, "gradient_x_input", target=target)
+    np.testing.assert_allclose(lrp.attribution, gxi.attribution, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lrp.score, gxi.score, rtol=1e-6)
+    np.testing.assert_allclose(lrp.attribution.reshape(2, -1).sum(1), lrp.score, rtol=1e-4)  # conservation
+    nhwc = oe.load(_seg(tmp_path, "NHWC"))  # (B, H, W, C): 'all' positions of row 2, class 1
+    t = (2, "all", 1)
+    lrp = oe.explain(nhwc, x, "lrp", target=t, rules={"Conv": "epsilon0"})
+    gxi = oe.explain(nhwc, x, "gradient_x_input", target=t)
+    np.testing.assert_allclose(lrp.attribution, gxi.attribution, rtol=1e-4, atol=1e-6)

@@ -241,6 +241,10 @@ register_lrp_role("MaxPool", MAX_POOL)
 register_lrp_role(("Resize", "Upsample"), ROUTE, when=_nearest)
 register_lrp_role(("Resize", "Upsample"), PROPORTIONAL)
 register_lrp_role(("GlobalMaxPool", "ReduceMax"), WINNER_TAKES_ALL)
+# Max/Min: of an activation and a constant, an activation (tf's Maximum(x, 0) for a ReLU: pass); of two
+# activations, the winner takes all (tf's Maximum(x, 0.2 x) for a LeakyReLU, as a max pool does)
+register_lrp_role(("Max", "Min"), IDENTITY, when=_one)
+register_lrp_role(("Max", "Min"), WINNER_TAKES_ALL)
 register_lrp_role("Mul", IDENTITY, when=_one)  # scaling by a constant
 register_lrp_role("Div", IDENTITY, when=_scaled)
 register_lrp_role("Mul", GATED, when=_gated)  # SiLU, squeeze-excitation, decomposed GELU

@@ -142,8 +142,15 @@ class Scorer:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             sel = self.select(self.forward(x, keys), keys)
-            (grad,) = torch.autograd.grad(sel.sum(), x)
-        return grad.detach(), sel.detach()
+            if not sel.requires_grad:  # the explained output does not depend on the explained input at all
+                from ..errors import InputSpecError
+
+                raise InputSpecError(
+                    "the explained output does not depend on the explained input (its gradient is not "
+                    "defined): explain another input (--input-name) or output (--output-name)"
+                )
+            (grad,) = torch.autograd.grad(sel.sum(), x, allow_unused=True)
+        return (torch.zeros_like(x) if grad is None else grad.detach()), sel.detach()
 
     def map_rows(
         self,

@@ -188,24 +188,39 @@ def _zbox_rules(rules: dict | None, bounds: dict) -> dict:
 def _propagate(scorer: Scorer, module, x, keys, output_relevance: str):
     """Relevance at the input (x's shape) and f_c(x), one forward and one modified backward pass per
     chunk of ``batch_size`` rows (each with its sample's companion inputs), seeded with f_c·e_c
-    (``'score'``) or e_c (``'onehot'``); ``keys`` are the rows' keys (:class:`Scorer`)."""
+    (``'score'``) or e_c (``'onehot'``); for a target that is not one element (a sum over positions, a
+    mask, an embedding's dot product) with ``O ⊙ ∂t/∂O`` (``'score'``, which sums to t when t is linear in
+    the output O) or ``∂t/∂O``; ``keys`` are the rows' keys (:class:`Scorer`)."""
     relevance = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=torch.float64)
     for a in range(0, len(x), scorer.batch_size):
         b = min(len(x), a + scorer.batch_size)
         rows = x[a:b].detach().requires_grad_(True)
         comp = scorer.companion_rows(keys[a:b])
-        cls = scorer.classes(keys[a:b]).reshape(-1, 1)
         with torch.enable_grad():
             out = module(rows, comp) if comp else module(rows)
-            out = out.reshape(out.shape[0], -1)
-            onehot = torch.zeros_like(out).scatter_(1, cls, 1.0)
-            seed = out.detach() * onehot if output_relevance == "score" else onehot
+            flat = out.reshape(out.shape[0], -1)
+            if _one_element(scorer):
+                cls = scorer.classes(keys[a:b]).reshape(-1, 1)
+                weight = torch.zeros_like(flat).scatter_(1, cls, 1.0)
+                score = flat.detach().gather(1, cls).squeeze(1)
+            else:  # a sum, a mask, an embedding: relevance starts where the target reads the output
+                probe = flat.detach().requires_grad_(True)
+                t = scorer.select(probe, keys[a:b])
+                (weight,) = torch.autograd.grad(t.sum(), probe)
+                score = t.detach()
+            seed = flat.detach() * weight if output_relevance == "score" else weight
             # allow_unused: rules can stop every path (``stop`` overrides): no relevance reaches the input
-            (rel,) = torch.autograd.grad(out, rows, seed, allow_unused=True)
+            (rel,) = torch.autograd.grad(flat, rows, seed, allow_unused=True)
         relevance[a:b] = 0.0 if rel is None else rel
-        scores[a:b] = out.detach().gather(1, cls).squeeze(1).to(torch.float64)
+        scores[a:b] = score.to(torch.float64)
     return relevance, scores
+
+
+def _one_element(scorer) -> bool:
+    """Whether each row explains one output element (a class, a (position, class) element)."""
+    target = getattr(scorer, "target", None)
+    return target is None or target.one_element
 
 
 def _bound(v, x):
