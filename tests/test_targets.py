@@ -97,8 +97,14 @@ def test_a_class_alone_is_refused_where_the_output_has_several_axes(tagger):
         oe.explain(model, x, "gradient", target=(6, 0), output="output")
     with pytest.raises(InputDataError, match="one score per row"):
         oe.explain(model, x, "gradient", target=lambda o: o.sum(), output="output")
-    with pytest.raises(OnnxExplainError, match="needs one output element"):
-        oe.explain(model, x, "lrp", target=("all", 0), output="output", fallback="gradient")
+    # LRP of a sum over positions: its backward pass is linear in the seed, so it is the sum of the
+    # positions' own LRP
+    total = oe.explain(model, x, "lrp", target=("all", 0), output="output", fallback="gradient")
+    parts = [
+        oe.explain(model, x, "lrp", target=(p, 0), output="output", fallback="gradient") for p in range(6)
+    ]
+    np.testing.assert_allclose(total.attribution, sum(e.attribution for e in parts), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(total.score, sum(e.score for e in parts), rtol=1e-5)
 
 
 def test_the_command_line_explains_an_element(tagger, tmp_path):
