@@ -274,9 +274,11 @@ def _element(target, out_shape, B, outputs) -> Resolved:
         scores = outputs().reshape(B, *out_shape)[(slice(None), *lead)]
         scores = scores.reshape(B, -1, out_shape[-1]).sum(1)
         classes = scores.argmax(1).cpu().numpy()
+    elif isinstance(idx[-1], slice):  # 'all' on the last axis too: the sum over it
+        classes = np.full(B, -1)
     else:
         classes = np.full(B, idx[-1])
-    cells = [grid[(*lead, int(c))].reshape(-1) for c in classes]
+    cells = [grid[(*lead, slice(None) if c < 0 else int(c))].reshape(-1) for c in classes]
     record = np.array([[(-1 if isinstance(i, slice) else i) for i in lead] + [int(c)] for c in classes])
     info = {"target": ",".join("all" if isinstance(i, slice) else str(i) for i in lead) + ",class"}
     if all(len(c) == 1 for c in cells):

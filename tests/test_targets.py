@@ -541,3 +541,17 @@ def test_a_graph_with_nms_is_explained_on_its_proposals_before_nms(tmp_path):
     for d in dets:
         j = int(np.abs(b[0].numpy() - d[:4]).sum(1).argmin())
         np.testing.assert_allclose(d[:5], [*b[0, j].numpy(), c[0, j, int(d[5])]], rtol=1e-5)
+
+
+def test_all_on_the_last_axis_sums_it(tagger):
+    _, model, x = tagger
+    whole = oe.explain(model, x, "gradient", target=("all", "all"), output="output")
+    parts = [
+        oe.explain(model, x, "gradient", target=("all", c), output="output") for c in range(whole_c(model, x))
+    ]
+    np.testing.assert_allclose(whole.attribution, sum(e.attribution for e in parts), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(whole.score, model.predict(x).reshape(len(x), -1).sum(1), rtol=1e-4)
+
+
+def whole_c(model, x) -> int:
+    return int(model.predict(x).shape[-1])

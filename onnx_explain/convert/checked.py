@@ -278,14 +278,18 @@ GIVEN_ROWS = 4
 
 def _near_rows(x: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows near the single row ``x[0]``: floats with Gaussian noise of 10 % of the row's spread,
-    integers (token ids, pixels) permuted along the row, so every value stays one the model accepts."""
+    integers (token ids, pixels) shuffled along the last axis, so every value stays one the model accepts
+    where it was."""
     rng = np.random.default_rng(2)
     row = x[:1]
     if x.dtype.kind == "f":
         sd = float(np.std(row)) or 1.0
         return (row + rng.normal(0.0, 0.1 * sd, size=(n, *x.shape[1:]))).astype(x.dtype)
-    flat = row.reshape(-1)
-    return np.stack([rng.permutation(flat).reshape(x.shape[1:]) for _ in range(n)]).astype(x.dtype)
+    if row.ndim == 1:
+        return np.repeat(row, n, axis=0)
+    # positions shuffled along the last axis, each leading index on its own: a (chars, syllables) pair of
+    # id rows keeps each vocabulary's ids in its own row
+    return np.stack([rng.permuted(row[0], axis=-1) for _ in range(n)]).astype(x.dtype)
 
 
 def _repeat_rows(comp: dict, n: int) -> dict:
