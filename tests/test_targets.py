@@ -12,7 +12,7 @@ import torch
 from conftest import assert_gradients_match, export
 
 import onnx_explain as oe
-from onnx_explain.errors import InputDataError, OnnxExplainError
+from onnx_explain.errors import InputDataError
 
 L, D, C = 6, 4, 3
 
