@@ -301,16 +301,20 @@ class _Builder:
         if value not in self.values:
             onnx_tensor = self.onnx_graph.initializers[value]
             tensors = self.shared["tensors"]
-            if id(onnx_tensor) not in tensors:
+            # keyed by identity, with the object kept alive beside its tensor: a bare id() of a wrapper that
+            # is later freed (a subgraph's, once converted) can be reused by another tensor, which then
+            # read this one's values — silero-vad's nested If branches got a Squeeze's axes wrong, at random
+            cached = tensors.get(id(onnx_tensor))
+            if cached is None or cached[0] is not onnx_tensor:
                 try:
-                    tensors[id(onnx_tensor)] = onnx_tensor.to_torch()
+                    cached = tensors[id(onnx_tensor)] = (onnx_tensor, onnx_tensor.to_torch())
                 except Exception as exc:  # noqa: BLE001 - a payload numpy or torch cannot read
                     raise ConversionError(
                         f"{self.source}: initializer {value!r} read by {label} cannot be loaded: {_first_line(exc)}"
                     ) from None
             buf = f"onnx_initializer_{self.n_buffers}"
             self.n_buffers += 1
-            self.inits.register_buffer(buf, tensors[id(onnx_tensor)])
+            self.inits.register_buffer(buf, cached[1])
             self.values[value] = self.graph.get_attr(f"initializers.{buf}")
         return self.values[value]
 
