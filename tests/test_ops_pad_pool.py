@@ -1,6 +1,7 @@
 """Pad (every version and mode, any rank) and MaxPool/AveragePool with auto_pad SAME_UPPER/SAME_LOWER, as
 keras2onnx, tf2onnx and paddle2onnx write them: one-node graphs, torch against onnxruntime, and gradients
-against finite differences of onnxruntime."""
+against finite differences of onnxruntime. Also a LinearClassifier read as onnxruntime reads a real file
+whose coefficients do not match its declared features."""
 
 from __future__ import annotations
 
@@ -119,3 +120,16 @@ def test_reflect_pad_and_same_pool_gradients_match_onnxruntime_differences(tmp_p
         lo[i] -= eps
         fd[i] = (m.predict(hi)[0] - m.predict(lo)[0]) / (2 * eps)
     np.testing.assert_allclose(xt.grad.numpy(), fd, rtol=1e-3, atol=1e-3)
+
+
+def test_linear_classifier_with_more_coefficients_than_features_reads_them_as_onnxruntime(tmp_path):
+    # onnxruntime's own datasets/logreg_iris.onnx: a [3, 2] input and 4 coefficients per class
+    coefs = np.random.default_rng(6).standard_normal(12).astype(np.float32)
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                            coefficients=coefs.tolist(), intercepts=[0.1, -0.2, 0.3], classlabels_ints=[0, 1, 2],
+                            post_transform="LOGISTIC")  # fmt: skip
+    model = make_model([node], [vinfo("x", [3, 2])], [vinfo("label", [3], 7), vinfo("scores", [3, 3])],
+                       opset=17, extra_opsets={"ai.onnx.ml": 1})  # fmt: skip
+    x = np.random.default_rng(7).uniform(0, 5, (3, 2)).astype(np.float32)
+    ref, got, _ = ort_vs_torch(model, x, tmp_path, output="scores")
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)

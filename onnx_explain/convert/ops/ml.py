@@ -47,7 +47,13 @@ class OnnxLinearClassifier(nn.Module):
         self.n_out = n_out
 
     def forward(self, x: torch.Tensor):
-        scores = x.to(self.weight.dtype) @ self.weight.T + self.bias
+        weight = self.weight
+        if weight.shape[1] != x.shape[1]:
+            # onnxruntime takes the feature count from the input and reads the first classes x features
+            # coefficients, row-major, whatever their number (onnxruntime's own datasets/logreg_iris.onnx
+            # declares 2 features and carries 4 per class): the same rows, for the same scores
+            weight = weight.reshape(-1)[: weight.shape[0] * x.shape[1]].reshape(weight.shape[0], x.shape[1])
+        scores = x.to(weight.dtype) @ weight.T + self.bias
         if self.weight.shape[0] == 1 and self.labels.numel() == 2:
             s = scores[:, :1]
             if self.post == "LOGISTIC":
