@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import DeviceError, InputDataError, InputSpecError, OnnxExplainError, ort_error
+from .errors import DeviceError, InputDataError, InputSpecError, ModelRunError, OnnxExplainError, ort_error
 
 __all__ = ["Runner", "cuda_device_count", "make_session", "run_chunked", "select_providers", "with_output"]
 
@@ -379,7 +379,25 @@ class Runner:
                 except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
                     raise ort_error(exc, self.source, f"run output {name!r}") from None
 
-            out = once(chunk, rows)
+            try:
+                out = once(chunk, rows)
+            except ModelRunError:
+                if (
+                    len(chunk) == 1
+                    or self.batch.mode != "dynamic"
+                    or not self._runs_one_row(once, chunk, rows)
+                ):
+                    raise
+                # a symbolic batch the graph does not honour (a Reshape baking batch 1): one row per run
+                self._batch = BatchMode("chunked", 1, self._batch.graph, (
+                    "the batch is symbolic in the file but the graph only runs one row at a time (a batch "
+                    f"of {len(chunk)} fails in onnxruntime): running in chunks of 1"
+                ))  # fmt: skip
+                parts = [
+                    once(chunk[i : i + 1], {k: v[i : i + 1] for k, v in rows.items()} if rows else None)
+                    for i in range(len(chunk))
+                ]
+                out = np.concatenate(parts) if parts[0].ndim else np.stack(parts)
             axis = self.out_axes.get(name)
             if axis is None:
                 axis = self._batch_axis(name, out, chunk, rows, once)
@@ -388,6 +406,14 @@ class Runner:
             return np.moveaxis(out, axis, 0) if axis else out
 
         return run_rows(run, len(x), batch_size, fixed)
+
+    @staticmethod
+    def _runs_one_row(once, chunk, rows) -> bool:
+        try:
+            once(chunk[:1], {k: v[:1] for k, v in rows.items()} if rows else None)
+        except ModelRunError:
+            return False
+        return True
 
     def _batch_axis(self, name: str, out: np.ndarray, chunk: np.ndarray, rows, once) -> int:
         """The batch axis of tensor ``name``: 0 when it is batch-first; else the one axis whose size

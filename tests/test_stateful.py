@@ -178,3 +178,29 @@ def test_evaluate_reads_back_a_state_on_axis_1(tmp_path):
     want = oe.evaluate(m, z, e.attribution, "deletion")
     got = d["metrics"]["deletion"] if "metrics" in d else d["deletion"]
     assert np.isclose(got["mean"], np.mean(want["scores"]), rtol=1e-5), (got, want["scores"])
+
+
+def test_a_symbolic_batch_the_graph_does_not_honour_runs_one_row_at_a_time(tmp_path):
+    # as khmersm's dynamo export: the input's batch is symbolic, a Reshape bakes batch 1
+    from conftest import make_model, save, vinfo
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32), "w")
+    emb = numpy_helper.from_array(np.random.default_rng(1).standard_normal((10, 2)).astype(np.float32), "emb")
+    shape = numpy_helper.from_array(np.array([1, 6], np.int64), "shape")
+    floats = make_model([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])],
+                        [vinfo("x", ["N", 6])], [vinfo("y", ["N", 3])], [w, shape], opset=17)  # fmt: skip
+    ids = make_model([helper.make_node("Gather", ["emb", "t"], ["e"]), helper.make_node("Reshape", ["e", "shape"], ["r"]),
+                      helper.make_node("MatMul", ["r", "w"], ["y"])],
+                     [vinfo("t", ["N", 3], TensorProto.INT64)], [vinfo("y", ["N", 3])], [w, emb, shape], opset=17)  # fmt: skip
+    rng = np.random.default_rng(2)
+    for name, model, x in (("floats", floats, rng.standard_normal((3, 6)).astype(np.float32)),
+                           ("ids", ids, rng.integers(0, 10, (3, 3)).astype(np.int64))):  # fmt: skip
+        m = oe.load(save(model, tmp_path / f"{name}.onnx"))
+        rows = np.concatenate([m.predict(x[i : i + 1]) for i in range(3)])
+        np.testing.assert_allclose(m.predict(x), rows, rtol=1e-6)
+        assert m.batch_mode == "chunked" and "only runs one row at a time" in m.runtime.notes[0]
+        e = oe.explain(m, x, "gradient_x_input", target=1)
+        for i in range(3):
+            one = oe.explain(oe.load(tmp_path / f"{name}.onnx"), x[i : i + 1], "gradient_x_input", target=1)
+            np.testing.assert_allclose(e.attribution[i], one.attribution[0], rtol=1e-5, atol=1e-7)

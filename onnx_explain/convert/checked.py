@@ -478,6 +478,7 @@ def _prove(
     for kind, x, comp in candidates:
         ref = ref0 if ref0 is not None and kind == "random" else runner.run(name, x, len(x), comp)
         module.out_axis = runner.out_axes.get(name, 0)  # a time-major output: batch first, as onnxruntime's
+        module.fixed_batch = runner.batch.fixed_batch  # onnxruntime may have found the graph runs 1 row only
         got = _torch_output(module, x, source, name, comp)
         if got.shape != ref.shape:
             raise ParityError(

@@ -108,7 +108,24 @@ class EmbeddingModel(nn.Module):
     def forward(self, e: torch.Tensor, companions: dict) -> torch.Tensor:
         from ..convert.wrapper import batch_first_output
 
-        return batch_first_output(self.cut(*self.graph_args(e, companions=companions)), self.wrapper.out_axis)
+        n = self.wrapper.fixed_batch
+        if not n or e.shape[0] == n:
+            return batch_first_output(
+                self.cut(*self.graph_args(e, companions=companions)), self.wrapper.out_axis
+            )
+        outs = []  # a graph that runs n rows at a time, as the converted model's forward does
+        for start in range(0, e.shape[0], n):
+            real = min(n, e.shape[0] - start)
+
+            def pad(t, start=start, real=real):
+                chunk = t[start : start + real]
+                return (
+                    chunk if real == n else torch.cat([chunk, chunk[-1:].expand(n - real, *chunk.shape[1:])])
+                )
+
+            comp = {k: pad(v) for k, v in companions.items()}
+            outs.append(self.forward(pad(e), comp)[:real])
+        return torch.cat(outs, dim=0)
 
     def __deepcopy__(self, memo):
         """A copy of the cut graph (LRP rewrites it) with the converted model's inputs shared: only its
