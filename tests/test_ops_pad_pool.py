@@ -133,3 +133,24 @@ def test_linear_classifier_with_more_coefficients_than_features_reads_them_as_on
     x = np.random.default_rng(7).uniform(0, 5, (3, 2)).astype(np.float32)
     ref, got, _ = ort_vs_torch(model, x, tmp_path, output="scores")
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("pad", ["SAME_UPPER", "SAME_LOWER", "asymmetric"])
+def test_lrp_through_a_conv_with_same_or_asymmetric_padding(pad, tmp_path):
+    # PaddleOCR v5/v6 and tf2onnx write even kernels with auto_pad SAME_UPPER: LRP needs the layer rule there
+    import onnx_explain as oe
+
+    rng = np.random.default_rng(8)
+    w = numpy_helper.from_array(rng.standard_normal((4, 2, 2, 2)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "g")
+    attrs = {"pads": [1, 0, 0, 1]} if pad == "asymmetric" else {"auto_pad": pad}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[2, 2], **attrs),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"])]  # fmt: skip
+    model = make_model(nodes, [vinfo("x", ["N", 2, 5, 7])], [vinfo("y", ["N", 3])], [w, g], opset=17)
+    x = rng.standard_normal((2, 2, 5, 7)).astype(np.float32)
+    _, _, m = ort_vs_torch(model, x, tmp_path)
+    lrp0 = oe.explain(m, x, "lrp", rules={"Conv": "epsilon0", "Gemm": "epsilon0"})
+    gxi = oe.explain(m, x, "gradient_x_input").attribution
+    np.testing.assert_allclose(lrp0.attribution, gxi, rtol=1e-4, atol=1e-5 * np.abs(gxi).max())
+    assert "Conv: epsilon" in lrp0.extras["rules"].values()

@@ -256,12 +256,16 @@ def _fold_weight_inputs(gm: fx.GraphModule) -> int:
         b = _const_value(gm, node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
         if w is None or (len(node.args) > 2 and node.args[2] is not None and b is None):
             continue
-        layer = None
-        if isinstance(module, OnnxConvFunctional) and module.auto_pad in ("NOTSET", "VALID"):
-            n, strides, dilations, _ = module._common(w)
+        layer, pad = None, None
+        if isinstance(module, OnnxConvFunctional):
+            n, strides, dilations, kernel = module._common(w)
             pads = module.pads if module.auto_pad == "NOTSET" and module.pads else [0] * (2 * n)
-            if pads[:n] != pads[n:]:
-                continue  # asymmetric padding: no nn.Conv equivalent; the node stays (and has no role)
+            if module.auto_pad in ("SAME_UPPER", "SAME_LOWER") or pads[:n] != pads[n:]:
+                # SAME (size-dependent) or asymmetric padding: an explicit zero pad (a routing node for
+                # LRP) before a conv without padding, as the functional module computes it
+                pad = _ExplicitPad(module.auto_pad, list(strides), list(dilations), list(kernel), pads)
+                setattr(pad, NODE_ATTR, ("", "Pad", f"{_onnx(module)[2]}/pad"))
+                pads = [0] * (2 * n)
             conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n]
             layer = conv(w.shape[1] * module.group, w.shape[0], tuple(w.shape[2:]), stride=tuple(strides),
                          padding=tuple(pads[:n]), dilation=tuple(dilations), groups=module.group,
@@ -281,12 +285,75 @@ def _fold_weight_inputs(gm: fx.GraphModule) -> int:
         setattr(layer, NODE_ATTR, _onnx(module))
         name = f"lrp_layer_{folded}"
         gm.add_module(name, layer)
+        source = node.args[0]
+        if pad is not None:
+            gm.add_module(f"{name}_pad", pad)
+            with gm.graph.inserting_before(node):
+                source = gm.graph.call_module(f"{name}_pad", (source,))
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (node.args[0],))
+            new = gm.graph.call_module(name, (source,))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         folded += 1
     return folded
+
+
+def _split_padded_convs(gm: fx.GraphModule) -> int:
+    """onnx2torch writes a Conv with asymmetric pads as ``nn.Sequential(pad, conv)``: two nodes here, the
+    pad a routing node and the conv a layer, so that each gets its LRP role."""
+    split = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if not (
+            isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[1], LINEAR_TYPES)
+        ):
+            continue
+        onnx = _onnx(module)
+        pad, conv = module[0], module[1]
+        setattr(pad, NODE_ATTR, ("", "Pad", f"{onnx[2]}/pad"))
+        setattr(conv, NODE_ATTR, onnx)
+        name = f"lrp_padded_{split}"
+        gm.add_module(f"{name}_pad", pad)
+        gm.add_module(f"{name}_conv", conv)
+        with gm.graph.inserting_after(node):
+            padded = gm.graph.call_module(f"{name}_pad", node.args[:1])
+        with gm.graph.inserting_after(padded):
+            new = gm.graph.call_module(f"{name}_conv", (padded,))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        split += 1
+    return split
+
+
+class _ExplicitPad(nn.Module):
+    """The zero padding of an ONNX Conv with ``auto_pad`` SAME_* (from the input's size) or asymmetric
+    ``pads``, as :class:`~onnx_explain.convert.ops.functional.OnnxConvFunctional` computes it."""
+
+    def __init__(self, auto_pad: str, strides, dilations, kernel, pads):
+        super().__init__()
+        self.auto_pad, self.strides, self.dilations, self.kernel, self.pads = (
+            auto_pad,
+            strides,
+            dilations,
+            kernel,
+            pads,
+        )
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        from ..convert.ops.pooling import same_pads
+
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            flat = same_pads(
+                x.shape[2:], self.kernel, self.strides, self.dilations, self.auto_pad == "SAME_LOWER"
+            )
+        else:
+            n = len(self.kernel)
+            flat = [p for b, e in zip(self.pads[:n][::-1], self.pads[n:][::-1], strict=True) for p in (b, e)]
+        return F.pad(x, flat)
 
 
 class _Dequantize(nn.Module):
@@ -469,6 +536,7 @@ def canonize(converted):
     gm: fx.GraphModule = lrp.graph
     report = {"folded_constants": _fold_constants(gm)}  # DequantizeLinear of weights: float constants
     report["folded_weight_inputs"] = _fold_weight_inputs(gm)
+    report["split_padded_convs"] = _split_padded_convs(gm)
     report["folded_integer_layers"] = _fold_integer_layers(gm)
     report["folded_matmul"] = _fold_matmul(gm)
     report["merged_batchnorm"] = _merge_batchnorm(gm)
