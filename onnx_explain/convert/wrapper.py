@@ -14,6 +14,25 @@ def batch_first_output(out: torch.Tensor, axis: int) -> torch.Tensor:
     return out.movedim(axis, 0) if axis else out
 
 
+def in_chunks(run, x: torch.Tensor, companions: dict | None, n: int | None) -> torch.Tensor:
+    """``run(x, companions)`` on chunks of exactly ``n`` rows when the graph's batch is fixed at ``n`` (the
+    last chunk padded by repeating its last row, the padding dropped from the output); gradients flow
+    through the chunking unchanged. ``n`` None or equal to the batch: one call."""
+    if not n or x.shape[0] == n:
+        return run(x, companions)
+    outs = []
+    for start in range(0, x.shape[0], n):
+        real = min(n, x.shape[0] - start)
+
+        def pad(t, start=start, real=real):
+            chunk = t[start : start + real]
+            return chunk if real == n else torch.cat([chunk, chunk[-1:].expand(n - real, *chunk.shape[1:])])
+
+        comp = {k: pad(v) for k, v in (companions or {}).items()}
+        outs.append(run(pad(x), comp)[:real])
+    return torch.cat(outs, dim=0)
+
+
 class ConvertedModel(nn.Module):
     """Wrap the converted ``fx.GraphModule`` as ``f(x) -> explained output``.
 
@@ -109,19 +128,4 @@ class ConvertedModel(nn.Module):
         return batch_first_output(self.graph(*self.graph_args(x, companions=companions)), self.out_axis)
 
     def forward(self, x: torch.Tensor, companions: dict | None = None) -> torch.Tensor:
-        n = self.fixed_batch
-        if not n or x.shape[0] == n:
-            return self._run(x, companions)
-        outs = []
-        for start in range(0, x.shape[0], n):
-            real = min(n, x.shape[0] - start)
-
-            def pad(t, start=start, real=real):
-                chunk = t[start : start + real]
-                return (
-                    chunk if real == n else torch.cat([chunk, chunk[-1:].expand(n - real, *chunk.shape[1:])])
-                )
-
-            comp = {k: pad(v) for k, v in (companions or {}).items()}
-            outs.append(self._run(pad(x), comp)[:real])
-        return torch.cat(outs, dim=0)
+        return in_chunks(self._run, x, companions, self.fixed_batch)

@@ -106,26 +106,14 @@ class EmbeddingModel(nn.Module):
         return [*self.wrapper.graph_args(ids, rows=rows, companions=companions), e]
 
     def forward(self, e: torch.Tensor, companions: dict) -> torch.Tensor:
-        from ..convert.wrapper import batch_first_output
+        from ..convert.wrapper import batch_first_output, in_chunks
 
-        n = self.wrapper.fixed_batch
-        if not n or e.shape[0] == n:
+        def run(rows, comp):
             return batch_first_output(
-                self.cut(*self.graph_args(e, companions=companions)), self.wrapper.out_axis
+                self.cut(*self.graph_args(rows, companions=comp)), self.wrapper.out_axis
             )
-        outs = []  # a graph that runs n rows at a time, as the converted model's forward does
-        for start in range(0, e.shape[0], n):
-            real = min(n, e.shape[0] - start)
 
-            def pad(t, start=start, real=real):
-                chunk = t[start : start + real]
-                return (
-                    chunk if real == n else torch.cat([chunk, chunk[-1:].expand(n - real, *chunk.shape[1:])])
-                )
-
-            comp = {k: pad(v) for k, v in companions.items()}
-            outs.append(self.forward(pad(e), comp)[:real])
-        return torch.cat(outs, dim=0)
+        return in_chunks(run, e, companions, self.wrapper.fixed_batch)
 
     def __deepcopy__(self, memo):
         """A copy of the cut graph (LRP rewrites it) with the converted model's inputs shared: only its
