@@ -204,3 +204,25 @@ def test_a_symbolic_batch_the_graph_does_not_honour_runs_one_row_at_a_time(tmp_p
         for i in range(3):
             one = oe.explain(oe.load(tmp_path / f"{name}.onnx"), x[i : i + 1], "gradient_x_input", target=1)
             np.testing.assert_allclose(e.attribution[i], one.attribution[0], rtol=1e-5, atol=1e-7)
+
+
+def test_audit_takes_other_inputs_fixed_and_says_so_when_they_come_per_item(tmp_path):
+    net, path = _export(tmp_path, named=True)
+    rng = np.random.default_rng(4)
+    npz = tmp_path / "chunk.npz"
+    audio = rng.standard_normal((3, 16)).astype(np.float32)
+    np.savez(npz, audio=audio, state=np.zeros((2, 3, H), np.float32), sr=np.array(16000, np.int64))
+    r = CliRunner().invoke(
+        main, ["audit", str(path), str(npz), "--output-name", "output", "--out", str(tmp_path / "a")]
+    )
+    assert r.exit_code == 2 and "give sr, state with --fixed" in r.output
+    np.save(tmp_path / "audio.npy", audio)
+    np.save(tmp_path / "state.npy", np.zeros((2, 1, H), np.float32))
+    r = CliRunner().invoke(main, ["audit", str(path), str(tmp_path / "audio.npy"), "--input-name", "audio",
+                                  "--output-name", "output", "--fixed", f"state={tmp_path / 'state.npy'}",
+                                  "--fixed", "sr=16000", "--out", str(tmp_path / "b")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    import json
+
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["conversion"]["ok"] and report["conversion"]["parity"]["probe"] == "given"

@@ -304,10 +304,17 @@ def _provenance(model, methods: dict, batch_size: int, seed: int) -> dict:
 def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]:
     """The batch of readable inputs (at most ``max_items``) and the report's inputs section."""
     good, failures = [], []
-    for it in read_items(inputs, prep, model.input):
+    names = [i.name for i in model.inputs]
+    for it in read_items(inputs, prep, model.input, names, batch_first=model.signature.to_batch_first):
         if it.error:
             failures.append(it.error)
             continue
+        if it.companions:
+            raise InputDataError(
+                f"{it.source}: the audit explains models whose other inputs are fixed; give "
+                f"{', '.join(sorted(it.companions))} with --fixed NAME=VALUE|FILE.npy (per-item values: explain "
+                "and evaluate take them)"
+            )
         try:
             it.x = model.validate_input(np.asarray(it.x)[None])[0]
             good.append(it)
@@ -315,7 +322,9 @@ def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]
             failures.append(f"{it.source}: {exc}")
     good = good[:max_items]
     if not good:
-        raise InputDataError("no input could be read: nothing to audit")
+        raise InputDataError(
+            "no input could be read: nothing to audit" + (f" ({failures[0]})" if failures else "")
+        )
     return np.stack([it.x for it in good]), {"used": [it.name for it in good], "failed": failures}
 
 
