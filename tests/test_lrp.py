@@ -521,3 +521,27 @@ def test_max_of_activations_routes_to_the_winner(tmp_path):
     gxi = oe.explain(m, x.numpy(), "gradient_x_input").attribution
     assert_gradients_match(lrp0.attribution, gxi, rel=1e-4, cos=0.99999)
     assert "Max: gradient" in lrp0.extras["rules"].values() and "Max: pass" in lrp0.extras["rules"].values()
+
+
+class Magnitude(nn.Module):
+    """An STFT-like front-end: two linear 'filters', the magnitude sqrt(re² + im²), then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.re = nn.Linear(8, 6, bias=False)
+        self.im = nn.Linear(8, 6, bias=False)
+        self.fc = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc(torch.sqrt(self.re(x).pow(2) + self.im(x).pow(2)))
+
+
+def test_elementwise_functions_of_one_activation_pass_relevance(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
+    m = oe.load(export(Magnitude().eval(), x, tmp_path / "mag.onnx", "legacy"))
+    e = oe.explain(m, x.numpy(), "lrp", rules={"Gemm": "epsilon:1e-9", "MatMul": "epsilon:1e-9"})
+    rules = set(e.extras["rules"].values())
+    assert {"Sqrt: pass", "Pow: pass"} <= rules
+    # bias-free: the magnitude's relevance is shared by re² and im² and conserved down to the input
+    np.testing.assert_allclose(e.attribution.sum(1), e.score, rtol=1e-4)
