@@ -262,7 +262,7 @@ register_lrp_role("FusedMatMul", BILINEAR, when=_two)
 register_lrp_role("Sqrt", NORM_SCALE, when=_norm_scale)  # σ of a decomposed LayerNorm or RMSNorm
 # element-wise functions of one activation pass relevance unchanged, as activations do: the magnitude
 # sqrt(re² + im²) of an STFT front-end (Silero, Magika's L2 norm), |x|, a power by a constant exponent
-register_lrp_role(("Sqrt", "Abs", "Neg"), IDENTITY)
+register_lrp_role(("Sqrt", "Abs"), IDENTITY)
 register_lrp_role("Pow", IDENTITY, when=_scaled)  # x ** c (c constant): as Div by a constant, position 0
 register_lrp_role(("Attention", "MultiHeadAttention"), ATTENTION, when=_attention_outputs_unused)
 register_lrp_role("EmbedLayerNormalization", EMBED_NORM)  # its word lookup is a routing Gather before it
