@@ -446,6 +446,9 @@ def _auto_method(
     model = load(model, input=input_name) if isinstance(model, (str, os.PathLike)) else model
     if not _is_model(model):
         return "smoothgrad", "a torch module: gradient methods"
+    tree = _tree_choice(model.with_input(input_name))
+    if tree:
+        return "treeshap", tree
     try:
         m = model.with_input(input_name)
         if data is None:
@@ -461,6 +464,20 @@ def _auto_method(
         pick = next((m for m in others if METHODS[m].overview is not None), others[0])
         what = "is not certified on the data" if isinstance(exc, ParityError) else "does not convert to torch"
         return pick, f"the graph {what} ({exc}): {pick} runs on onnxruntime alone"
+
+
+def _tree_choice(model) -> str | None:
+    """Why ``auto`` takes TreeSHAP (the explained output is a tree ensemble's that TreeSHAP can read), or
+    None."""
+    from .tabular import TreeModelError, tree_view
+
+    try:
+        view = tree_view(model)
+        if view is None or view.trees.aggregate != "SUM":
+            return None
+    except TreeModelError:
+        return None
+    return f"the graph is a tree ensemble ({view.describe()}): exact TreeSHAP on its trees"
 
 
 def _out_shape(model, space: str) -> tuple | None:

@@ -376,6 +376,8 @@ class Model:
         self._siblings: dict = {}  # input name -> this model explaining that input (with_input)
         #: (space, input row shapes) -> bytes one row adds to a forward+backward (onnx_explain.memory)
         self.row_bytes_cache: dict = {}
+        #: what is derived from the graph once (its tree ensemble's view: onnx_explain.tabular) by key
+        self.derived: dict = {}
 
     @classmethod
     def _build(
@@ -388,6 +390,15 @@ class Model:
         # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten graph
         # then (it returns only graph outputs), torch always does. ``proto`` is our own copy.
         replaced = tensor_outputs(proto)
+        notes = list(notes)
+        if not allow_nonfinite:
+            from .tabular.trees import tree_nodes
+
+            if tree_nodes(proto.graph):  # trees route a missing value (NaN) as their nodes say
+                allow_nonfinite = True
+                notes.append(
+                    "tree ensemble: NaN in an input is a missing value, routed as the trees' nodes say"
+                )
         signature = Signature.build(
             proto,
             declared,

@@ -290,19 +290,10 @@ def _named_inputs(p: Path, data, input_spec, input_names, name, batch_first=None
 
 
 def _read_csv(path: Path):
-    import csv
+    from ..tabular.data import read_csv
 
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return []
-    header = rows[0]
-    try:
-        [float(v) for v in header]
-        cols, data = [f"x{i}" for i in range(len(header))], rows
-    except ValueError:
-        cols, data = header, rows[1:]
-    return [(cols, np.asarray([float(v) for v in r], dtype=np.float32)) for r in data if r]
+    cols, rows = read_csv(path)
+    return [(cols, row) for row in rows]
 
 
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # temporary files of atomic writes: .<name>.<pid>-<n>.tmp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -42,6 +43,8 @@ FLAG_PARAMS = {
     "masks": ("n_masks",),
     "p_keep": ("p_keep",),
     "superpixels": ("feature_groups",),
+    "background": ("background",),
+    "perturbation": ("feature_perturbation",),
 }
 
 
@@ -122,6 +125,11 @@ def _value(text: str):
               "slic:100, quickshift, felzenszwalb, grid:8, tokens, columns.")  # fmt: skip
 @click.option("--quadrature", type=click.Choice(QUADRATURES), help="Integrated Gradients' quadrature rule.")
 @click.option("--baseline", help=f"Baseline: {describe_baselines()} (JSON for numbers and lists).")
+@click.option("--background", type=click.Path(dir_okay=False),
+              help="TreeSHAP: background rows (.csv/.npy/.npz): the reference rows of the interventional game, "
+                   "the node covers of the path-dependent one (default: every row of the table inputs).")  # fmt: skip
+@click.option("--perturbation", type=click.Choice(["interventional", "path_dependent"]),
+              help="TreeSHAP's game (shap's feature_perturbation; default interventional).")  # fmt: skip
 @click.option("--composite", help=f"LRP composite (default {METHODS['lrp'].defaults()['composite']}; "
               "the registered composites of onnx_explain.lrp.COMPOSITES).")  # fmt: skip
 @click.option(
@@ -267,6 +275,18 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         method, why = _auto_method(m, space, torch_device, None, None if data is None else data)
         click.echo(f"method auto: {method} ({why})", err=True)
     opts = method_options(method, flags, rules, parse_options(extra))
+    interventional = opts.get("feature_perturbation", "interventional") == "interventional"
+    if (
+        "background" in (METHODS[method].accepted(opts) or ())
+        and opts.get("background") is None
+        and interventional
+    ):
+        tables = [
+            str(p) for p in inputs if Path(p).suffix.lower() in (".csv", ".npy", ".npz") and Path(p).is_file()
+        ]
+        if tables:  # the whole table, not each batch: results do not depend on --batch-size
+            opts["background"] = tables
+            click.echo(f"background: every row of {', '.join(tables)}", err=True)
     # conversion and parity first, in the space the method explains (converted once for the whole run): a
     # bad model leaves nothing on disk; methods on onnxruntime alone need no conversion
     if METHODS[method].backend == "torch":

@@ -1,0 +1,146 @@
+"""Tabular and classical models in ONNX: the tree ensembles of a graph read as trees
+(:mod:`~onnx_explain.tabular.trees`), exact TreeSHAP on them (:mod:`~onnx_explain.tabular.treeshap`), and
+tables from CSV (:mod:`~onnx_explain.tabular.data`).
+
+:func:`tree_view` finds the ensemble that computes a model's explained output. The trees may read the
+explained input itself or columns of it after per-column steps (``Cast``, ``Identity``, ``Scaler``,
+``Imputer``, ``Binarizer``): Shapley values are unchanged by a map applied to each feature on its own
+(every coalition sees the same function of the same columns), so the attributions of the trees' columns
+are those of the input's. A step that mixes columns before the trees (a ``Normalizer``, a one-hot
+encoder, a ``Concat`` of several inputs) is refused, naming the node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+
+from ..errors import InputDataError
+from .trees import TreeModelError, Trees, read_trees, tree_nodes
+
+__all__ = ["PER_COLUMN_OPS", "TreeModelError", "TreeView", "Trees", "tree_view"]
+
+#: steps before the trees that map each column on its own (domain, op)
+PER_COLUMN_OPS = {("", "Cast"), ("", "Identity"), ("ai.onnx.ml", "Scaler"), ("ai.onnx.ml", "Imputer"),
+                  ("ai.onnx.ml", "Binarizer")}  # fmt: skip
+_DERIVED = "tabular.trees"
+
+
+class TreeView:
+    """A model's tree ensemble and the way from the explained input to the trees' columns.
+
+    Attributes
+    ----------
+    trees : Trees
+    node : onnx.NodeProto
+        The ensemble's node.
+    steps : list of onnx.NodeProto
+        The per-column steps between the explained input and the trees (empty: the trees read it).
+    """
+
+    def __init__(self, model, node: onnx.NodeProto, steps: list):
+        self.model = model
+        self.node = node
+        self.trees = read_trees(node)
+        self.steps = steps
+        self._session = None
+        self.engines: dict = {}  # (mode, background digest) -> TreeShap
+
+    def columns(self, x: np.ndarray) -> np.ndarray:
+        """The trees' input for rows ``x`` of the explained input (the per-column steps run on onnxruntime)."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise InputDataError(f"a tree model explains rows of features: got an array of shape {x.shape}")
+        if not self.steps:
+            return x
+        if self._session is None:
+            import onnxruntime as ort
+
+            sub = self._steps_model()
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                sub.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+        dtype = np.dtype(self.model.input.dtype)
+        return self._session.run(None, {self.model.input.name: x.astype(dtype, copy=False)})[0]
+
+    def _steps_model(self) -> onnx.ModelProto:
+        """The per-column steps alone: the explained input to the trees' input."""
+        from onnx import helper
+
+        g = self.model.proto.graph
+        used = {i for n in self.steps for i in n.input}
+        inits = [t for t in g.initializer if t.name in used]
+        inp = next(v for v in g.input if v.name == self.model.input.name)
+        known = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+        elem = known.get(self.node.input[0]) or onnx.TensorProto.FLOAT  # the trees read float (or double)
+        out = helper.make_tensor_value_info(self.node.input[0], elem, None)
+        graph = helper.make_graph(list(self.steps), "steps", [inp], [out], initializer=inits)
+        sub = helper.make_model(graph, opset_imports=list(self.model.proto.opset_import))
+        sub.ir_version = self.model.proto.ir_version
+        return sub
+
+    def engine(self, background: np.ndarray, mode: str):
+        """The :class:`~onnx_explain.tabular.treeshap.TreeShap` of this background and mode (built once)."""
+        from .treeshap import TreeShap
+
+        bg = np.ascontiguousarray(background)
+        key = (mode, bg.shape, hashlib.blake2b(bg.tobytes(), digest_size=16).hexdigest())
+        if key not in self.engines:
+            self.engines[key] = TreeShap(self.trees, self.columns(bg), mode)
+        return self.engines[key]
+
+    def describe(self) -> str:
+        t = self.trees
+        depth = int(t.paths.nodes.__ge__(0).sum(1).max()) if len(t.paths.leaf) else 0
+        what = f"{len(t.labels)} classes" if t.labels is not None else f"{t.n_outputs} target(s)"
+        return (
+            f"{t.op} {self.node.name!r}: {t.n_trees} trees, {len(t.paths.leaf)} leaves, depth ≤ {depth}, "
+            f"{t.n_features} feature(s) read, {what}, post_transform {t.post if t.post != 'BINARY' else 'binary'}"
+        )
+
+
+def tree_view(model) -> TreeView | None:
+    """The :class:`TreeView` of ``model`` (an :class:`onnx_explain.Model`) when its explained output is
+    computed by one tree ensemble; None when the graph has no tree ensemble. Built once per Model.
+
+    Raises
+    ------
+    TreeModelError
+        The graph has several ensembles, or the trees read something other than per-column steps of
+        the explained input (the message names the node).
+    """
+    cache = model.derived
+    if _DERIVED in cache:
+        return cache[_DERIVED]
+    graph = model.proto.graph
+    nodes = tree_nodes(graph)
+    if not nodes:
+        cache[_DERIVED] = None
+        return None
+    if len(nodes) > 1:
+        names = ", ".join(repr(n.name) for n in nodes[:4])
+        raise TreeModelError(f"the graph has {len(nodes)} tree ensembles ({names}): TreeSHAP reads one")
+    node = nodes[0]
+    producer = {o: n for n in graph.node for o in n.output}
+    steps, name = [], node.input[0]
+    while name != model.input.name:
+        n = producer.get(name)
+        if n is None:
+            raise TreeModelError(
+                f"the trees of node {node.name!r} ({node.op_type}) read {name!r}, not the explained input "
+                f"{model.input.name!r}"
+            )
+        if (n.domain if n.domain != "ai.onnx" else "", n.op_type) not in PER_COLUMN_OPS:
+            raise TreeModelError(
+                f"node {n.name!r} ({n.op_type}) mixes or changes columns before the trees of node "
+                f"{node.name!r}: TreeSHAP needs the trees to read the input's columns (per-column steps only)"
+            )
+        steps.insert(0, n)
+        name = n.input[0]
+    view = TreeView(model, node, steps)
+    cache[_DERIVED] = view
+    return view
