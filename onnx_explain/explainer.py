@@ -446,9 +446,9 @@ def _auto_method(
     model = load(model, input=input_name) if isinstance(model, (str, os.PathLike)) else model
     if not _is_model(model):
         return "smoothgrad", "a torch module: gradient methods"
-    tree = _tree_choice(model.with_input(input_name))
-    if tree:
-        return "treeshap", tree
+    exact = _exact_choice(model.with_input(input_name))
+    if exact:
+        return exact
     try:
         m = model.with_input(input_name)
         if data is None:
@@ -466,18 +466,23 @@ def _auto_method(
         return pick, f"the graph {what} ({exc}): {pick} runs on onnxruntime alone"
 
 
-def _tree_choice(model) -> str | None:
-    """Why ``auto`` takes TreeSHAP (the explained output is a tree ensemble's that TreeSHAP can read), or
-    None."""
-    from .tabular import TreeModelError, tree_view
+def _exact_choice(model) -> tuple[str, str] | None:
+    """``(method, why)`` when ``auto`` takes an exact method: TreeSHAP for a summed tree ensemble, the
+    linear closed form for a linear model (read from the graph); None otherwise."""
+    from .tabular import TreeModelError, linear_view, tree_view
 
-    try:
-        view = tree_view(model)
-        if view is None or view.trees.aggregate != "SUM":
-            return None
-    except TreeModelError:
-        return None
-    return f"the graph is a tree ensemble ({view.describe()}): exact TreeSHAP on its trees"
+    for view_of, method, what in (
+        (tree_view, "treeshap", "a tree ensemble"),
+        (linear_view, "linear_shap", "linear"),
+    ):
+        try:
+            view = view_of(model)
+        except TreeModelError:
+            continue
+        if view is None or (method == "treeshap" and view.trees.aggregate != "SUM"):
+            continue
+        return method, f"the graph is {what} ({view.describe()}): exact SHAP from the graph ({method})"
+    return None
 
 
 def _out_shape(model, space: str) -> tuple | None:

@@ -358,7 +358,7 @@ def test_output_after_the_trees_must_be_theirs(data, tmp_path):
     onx.opset_import.append(helper.make_opsetid("", 17))
     path = tmp_path / "scaled.onnx"
     onnx.save(onx, path)
-    with pytest.raises(oe.errors.OnnxExplainError, match="differs from the scores of the trees"):
+    with pytest.raises(oe.errors.OnnxExplainError, match="differs from the scores of node"):
         oe.explain(oe.load(path), data[0][:5], "treeshap")
 
 

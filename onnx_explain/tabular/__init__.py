@@ -18,57 +18,64 @@ import numpy as np
 import onnx
 
 from ..errors import InputDataError
-from .trees import TreeModelError, Trees, read_trees, tree_nodes
+from .linear import LINEAR_OPS, read_linear
+from .trees import TREE_OPS, TreeModelError, Trees, read_trees
 
-__all__ = ["PER_COLUMN_OPS", "TreeModelError", "TreeView", "Trees", "tree_view"]
+__all__ = [
+    "PER_COLUMN_OPS",
+    "LinearView",
+    "TableView",
+    "TreeModelError",
+    "TreeView",
+    "Trees",
+    "linear_view",
+    "tree_view",
+]
 
 #: steps before the trees that map each column on its own (domain, op)
 PER_COLUMN_OPS = {("", "Cast"), ("", "Identity"), ("ai.onnx.ml", "Scaler"), ("ai.onnx.ml", "Imputer"),
                   ("ai.onnx.ml", "Binarizer")}  # fmt: skip
-_DERIVED = "tabular.trees"
 
 
-class TreeView:
-    """A model's tree ensemble and the way from the explained input to the trees' columns.
+class TableView:
+    """A model's tabular estimator node and the way from the explained input to the columns it reads.
 
     Attributes
     ----------
-    trees : Trees
     node : onnx.NodeProto
-        The ensemble's node.
+        The estimator's node.
     steps : list of onnx.NodeProto
-        The per-column steps between the explained input and the trees (empty: the trees read it).
+        The per-column steps between the explained input and the node (empty: it reads the input).
     """
 
     def __init__(self, model, node: onnx.NodeProto, steps: list):
         self.model = model
         self.node = node
-        self.trees = read_trees(node)
         self.steps = steps
         self._session = None
-        self.engines: dict = {}  # (mode, background digest) -> TreeShap
 
     def columns(self, x: np.ndarray) -> np.ndarray:
-        """The trees' input for rows ``x`` of the explained input (the per-column steps run on onnxruntime)."""
+        """The node's input for rows ``x`` of the explained input (the per-column steps run on onnxruntime)."""
         x = np.asarray(x)
         if x.ndim != 2:
-            raise InputDataError(f"a tree model explains rows of features: got an array of shape {x.shape}")
+            raise InputDataError(
+                f"a tabular model explains rows of features: got an array of shape {x.shape}"
+            )
         if not self.steps:
             return x
         if self._session is None:
             import onnxruntime as ort
 
-            sub = self._steps_model()
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             self._session = ort.InferenceSession(
-                sub.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+                self._steps_model().SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )
         dtype = np.dtype(self.model.input.dtype)
         return self._session.run(None, {self.model.input.name: x.astype(dtype, copy=False)})[0]
 
     def _steps_model(self) -> onnx.ModelProto:
-        """The per-column steps alone: the explained input to the trees' input."""
+        """The per-column steps alone: the explained input to the node's input."""
         from onnx import helper
 
         g = self.model.proto.graph
@@ -76,12 +83,23 @@ class TreeView:
         inits = [t for t in g.initializer if t.name in used]
         inp = next(v for v in g.input if v.name == self.model.input.name)
         known = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
-        elem = known.get(self.node.input[0]) or onnx.TensorProto.FLOAT  # the trees read float (or double)
+        elem = (
+            known.get(self.node.input[0]) or onnx.TensorProto.FLOAT
+        )  # the estimators read float (or double)
         out = helper.make_tensor_value_info(self.node.input[0], elem, None)
         graph = helper.make_graph(list(self.steps), "steps", [inp], [out], initializer=inits)
         sub = helper.make_model(graph, opset_imports=list(self.model.proto.opset_import))
         sub.ir_version = self.model.proto.ir_version
         return sub
+
+
+class TreeView(TableView):
+    """A model's tree ensemble (:attr:`trees`), the steps before it and its TreeSHAP engines."""
+
+    def __init__(self, model, node: onnx.NodeProto, steps: list):
+        super().__init__(model, node, steps)
+        self.trees = read_trees(node)
+        self.engines: dict = {}  # (mode, background digest) -> TreeShap
 
     def engine(self, background: np.ndarray, mode: str):
         """The :class:`~onnx_explain.tabular.treeshap.TreeShap` of this background and mode (built once)."""
@@ -95,7 +113,7 @@ class TreeView:
 
     def describe(self) -> str:
         t = self.trees
-        depth = int(t.paths.nodes.__ge__(0).sum(1).max()) if len(t.paths.leaf) else 0
+        depth = int((t.paths.nodes >= 0).sum(1).max()) if len(t.paths.leaf) else 0
         what = f"{len(t.labels)} classes" if t.labels is not None else f"{t.n_outputs} target(s)"
         return (
             f"{t.op} {self.node.name!r}: {t.n_trees} trees, {len(t.paths.leaf)} leaves, depth ≤ {depth}, "
@@ -103,9 +121,65 @@ class TreeView:
         )
 
 
+class LinearView(TableView):
+    """A model's linear estimator (:attr:`linear`: ``LinearClassifier`` / ``LinearRegressor``)."""
+
+    def __init__(self, model, node: onnx.NodeProto, steps: list):
+        super().__init__(model, node, steps)
+        shape = model.input.shape
+        width = shape[-1] if shape and isinstance(shape[-1], int) else None
+        if width is None:
+            raise TreeModelError(f"the input {model.input.name!r} does not fix its number of columns")
+        self.linear = read_linear(node, width)
+
+    def describe(self) -> str:
+        m = self.linear
+        what = f"{len(m.labels)} classes" if m.labels is not None else f"{m.n_outputs} target(s)"
+        return f"{m.op} {self.node.name!r}: {m.n_features} features, {what}, post_transform {m.post}"
+
+
+def _steps(model, node: onnx.NodeProto) -> list:
+    """The per-column steps from the explained input to ``node``'s input (refused otherwise)."""
+    graph = model.proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    steps, name = [], node.input[0]
+    while name != model.input.name:
+        n = producer.get(name)
+        if n is None:
+            raise TreeModelError(
+                f"node {node.name!r} ({node.op_type}) reads {name!r}, not the explained input {model.input.name!r}"
+            )
+        if (n.domain if n.domain != "ai.onnx" else "", n.op_type) not in PER_COLUMN_OPS:
+            raise TreeModelError(
+                f"node {n.name!r} ({n.op_type}) mixes or changes columns before node {node.name!r} "
+                f"({node.op_type}): exact SHAP needs it to read the input's columns (per-column steps only)"
+            )
+        steps.insert(0, n)
+        name = n.input[0]
+    return steps
+
+
+def _view(model, key: str, ops: tuple, cls):
+    cache = model.derived
+    if key in cache:
+        return cache[key]
+    nodes = [n for n in model.proto.graph.node if n.domain == "ai.onnx.ml" and n.op_type in ops]
+    if not nodes:
+        cache[key] = None
+        return None
+    if len(nodes) > 1:
+        names = ", ".join(repr(n.name) for n in nodes[:4])
+        raise TreeModelError(
+            f"the graph has {len(nodes)} {'/'.join(ops)} nodes ({names}): exact SHAP reads one"
+        )
+    view = cls(model, nodes[0], _steps(model, nodes[0]))
+    cache[key] = view
+    return view
+
+
 def tree_view(model) -> TreeView | None:
-    """The :class:`TreeView` of ``model`` (an :class:`onnx_explain.Model`) when its explained output is
-    computed by one tree ensemble; None when the graph has no tree ensemble. Built once per Model.
+    """The :class:`TreeView` of ``model`` (an :class:`onnx_explain.Model`) when its graph holds a tree
+    ensemble; None when it holds none. Built once per Model.
 
     Raises
     ------
@@ -113,34 +187,10 @@ def tree_view(model) -> TreeView | None:
         The graph has several ensembles, or the trees read something other than per-column steps of
         the explained input (the message names the node).
     """
-    cache = model.derived
-    if _DERIVED in cache:
-        return cache[_DERIVED]
-    graph = model.proto.graph
-    nodes = tree_nodes(graph)
-    if not nodes:
-        cache[_DERIVED] = None
-        return None
-    if len(nodes) > 1:
-        names = ", ".join(repr(n.name) for n in nodes[:4])
-        raise TreeModelError(f"the graph has {len(nodes)} tree ensembles ({names}): TreeSHAP reads one")
-    node = nodes[0]
-    producer = {o: n for n in graph.node for o in n.output}
-    steps, name = [], node.input[0]
-    while name != model.input.name:
-        n = producer.get(name)
-        if n is None:
-            raise TreeModelError(
-                f"the trees of node {node.name!r} ({node.op_type}) read {name!r}, not the explained input "
-                f"{model.input.name!r}"
-            )
-        if (n.domain if n.domain != "ai.onnx" else "", n.op_type) not in PER_COLUMN_OPS:
-            raise TreeModelError(
-                f"node {n.name!r} ({n.op_type}) mixes or changes columns before the trees of node "
-                f"{node.name!r}: TreeSHAP needs the trees to read the input's columns (per-column steps only)"
-            )
-        steps.insert(0, n)
-        name = n.input[0]
-    view = TreeView(model, node, steps)
-    cache[_DERIVED] = view
-    return view
+    return _view(model, "tabular.trees", TREE_OPS, TreeView)
+
+
+def linear_view(model) -> LinearView | None:
+    """The :class:`LinearView` of ``model`` when its graph holds a ``LinearClassifier`` or
+    ``LinearRegressor`` (None otherwise); refused as :func:`tree_view` is."""
+    return _view(model, "tabular.linear", LINEAR_OPS, LinearView)
