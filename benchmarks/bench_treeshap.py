@@ -60,7 +60,9 @@ def main() -> None:
     X = rng.normal(size=(10_000 + args.rows, F)).astype(np.float32)
     y = X[:, :10].sum(1) + np.sin(X[:, 10:20]).sum(1) + X[:, 0] * X[:, 1] + rng.normal(size=len(X))
     train, x = X[:10_000], X[10_000:]
-    src = xgboost.XGBRegressor(n_estimators=args.trees, max_depth=args.depth, nthread=2).fit(train, y[:10_000])
+    src = xgboost.XGBRegressor(n_estimators=args.trees, max_depth=args.depth, nthread=2).fit(
+        train, y[:10_000]
+    )
     onx = onnxmltools.convert_xgboost(src, initial_types=[("x", FloatTensorType([None, F]))])
     bg = train[: args.background]
     rows = []
@@ -68,18 +70,30 @@ def main() -> None:
         path = Path(tmp) / "xgb.onnx"
         onnx.save(onx, path)
         for game, bg_ours, make in (
-            ("path_dependent", train, lambda: shap.TreeExplainer(src, feature_perturbation="tree_path_dependent")),
-            ("interventional", bg, lambda: shap.TreeExplainer(src, data=bg, feature_perturbation="interventional")),
+            (
+                "path_dependent",
+                train,
+                lambda: shap.TreeExplainer(src, feature_perturbation="tree_path_dependent"),
+            ),
+            (
+                "interventional",
+                bg,
+                lambda: shap.TreeExplainer(src, data=bg, feature_perturbation="interventional"),
+            ),
         ):
             t0 = time.perf_counter()
             ref = make().shap_values(x, check_additivity=False)
             t_shap = time.perf_counter() - t0
             model = oe.load(path)
             t0 = time.perf_counter()
-            oe.explain(model, x[:1], "treeshap", background=bg_ours, feature_perturbation=game)  # builds the tables
+            oe.explain(
+                model, x[:1], "treeshap", background=bg_ours, feature_perturbation=game
+            )  # builds the tables
             t_build = time.perf_counter() - t0
             t0 = time.perf_counter()
-            e = oe.explain(model, x, "treeshap", background=bg_ours, feature_perturbation=game, batch_size=len(x))
+            e = oe.explain(
+                model, x, "treeshap", background=bg_ours, feature_perturbation=game, batch_size=len(x)
+            )
             t_ours = time.perf_counter() - t0
             diff = float(np.abs(e.attribution - ref).max() / np.abs(ref).max())
             acc = float(np.abs(e.attribution.sum(1) + e.extras["expected_value"] - e.score).max())

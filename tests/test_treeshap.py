@@ -365,6 +365,8 @@ def test_output_after_the_trees_must_be_theirs(data, tmp_path):
 def test_cli_csv_with_header_and_missing_values(data, tmp_path):
     """CSV in (a header, empty cells as missing values), -m auto: TreeSHAP against every row of the table,
     equal to the API; path-dependent without --background is one line and exit 2, nothing written."""
+    import json
+
     from click.testing import CliRunner
 
     from onnx_explain.cli import main
@@ -391,9 +393,55 @@ def test_cli_csv_with_header_and_missing_values(data, tmp_path):
         z = np.load(out / f"rows_row{i:04d}.npz")
         np.testing.assert_allclose(z["attribution"], want.attribution[i], atol=1e-6)
         assert int(z["target"]) == want.target[i]
+    # with drawings: per-row bars and the run's summary (mean |φ| per named feature, largest first)
+    drawn = tmp_path / "drawn"
+    r = CliRunner().invoke(
+        main, ["explain", str(model), str(table), "-m", "treeshap", "-o", str(drawn), "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    assert (drawn / "rows_row0003_bars.png").is_file()
+    summary = json.loads((drawn / "summary.json").read_text())
+    mean_abs = np.abs(want.attribution).mean(0)
+    top = int(np.argmax(mean_abs))
+    assert summary["rows"] == len(X) and summary["features"][0]["name"] == names[top]
+    np.testing.assert_allclose(summary["features"][0]["mean_abs"], mean_abs[top], rtol=1e-5)
     bad = tmp_path / "bad"
     r = CliRunner().invoke(main, ["explain", str(model), str(table), "-m", "treeshap", "--perturbation",
                                   "path_dependent", "-o", str(bad)])  # fmt: skip
     assert r.exit_code == 2
     assert "path_dependent TreeSHAP needs background" in r.output and "Traceback" not in r.output
     assert not list(bad.glob("*.npz"))
+
+
+def test_info_names_the_exact_method(data, tmp_path):
+    """`info` on a tree ensemble: no torch converter is not a failure; it names TreeSHAP (exit 0)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    src, onx = built("lightgbm-binary", data)
+    path = tmp_path / "m.onnx"
+    onnx.save(onx, path)
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "exact:    treeshap: the graph is a tree ensemble (TreeEnsembleClassifier" in r.output
+    assert "gradient methods and LRP do not apply" in r.output
+    r = CliRunner().invoke(main, ["info", str(path), "--json"])
+    assert json.loads(r.output)["exact"]["method"] == "treeshap"
+
+
+def test_faithfulness_correlation_on_a_table(data, tmp_path):
+    """With 8 features the default subset is 2 (a quarter), so the correlation is defined; asking for all 8
+    makes every run the same: NaN, explained in ``undefined``."""
+    X = data[0]
+    src, onx = built("lightgbm-regressor", data)
+    path = tmp_path / "m.onnx"
+    onnx.save(onx, path)
+    model = oe.load(path)
+    e = oe.explain(model, X[:6], "treeshap", background=X[:100])
+    r = oe.evaluate(model, X[:6], e.attribution, "faithfulness_correlation", n_runs=30)
+    assert r["subset_size"] == 2 and np.isfinite(r["scores"]).all() and "undefined" not in r
+    r = oe.evaluate(model, X[:6], e.attribution, "faithfulness_correlation", n_runs=5, subset_size=F)
+    assert np.isnan(r["scores"]).all() and r["undefined"].startswith("6 of 6 sample(s)")

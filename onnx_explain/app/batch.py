@@ -133,6 +133,10 @@ def explain_files(
         run.close()  # every item handed to the writers is written and recorded before this returns
         bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)  # also when there was nothing to do
+    if format == "files" and heatmaps != "none":
+        from .viz import save_table_summary
+
+        save_table_summary(out_dir, f"{method}")
     return run.summary
 
 
@@ -489,6 +493,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
         options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)),
         **({"parity": np.asarray(e.extras["parity"])} if isinstance(e.extras.get("parity"), str) else {}),
         **{f"extra_{key}": v for key, v in extras.items()},
+        **({"columns": np.asarray(it.columns)} if it.columns else {}),
     )
     score = np.asarray(e.score[k], dtype=np.float64)
     record = {"item": it.name, "source": it.source, "status": "ok", "npz": npz.name, "target": e.target[k],
@@ -515,7 +520,9 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
                            target_shapes(e.extras, k))  # fmt: skip
             record.setdefault("png", []).append(f"{stem}.png")
         elif np.ndim(amap) == 1:
-            save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title)
+            if "expected_value" in extras and len(maps) == 1:  # exact SHAP: the score is E + Σφ
+                title += f": {float(score):.4g} = expected {float(extras['expected_value']):.4g} + sum"
+            save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title, inputs=it.x)
             record.setdefault("png", []).append(f"{stem}_bars.png")
     if record.get("png") and len(record["png"]) == 1:
         record["png"] = record["png"][0]

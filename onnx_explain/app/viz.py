@@ -12,6 +12,7 @@ bars) keep matplotlib, behind a lock: pyplot is not thread-safe and the batch wr
 from __future__ import annotations
 
 import functools
+import io
 import threading
 from pathlib import Path
 
@@ -199,20 +200,84 @@ def _text(img, items, anchor: str) -> None:
             draw.text((x, y), text, fill="black", font=_font(), anchor=anchor)
 
 
-def save_bars(path: Path, values: np.ndarray, names: list[str], title: str, top: int = 15) -> None:
-    """Bar chart of the ``top`` features by |attribution| (tabular inputs)."""
+def save_bars(path: Path, values: np.ndarray, names: list[str], title: str, top: int = 15,
+              inputs: np.ndarray | None = None) -> None:  # fmt: skip
+    """Bar chart of the ``top`` features by |attribution| (tabular inputs), largest first, each labelled
+    ``name = value`` when the row's ``inputs`` are given (red: raises the score, blue: lowers it). Drawn
+    with Pillow: a few milliseconds, so a table of 10⁴ rows costs no more to draw than to explain."""
+    from PIL import Image, ImageDraw
+
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    order = np.argsort(-np.abs(v), kind="stable")[:top][::-1]
+    order = np.argsort(-np.abs(v), kind="stable")[:top]
+    x = None if inputs is None else np.asarray(inputs).reshape(-1)
+    labels = []
+    for i in order:
+        label = names[i] if i < len(names) else f"x{i}"
+        if x is not None and i < len(x):
+            label += f" = {x[i]:.4g}"
+        labels.append(label)
+    row, left, bar_w, right = 20, 8 + 7 * max((len(t) for t in labels), default=4), 320, 70
+    width, height = left + bar_w + right, 28 + row * len(order) + 8
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    m = float(np.abs(v[order]).max(initial=0.0)) or 1.0
+    lo, hi = min(0.0, float(v[order].min(initial=0.0))), max(0.0, float(v[order].max(initial=0.0)))
+    span = (hi - lo) or m
+    zero = left + int(round(bar_w * (0 - lo) / span))
+    texts = [(width // 2, 4, title)]
+    for j, i in enumerate(order):
+        y = 28 + row * j
+        end = left + int(round(bar_w * (v[i] - lo) / span))
+        draw.rectangle([min(zero, end), y + 3, max(zero, end), y + row - 3],
+                       fill=(214, 39, 40) if v[i] > 0 else (31, 119, 180))  # fmt: skip
+        texts.append((4, y + 3, labels[j]))
+        texts.append((left + bar_w + 4, y + 3, f"{v[i]:+.3g}"))
+    draw.line([zero, 24, zero, height - 4], fill="black")
+    _text(img, texts[:1], "ma")
+    _text(img, texts[1:], "la")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
-    def build(plt):
-        fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
-        ax.barh([names[i] if i < len(names) else f"x{i}" for i in order], v[order],
-                color=["tab:red" if v[i] > 0 else "tab:blue" for i in order])  # fmt: skip
-        ax.set_title(title)
-        ax.axvline(0, color="k", lw=0.5)
-        return fig
 
-    atomic_write_bytes(path, _plot_png(build))
+def save_table_summary(out_dir: Path, method: str, top: int = 20) -> dict | None:
+    """``summary.png`` and ``summary.json`` over every finished table row of a run's ``out_dir`` (from its
+    manifest, so a resumed run counts all its rows): mean |attribution| per feature, largest first, and the
+    mean signed attribution. None (nothing written) when the items are not rows of features."""
+    import json
+
+    manifest = Path(out_dir) / "manifest.jsonl"
+    if not manifest.is_file():
+        return None
+    rows, names = [], None
+    for line in manifest.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("status") != "ok" or "npz" not in rec:
+            continue
+        with np.load(Path(out_dir) / rec["npz"], allow_pickle=False) as z:
+            a = z["attribution"]
+            if a.ndim != 1:
+                return None
+            rows.append(a)
+            if names is None and "columns" in z:
+                names = [str(c) for c in z["columns"]]
+    if len(rows) < 2 or len({len(r) for r in rows}) != 1:
+        return None
+    a = np.stack(rows).astype(np.float64)
+    names = names or [f"x{i}" for i in range(a.shape[1])]
+    mean_abs, mean = np.abs(a).mean(0), a.mean(0)
+    order = np.argsort(-mean_abs, kind="stable")
+    summary = {"method": method, "rows": len(a),
+               "features": [{"name": names[i], "mean_abs": float(mean_abs[i]), "mean": float(mean[i])} for i in order]}  # fmt: skip
+    atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
+    save_bars(
+        Path(out_dir) / "summary.png",
+        mean_abs,
+        names,
+        f"{method}: mean |attribution| over {len(a)} rows",
+        top,
+    )
+    return summary
 
 
 def save_curves(path: Path, curves: dict[str, np.ndarray], title: str, ylabel: str) -> None:

@@ -56,6 +56,11 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
     m, chosen = _load_any(model, input_name, output_name, device)
     data = m.describe()
     data["notes"] = chosen + data["notes"]
+    from ..explainer import _exact_choice
+
+    exact = _exact_choice(m)  # a tree ensemble or linear model: exact SHAP from the graph, no torch needed
+    if exact:
+        data["exact"] = {"method": exact[0], "why": exact[1]}
     status = 0
     if convert:
         given = None
@@ -74,7 +79,7 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
                                       "not_certified": str(exc)}  # fmt: skip
         except ConversionError as exc:
             data["conversion"] = {"ok": False, "certified": False, "error": str(exc)}
-            status = 2
+            status = 0 if exact else 2  # gradients need torch; the exact method does not
         data["notes"] = data["notes"] + m.runtime.notes
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -82,6 +87,7 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
         _print_text(data)
     if status:
         fail(data["conversion"]["error"], status)
+    return None
 
 
 def _load_any(path, input_name, output_name, device):
@@ -164,7 +170,12 @@ def _print_text(d: dict) -> None:
                 "torch:    converted; not certified yet: a synthetic probe cannot certify it "
                 f"({conv['not_certified']}). Explaining certifies it on your data; or pass --probe FILE"
             )
+        elif d.get("exact"):
+            e(f"torch:    no conversion ({conv['error']}): gradient methods and LRP do not apply")
         else:
             e(f"torch:    FAILED ({conv['error']})")
+    if d.get("exact"):
+        x = d["exact"]
+        e(f"exact:    {x['method']}: {x['why']}")
     for note in d["notes"]:
         e(f"note:     {note}")

@@ -133,7 +133,7 @@ def faithfulness_correlation(
     a,
     target,
     rng,
-    subset_size: int = 224,
+    subset_size: int | None = None,
     n_runs: int = 100,
     feature_level: str = "element",
     baseline="zero",
@@ -142,7 +142,11 @@ def faithfulness_correlation(
 ):
     """Faithfulness correlation (Quantus semantics: every run perturbs the original x).
 
-    ``subsets``: explicit unit indices ``(B, n_runs, subset_size)`` (to replay another library's draws).
+    ``subset_size`` default: Quantus' 224 units when there are at least 448, else a quarter of them (at
+    least one): a table of 8 features perturbs 2 per run, where 224 (or all of them) would make every run
+    the same and the correlation undefined. ``subsets``: explicit unit indices ``(B, n_runs,
+    subset_size)`` (to replay another library's draws). A sample whose sums or score changes do not vary
+    over the runs has no correlation: NaN, counted and explained in ``undefined``.
     """
     B = len(x)
     rel, unit_of_element = _units(x, a, feature_level)
@@ -150,6 +154,8 @@ def faithfulness_correlation(
     if subsets is not None:
         subsets = np.asarray(subsets)
         n_runs, subset_size = subsets.shape[1:]
+    if subset_size is None:
+        subset_size = 224 if d >= 448 else max(1, d // 4)
     size = min(int(subset_size), d)
 
     def subset(r):
@@ -160,7 +166,14 @@ def faithfulness_correlation(
     delta = _subset_scores(predictor, x, target, unit_of_element, subset, n_runs, base)
     sums = np.array([[rel[b, subset(b * n_runs + k)].sum() for k in range(n_runs)] for b in range(B)])
     corr = np.array([_pearson(sums[b], delta[b]) for b in range(B)])
-    return {"correlation": corr, "attribution_sums": sums, "deltas": delta}
+    out = {"correlation": corr, "attribution_sums": sums, "deltas": delta, "subset_size": size}
+    bad = int(np.isnan(corr).sum())
+    if bad:
+        out["undefined"] = (
+            f"{bad} of {B} sample(s): the attribution sums or the score changes are constant over the "
+            f"{n_runs} subsets of {size} of {d} units (no correlation); use a smaller subset_size"
+        )
+    return out
 
 
 def _safe_div(num, den, default=1.0):
