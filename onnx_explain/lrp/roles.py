@@ -231,6 +231,10 @@ ROUTING = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"
 register_lrp_role(("BiasGelu", "FastGelu"), BIAS_ACTIVATION, when=_biased)  # com.microsoft: act(x + bias)
 register_lrp_role(ACTIVATIONS, IDENTITY)
 register_lrp_role("BatchNormalization", IDENTITY)  # when not merged into the layer before it
+# scikit-learn pipelines (ai.onnx.ml): a Scaler ((x − offset) · scale) and an Imputer map each column on
+# its own, as a BatchNormalization does; a Normalizer divides by the row's norm, held constant as a
+# LayerNorm's is (AttnLRP): each passes a column's relevance to that column
+register_lrp_role(("Scaler", "Imputer", "Normalizer"), IDENTITY)
 register_lrp_role(ROUTING, ROUTE)
 register_lrp_role(("Add", "Sum", "Sub"), PROPORTIONAL)
 register_lrp_role(("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"), PROPORTIONAL)
