@@ -30,6 +30,7 @@ __all__ = [
     "METRICS",
     "evaluate",
     "explain",
+    "explain_table",
     "explain_text",
     "load",
 ]
@@ -40,6 +41,7 @@ _LAZY = {
     "AuditReport": "onnx_explain.report",
     "explain": "onnx_explain.explainer",
     "explain_text": "onnx_explain.explainer",
+    "explain_table": "onnx_explain.tabular.table",
     "evaluate": "onnx_explain.evaluation",
     "METRICS": "onnx_explain.metrics",
     "METHODS": "onnx_explain.methods",

@@ -27,7 +27,9 @@ def test_lrp_through_a_scaler(composite, tmp_path):
     onnx.save(to_onnx(pipe.steps[1][1], X[:1], options={"zipmap": False}), tmp_path / "mlp.onnx")
     x = X[:8]
     e = oe.explain(oe.load(tmp_path / "pipe.onnx"), x, "lrp", composite=composite)
-    alone = oe.explain(oe.load(tmp_path / "mlp.onnx"), pipe.steps[0][1].transform(x), "lrp", composite=composite)
+    alone = oe.explain(
+        oe.load(tmp_path / "mlp.onnx"), pipe.steps[0][1].transform(x), "lrp", composite=composite
+    )
     np.testing.assert_array_equal(e.target, alone.target)
     np.testing.assert_allclose(e.attribution, alone.attribution, rtol=1e-4, atol=1e-6)
     assert np.abs(e.attribution).sum() > 0

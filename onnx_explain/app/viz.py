@@ -201,19 +201,21 @@ def _text(img, items, anchor: str) -> None:
 
 
 def save_bars(path: Path, values: np.ndarray, names: list[str], title: str, top: int = 15,
-              inputs: np.ndarray | None = None) -> None:  # fmt: skip
+              inputs: np.ndarray | None = None, labels: list[str] | None = None) -> None:  # fmt: skip
     """Bar chart of the ``top`` features by |attribution| (tabular inputs), largest first, each labelled
-    ``name = value`` when the row's ``inputs`` are given (red: raises the score, blue: lowers it). Drawn
+    ``name = value`` when the row's ``inputs`` are given (or as ``labels`` say) (red: raises the score, blue: lowers it). Drawn
     with Pillow: a few milliseconds, so a table of 10⁴ rows costs no more to draw than to explain."""
     from PIL import Image, ImageDraw
 
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     order = np.argsort(-np.abs(v), kind="stable")[:top]
     x = None if inputs is None else np.asarray(inputs).reshape(-1)
-    labels = []
+    given, labels = labels, []
     for i in order:
         label = names[i] if i < len(names) else f"x{i}"
-        if x is not None and i < len(x):
+        if given is not None and i < len(given):
+            label = given[i]
+        elif x is not None and i < len(x):
             label += f" = {x[i]:.4g}"
         labels.append(label)
     row, left, bar_w, right = 20, 8 + 7 * max((len(t) for t in labels), default=4), 320, 70

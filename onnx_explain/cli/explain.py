@@ -248,6 +248,25 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         torch_device, ort_device = "cpu", "cpu"
     else:
         torch_device, ort_device = resolve_device(device)
+    tables = [p for p in inputs if Path(p).suffix.lower() == ".csv"]
+    if (
+        method in ("auto", "treeshap", "linear_shap")
+        and tables
+        and len(tables) == len(inputs)
+        and not input_name
+    ):
+        from ..app.tables import explain_table_files, is_table_model
+
+        if is_table_model(model):  # columns across several inputs or strings: the whole pipeline at once
+            if target != "predicted" and not str(target).isdigit():
+                raise click.UsageError("a table model takes --target predicted or a class index")
+            summary = explain_table_files(
+                model, tables, out_dir, method, None if target == "predicted" else int(target),
+                background=flags.get("background"), feature_perturbation=flags.get("perturbation") or "interventional",
+                heatmaps=heatmaps, batch_size=max(batch_size, 1024),
+            )  # fmt: skip
+            _report(summary, out_dir, as_json)
+            return
     m = load_model(model, input_name, output_name, ort_device)
     pre = {}
     if preprocess_file:
@@ -318,6 +337,11 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
                               gpus_per_worker=gpus_per_worker, device=device, driver_model=m, **common)  # fmt: skip
     else:
         summary = explain_files(m, inputs, out_dir, method, target, device=torch_device, **common)
+    _report(summary, out_dir, as_json)
+
+
+def _report(summary: dict, out_dir, as_json: bool) -> None:
+    """The run's one-line summary (or JSON), its failures on stderr, exit 1 when an item failed."""
     if as_json:
         click.echo(json.dumps(summary))
     else:

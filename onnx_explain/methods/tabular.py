@@ -127,19 +127,9 @@ def _model_of(scorer, name: str):
 
 
 def _check_output(scorer, view, predict, xs, cols, keys) -> None:
-    """The explained output must be what the node computes (their scores, maybe renamed or cast): checked
-    on the first rows of every call, so a graph that changes the scores after the trees cannot pass."""
+    """The explained output must be what the node computes (its scores, maybe renamed or cast): checked
+    on the first rows of every call, so a graph that changes the scores after the node cannot pass."""
+    from ..tabular.table import check_same_scores
+
     out = scorer.scores(torch.from_numpy(xs), keys).cpu().numpy().astype(np.float64)
-    ours = predict(cols)
-    name = scorer.name
-    if out.shape != ours.shape:
-        raise OnnxExplainError(
-            f"the explained output {name!r} has {out.shape[1]} value(s) per row; node {view.node.name!r} "
-            f"({view.node.op_type}) computes {ours.shape[1]}: explain its scores output"
-        )
-    err = np.abs(out - ours).max() if len(out) else 0.0
-    if not err <= 1e-4 * max(1.0, float(np.abs(ours).max(initial=0.0))):
-        raise OnnxExplainError(
-            f"the explained output {name!r} differs from the scores of node {view.node.name!r} "
-            f"({view.node.op_type}) by {err:.3g} on these rows: it is not that node's output"
-        )
+    check_same_scores(out, predict(cols), scorer.name, view.node)
