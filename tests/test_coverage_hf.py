@@ -1,4 +1,4 @@
-"""The tiniest cases of the coverage tool (``benchmarks/coverage.py``) in CI: a tiny random BERT through
+"""The tiniest cases of the coverage tool (``benchmarks/conversion_coverage.py``) in CI: a tiny random BERT through
 both torch exporters and a tiny ViT through the legacy one. Each pair must convert with parity against
 onnxruntime — on every sample with its own padding mask — and its attribution (gradient x input at the
 token embedding; the input gradient for images) must equal autograd on the source model, cos >= 0.999,
@@ -13,7 +13,9 @@ from conftest import ROOT
 
 pytest.importorskip("transformers")
 # by path, under its own name: ``coverage`` is also the name of coverage.py, which pytest-cov imports
-_spec = importlib.util.spec_from_file_location("oe_coverage_tool", ROOT / "benchmarks" / "coverage.py")
+_spec = importlib.util.spec_from_file_location(
+    "oe_coverage_tool", ROOT / "benchmarks" / "conversion_coverage.py"
+)
 coverage = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(coverage)
 

@@ -1,5 +1,5 @@
 """Converters fixed or added for what today's exporters write (issue 11, found by
-``benchmarks/coverage.py``): one-node graphs against onnxruntime, parametrized over opsets."""
+``benchmarks/conversion_coverage.py``): one-node graphs against onnxruntime, parametrized over opsets."""
 
 from __future__ import annotations
 

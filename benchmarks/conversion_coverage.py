@@ -2,10 +2,10 @@
 and a seeded random sample of timm classifiers, each exported with both torch exporters and checked
 against autograd on the source model.
 
-    python benchmarks/coverage.py                               # everything -> results/coverage.md
-    python benchmarks/coverage.py --only bert,vit --exporter legacy
-    python benchmarks/coverage.py --timm-sample 60 --seed 0 --jobs 2
-    python benchmarks/coverage.py --only timm --merge           # re-run some cases, keep the other rows
+    python benchmarks/conversion_coverage.py                               # everything -> results/coverage.md
+    python benchmarks/conversion_coverage.py --only bert,vit --exporter legacy
+    python benchmarks/conversion_coverage.py --timm-sample 60 --seed 0 --jobs 2
+    python benchmarks/conversion_coverage.py --only timm --merge           # re-run some cases, keep the other rows
 
 For every (architecture, exporter) pair, in a subprocess of its own with a time limit (a crash or a hang
 costs that case only):
@@ -709,7 +709,7 @@ def _fmt(v, spec: str) -> str:
 def write_table(rows: list[dict], path: Path, meta: dict) -> str:
     """The markdown table (and summary) of ``rows``; written to ``path``; returns the summary line."""
     lines = [
-        "# Conversion coverage (`benchmarks/coverage.py`)",
+        "# Conversion coverage (`benchmarks/conversion_coverage.py`)",
         "",
         f"Generated {meta['when']} — seed {meta['seed']}, timm sample {meta['timm_sample']}, "
         f"torch {meta['torch']}, transformers {meta['transformers']}, timm {meta['timm']}, "
@@ -825,7 +825,7 @@ def main(argv=None) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seed": args.seed,
         "timm_sample": args.timm_sample, "torch": torch.__version__, "transformers": transformers.__version__,
         "timm": timm.__version__, "onnxruntime": onnxruntime.__version__,
-        "command": "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/conversion_coverage.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "timm_names": timm_names if args.timm_sample and (not only or "timm" in only) else last["meta"].get("timm_names"),
     }  # fmt: skip
     rows: list[dict] = []
