@@ -208,9 +208,15 @@ def test_long_paths_and_missing_values(mode, monkeypatch):
     full = ts.TreeShap(trees, bg, mode).shap_values(x, np.zeros(len(x), int))
     monkeypatch.setattr(ts, "TABLE_SLOTS", 3)
     short = ts.TreeShap(trees, bg, mode)
-    assert (~short.tabulated).any()
+    assert len(short.long) and short.tables
     part = short.shap_values(x, np.zeros(len(x), int))
     np.testing.assert_allclose(part[0], full[0], atol=1e-9 * np.abs(full[0]).max())
+    monkeypatch.setattr(ts, "TABLE_BUDGET", 0)  # no table at all: every path row by row
+    none = ts.TreeShap(trees, bg, mode)
+    assert not none.tables and len(none.long) == len(trees.paths.leaf)
+    np.testing.assert_allclose(
+        none.shap_values(x, np.zeros(len(x), int))[0], full[0], atol=1e-9 * np.abs(full[0]).max()
+    )
     ex = (
         shap.TreeExplainer(src, data=bg, feature_perturbation="interventional")
         if mode == "interventional"

@@ -31,11 +31,13 @@ import scipy.sparse as sp
 
 from .trees import TreeModelError, Trees
 
-__all__ = ["MODES", "TABLE_SLOTS", "TreeShap"]
+__all__ = ["MODES", "TABLE_BUDGET", "TABLE_SLOTS", "TreeShap"]
 
 MODES = ("interventional", "path_dependent")
 #: paths with at most this many distinct features are tabulated (2^d patterns)
 TABLE_SLOTS = 8
+#: numbers the pattern tables may hold (float64: 256 MB)
+TABLE_BUDGET = 1 << 25
 #: elements of the (rows, paths, slots) blocks held at once
 _BLOCK = 1 << 23
 
@@ -98,8 +100,18 @@ def binary_game_table(d: int) -> np.ndarray:
     return np.where(reach[..., None], g, 0.0)
 
 
+def _bits(p: np.ndarray, k: int) -> np.ndarray:
+    """``(..., k)`` float 0/1 bits of integer patterns ``p``."""
+    return ((p[..., None].astype(np.int64) >> np.arange(k)) & 1).astype(np.float64)
+
+
 class TreeShap:
     """Exact TreeSHAP of a :class:`~onnx_explain.tabular.trees.Trees` ensemble against ``background``.
+
+    Paths are grouped by their number of distinct features d. Groups are tabulated (2^d patterns × d
+    values per path) in increasing d while the tables fit :data:`TABLE_BUDGET` numbers; the other paths
+    are computed for each block of rows with the same closed forms. A row's class only reads the paths
+    whose leaves weigh that class (a multiclass LightGBM grows one tree per class per round).
 
     Parameters
     ----------
@@ -124,68 +136,58 @@ class TreeShap:
             raise TreeModelError("TreeSHAP needs at least one background row")
         self.n_background = len(bg)
         p = self.paths = trees.paths
-        L = len(p.leaf)
         d = p.n_slots
-        self.tabulated = d <= TABLE_SLOTS
-        self.tab = np.flatnonzero(self.tabulated)
-        self.long = np.flatnonzero(~self.tabulated)  # leaves computed row by row
         # background rows reaching each leaf: one walk down each tree per row
         node_count = np.zeros(len(trees.feature))
-        for i in range(0, len(bg), 4096):
-            np.add.at(node_count, trees.leaves(bg[i : i + 4096]).reshape(-1), 1.0)
+        for i in range(0, len(bg), 1024):
+            np.add.at(node_count, trees.leaves(bg[i : i + 1024]).reshape(-1), 1.0)
         reach = node_count[p.leaf]
-        bg_pat = None
+        self.z = self.bg_patterns = None
         if mode == "path_dependent":
-            z = self._zero_fractions(reach)  # (L, S)
-            self.prob = np.where(np.arange(z.shape[1]) < d[:, None], z, 1.0).prod(1)
+            self.z = self._zero_fractions(reach)  # (L, S)
+            self.prob = np.where(np.arange(self.z.shape[1]) < d[:, None], self.z, 1.0).prod(1)
         else:
-            z = None
             self.prob = reach / len(bg)
-            bg_pat = np.concatenate([p.patterns(trees, bg[i : i + 1024]) for i in range(0, len(bg), 1024)])
+            self.bg_patterns = np.concatenate(
+                [p.patterns(trees, bg[i : i + 256]) for i in range(0, len(bg), 256)]
+            ).astype(np.int64)  # (n_bg, L)
         self.expected = self.prob @ p.values + trees.base  # (n_outputs,)
-        # the tables of the short paths: one row per (leaf, pattern), one column per slot
-        width = int(d[self.tab].max(initial=0)) or 1
-        sizes = np.where(self.tabulated, np.int64(1) << d, 0)
-        self.row_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        table = np.zeros((int(sizes.sum()), width))
-        self.table_leaf = np.repeat(np.arange(L), sizes)  # the leaf of each table row
-        for k in np.unique(d[self.tab]):
+        # tables: {d: (leaves, first table row of each, table (rows, d))}, smallest d first, within budget
+        self.tables: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        used = 0
+        tabulated = np.zeros(len(d), dtype=bool)
+        for k in np.unique(d):
             k = int(k)
-            leaves = np.flatnonzero(self.tabulated & (d == k))
-            P = 1 << k
-            if k == 0:
-                continue
-            if mode == "path_dependent":
-                bits = ((np.arange(P)[:, None] >> np.arange(k)) & 1).astype(np.float64)  # (P, k)
-                vals = product_game(bits[None, :, :], z[leaves, None, :k])  # (leaves, P, k)
-            else:
-                flat = (np.arange(len(leaves))[None, :] * P + bg_pat[:, leaves].astype(np.int64)).reshape(-1)
-                hist = np.bincount(flat, minlength=len(leaves) * P).reshape(len(leaves), P)
-                g = binary_game_table(k)  # (px, pz, s)
-                vals = ((hist / len(bg)) @ g.transpose(1, 0, 2).reshape(P, P * k)).reshape(len(leaves), P, k)
-            rows = self.row_offset[leaves][:, None] + np.arange(P)[None, :]
-            table[rows.reshape(-1), :k] = vals.reshape(-1, k)
-        self.table = table
-        self._class_tables: dict = {}  # output -> table scaled by each leaf's value for that output
-        self.z = z
-        self.bg_patterns = bg_pat[:, self.long] if bg_pat is not None else None
+            leaves = np.flatnonzero(d == k)
+            size = len(leaves) * (1 << k) * max(k, 1)
+            if k > TABLE_SLOTS or used + size > TABLE_BUDGET:
+                break
+            used += size
+            tabulated[leaves] = True
+            self.tables[k] = (leaves, np.arange(len(leaves)) * (1 << k), self._tabulate(leaves, k))
+        self.long = np.flatnonzero(~tabulated)  # computed for each block of rows
         self.n_features = max(trees.n_features, 1)
-        self._tab_map = self._feature_map(self.tab, width)
-        S = p.slot_feature.shape[1]
-        self._long_map = self._feature_map(self.long, S)
+        self._maps: dict = {}
 
-    def _feature_map(self, leaves: np.ndarray, width: int):
-        """``(len(leaves) * width, features)`` sparse one-hot of each slot's feature."""
-        p = self.paths
-        sf = p.slot_feature[leaves, :width] if width <= p.slot_feature.shape[1] else None
-        if sf is None:
-            sf = np.full((len(leaves), width), -1)
-            sf[:, : p.slot_feature.shape[1]] = p.slot_feature[leaves]
-        flat = sf.reshape(-1)
-        rows = np.flatnonzero(flat >= 0)
-        return sp.csr_matrix(
-            (np.ones(len(rows)), (rows, flat[rows])), shape=(len(leaves) * width, self.n_features)
-        )
+    def _tabulate(self, leaves: np.ndarray, k: int) -> np.ndarray:
+        """``(len(leaves) * 2^k, k)``: the unit game's slot values for every pattern of every leaf."""
+        P = 1 << k
+        if k == 0:
+            return np.zeros((len(leaves), 0))
+        out = np.empty((len(leaves), P, k))
+        bits = _bits(np.arange(P), k)  # (P, k)
+        step = max(1, (1 << 22) // (P * k * k))
+        for i in range(0, len(leaves), step):
+            part = leaves[i : i + step]
+            if self.mode == "path_dependent":
+                out[i : i + step] = product_game(bits[None, :, :], self.z[part, None, :k])
+            else:
+                pats = self.bg_patterns[:, part]  # (n_bg, leaves)
+                flat = (np.arange(len(part))[None, :] * P + pats).reshape(-1)
+                hist = np.bincount(flat, minlength=len(part) * P).reshape(len(part), P) / self.n_background
+                g = binary_game_table(k)  # (px, pz, s)
+                out[i : i + step] = (hist @ g.transpose(1, 0, 2).reshape(P, P * k)).reshape(len(part), P, k)
+        return out.reshape(len(leaves) * P, k)
 
     def _zero_fractions(self, reach: np.ndarray) -> np.ndarray:
         """``z[l, s]``: the share of cover that follows leaf l's path at its nodes on slot s (0 where the
@@ -207,30 +209,39 @@ class TreeShap:
             z[rows, p.slot[rows, j]] *= ratio[rows, j]
         return z
 
-    def _long_values(self, pat: np.ndarray) -> np.ndarray:
-        """``(rows, len(long), S)`` slot values of the untabulated paths for patterns ``pat``."""
-        p = self.paths
-        S = p.slot_feature.shape[1]
-        out = np.zeros((len(pat), len(self.long), S))
-        d = p.n_slots[self.long]
-        for k in np.unique(d):
-            cols = np.flatnonzero(d == k)
-            k = int(k)
-            ox = ((pat[:, cols, None] >> np.arange(k)) & 1).astype(np.float64)  # (rows, leaves, k)
-            if self.mode == "path_dependent":
-                out[:, cols, :k] = product_game(ox, self.z[self.long[cols], None, :k].transpose(1, 0, 2))
-            else:  # mean over the background of the binary game, by pattern
-                for j, c in enumerate(cols):
-                    zs, counts = np.unique(self.bg_patterns[:, c], return_counts=True)
-                    oz = ((zs[:, None] >> np.arange(k)) & 1).astype(np.float64)  # (u, k)
-                    vals = product_game(ox[:, j, None, :], oz[None, :, :])  # (rows, u, k)
-                    out[:, c, :k] = (vals * counts[None, :, None]).sum(1) / self.n_background
-        return out
+    def _feature_map(self, leaves: np.ndarray, k: int):
+        """``(len(leaves) * k, features)`` sparse one-hot of each slot's feature."""
+        key = (leaves.tobytes(), k)
+        if key not in self._maps:
+            flat = self.paths.slot_feature[leaves, :k].reshape(-1)
+            rows = np.flatnonzero(flat >= 0)
+            self._maps[key] = sp.csr_matrix(
+                (np.ones(len(rows)), (rows, flat[rows])), shape=(len(leaves) * k, self.n_features)
+            )
+        return self._maps[key]
 
-    def _table_for(self, output: int) -> np.ndarray:
-        if output not in self._class_tables:
-            self._class_tables[output] = self.table * self.paths.values[self.table_leaf, output][:, None]
-        return self._class_tables[output]
+    def _long_values(self, pat: np.ndarray, leaves: np.ndarray, k: int) -> np.ndarray:
+        """``(rows, len(leaves), k)`` slot values of untabulated paths with k slots for patterns ``pat``."""
+        ox = _bits(pat, k)  # (rows, leaves, k)
+        if self.mode == "path_dependent":
+            return product_game(ox, self.z[leaves, :k][None])
+        # interventional: the binary game against every background row, averaged (closed form)
+        f = np.array([factorial(j) for j in range(k + 1)], dtype=np.float64)
+        px = pat.astype(np.int64)[:, None, :]  # (rows, 1, leaves)
+        full = self.paths.full[leaves][None, None, :]
+        out = np.zeros(ox.shape)
+        step = max(1, (1 << 22) // max(len(leaves) * len(px), 1))
+        for i in range(0, self.n_background, step):
+            pz = self.bg_patterns[i : i + step, leaves][None]  # (1, bg, leaves)
+            only_x, only_z = px & ~pz, pz & ~px
+            reached = (px | pz) == full
+            a = sum((only_x >> j) & 1 for j in range(k))
+            b = sum((only_z >> j) & 1 for j in range(k))
+            pos = np.where(reached & (a > 0), f[np.maximum(a - 1, 0)] * f[b] / f[a + b], 0.0)
+            neg = np.where(reached & (b > 0), f[a] * f[np.maximum(b - 1, 0)] / f[a + b], 0.0)
+            for j in range(k):
+                out[..., j] += (((only_x >> j) & 1) * pos - ((only_z >> j) & 1) * neg).sum(1)
+        return out / self.n_background
 
     def shap_values(self, x: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(φ (rows, columns), expected value (rows,), margin (rows,))`` of margin column ``outputs[i]``
@@ -240,27 +251,35 @@ class TreeShap:
         outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
         phi = np.zeros((len(x), x.shape[1]))
         margin = np.empty(len(x))
-        width = self.table.shape[1]
-        step = max(1, _BLOCK // max(len(self.tab) * width + len(self.long) * p.slot_feature.shape[1], 1))
         for c in np.unique(outputs):
             rows_c = np.flatnonzero(outputs == c)
-            table = self._table_for(int(c))
             value = p.values[:, c]
+            groups = []  # (leaves, table rows or None, table or None, k): the paths that weigh class c
+            for k, (leaves, first, table) in self.tables.items():
+                on = value[leaves] != 0
+                if on.any():
+                    groups.append((leaves[on], first[on], table, k))
+            long_c = self.long[value[self.long] != 0]
+            for k in np.unique(p.n_slots[long_c]):
+                groups.append((long_c[p.n_slots[long_c] == k], None, None, int(k)))
+            width = sum(len(g[0]) * max(g[3], 1) for g in groups) + 1
+            step = max(1, _BLOCK // width)
             for i in range(0, len(rows_c), step):
                 r = rows_c[i : i + step]
                 xs = x[r]
                 res = np.zeros((len(r), self.n_features))
                 reached = np.zeros(len(r))
-                if len(self.tab):
-                    pat = p.patterns(t, xs, self.tab)  # (r, tabulated leaves)
-                    reached += (pat == p.full[self.tab]) @ value[self.tab]
-                    vals = table[self.row_offset[self.tab][None, :] + pat]  # (r, leaves, width)
-                    res += (self._tab_map.T @ vals.reshape(len(r), -1).T).T
-                if len(self.long):
-                    pat = p.patterns(t, xs, self.long)
-                    reached += (pat == p.full[self.long]) @ value[self.long]
-                    vals = self._long_values(pat) * value[self.long][None, :, None]
-                    res += (self._long_map.T @ vals.reshape(len(r), -1).T).T
+                for leaves, first, table, k in groups:
+                    pat = p.patterns(t, xs, leaves)  # (r, leaves)
+                    reached += (pat == p.full[leaves]) @ value[leaves]
+                    if k == 0:
+                        continue
+                    if table is not None:
+                        vals = table[first[None, :] + pat]  # (r, leaves, k)
+                    else:
+                        vals = self._long_values(pat, leaves, k)
+                    vals = vals * value[leaves][None, :, None]
+                    res += (self._feature_map(leaves, k).T @ vals.reshape(len(r), -1).T).T
                 phi[r, : self.n_features] = res
                 margin[r] = reached + t.base[c]
         return phi, self.expected[outputs], margin
