@@ -190,16 +190,41 @@ def _plain(v):
     return str(v)
 
 
-def render_figures(x, explanations: dict, curves: dict, layout: str | None, thumbnails: int = 4) -> dict:
+def render_figures(x, explanations: dict, curves: dict, layout: str | None, thumbnails: int = 4,
+                   columns: list | None = None) -> dict:  # fmt: skip
     """PNG bytes: the heatmaps of each method (image inputs, ``layout`` not None; the first ``thumbnails``
-    inputs) and the mean curve of each metric per method."""
+    inputs), for rows of features the mean |attribution| per feature of every method (named by
+    ``columns``), and the mean curve of each metric per method."""
     figures = {}
     if layout is not None:
         for name, e in explanations.items():
             figures[f"heatmaps_{name}"] = _png(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
+    elif np.ndim(x) == 2 and explanations:
+        table = {n: np.asarray(e.attribution) for n, e in explanations.items() if np.ndim(e.attribution) == 2}
+        if table:
+            figures["features"] = _png(lambda plt: _feature_fig(plt, table, columns))
     for metric, cs in curves.items():
         figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
     return figures
+
+
+def _feature_fig(plt, table: dict, columns: list | None, top: int = 15):
+    """Mean |attribution| per feature, one bar per method, each method scaled to its largest feature (the
+    methods' units differ: margins, probabilities): which features each method finds important."""
+    first = next(iter(table.values()))
+    names = list(columns or [])[: first.shape[1]] + [
+        f"x{i}" for i in range(len(columns or []), first.shape[1])
+    ]
+    means = {m: np.abs(a).mean(0) for m, a in table.items()}
+    order = np.argsort(-means[next(iter(means))], kind="stable")[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(order) * max(1, len(means) / 2) + 1.2))
+    h = 0.8 / len(means)
+    for j, (m, v) in enumerate(means.items()):
+        ax.barh(np.arange(len(order)) + j * h, v[order] / (v.max() or 1.0), height=h, label=m)
+    ax.set_yticks(np.arange(len(order)) + 0.4 - h / 2, [names[i] for i in order])
+    ax.set_xlabel("mean |attribution| (each method scaled to its largest)")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _png(fig_fn) -> bytes:

@@ -451,3 +451,34 @@ def test_faithfulness_correlation_on_a_table(data, tmp_path):
     assert r["subset_size"] == 2 and np.isfinite(r["scores"]).all() and "undefined" not in r
     r = oe.evaluate(model, X[:6], e.attribution, "faithfulness_correlation", n_runs=5, subset_size=F)
     assert np.isnan(r["scores"]).all() and r["undefined"].startswith("6 of 6 sample(s)")
+
+
+def test_audit_of_a_tree_model(data, tmp_path):
+    """The audit of a tree ensemble runs TreeSHAP first (against the audited rows), scores it like every
+    method and draws the features' mean |attribution| per method, named by the CSV header."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    src, onx = built("lightgbm-multiclass", data)
+    path = tmp_path / "m.onnx"
+    onnx.save(onx, path)
+    table = tmp_path / "rows.csv"
+    table.write_text(
+        ",".join(f"f{i}" for i in range(F))
+        + "\n"
+        + "\n".join(",".join(map(repr, map(float, r))) for r in data[0][:20])
+    )
+    out = tmp_path / "audit"
+    r = CliRunner().invoke(
+        main, ["audit", str(path), str(table), "-o", str(out), "--metric", "faithfulness_correlation"]
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["settings"]["methods"])[0] == "treeshap"
+    assert "treeshap (exact, read from the graph)" in report["conversion"]["note"]
+    assert np.isfinite(report["scores"]["faithfulness_correlation"]["treeshap"]["mean"])
+    assert (out / "figures" / "features.png").is_file()
+    assert report["inputs"]["columns"] == [f"f{i}" for i in range(F)]

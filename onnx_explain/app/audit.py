@@ -115,7 +115,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(x))], "failed": []}
     module, report["conversion"] = _conversion(model, x)  # certified on the audited inputs themselves
     if module is None:  # the graph does not convert: the methods that run on onnxruntime alone, said so
-        methods = _runtime_only(methods, given, kind)
+        methods = _runtime_only(methods, given, kind, model)
         report["settings"]["methods"] = methods
         report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
     elif texts is not None:
@@ -141,7 +141,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         report["texts"], views = _text_views(texts, explanations)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     layout = model.layout if kind == "image" else None
-    figures = render_figures(x, explanations, curves, layout, thumbnails)
+    figures = render_figures(x, explanations, curves, layout, thumbnails, report["inputs"].get("columns"))
     return AuditReport(report, explanations, curves, figures, views, x)
 
 
@@ -250,14 +250,23 @@ def _conversion(model, x):
     try:
         module = model.torch_module(probe=x)
     except (ConversionError, ParityError) as exc:
-        return None, {"ok": False, "error": str(exc), "note": "gradient methods and LRP skipped; black-box "
-                      "methods (onnxruntime alone) run instead"}  # fmt: skip
+        from ..explainer import _exact_choice
+
+        exact = _exact_choice(model)
+        note = "gradient methods and LRP skipped; " + (
+            f"{exact[0]} (exact, read from the graph) and black-box methods run instead"
+            if exact
+            else "black-box methods (onnxruntime alone) run instead"
+        )
+        return None, {"ok": False, "error": str(exc), "note": note}
     return module, {"ok": True, "batch_mode": model.batch_mode, "parity": model.parity.to_dict()}
 
 
-def _runtime_only(methods: dict, given, kind: str) -> dict:
-    """The methods of ``methods`` that need no torch graph; when none was asked for by name, the black-box
-    methods of the registry's overview for ``kind`` (or all of them)."""
+def _runtime_only(methods: dict, given, kind: str, model=None) -> dict:
+    """The methods of ``methods`` that need no torch graph; when none was asked for by name, the exact
+    method a tree ensemble or linear model has (TreeSHAP, linear SHAP: against the audited rows), then the
+    black-box methods of the registry's overview for ``kind`` (or all of them)."""
+    from ..explainer import _exact_choice
     from ..methods import METHODS
     from ..methods.base import runtime_methods
 
@@ -266,7 +275,9 @@ def _runtime_only(methods: dict, given, kind: str) -> dict:
         return keep
     names = runtime_methods()
     overview = [m for m in names if METHODS[m].overview is not None and kind in METHODS[m].modalities]
-    return {m: dict(METHODS[m].overview or {}) for m in (overview or names)}
+    exact = _exact_choice(model) if model is not None else None
+    first = {exact[0]: {}} if exact else {}
+    return {**first, **{m: dict(METHODS[m].overview or {}) for m in (overview or names)}}
 
 
 def _chosen_methods(methods, kind: str) -> dict[str, dict]:
@@ -325,7 +336,10 @@ def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]
         raise InputDataError(
             "no input could be read: nothing to audit" + (f" ({failures[0]})" if failures else "")
         )
-    return np.stack([it.x for it in good]), {"used": [it.name for it in good], "failed": failures}
+    info = {"used": [it.name for it in good], "failed": failures}
+    if good[0].columns:
+        info["columns"] = list(good[0].columns)  # a table's header: the features' names in the figures
+    return np.stack([it.x for it in good]), info
 
 
 def _lrp_coverage(module, x: np.ndarray) -> dict:
