@@ -482,3 +482,63 @@ def test_audit_of_a_tree_model(data, tmp_path):
     assert np.isfinite(report["scores"]["faithfulness_correlation"]["treeshap"]["mean"])
     assert (out / "figures" / "features.png").is_file()
     assert report["inputs"]["columns"] == [f"f{i}" for i in range(F)]
+
+
+def _interventional_by_enumeration(predict, x, bg):
+    """Interventional Shapley values by enumerating every coalition (features in S from x, the others from
+    each background row, averaged): the definition, for a few features."""
+    d = x.shape[1]
+    phi = np.zeros(x.shape)
+    for s in range(d):
+        others = [j for j in range(d) if j != s]
+        for r in range(d):
+            for S in itertools.combinations(others, r):
+                w = math.factorial(r) * math.factorial(d - r - 1) / math.factorial(d)
+                for b in bg:
+                    with_s = np.repeat(b[None], len(x), 0)
+                    with_s[:, list(S) + [s]] = x[:, list(S) + [s]]
+                    without = with_s.copy()
+                    without[:, s] = b[s]
+                    phi[:, s] += w * (predict(with_s) - predict(without)) / len(bg)
+    return phi
+
+
+def test_membership_nodes_and_modes_of_opset5(tmp_path):
+    """A hand-written TreeEnsemble-5 with BRANCH_MEMBER (a categorical split), GT and NEQ nodes and a
+    missing value tracked to the true side: onnxruntime's output, and TreeSHAP equal to Shapley values by
+    enumeration on onnxruntime itself."""
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, post_transform=0,
+        tree_roots=[0, 3],
+        nodes_featureids=[0, 1, 2, 2, 0],
+        nodes_splits=numpy_helper.from_array(np.array([0, 0.5, 1.0, 0.0, 3.0], np.float32)),
+        nodes_modes=numpy_helper.from_array(np.array([6, 3, 0, 5, 1], np.uint8)),  # MEMBER, GT, LEQ, NEQ, LT
+        nodes_truenodeids=[0, 1, 2, 3, 4], nodes_trueleafs=[1, 1, 1, 1, 1],
+        nodes_falsenodeids=[1, 2, 4, 4, 5], nodes_falseleafs=[0, 0, 1, 0, 1],
+        nodes_missing_value_tracks_true=[0, 1, 0, 0, 0],
+        membership_values=numpy_helper.from_array(np.array([1.0, 3.0, np.nan], np.float32)),
+        leaf_targetids=[0] * 6,
+        leaf_weights=numpy_helper.from_array(np.array([10.0, -3.0, 2.0, 5.0, 1.0, -7.0], np.float32)),
+    )  # fmt: skip
+    graph = helper.make_graph([node], "member", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    model.ir_version = 10
+    path = tmp_path / "member.onnx"
+    onnx.save(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.integers(0, 5, 40), rng.normal(0.5, 1, 40), rng.normal(0.5, 1, 40)], 1).astype(np.float32)
+    x[::6, 1] = np.nan
+    trees = read_trees(model.graph.node[0])
+
+    def predict(rows):
+        return sess.run(None, {"x": rows.astype(np.float32)})[0][:, 0]
+
+    np.testing.assert_allclose(trees.predict(x)[:, 0], predict(x), rtol=1e-6)
+    assert len(set(np.round(predict(x), 4))) >= 4  # the rows reach several leaves
+    bg = x[:6]
+    phi, e, margin = ts.TreeShap(trees, bg, "interventional").shap_values(x[10:20], np.zeros(10, int))
+    want = _interventional_by_enumeration(predict, x[10:20], bg)
+    np.testing.assert_allclose(phi, want, atol=1e-5)
+    np.testing.assert_allclose(phi.sum(1) + e, predict(x[10:20]), atol=1e-5)

@@ -263,10 +263,16 @@ class Paths:
         """All paths at once, vectorised over leaves (a LightGBM of 10⁴ trees has millions of them)."""
         n = len(trees.feature)
         branch = np.flatnonzero(trees.mode != LEAF)
+        refs = np.bincount(np.concatenate([trees.true_child[branch], trees.false_child[branch]]), minlength=n)
+        if (refs > 1).any():
+            j = int(np.flatnonzero(refs > 1)[0])
+            raise TreeModelError(
+                f"{trees.where()}: node {j} has several parents (the graph is not a set of trees)"
+            )
         parent = np.full(n, -1, dtype=np.int64)
         side_of = np.zeros(n, dtype=bool)  # whether a node is its parent's true child
         parent[trees.false_child[branch]] = branch
-        parent[trees.true_child[branch]] = branch  # both children the same leaf: the true side wins
+        parent[trees.true_child[branch]] = branch
         side_of[trees.true_child[branch]] = True
         tree_of = np.full(n, -1, dtype=np.int64)
         tree_of[trees.roots] = np.arange(len(trees.roots))
@@ -554,11 +560,24 @@ def _read_v5(node: onnx.NodeProto) -> Trees:
         raise TreeModelError(f"{where}: unknown node mode code in {sorted(set(modes.tolist()))}")
     missing = np.asarray(a.get("nodes_missing_value_tracks_true", np.zeros(nb)), dtype=bool)
     n_out = int(a.get("n_targets", 1))
-    n = nb + nl  # global layout: branch nodes first, then leaves
+    # global layout: branch nodes first, then one leaf per reference to a leaf (a leaf referred to twice,
+    # as the two sides of a one-leaf tree's root or from two trees, becomes two leaves: paths stay a tree)
+    refs_t, refs_f = np.flatnonzero(t_leaf), np.flatnonzero(f_leaf)
+    leaf_ids = np.concatenate([t_ids[refs_t], f_ids[refs_f]])
+    if len(leaf_ids) and (leaf_ids.min() < 0 or leaf_ids.max() >= nl):
+        raise TreeModelError(f"{where}: a node refers to leaf {int(leaf_ids.max())}; there are {nl}")
+    n_leaves = len(leaf_ids)
+    n = nb + n_leaves
+    true_child = t_ids.copy()
+    false_child = f_ids.copy()
+    true_child[refs_t] = nb + np.arange(len(refs_t))
+    false_child[refs_f] = nb + len(refs_t) + np.arange(len(refs_f))
     values = np.zeros((n, n_out))
     has = np.zeros((n, n_out), dtype=bool)
-    values[np.arange(nb, n), leaf_t] = leaf_w
-    has[np.arange(nb, n), leaf_t] = True
+    if ((leaf_t < 0) | (leaf_t >= n_out)).any():
+        raise TreeModelError(f"{where}: a leaf weight is for target {int(leaf_t.max())}; there are {n_out}")
+    values[nb + np.arange(n_leaves), leaf_t[leaf_ids]] = leaf_w[leaf_ids]
+    has[nb + np.arange(n_leaves), leaf_t[leaf_ids]] = True
     members = {}
     if (modes == MEMBER).any():
         mv = np.asarray(a.get("membership_values", []), dtype=np.float64).reshape(-1)
@@ -566,12 +585,12 @@ def _read_v5(node: onnx.NodeProto) -> Trees:
         for k, j in enumerate(np.flatnonzero(modes == MEMBER)):
             members[int(j)] = sets[k] if k < len(sets) else np.array([])
     trees = Trees(
-        feature=np.concatenate([feat, np.zeros(nl, dtype=np.int64)]),
-        threshold=np.concatenate([splits.astype(np.float64), np.zeros(nl)]),
-        mode=np.concatenate([modes, np.full(nl, LEAF)]),
-        true_child=np.concatenate([np.where(t_leaf, t_ids + nb, t_ids), np.full(nl, -1)]),
-        false_child=np.concatenate([np.where(f_leaf, f_ids + nb, f_ids), np.full(nl, -1)]),
-        missing_true=np.concatenate([missing, np.zeros(nl, dtype=bool)]), values=values, base=np.zeros(n_out),
+        feature=np.concatenate([feat, np.zeros(n_leaves, dtype=np.int64)]),
+        threshold=np.concatenate([splits.astype(np.float64), np.zeros(n_leaves)]),
+        mode=np.concatenate([modes, np.full(n_leaves, LEAF)]),
+        true_child=np.concatenate([true_child, np.full(n_leaves, -1)]),
+        false_child=np.concatenate([false_child, np.full(n_leaves, -1)]),
+        missing_true=np.concatenate([missing, np.zeros(n_leaves, dtype=bool)]), values=values, base=np.zeros(n_out),
         roots=roots, post=_POST[int(a.get("post_transform", 0))],
         aggregate=_AGGREGATE[int(a.get("aggregate_function", 1))], members=members,
         n_features=int(feat.max(initial=-1)) + 1, op=node.op_type, node_name=node.name, double=double,
