@@ -425,7 +425,8 @@ def converted(model, device: str = "cpu", output: str = "output", data=None):
             return model.convert(output)
         return model.torch_module(device=device, space=output, probe=data)
     except (ConversionError, ParityError) as exc:
-        others = runtime_methods()
+        exact = _exact_choice(model) if _is_model(model) else None
+        others = runtime_methods(exact[0] if exact else None)
         if not others:
             raise
         raise type(exc)(
@@ -458,7 +459,8 @@ def _auto_method(
         m.torch_module(device=device, space=output or "logit", probe=probe)
         return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
     except (ConversionError, ParityError) as exc:
-        others = runtime_methods()
+        exact = _exact_choice(model) if _is_model(model) else None
+        others = runtime_methods(exact[0] if exact else None)
         if not others:
             raise
         pick = next((m for m in others if METHODS[m].overview is not None), others[0])

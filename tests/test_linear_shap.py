@@ -68,3 +68,24 @@ def test_linear_pipeline_with_scaler(data, tmp_path):
     ref = np.asarray(shap.LinearExplainer(lr, scaler.transform(bg)).shap_values(scaler.transform(x)))
     ref = ref[:, :, 2] if ref.shape[-1] == 3 else ref[2]
     np.testing.assert_allclose(e.attribution, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_onnxruntime_shipped_logreg_iris():
+    """A real file: onnxruntime's own ``datasets/logreg_iris.onnx`` (one-vs-rest: LOGISTIC, then an L1
+    Normalizer and a ZipMap; 2 declared features with 4 coefficients per class, of which onnxruntime reads
+    the first 2 × 3). The explained output is checked to be the node's normalised scores, and the
+    attributions are shap's LinearExplainer on the coefficients onnxruntime uses."""
+    import onnxruntime.datasets
+
+    path = onnxruntime.datasets.get_example("logreg_iris.onnx")
+    model = oe.load(path)
+    x = np.array([[5.1, 3.5], [6.2, 2.9], [7.3, 3.0]], np.float32)
+    e = oe.explain(model, x, "auto")
+    assert e.method == "linear_shap" and "normalised per row by" in e.extras["space"]
+    node = onnx.load(path).graph.node[0]
+    coef = np.asarray(next(a.floats for a in node.attribute if a.name == "coefficients"))[:6].reshape(3, 2)
+    icpt = np.asarray(next(a.floats for a in node.attribute if a.name == "intercepts"))
+    ref = np.asarray(shap.LinearExplainer((coef, icpt), x).shap_values(x))
+    ref = ref[np.arange(3), :, e.target] if ref.shape[-1] == 3 else ref[e.target, np.arange(3)]
+    np.testing.assert_allclose(e.attribution, ref, atol=1e-5)
+    np.testing.assert_array_equal(e.target, model.predict(x).argmax(1))

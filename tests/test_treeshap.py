@@ -522,13 +522,17 @@ def test_membership_nodes_and_modes_of_opset5(tmp_path):
     )  # fmt: skip
     graph = helper.make_graph([node], "member", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)]
+    )
     model.ir_version = 10
     path = tmp_path / "member.onnx"
     onnx.save(model, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    x = np.stack([rng.integers(0, 5, 40), rng.normal(0.5, 1, 40), rng.normal(0.5, 1, 40)], 1).astype(np.float32)
+    x = np.stack([rng.integers(0, 5, 40), rng.normal(0.5, 1, 40), rng.normal(0.5, 1, 40)], 1).astype(
+        np.float32
+    )
     x[::6, 1] = np.nan
     trees = read_trees(model.graph.node[0])
 

@@ -273,9 +273,9 @@ def _runtime_only(methods: dict, given, kind: str, model=None) -> dict:
     keep = {m: o for m, o in methods.items() if m in METHODS and METHODS[m].backend == "onnxruntime"}
     if keep or given:
         return keep
-    names = runtime_methods()
-    overview = [m for m in names if METHODS[m].overview is not None and kind in METHODS[m].modalities]
     exact = _exact_choice(model) if model is not None else None
+    names = runtime_methods(exact[0] if exact else None)
+    overview = [m for m in names if METHODS[m].overview is not None and kind in METHODS[m].modalities]
     first = {exact[0]: {}} if exact else {}
     return {**first, **{m: dict(METHODS[m].overview or {}) for m in (overview or names)}}
 

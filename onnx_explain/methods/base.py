@@ -411,6 +411,9 @@ class MethodSpec:
     reads_inputs : bool
         Its rows are the explained inputs themselves, each scored once (gradient, gradient × input): a
         predicted class is then read from that pass's own output instead of a separate forward pass.
+    estimator : str, optional
+        The estimator it reads out of the graph (``'trees'``, ``'linear'``): it applies to such graphs
+        only, and is never offered for others.
     """
 
     name: str
@@ -425,6 +428,7 @@ class MethodSpec:
     overview: dict | None = None
     backend: str = "torch"
     reads_inputs: bool = False
+    estimator: str | None = None
 
     @property
     def options(self) -> list[str]:
@@ -485,9 +489,15 @@ def register_method(name: str, description: str, stochastic: bool = False, **fac
     return deco
 
 
-def runtime_methods() -> list[str]:
-    """The registered methods that run on onnxruntime alone (they work where the graph does not convert)."""
-    return [name for name, spec in METHODS.items() if spec.backend == "onnxruntime"]
+def runtime_methods(exact: str | None = None) -> list[str]:
+    """The registered methods that run on onnxruntime alone (they work where the graph does not convert);
+    those that read an estimator from the graph (:attr:`MethodSpec.estimator`) only when it is ``exact``
+    (the method :func:`onnx_explain.explainer._exact_choice` found for the model)."""
+    return [
+        name
+        for name, spec in METHODS.items()
+        if spec.backend == "onnxruntime" and (spec.estimator is None or name == exact)
+    ]
 
 
 def make_generator(seed, device="cpu") -> torch.Generator:

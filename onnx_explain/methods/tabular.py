@@ -20,6 +20,7 @@ CHECKED_ROWS = 256
     backend="onnxruntime",
     modalities=("table",),
     cost="no model pass: a table per path once, then one gather per row and path",
+    estimator="trees",
 )
 def treeshap(scorer, x, target, generator, background=None, feature_perturbation="interventional"):
     """Shapley values of the margin (the trees' scores before ``post_transform``) of the explained class:
@@ -45,7 +46,7 @@ def treeshap(scorer, x, target, generator, background=None, feature_perturbation
     xs = x.detach().cpu().numpy()
     bg, where = _background(model, xs, background, feature_perturbation == "path_dependent")
     cols = view.columns(xs)
-    _check_output(
+    note = _check_output(
         scorer, view, view.trees.predict, xs[:CHECKED_ROWS], cols[:CHECKED_ROWS], target[:CHECKED_ROWS]
     )
     outputs = scorer.classes(target).cpu().numpy()
@@ -55,7 +56,8 @@ def treeshap(scorer, x, target, generator, background=None, feature_perturbation
     return torch.from_numpy(phi.astype(np.float64)).to(x.dtype), {
         "score": torch.from_numpy(margin).to(x.dtype),
         "expected_value": expected,
-        "space": f"margin: the trees' scores before {post} (node {view.node.name!r})",
+        "space": f"margin: the trees' scores before {post} (node {view.node.name!r})"
+        + (f"; {note}" if note else ""),
         "background": where,
         "trees": view.describe(),
     }
@@ -84,6 +86,7 @@ def _background(model, xs, background, required: bool) -> tuple[np.ndarray, str]
     backend="onnxruntime",
     modalities=("table",),
     cost="no model pass: one product per row",
+    estimator="linear",
 )
 def linear_shap(scorer, x, target, generator, background=None):
     """Interventional Shapley values of the margin ``x Wᵀ + b`` of the explained class, features
@@ -101,7 +104,7 @@ def linear_shap(scorer, x, target, generator, background=None):
     xs = x.detach().cpu().numpy()
     bg, where = _background(model, xs, background, False)
     cols = view.columns(xs)
-    _check_output(
+    note = _check_output(
         scorer, view, view.linear.predict, xs[:CHECKED_ROWS], cols[:CHECKED_ROWS], target[:CHECKED_ROWS]
     )
     c = scorer.classes(target).cpu().numpy()
@@ -113,7 +116,8 @@ def linear_shap(scorer, x, target, generator, background=None):
     return torch.from_numpy(phi).to(x.dtype), {
         "score": torch.from_numpy(phi.sum(1) + expected).to(x.dtype),
         "expected_value": expected,
-        "space": f"margin: the linear scores before post_transform {lin.post} (node {view.node.name!r})",
+        "space": f"margin: the linear scores before post_transform {lin.post} (node {view.node.name!r})"
+        + (f"; {note}" if note else ""),
         "background": where,
         "model": view.describe(),
     }
@@ -126,10 +130,11 @@ def _model_of(scorer, name: str):
     return model
 
 
-def _check_output(scorer, view, predict, xs, cols, keys) -> None:
-    """The explained output must be what the node computes (its scores, maybe renamed or cast): checked
-    on the first rows of every call, so a graph that changes the scores after the node cannot pass."""
+def _check_output(scorer, view, predict, xs, cols, keys) -> str | None:
+    """The explained output must be what the node computes (its scores, maybe renamed, cast or normalised
+    per row): checked on the first rows of every call, so a graph that changes the scores after the node
+    cannot pass. Returns a note on normalisers after the node."""
     from ..tabular.table import check_same_scores
 
     out = scorer.scores(torch.from_numpy(xs), keys).cpu().numpy().astype(np.float64)
-    check_same_scores(out, predict(cols), scorer.name, view.node)
+    return check_same_scores(out, predict(cols), scorer.name, view.node, scorer.model.proto)

@@ -219,7 +219,7 @@ def explain_table(
     cols = pipe.columns(x)
     out = pipe.outputs({k: v[:CHECKED_ROWS] for k, v in x.items()})
     ours = pipe.estimator.predict(cols[:CHECKED_ROWS])
-    check_same_scores(out, ours, model.output.name, pipe.node)
+    note = check_same_scores(out, ours, model.output.name, pipe.node, model.proto)
     n = len(cols)
     classes = _classes(target, pipe.outputs(x) if n > CHECKED_ROWS else out, n)
     if background is None:
@@ -259,7 +259,8 @@ def explain_table(
         extras={
             "columns": list(pipe.names),
             "expected_value": expected,
-            "space": f"margin: the scores of node {pipe.node.name!r} ({pipe.node.op_type}) before post_transform",
+            "space": f"margin: the scores of node {pipe.node.name!r} ({pipe.node.op_type}) before post_transform"
+            + (f"; {note}" if note else ""),
             "model": pipe.describe(),
             "estimator_attribution": phi,
         },
@@ -287,9 +288,49 @@ def _classes(target, out: np.ndarray, n: int) -> np.ndarray:
     return t
 
 
-def check_same_scores(out: np.ndarray, ours: np.ndarray, name: str, node) -> None:
-    """The explained output ``out`` must be the estimator node's scores ``ours`` (maybe renamed or cast):
-    a graph that changes them after the node cannot pass."""
+def _after(proto, node, name: str) -> list | None:
+    """The ops between ``node``'s scores and the tensor ``name``, when they are renames, casts and row
+    normalizers only (None otherwise)."""
+    if proto is None:
+        return []
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    ops = []
+    while name not in node.output:
+        n = producer.get(name)
+        if n is None or n.op_type not in ("Identity", "Cast", "Normalizer"):
+            return None
+        ops.insert(0, n)
+        name = n.input[0]
+    return ops
+
+
+def _normalize(m: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "MAX":
+        d = m.max(axis=1, keepdims=True)
+    elif norm == "L1":
+        d = np.abs(m).sum(axis=1, keepdims=True)
+    else:
+        d = np.sqrt((m * m).sum(axis=1, keepdims=True))
+    return np.where(d == 0, m, m / np.where(d == 0, 1.0, d))
+
+
+def check_same_scores(out: np.ndarray, ours: np.ndarray, name: str, node, proto=None) -> str | None:
+    """The explained output ``out`` must be the estimator node's scores ``ours``, maybe renamed, cast or
+    normalised per row by ``Normalizer`` nodes (skl2onnx's one-vs-rest logistic regression), which are
+    then applied to ``ours`` as onnxruntime applies them: a graph that changes the scores otherwise cannot
+    pass. Returns a note naming the normalisers, if any."""
+    from .trees import _attrs, _text
+
+    after = _after(proto, node, name)
+    note = None
+    if after:
+        norms = [n for n in after if n.op_type == "Normalizer"]
+        for n in norms:
+            ours = _normalize(ours, _text(_attrs(n).get("norm", b"MAX")))
+        if norms:
+            note = "the output is then normalised per row by " + ", ".join(
+                f"{n.name or 'Normalizer'!r} ({_text(_attrs(n).get('norm', b'MAX'))})" for n in norms
+            )
     if out.shape != ours.shape:
         raise OnnxExplainError(
             f"the explained output {name!r} has {out.shape[1]} value(s) per row; node {node.name!r} "
@@ -301,3 +342,4 @@ def check_same_scores(out: np.ndarray, ours: np.ndarray, name: str, node) -> Non
             f"the explained output {name!r} differs from the scores of node {node.name!r} "
             f"({node.op_type}) by {err:.3g} on these rows: it is not that node's output"
         )
+    return note
