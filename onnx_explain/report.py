@@ -69,7 +69,9 @@ class AuditReport:
         for metric, per in self.scores.items():
             if per:
                 pick = max if next(iter(per.values()))["higher_is_better"] else min
-                out[metric] = pick(per, key=lambda m, per=per: per[m]["mean"])
+                defined = {m: v for m, v in per.items() if v.get("mean") is not None}
+                if defined:
+                    out[metric] = pick(defined, key=lambda m, per=defined: per[m]["mean"])
         return out
 
     def to_dict(self) -> dict:
@@ -124,7 +126,11 @@ class AuditReport:
             cells = []
             for metric in metrics:
                 s = report["scores"][metric].get(method)
-                cells.append(f"<td title='{metric}'>{s['mean']:.4g}</td>" if s else "<td>—</td>")
+                cells.append(
+                    f"<td title='{metric}'>{s['mean']:.4g}</td>"
+                    if s and s.get("mean") is not None
+                    else f"<td title='{html.escape(s.get('undefined', '')) if s else ''}'>—</td>"
+                )
             rows.append(f"<tr><th>{e(method)}</th>{''.join(cells)}</tr>")
         arrows = "".join(
             f"<th>{e(k)}<br><small>{'higher' if next(iter(report['scores'][k].values()))['higher_is_better'] else 'lower'} is better</small></th>"

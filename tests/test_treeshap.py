@@ -546,3 +546,39 @@ def test_membership_nodes_and_modes_of_opset5(tmp_path):
     want = _interventional_by_enumeration(predict, x[10:20], bg)
     np.testing.assert_allclose(phi, want, atol=1e-5)
     np.testing.assert_allclose(phi.sum(1) + e, predict(x[10:20]), atol=1e-5)
+
+
+def test_evaluate_writes_no_bare_nan(data, tmp_path):
+    """An undefined score (every run perturbs all 8 features) is written as null with the reason, and the
+    JSON parses strictly; the defined metric beside it keeps its numbers."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    src, onx = built("lightgbm-regressor", data)
+    model = tmp_path / "m.onnx"
+    onnx.save(onx, model)
+    rows = tmp_path / "rows.npy"
+    np.save(rows, data[0][:12])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        main, ["explain", str(model), str(rows), "-m", "treeshap", "-o", str(out), "-q", "--heatmaps", "none"]
+    )
+    assert r.exit_code == 0, r.output
+    report = tmp_path / "eval.json"
+    r = CliRunner().invoke(main, ["evaluate", str(model), "-a", str(out), "--metric", "faithfulness_correlation",
+                                  "--metric", "sensitivity_n", "--option", f"faithfulness_correlation.subset_size={F}",
+                                  "--option", "faithfulness_correlation.n_runs=4", "-o", str(report)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    text = report.read_text()
+    assert "NaN" not in text
+    got = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in the report"))
+    fc = got["metrics"]["faithfulness_correlation"]
+    assert (
+        fc["mean"] is None
+        and set(fc["per_item"].values()) == {None}
+        and "constant over the 4 subsets" in fc["undefined"]
+    )
+    assert all(isinstance(v, float) for v in got["metrics"]["sensitivity_n"]["per_item"].values())

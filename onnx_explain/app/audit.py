@@ -406,8 +406,12 @@ def _explain_and_score(model, x, methods: dict, metrics: list, batch_size: int, 
             except Exception as exc:  # noqa: BLE001
                 errors[f"{name}/{metric}"] = str(exc).splitlines()[0]
                 continue
-            scores.setdefault(metric, {})[name] = {"mean": r["mean"], "per_item": list(map(float, r["scores"])),
-                                                   "higher_is_better": r["higher_is_better"]}  # fmt: skip
+            from ..metrics.base import defined_scores
+
+            scores.setdefault(metric, {})[name] = {
+                **defined_scores(r),
+                "higher_is_better": r["higher_is_better"],
+            }
             if "curve" in r:
                 curves.setdefault(metric, {})[name] = r["curve"].mean(0)
     return attributions, scores, curves, errors

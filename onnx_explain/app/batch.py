@@ -690,10 +690,14 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
 
 
 def _metric_entry(r: dict, names: list[str], opts: dict, plots_dir) -> dict:
+    from ..metrics.base import defined_scores
     from .viz import save_curves
 
-    entry = {"higher_is_better": r["higher_is_better"], "score": r["score"], "mean": r["mean"], "output": r["output"],
-             "options": opts, "per_item": dict(zip(names, map(float, r["scores"]), strict=True))}  # fmt: skip
+    d = defined_scores(r)  # JSON has no NaN: an undefined score is null, and the entry says why
+    entry = {"higher_is_better": r["higher_is_better"], "score": r["score"], "mean": d["mean"], "output": r["output"],
+             "options": opts, "per_item": dict(zip(names, d["per_item"], strict=True))}  # fmt: skip
+    if "undefined" in d:
+        entry["undefined"] = d["undefined"]
     if "curve" in r:
         entry["curves"] = {n: list(map(float, c)) for n, c in zip(names, r["curve"], strict=True)}
         if plots_dir is not None:
@@ -706,8 +710,10 @@ def _metric_entry(r: dict, names: list[str], opts: dict, plots_dir) -> dict:
 def _write_report(out_file: Path, report: dict, names: list[str]) -> None:
     if out_file.suffix.lower() == ".csv":
         lines = ["item,metric,score"] + [
-            f"{n},{m},{e['per_item'][n]!r}" for m, e in report["metrics"].items() for n in names
+            f"{n},{m},{'' if e['per_item'][n] is None else repr(e['per_item'][n])}"
+            for m, e in report["metrics"].items()
+            for n in names
         ]
         atomic_write_bytes(out_file, ("\n".join(lines) + "\n").encode())
     else:
-        atomic_write_bytes(out_file, json.dumps(report, indent=1).encode())
+        atomic_write_bytes(out_file, json.dumps(report, indent=1, allow_nan=False).encode())

@@ -108,6 +108,9 @@ def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space,
     n = len(report["items"])
     for name, e in report["metrics"].items():
         arrow = "higher is better" if e["higher_is_better"] else "lower is better"
-        click.echo(f"{name:<26} {e['score']:<16} mean {e['mean']:.4g} over {n} items ({arrow})")
+        mean = "undefined" if e["mean"] is None else f"{e['mean']:.4g}"
+        click.echo(f"{name:<26} {e['score']:<16} mean {mean} over {n} items ({arrow})")
+        if e.get("undefined"):
+            click.echo(f"{'':<26} undefined: {e['undefined']}")
     if out_file:
         click.echo(f"report -> {out_file}")

@@ -18,7 +18,7 @@ from ..errors import OptionError
 from ..layout import from_channels_first
 from ..options import accepted_options, check_options, option_defaults
 
-__all__ = ["METRICS", "Predictor", "make_baseline", "rank", "register_metric"]
+__all__ = ["METRICS", "Predictor", "defined_scores", "make_baseline", "rank", "register_metric"]
 
 
 #: the score spaces of :class:`Predictor`
@@ -290,6 +290,21 @@ def register_metric(name: str, description: str, score: str, higher_is_better, n
         return fn
 
     return deco
+
+
+def defined_scores(r: dict) -> dict:
+    """A metric result's scores as written to reports: ``per_item`` floats with None for an undefined
+    score (JSON has no NaN), ``mean`` over the defined ones (None when there is none) and, when some are
+    undefined, ``undefined``: the metric's own reason or a count."""
+    scores = np.asarray(r["scores"], dtype=np.float64).reshape(-1)
+    ok = np.isfinite(scores)
+    out = {
+        "mean": float(scores[ok].mean()) if ok.any() else None,
+        "per_item": [float(v) if k else None for v, k in zip(scores, ok, strict=True)],
+    }
+    if not ok.all():
+        out["undefined"] = r.get("undefined") or f"{int((~ok).sum())} of {len(scores)} item(s) have no score"
+    return out
 
 
 def trapezoid(y: np.ndarray, dx: float) -> np.ndarray:
