@@ -159,6 +159,16 @@ def explain(
     xt = to_device(x_np, device)
     comp = {k: to_device(v, device) for k, v in companions.items()}
     extras_in: dict = {}
+    if "layer" in spec.options and _is_model(
+        model
+    ):  # a layer named by its ONNX tensor or node (or the default)
+        from .layers import resolve_layer
+
+        chosen = resolve_layer(model.proto, opts.get("layer"))
+        opts = {**opts, "layer": chosen["node"]}
+        extras_in["layer"] = (
+            f"{chosen['tensor']} (node {chosen['node']!r}, {chosen['op']}, shape {chosen['shape']})"
+        )
     if _is_model(model) and model.parity is not None:  # what the conversion was certified on
         extras_in["parity"] = model.parity.summary()
     if x_np.dtype.kind in "iu":

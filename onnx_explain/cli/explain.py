@@ -44,6 +44,7 @@ FLAG_PARAMS = {
     "p_keep": ("p_keep",),
     "superpixels": ("feature_groups",),
     "background": ("background",),
+    "layer": ("layer",),
     "perturbation": ("feature_perturbation",),
 }
 
@@ -125,6 +126,8 @@ def _value(text: str):
               "slic:100, quickshift, felzenszwalb, grid:8, tokens, columns.")  # fmt: skip
 @click.option("--quadrature", type=click.Choice(QUADRATURES), help="Integrated Gradients' quadrature rule.")
 @click.option("--baseline", help=f"Baseline: {describe_baselines()} (JSON for numbers and lists).")
+@click.option("--layer", help="CAMs: the feature map, an ONNX tensor or node name (default: the last one "
+              "before the classifier's pooling; onnx-explain info --layers lists them).")  # fmt: skip
 @click.option("--background", type=click.Path(dir_okay=False),
               help="TreeSHAP: background rows (.csv/.npy/.npz): the reference rows of the interventional game, "
                    "the node covers of the path-dependent one (default: every row of the table inputs).")  # fmt: skip

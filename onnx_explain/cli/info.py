@@ -39,8 +39,12 @@ from .common import fail, handle_errors, model_options
     "--atol", type=float, default=0.0, show_default=True, help="Extra absolute parity tolerance (added)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--layers", "show_layers", is_flag=True,
+              help="List the spatial feature maps a CAM can read (--layer of explain), the default marked.")  # fmt: skip
 @handle_errors
-def info(model, input_name, output_name, device, convert, probe, probe_range, rtol, atol, as_json):
+def info(
+    model, input_name, output_name, device, convert, probe, probe_range, rtol, atol, as_json, show_layers
+):
     """Describe MODEL: IR version, opsets, producer, inputs and outputs, op histogram, and whether it
     converts to torch with outputs matching onnxruntime.
 
@@ -61,6 +65,12 @@ def info(model, input_name, output_name, device, convert, probe, probe_range, rt
     exact = _exact_choice(m)  # a tree ensemble or linear model: exact SHAP from the graph, no torch needed
     if exact:
         data["exact"] = {"method": exact[0], "why": exact[1]}
+    if show_layers:
+        from ..layers import default_layer, layer_candidates
+
+        cands = layer_candidates(m.proto)
+        default = default_layer(m.proto)["tensor"] if cands else None
+        data["layers"] = [{**c, "default": c["tensor"] == default} for c in cands]
     status = 0
     if convert:
         given = None
@@ -177,5 +187,11 @@ def _print_text(d: dict) -> None:
     if d.get("exact"):
         x = d["exact"]
         e(f"exact:    {x['method']}: {x['why']}")
+    if "layers" in d:
+        e(f"layers:   {len(d['layers'])} spatial feature maps (tensor  <- node, op, shape)")
+        for c in d["layers"]:
+            shape = "[" + ", ".join("?" if v is None else str(v) for v in c["shape"]) + "]"
+            mark = "  <- default for CAMs" if c["default"] else ""
+            e(f"  {c['tensor']}  <- {c['node']}, {c['op']}, {shape}{mark}")
     for note in d["notes"]:
         e(f"note:     {note}")

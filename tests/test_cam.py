@@ -1,0 +1,120 @@
+"""Gradient CAMs at a layer of the converted graph equal pytorch-grad-cam on the torch source of the exported
+model: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, at the default layer and at a named one, per
+sample targets, NCHW and NHWC inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import onnx_explain as oe
+from onnx_explain.layers import default_layer, layer_candidates
+
+pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+REFERENCES = {"gradcam": GradCAM, "gradcam_pp": GradCAMPlusPlus, "xgradcam": XGradCAM, "hirescam": HiResCAM,
+              "layercam": LayerCAM}  # fmt: skip
+TARGETS = [1, 5, 7]
+
+
+class NHWC(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 64, 64)
+    path = tmp_path_factory.mktemp("cam") / "r18.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    return net, x, oe.load(path)
+
+
+def _reference(cls, net, layer, x):
+    with cls(model=net, target_layers=[layer]) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TARGETS])
+
+
+@pytest.mark.parametrize("method", list(REFERENCES))
+def test_cams_equal_pytorch_grad_cam(method, resnet):
+    net, x, model = resnet
+    e = oe.explain(model, x.numpy(), method, target=TARGETS)
+    ref = _reference(REFERENCES[method], net, net.layer4[-1], x)
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert "/layer4/layer4.1/relu_1/Relu_output_0" in e.extras["layer"]  # the map the pooling reads
+    np.testing.assert_allclose(e.attribution, np.broadcast_to(e.extras["cam"][:, None], x.shape), atol=0)
+    assert e.extras["cam_raw"].shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_named_layer(method, resnet):
+    """layer3's output, named by its ONNX tensor, and by its node: pytorch-grad-cam at net.layer3[-1]."""
+    net, x, model = resnet
+    ref = _reference(REFERENCES[method], net, net.layer3[-1], x)
+    for name in ("/layer3/layer3.1/relu_1/Relu_output_0", "/layer3/layer3.1/relu_1/Relu"):
+        e = oe.explain(model, x.numpy(), method, target=TARGETS, layer=name)
+        np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+
+
+def test_nhwc_input(resnet, tmp_path):
+    """The same network fed channels-last: the map is the same and sits on the last axis."""
+    net, x, _ = resnet
+    xs = x.permute(0, 2, 3, 1).contiguous()
+    path = tmp_path / "nhwc.onnx"
+    torch.onnx.export(NHWC(net), (xs,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    e = oe.explain(oe.load(path), xs.numpy(), "gradcam", target=TARGETS)
+    ref = _reference(GradCAM, net, net.layer4[-1], x)
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    np.testing.assert_allclose(e.attribution[..., 0], ref, atol=1e-5)
+
+
+def test_layers_listed_and_bad_layer(resnet, tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    _, x, model = resnet
+    cands = layer_candidates(model.proto)
+    assert default_layer(model.proto)["tensor"] == "/layer4/layer4.1/relu_1/Relu_output_0"
+    assert all(len(c["shape"]) == 4 for c in cands) and len(cands) > 20
+    with pytest.raises(oe.OptionError, match="is not a spatial feature map"):
+        oe.explain(model, x.numpy()[:1], "gradcam", layer="nope")
+    path = tmp_path / "m.onnx"
+    import onnx
+
+    onnx.save(model.proto, path)
+    r = CliRunner().invoke(main, ["info", str(path), "--layers"])
+    assert (
+        r.exit_code == 0
+        and "/layer4/layer4.1/relu_1/Relu_output_0  <- /layer4/layer4.1/relu_1/Relu, Relu, [?, 512, 2, 2]  <- default for CAMs"
+        in r.output
+    )
+    np.save(tmp_path / "x.npy", x.numpy()[:1])
+    r = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            str(path),
+            str(tmp_path / "x.npy"),
+            "-m",
+            "gradcam",
+            "--layer",
+            "nope",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.exit_code == 2 and "is not a spatial feature map" in r.output
+    assert not (tmp_path / "o").exists()
