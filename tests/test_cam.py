@@ -118,3 +118,22 @@ def test_layers_listed_and_bad_layer(resnet, tmp_path):
     )
     assert r.exit_code == 2 and "is not a spatial feature map" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eigencam_and_scorecam_on_onnxruntime(resnet):
+    """Eigen-CAM (class-independent; numpy's SVD sign, as the reference) and Score-CAM (256 masked inputs per
+    image through onnxruntime) at layer3 equal pytorch-grad-cam's."""
+    from pytorch_grad_cam import EigenCAM, ScoreCAM
+
+    net, x, model = resnet
+    x = x[:2]
+    e = oe.explain(model, x.numpy(), "eigencam")
+    with EigenCAM(model=net, target_layers=[net.layer4[-1]]) as cam:
+        ref = cam(input_tensor=x, targets=None)
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    layer = "/layer3/layer3.1/relu_1/Relu_output_0"
+    e = oe.explain(model, x.numpy(), "scorecam", target=TARGETS[:2], layer=layer, batch_size=64)
+    with ScoreCAM(model=net, target_layers=[net.layer3[-1]]) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TARGETS[:2]])
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert layer in e.extras["layer"]

@@ -11,6 +11,7 @@ across classes).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +60,13 @@ def _map(kind: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     else:
         raise OptionError(f"unknown CAM {kind!r}")
     return (w[:, :, None, None] * a).sum(1)
+
+
+def _post(raw: torch.Tensor, size) -> torch.Tensor:
+    """pytorch-grad-cam's post-processing of raw maps ``(R, h, w)``: ReLU, scale, resize, scale."""
+    m = _scale(raw.clamp_min(0))
+    m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return _scale(m.clamp_min(0))
 
 
 def _scale(m: torch.Tensor) -> torch.Tensor:
@@ -114,10 +122,8 @@ def _cam(kind: str, scorer, x, target, layer):
             handle.remove()
         a = store.pop("a").detach()
         raw = _map(kind, a.to(torch.float32), g.to(torch.float32))
-        m = _scale(raw.clamp_min(0))
-        m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         raws.append(raw)
-        cams.append(_scale(m.clamp_min(0)))
+        cams.append(_post(raw, size))
         scores.append(sel.detach())
     cam = torch.cat(cams)
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
@@ -150,3 +156,121 @@ def _register(kind: str) -> None:
 
 for _kind in CAMS:
     _register(_kind)
+
+
+# ------------------------------------------------------------------------------------ on onnxruntime
+def layer_activations(model, tensor: str, x: np.ndarray, companions: dict | None = None,
+                      batch_size: int = 64) -> np.ndarray:  # fmt: skip
+    """The values of the ONNX ``tensor`` for inputs ``x``, from onnxruntime (a session of the graph up to
+    that tensor, built once per Model and tensor): no torch conversion needed."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    key = ("layer_session", tensor)
+    if key not in model.derived:
+        proto = model.proto
+        sub = type(proto)()
+        sub.CopyFrom(proto)
+        del sub.graph.output[:]
+        known = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.output]}
+        sub.graph.output.append(helper.make_tensor_value_info(tensor, known.get(tensor) or 1, None))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        model.derived[key] = ort.InferenceSession(
+            sub.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    sess = model.derived[key]
+    names = {i.name for i in sess.get_inputs()}
+    outs = []
+    for i in range(0, len(x), batch_size):
+        feed = {model.input.name: x[i : i + batch_size]}
+        feed.update(
+            {k: np.asarray(v)[i : i + batch_size] for k, v in (companions or {}).items() if k in names}
+        )
+        feed.update({k: v for k, v in (model.fixed_inputs or {}).items() if k in names and k not in feed})
+        outs.append(sess.run(None, {k: v for k, v in feed.items() if k in names})[0])
+    return np.concatenate(outs)
+
+
+def _runtime_layer(scorer, layer):
+    from ..layers import resolve_layer
+
+    model = getattr(scorer, "model", None)
+    if model is None:
+        raise OnnxExplainError("this CAM reads a layer on onnxruntime: it needs an onnx_explain.Model")
+    return model, resolve_layer(model.proto, layer)
+
+
+@register_method(
+    "eigencam",
+    "Eigen-CAM at a layer, on onnxruntime: the activations projected on their first principal direction "
+    "(Muhammad & Yeasin 2020); class-independent",
+    sign="abs",
+    modalities=("image",),
+    backend="onnxruntime",
+    cost="1 forward pass (onnxruntime)",
+)
+def eigencam(scorer, x, target, generator, layer=None):
+    """Per image, the (h·w, C) activations centred per channel and projected on their first right singular
+    vector (numpy's SVD in float32, whose sign pytorch-grad-cam takes too), then post-processed as every
+    CAM. The explained class does not enter."""
+    model, chosen = _runtime_layer(scorer, layer)
+    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
+    a = layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size)
+    a = np.nan_to_num(a.astype(np.float32))
+    raw = []
+    for act in a:
+        flat = act.reshape(act.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=True)
+        raw.append((flat @ vt[0, :]).reshape(act.shape[1:]))
+    raw = torch.from_numpy(np.float32(raw))
+    cam = _post(raw, _spatial(x, scorer.layout))
+    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen),
+    }  # fmt: skip
+
+
+@register_method(
+    "scorecam",
+    "Score-CAM at a layer, on onnxruntime: channel weights = softmax of the scores of the input masked "
+    "by each upsampled channel (Wang 2020)",
+    sign="abs",
+    modalities=("image",),
+    backend="onnxruntime",
+    cost="1 + channels forward passes (onnxruntime)",
+)
+def scorecam(scorer, x, target, generator, layer=None):
+    """Each channel of the layer, upsampled to the input (bilinear, corners aligned) and scaled to [0, 1]
+    (``(A − min) / (max − min + 1e-8)``: a constant channel masks everything out), masks the input; the
+    softmax over channels of the explained score of those inputs weighs the channels (pytorch-grad-cam's
+    ``ScoreCAM``). The masked inputs run through onnxruntime ``batch_size`` at a time."""
+    model, chosen = _runtime_layer(scorer, layer)
+    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
+    size = _spatial(x, scorer.layout)
+    a = torch.from_numpy(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size))
+    a = a.to(torch.float32)
+    raws = []
+    for b in range(len(x)):
+        up = F.interpolate(a[b : b + 1], size=tuple(size), mode="bilinear", align_corners=True)[
+            0
+        ]  # (C, H, W)
+        lo = up.reshape(len(up), -1).amin(1)[:, None, None]
+        hi = up.reshape(len(up), -1).amax(1)[:, None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        masks = up[:, None] if scorer.layout != "NHWC" else up[..., None]
+        if scorer.layout == "NHW":
+            masks = up
+        rows = x[b : b + 1] * masks.to(x.dtype)  # (C, *S)
+        keys = target[b : b + 1].repeat(len(rows))
+        weights = torch.softmax(scorer.score(rows, keys).to(torch.float32), dim=0)
+        raws.append((weights[:, None, None] * a[b]).sum(0))
+    raw = torch.stack(raws)
+    cam = _post(raw, size)
+    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen),
+    }  # fmt: skip
+
+
+def _describe(chosen: dict) -> str:
+    return f"{chosen['tensor']} (node {chosen['node']!r}, {chosen['op']}, shape {chosen['shape']})"
