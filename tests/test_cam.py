@@ -137,3 +137,16 @@ def test_eigencam_and_scorecam_on_onnxruntime(resnet):
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TARGETS[:2]])
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
     assert layer in e.extras["layer"]
+
+
+def test_ablationcam(resnet):
+    """Every channel of layer3 ablated in turn on the converted graph (batches of ablated copies)."""
+    from pytorch_grad_cam import AblationCAM
+
+    net, x, model = resnet
+    x = x[:2]
+    e = oe.explain(model, x.numpy(), "ablationcam", target=TARGETS[:2], layer="/layer3/layer3.1/relu_1/Relu",
+                   batch_size=48)  # fmt: skip
+    with AblationCAM(model=net, target_layers=[net.layer3[-1]]) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TARGETS[:2]])
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)

@@ -43,7 +43,16 @@ def test_method_facts():
         assert spec.sign in SIGNS and spec.output in OUTPUTS and set(spec.modalities) <= set(MODALITIES), name
         assert spec.cost, name
     # magnitudes: the gradient, SmoothGrad, and the CAMs (ReLU'd maps scaled to [0, 1])
-    cams = {"gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"}
+    cams = {
+        "gradcam",
+        "gradcam_pp",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "eigencam",
+        "scorecam",
+        "ablationcam",
+    }
     assert {n for n, s in METHODS.items() if s.sign == "abs"} == {"gradient", "smoothgrad"} | cams
     assert {n for n, s in METHODS.items() if s.stochastic} == {
         "smoothgrad",

@@ -133,6 +133,73 @@ def _cam(kind: str, scorer, x, target, layer):
     }
 
 
+def _ablation_cam(scorer, x, target, layer):
+    """Ablation-CAM: ``α_k = (y − y_k) / y`` with ``y_k`` the score when channel k of the layer is ablated,
+    every channel in turn, ``batch_size`` ablated copies per pass."""
+    if layer is None:
+        raise OptionError(
+            "ablationcam needs a layer (an ONNX tensor or node name; onnx_explain.Model picks one)"
+        )
+    mod = _layer_module(scorer.module, layer)
+    size = _spatial(x, scorer.layout)
+    state: dict = {}
+
+    def hook(_m, _inp, out):
+        if "replace" in state:
+            return state["replace"]
+        state["a"] = out.detach()
+        return out
+
+    raws, cams, scores = [], [], []
+    handle = mod.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for b in range(len(x)):
+                keys = target[b : b + 1]
+                y = scorer.select(scorer.forward(x[b : b + 1], keys), keys)[0]
+                a = state.pop("a")[0]  # (C, h, w)
+                if a.dim() != 3:
+                    raise OptionError(f"layer {layer!r} is not a feature map (B, C, h, w)")
+                # pytorch-grad-cam's ablation: 0 when the map's minimum is 0 (after a ReLU), else min − 1e7
+                value = 0.0 if bool(a.min() == 0) else float(a.min()) - 1e7
+                ys = []
+                for k0 in range(0, len(a), scorer.batch_size):
+                    ks = torch.arange(k0, min(len(a), k0 + scorer.batch_size))
+                    copies = a[None].repeat(len(ks), 1, 1, 1)
+                    copies[torch.arange(len(ks)), ks] = value
+                    state["replace"] = copies
+                    rows = x[b : b + 1].expand(len(ks), *x.shape[1:])
+                    rk = keys.repeat(len(ks))
+                    ys.append(scorer.select(scorer.forward(rows, rk), rk))
+                    del state["replace"]
+                w = (y - torch.cat(ys)) / y
+                raw = (w[:, None, None].to(torch.float32) * a.to(torch.float32)).sum(0)
+                raws.append(raw)
+                cams.append(_post(raw[None], size)[0])
+                scores.append(y)
+    finally:
+        handle.remove()
+    cam = torch.stack(cams)
+    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+        "cam": cam.cpu().numpy(), "cam_raw": torch.stack(raws).cpu().numpy(), "score": torch.stack(scores),
+    }  # fmt: skip
+
+
+@register_method(
+    "ablationcam",
+    "Ablation-CAM at a layer: channel weights = the relative drop of the score when the channel is ablated "
+    "(Desai & Ramaswamy 2020)",
+    sign="abs",
+    modalities=("image",),
+    cost="1 + channels forward passes",
+)
+def ablationcam(scorer, x, target, generator, layer=None):
+    """Each channel of ``layer`` ablated in turn (set to 0 when the map's minimum is 0, as after a ReLU,
+    else to its minimum − 1e7, pytorch-grad-cam's value for its first ablated copy); the weights
+    ``(y − y_k) / y`` of the explained score ``y``. Post-processed as every CAM."""
+    return _ablation_cam(scorer, x, target, layer)
+
+
 _DESCRIPTIONS = {
     "gradcam": "Grad-CAM at a layer: ReLU(Σ_k mean(∂y/∂A_k) A_k), upsampled (Selvaraju 2017)",
     "gradcam_pp": "Grad-CAM++ at a layer: higher-order weights of the positive gradients (Chattopadhay 2018)",
