@@ -33,6 +33,7 @@ __all__ = [
     "explain_table",
     "explain_text",
     "load",
+    "sanity_check",
 ]
 
 _LAZY = {
@@ -42,6 +43,7 @@ _LAZY = {
     "explain": "onnx_explain.explainer",
     "explain_text": "onnx_explain.explainer",
     "explain_table": "onnx_explain.tabular.table",
+    "sanity_check": "onnx_explain.sanity",
     "evaluate": "onnx_explain.evaluation",
     "METRICS": "onnx_explain.metrics",
     "METHODS": "onnx_explain.methods",

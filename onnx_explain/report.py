@@ -154,6 +154,24 @@ class AuditReport:
             for k, v in self.views.items()
         )
         texts = f"<h2>Texts</h2>{texts}" if texts else ""
+        sanity = report.get("sanity") or {}
+        san_rows = "".join(
+            f"<tr><th>{e(k)}</th><td class={'ok' if v['passed'] else 'bad'}>{'passes' if v['passed'] else 'fails'}</td>"
+            + "".join(
+                f"<td title='{e(n)}'>{s_:.3f}</td>"
+                for n, s_ in zip(v["layers"], v["mean_similarity"], strict=True)
+            )
+            + "</tr>"
+            for k, v in sanity.items()
+        )
+        san_html = (
+            "<h2>Sanity check</h2><p>Model parameter randomisation (Adebayo et al. 2018): the top layers "
+            "randomised in cascade; Spearman similarity of |attribution| to the trained model's, per step. A "
+            f"method passes below {next(iter(sanity.values()))['threshold']} once they are all random.</p>"
+            f"<table><tr><th>method</th><th>verdict</th><th colspan=99>similarity after each layer</th></tr>{san_rows}</table>"
+            if sanity
+            else ""
+        )
         return f"""<style>.oe-audit table{{border-collapse:collapse}}.oe-audit td,.oe-audit th{{border:1px solid #ccc;padding:4px 8px}}
 .oe-audit .ok{{color:#070}}.oe-audit .bad{{color:#a00}}.oe-audit figure{{display:inline-block;margin:6px}}.oe-audit img{{max-width:520px}}.oe-audit code{{background:#f4f4f4}}</style>
 <h1>onnx-explain audit</h1>
@@ -165,6 +183,7 @@ class AuditReport:
 <h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>
 {report.get("metrics_note") and f"<p>{e(report['metrics_note'])}</p>" or ""}
 <table><tr><th>method</th>{arrows}</tr>{"".join(rows)}</table>
+{san_html}
 <h2>Figures</h2>{imgs}{texts}
 <h2>Problems</h2><ul>{errs or "<li>none</li>"}</ul>
 <h2>Settings</h2><pre>{e(json.dumps(report["settings"], indent=1, default=_plain))}</pre><pre>{e(json.dumps(report["versions"], indent=1))}</pre>

@@ -45,7 +45,8 @@ def _sha256(path) -> str:
 
 def audit(model, x, methods: dict | list | None = None, metrics: list | None = None, *, batch_size: int = 64,
           seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4,
-          tokenizer=None, max_length: int | None = None, target=None):  # fmt: skip
+          tokenizer=None, max_length: int | None = None, target=None, sanity_layers: int = 3,
+          sanity_items: int = 8):  # fmt: skip
     """Audit ``model`` on ``x``: conversion parity, LRP coverage, several methods × several metrics.
 
     Parameters
@@ -78,6 +79,10 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         (``'3,predicted'``, ``{'box': [x1, y1, x2, y2], 'class': c}``, ``'mask:FILE.png:1'`` ...); default:
         the predicted class. A detector's (boxes, scores) output pair is joined for a box target; the
         heatmaps draw the explained box and matched proposal, or the mask's outline.
+    sanity_layers, sanity_items : int
+        The model parameter randomisation check (:func:`onnx_explain.sanity.sanity_check`) of every method
+        that runs on the converted graph: its top ``sanity_layers`` layers randomised in cascade, on the
+        first ``sanity_items`` inputs (0 layers: no check). Its cost is one explanation per layer.
 
     Returns
     -------
@@ -139,20 +144,50 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     views = {}
     if texts is not None:
         report["texts"], views = _text_views(texts, explanations)
+    if sanity_layers and module is not None and texts is None:
+        if target is None or isinstance(target, (int, np.integer)):
+            report["sanity"] = _sanity(
+                model, x[:sanity_items], methods, sanity_layers, batch_size, target, report["errors"]
+            )
+        else:
+            report["sanity_note"] = (
+                "the parameter randomisation check explains classes: skipped for this target"
+            )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     layout = model.layout if kind == "image" else None
     figures = render_figures(x, explanations, curves, layout, thumbnails, report["inputs"].get("columns"))
     return AuditReport(report, explanations, curves, figures, views, x)
 
 
+def _sanity(model, x, methods: dict, layers: int, batch_size: int, target, errors: dict) -> dict:
+    """Cascading parameter randomisation of each method that runs on the converted graph (its top
+    ``layers`` layers), in the report's terms: layers, mean similarity per step, passed."""
+    from ..methods import METHODS
+    from ..sanity import sanity_check
+
+    out = {}
+    for name, opts in methods.items():
+        if name not in METHODS or METHODS[name].backend != "torch":
+            continue
+        try:
+            r = sanity_check(model, x, name, target, order="cascading", layers=layers, batch_size=batch_size,
+                             check_layers=layers, **(opts or {}))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one method's failure is reported, the others go on
+            errors[f"{name}/sanity"] = str(exc).splitlines()[0]
+            continue
+        out[name] = {"layers": r["layers"], "mean_similarity": [float(v) for v in r["mean"]],
+                     "passed": r["passed"], "threshold": r["threshold"]}  # fmt: skip
+    return out
+
+
 def run_audit(model, inputs, out_dir, methods: dict | list | None = None, metrics=None, batch_size: int = 64,
               seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4,
-              tokenizer=None, max_length: int | None = None, target=None) -> dict:  # fmt: skip
+              tokenizer=None, max_length: int | None = None, target=None, sanity_layers: int = 3) -> dict:  # fmt: skip
     """:func:`audit` of ``model`` on the files ``inputs``, saved into ``out_dir`` (``report.html``,
     ``report.json``, ``figures/``); returns the report's JSON as a dict."""
     r = audit(model, inputs, methods, metrics, batch_size=batch_size, seed=seed, preprocess=preprocess,
               max_items=max_items, thumbnails=thumbnails, tokenizer=tokenizer, max_length=max_length,
-              target=target)  # fmt: skip
+              target=target, sanity_layers=sanity_layers)  # fmt: skip
     r.save(out_dir)
     return r.to_dict()
 

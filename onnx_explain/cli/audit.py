@@ -40,6 +40,9 @@ def _defaults(choose) -> str:
 @click.option(
     "--max-length", type=int, default=None, help="Longest token sequence (longer texts are truncated)."
 )
+@click.option("--sanity-layers", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Model parameter randomisation check: randomise the top K layers in cascade and compare each "
+                   "gradient/LRP/CAM method's explanations (0: skip; one explanation per layer).")  # fmt: skip
 @target_option
 @model_options
 @handle_errors
@@ -55,6 +58,7 @@ def audit(
     pre,
     tokenizer,
     max_length,
+    sanity_layers,
     target,
     input_name,
     output_name,
@@ -77,12 +81,18 @@ def audit(
     m = load_model(model, input_name, output_name, ort_device)
     r = run(m, list(inputs), list(methods) or None, list(metrics) or None, batch_size=batch_size, seed=seed,
             preprocess=parse_options(pre), max_items=max_items, tokenizer=tokenizer, max_length=max_length,
-            target=None if target == "predicted" else target)  # fmt: skip
+            target=None if target == "predicted" else target, sanity_layers=sanity_layers)  # fmt: skip
     r.save(out_dir)
     click.echo(f"audit of {len(r.report['inputs']['used'])} inputs -> {out_dir}/report.html")
     for metric, best in r.best().items():
         click.echo(f"  {metric:<26} best: {best} ({r.scores[metric][best]['mean']:.4g})")
     if r.report.get("metrics_note"):
         click.echo(f"  metrics: {r.report['metrics_note']}")
+    for name, sc in r.report.get("sanity", {}).items():
+        verdict = "passes" if sc["passed"] else "FAILS"
+        sims = ", ".join(f"{v:.2f}" for v in sc["mean_similarity"])
+        click.echo(
+            f"  sanity {name:<19} {verdict} (similarity to the trained model's, top layers randomised: {sims})"
+        )
     if not r.report["lrp_coverage"]["ok"]:
         click.echo(f"  LRP: {r.report['lrp_coverage']['error']}")
