@@ -18,6 +18,7 @@ COMMANDS = {
     "explain": ("onnx_explain.cli.explain", "explain", "Explain images, arrays or CSV rows; write attributions and heatmaps."),
     "evaluate": ("onnx_explain.cli.evaluate", "evaluate", "Score attributions with perturbation and robustness metrics."),
     "audit": ("onnx_explain.cli.audit", "audit", "Deployment audit: parity, LRP coverage, methods x metrics, HTML report."),
+    "diff": ("onnx_explain.cli.diff", "diff", "Drift between two versions of a model: predictions and explanations."),
     "export": ("onnx_explain.cli.export", "export", "Export a PyTorch, Keras or scikit-learn model to ONNX and verify it."),
     "demo": ("onnx_explain.cli.demo", "demo", "Explain and evaluate the bundled model on the bundled samples."),
 }  # fmt: skip
