@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: the version of report.json's layout, described by ``schemas/audit_report.schema.json`` (JSON Schema)
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "audit_report.schema.json"
+
 __all__ = ["AuditReport", "render_figures"]
 
 #: the JSON's sections, in the order they are written

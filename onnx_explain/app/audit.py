@@ -332,8 +332,10 @@ def _provenance(model, methods: dict, batch_size: int, seed: int) -> dict:
     import torch
 
     from .. import __version__
+    from ..report import SCHEMA_VERSION
 
     return {
+        "schema_version": SCHEMA_VERSION,  # onnx_explain/schemas/audit_report.schema.json
         "model": model.describe(),
         "sha256": _sha256(model.path) if model.path else None,
         "versions": {

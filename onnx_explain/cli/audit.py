@@ -43,6 +43,9 @@ def _defaults(choose) -> str:
 @click.option("--sanity-layers", type=click.IntRange(min=0), default=3, show_default=True,
               help="Model parameter randomisation check: randomise the top K layers in cascade and compare each "
                    "gradient/LRP/CAM method's explanations (0: skip; one explanation per layer).")  # fmt: skip
+@click.option("--policy", type=click.Path(dir_okay=False),
+              help="A release policy (.toml or .json rules on parity, LRP coverage, sanity, scores, errors): "
+                   "exit 4 with one line per failed rule.")  # fmt: skip
 @target_option
 @model_options
 @handle_errors
@@ -59,6 +62,7 @@ def audit(
     tokenizer,
     max_length,
     sanity_layers,
+    policy,
     target,
     input_name,
     output_name,
@@ -77,6 +81,11 @@ def audit(
     from ..app.audit import audit as run
     from .common import load_model, resolve_device
 
+    rules = None
+    if policy:
+        from ..policy import load_policy
+
+        rules = load_policy(policy)  # a bad policy is an error before any work
     _, ort_device = resolve_device(device)
     m = load_model(model, input_name, output_name, ort_device)
     r = run(m, list(inputs), list(methods) or None, list(metrics) or None, batch_size=batch_size, seed=seed,
@@ -96,3 +105,13 @@ def audit(
         )
     if not r.report["lrp_coverage"]["ok"]:
         click.echo(f"  LRP: {r.report['lrp_coverage']['error']}")
+    if rules:
+        from ..policy import check_policy
+        from .common import fail
+
+        failed = check_policy(rules, audit=r.to_dict())
+        for line in failed:
+            click.echo(f"fail: {line}", err=True)
+        if failed:
+            fail(f"{len(failed)} policy rule(s) failed ({policy})", 4)
+        click.echo(f"  policy {policy}: {len(rules)} rule(s) hold")

@@ -18,6 +18,8 @@ from .common import fail, handle_errors
 @click.option("--fail-under", "fail_under", multiple=True, metavar="MEASURE=VALUE",
               help="Exit 4 when a measure fails: top1, spearman, spearman_abs, cosine, iou@1, iou@5, iou@10, ssim "
                    "(means over the items, every method), max_abs_diff (its largest value must stay under).")  # fmt: skip
+@click.option("--policy", type=click.Path(dir_okay=False),
+              help="A release policy file whose 'drift' rules apply (see onnx_explain.policy).")  # fmt: skip
 @click.option("--max-items", type=int, default=64, show_default=True)
 @click.option(
     "--worst", type=int, default=4, show_default=True, help="Items drawn side by side in report.html."
@@ -25,7 +27,7 @@ from .common import fail, handle_errors
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @handle_errors
-def diff(model_a, model_b, inputs, out_dir, methods, fail_under, max_items, worst, batch_size, seed):
+def diff(model_a, model_b, inputs, out_dir, methods, fail_under, policy, max_items, worst, batch_size, seed):
     """Compare two versions of a model (a quantized, fp16 or optimised build, a retrained release) on the
     same inputs: prediction agreement and, per method, the agreement of the explanations (Spearman, top-k %
     IoU, cosine, SSIM); report.json and report.html with the least agreeing items side by side.
@@ -49,6 +51,11 @@ def diff(model_a, model_b, inputs, out_dir, methods, fail_under, max_items, wors
             raise click.UsageError(
                 f"--fail-under takes MEASURE=VALUE with MEASURE one of {', '.join(MEASURES)}, not {item!r}"
             )
+    rules = None
+    if policy:
+        from ..policy import load_policy
+
+        rules = load_policy(policy)
     report = run_diff(model_a, model_b, list(inputs), out_dir, list(methods) or ["gradient"], batch_size=batch_size,
                       seed=seed, max_items=max_items, worst=worst)  # fmt: skip
     click.echo(f"diff of {report['items']} inputs -> {out_dir}/report.html")
@@ -59,6 +66,10 @@ def diff(model_a, model_b, inputs, out_dir, methods, fail_under, max_items, wors
         parts = ", ".join(f"{k} {v['mean']:.3g}" for k, v in meas.items() if v["mean"] is not None)
         click.echo(f"  {m}: {parts}")
     failed = failed_thresholds(report["_raw"], thresholds)
+    if rules:
+        from ..policy import check_policy
+
+        failed += check_policy(rules, drift=report["_raw"])
     for line in failed:
         click.echo(f"fail: {line}", err=True)
     if failed:
