@@ -96,3 +96,22 @@ def test_audit_shows_the_check(tiny, tmp_path):
     r = CliRunner().invoke(main, ["audit", str(path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "b"),
                                   "--method", "gradient", "--metric", "deletion", "--sanity-layers", "0"])  # fmt: skip
     assert r.exit_code == 0 and "sanity" not in json.loads((tmp_path / "b" / "report.json").read_text())
+
+
+def test_lrp_follows_weights_changed_in_place(tiny):
+    """LRP caches its graph per converted model; a weight written in place (a randomisation step, a user
+    editing the model) rebuilds it: the result equals that of a fresh copy, not the trained model's."""
+    import copy
+
+    from onnx_explain.explainer import converted
+    from onnx_explain.sanity import randomisation_layers
+
+    _, x, model = tiny
+    module = copy.deepcopy(converted(model, "cpu", "logit", (x.numpy(), {})))
+    before = oe.explain(module, x.numpy(), "lrp", [1, 2, 3, 4], layout="NCHW").attribution
+    torch.manual_seed(1)
+    randomisation_layers(module)[-1][1].reset_parameters()
+    after = oe.explain(module, x.numpy(), "lrp", [1, 2, 3, 4], layout="NCHW").attribution
+    fresh = oe.explain(copy.deepcopy(module), x.numpy(), "lrp", [1, 2, 3, 4], layout="NCHW").attribution
+    np.testing.assert_allclose(after, fresh, atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3

@@ -33,11 +33,21 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     owner, cut = _owner(module)
     per_model = _CACHE.setdefault(owner, {})
     key = (cut, composite, _key(composite_options), _key(rules), fallback, maxpool)
-    if key not in per_model:
-        per_model[key] = build_lrp_graph(
-            module, example, composite, composite_options, rules, fallback, maxpool
+    # the LRP graph holds copies of the weights (canonized, folded): rebuilt when a weight of the module
+    # changed in place since (a parameter randomisation test, a user editing the model), never stale
+    version = _weights_version(owner)
+    hit = per_model.get(key)
+    if hit is None or hit[0] != version:
+        hit = per_model[key] = (
+            version,
+            build_lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool),
         )
-    return per_model[key]
+    return hit[1]
+
+
+def _weights_version(module) -> tuple:
+    """The in-place version counters of every parameter and buffer of ``module`` (they move on each write)."""
+    return tuple(t._version for t in module.parameters()) + tuple(t._version for t in module.buffers())
 
 
 def default_composite(module, example) -> str:
