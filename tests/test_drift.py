@@ -94,3 +94,42 @@ def test_diff_command_passes_and_fails(tmp_path):
     r = CliRunner().invoke(main, ["diff", str(a), str(q), str(tmp_path / "x.npy"), "-o", str(tmp_path / "d3"),
                                   "--fail-under", "nope=1"])  # fmt: skip
     assert r.exit_code == 2 and "--fail-under takes" in r.output
+
+
+def test_itself_quantized_static_and_swapped_classes(tmp_path):
+    """A model against itself agrees exactly; its quantize_static (QDQ, calibrated) twin keeps the
+    predictions; the same network with its classes swapped (the last layer's rows reversed) agrees on no
+    top-1 and fails the gate."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    net = _net(0)
+    x = torch.randn(8, 3, 16, 16)
+    a = _export(net, x, tmp_path / "a.onnx")
+    same = compare(a, a, x.numpy(), ["gradient"])
+    assert same["prediction"]["top1"].all() and same["prediction"]["max_abs_diff"].max() == 0
+    for k in ("spearman", "spearman_abs", "cosine", "iou@1", "iou@5", "iou@10", "ssim"):
+        assert same["methods"]["gradient"][k]["mean"] == pytest.approx(1.0, abs=1e-12), k
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"x": x.numpy()[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    q = tmp_path / "a_qdq.onnx"
+    quantize_static(str(a), str(q), Reader(), quant_format=QuantFormat.QDQ)
+    rq = compare(a, q, x.numpy(), ["gradient"])
+    assert rq["prediction"]["top1"].all() and 0 < rq["prediction"]["max_abs_diff"].max() < 0.05
+    # int8 everywhere (straight-through gradients through the QDQ pairs): close, not equal
+    assert 0.9 < rq["methods"]["gradient"]["spearman_abs"]["mean"] < 1.0
+
+    swapped = _net(0)
+    with torch.no_grad():
+        swapped[-1].weight.copy_(swapped[-1].weight.flip(0))
+        swapped[-1].bias.copy_(swapped[-1].bias.flip(0))
+    s = _export(swapped, x, tmp_path / "swapped.onnx")
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = CliRunner().invoke(main, ["diff", str(a), str(s), str(tmp_path / "x.npy"), "-o", str(tmp_path / "d"),
+                                  "--fail-under", "top1=0.99"])  # fmt: skip
+    assert r.exit_code == 4 and "fail: top1 = 0 is below 0.99" in r.output
