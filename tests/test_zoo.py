@@ -120,14 +120,21 @@ def test_gradient_through_the_cli_is_certified_on_the_given_data(entry_id, cache
 
 
 @pytest.mark.parametrize("entry_id", AUTO_FALLBACK)
-def test_auto_falls_back_to_a_black_box_method_and_says_which(entry_id, cache, tmp_path):
+def test_auto_on_a_graph_that_does_not_convert_says_which(entry_id, cache, tmp_path):
+    """A graph with no torch conversion: ``-m auto`` says which method it chose. For a tree ensemble (the
+    LightGBM file) that is exact TreeSHAP read from the graph, whose attributions add up to the margin;
+    otherwise a black-box method."""
     entry = zoo.BY_ID[entry_id]
     model = _fetch(entry, cache)
     r, out = _explain(entry, model, tmp_path, "auto")
     said = (tmp_path / "logs" / "auto.err").read_text() + (tmp_path / "logs" / "auto.out").read_text()
     m = re.search(r"method auto: (\w+)", said)
     assert m, f"-m auto does not say which method it chose:\n{said}"
-    assert m.group(1) in zoo.BLACKBOX, f"-m auto chose {m.group(1)} on a graph that does not convert"
+    exact = "TreeEnsemble" in entry.task
+    if exact:
+        assert m.group(1) == "treeshap", f"-m auto chose {m.group(1)} for a tree ensemble"
+    else:
+        assert m.group(1) in zoo.BLACKBOX, f"-m auto chose {m.group(1)} on a graph that does not convert"
     items = _items(entry)
     npzs = sorted(out.glob("*.npz"))
     assert len(npzs) == len(items)
@@ -136,6 +143,9 @@ def test_auto_falls_back_to_a_black_box_method_and_says_which(entry_id, cache, t
             assert str(d["method"]) == m.group(1)
             assert d["attribution"].shape == x.shape
             assert np.isfinite(d["attribution"]).all()
+            if exact:  # Σφ + E = the margin of the explained class
+                total = float(d["attribution"].astype(np.float64).sum() + d["extra_expected_value"])
+                assert total == pytest.approx(float(d["score"]), abs=1e-4 * max(1.0, abs(float(d["score"]))))
 
 
 def test_the_zoo_is_pinned_and_broad():
