@@ -138,6 +138,8 @@ def _find_logit(proto: onnx.ModelProto, output: TensorSpec) -> str | None:
         return None
     if node.op_type == "Sigmoid":
         return node.input[0]
+    if node.op_type == "Div":
+        return _decomposed_softmax(proto, node)
     if node.op_type not in ("Softmax", "LogSoftmax"):
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), None)
@@ -148,6 +150,43 @@ def _find_logit(proto: onnx.ModelProto, output: TensorSpec) -> str | None:
     if not rank or axis % rank != rank - 1:
         return None
     return node.input[0]
+
+
+def _decomposed_softmax(proto: onnx.ModelProto, div: onnx.NodeProto) -> str | None:
+    """The logits of a softmax written out as ``exp(x − max x) / Σ exp(x − max x)`` (jax2tf, some
+    hand-written heads): ``x``; None when ``div`` is not that."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consts = {t.name for t in proto.graph.initializer} | {
+        o for n in proto.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    passthrough = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity", "Cast")
+
+    def through(name):
+        """The producer of ``name`` past reshapes, casts and a max/min with a constant (jax's max(−inf, ·))."""
+        n = producer.get(name)
+        while n is not None and n.input:
+            if n.op_type in passthrough:
+                n = producer.get(n.input[0])
+            elif n.op_type in ("Max", "Min") and len(n.input) == 2 and sum(i in consts for i in n.input) == 1:
+                n = producer.get(next(i for i in n.input if i not in consts))
+            else:
+                break
+        return n
+
+    if len(div.input) != 2:
+        return None
+    exp = producer.get(div.input[0])
+    total = through(div.input[1])
+    if exp is None or exp.op_type != "Exp" or total is None or total.op_type != "ReduceSum":
+        return None
+    if total.input[0] != exp.output[0]:
+        return None
+    shifted = producer.get(exp.input[0])
+    if shifted is not None and shifted.op_type == "Sub":
+        top = through(shifted.input[1])
+        if top is not None and top.op_type == "ReduceMax" and top.input[0] == shifted.input[0]:
+            return shifted.input[0]
+    return exp.input[0]
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,23 @@ def _norm_scale(view):
     return _is_variance(view, view.node.args[view.dependent[0]])
 
 
+def _of_sqrt(view):
+    """1/√(·): the reciprocal of a square root (a norm's 1/σ written as Reciprocal(Sqrt(var + ε)), jax2tf's
+    LayerNorm), possibly through an added constant."""
+    arg = view.node.args[view.dependent[0]] if view.dependent else None
+    for _ in range(2):
+        op = view.producer_op(arg)
+        if op == "Sqrt":
+            return True
+        if op != "Add" or not isinstance(arg, fx.Node):
+            return False
+        carriers = [a for a in arg.args if isinstance(a, fx.Node) and a in view.depends]
+        if len(carriers) != 1:
+            return False
+        arg = carriers[0]
+    return False
+
+
 def _signal(view):
     gate = gate_position(view)
     return [i for i in view.dependent if i != gate]
@@ -264,6 +281,7 @@ register_lrp_role("BiasAdd", PROPORTIONAL)  # com.microsoft: x + bias + skip
 register_lrp_role("FusedMatMul", PROPORTIONAL, when=_one)
 register_lrp_role("FusedMatMul", BILINEAR, when=_two)
 register_lrp_role("Sqrt", NORM_SCALE, when=_norm_scale)  # σ of a decomposed LayerNorm or RMSNorm
+register_lrp_role("Reciprocal", NORM_SCALE, when=_of_sqrt)  # 1/σ of a norm, whatever computed the variance
 # element-wise functions of one activation pass relevance unchanged, as activations do: the magnitude
 # sqrt(re² + im²) of an STFT front-end (Silero, Magika's L2 norm), |x|, a power by a constant exponent
 register_lrp_role(("Sqrt", "Abs"), IDENTITY)
