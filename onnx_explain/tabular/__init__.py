@@ -1,13 +1,15 @@
-"""Tabular and classical models in ONNX: the tree ensembles of a graph read as trees
-(:mod:`~onnx_explain.tabular.trees`), exact TreeSHAP on them (:mod:`~onnx_explain.tabular.treeshap`), and
-tables from CSV (:mod:`~onnx_explain.tabular.data`).
+"""Tabular and classical models in ONNX: tree ensembles read as trees (:mod:`~onnx_explain.tabular.trees`)
+with exact TreeSHAP (:mod:`~onnx_explain.tabular.treeshap`), linear models (:mod:`~onnx_explain.tabular.linear`),
+whole preprocessing pipelines (:mod:`~onnx_explain.tabular.pipeline`, :func:`~onnx_explain.tabular.table.explain_table`)
+and tables from CSV (:mod:`~onnx_explain.tabular.data`).
 
-:func:`tree_view` finds the ensemble that computes a model's explained output. The trees may read the
-explained input itself or columns of it after per-column steps (``Cast``, ``Identity``, ``Scaler``,
+:func:`tree_view` and :func:`linear_view` find the estimator that computes a model's explained output. It may
+read the explained input itself or columns of it after per-column steps (``Cast``, ``Identity``, ``Scaler``,
 ``Imputer``, ``Binarizer``): Shapley values are unchanged by a map applied to each feature on its own
-(every coalition sees the same function of the same columns), so the attributions of the trees' columns
-are those of the input's. A step that mixes columns before the trees (a ``Normalizer``, a one-hot
-encoder, a ``Concat`` of several inputs) is refused, naming the node.
+(every coalition sees the same function of the same columns), so the attributions of the estimator's
+columns are those of the input's. A step that mixes columns (a ``Normalizer``, a one-hot encoder, a
+``Concat`` of several inputs) is refused here, naming the node; whole pipelines of several inputs go
+through :func:`~onnx_explain.tabular.table.explain_table`.
 """
 
 from __future__ import annotations
