@@ -150,8 +150,6 @@ def test_path_dependent_equals_shap(name, data):
     k = trees.n_outputs
     c = k - 1
     x = X[100:140]
-    if isinstance(src, sk_ensemble.GradientBoostingClassifier) and k > 2:
-        pytest.skip("shap explains GradientBoostingClassifier for two classes only")
     ex = shap.TreeExplainer(src, feature_perturbation="tree_path_dependent")
     phi, e, margin = ts.TreeShap(trees, X, "path_dependent").shap_values(x, np.full(len(x), c))
     ref = _shap(ex, x, c, k)
