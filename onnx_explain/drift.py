@@ -85,9 +85,8 @@ def _mapping(ma, mb):
     )
 
 
-def compare(
-    a, b, x, methods=("gradient",), *, target=None, batch_size: int = 64, seed: int = 0, **options
-) -> dict:
+def compare(a, b, x, methods=("gradient",), *, target=None, batch_size: int = 64, seed: int = 0, metrics=(),
+            **options) -> dict:  # fmt: skip
     """Predictions and explanations of models ``a`` and ``b`` on the same inputs ``x``.
 
     Parameters
@@ -101,6 +100,9 @@ def compare(
         default) on both models.
     target : optional
         As :func:`onnx_explain.explain` takes it.
+    metrics : sequence of str
+        Metrics (``deletion``, ``insertion`` ...) scored on each version with its own attributions: the
+        per-version means and their difference B − A (``report['metrics'][method][metric]``).
     **options
         Passed to every method.
 
@@ -146,8 +148,24 @@ def compare(
                                 for k, v in meas.items()}  # fmt: skip
         report["attributions"][m] = (ea.attribution, att_b)
         worst = np.fmin(worst, meas["spearman_abs"])
+        for metric in metrics:
+            from .evaluation import evaluate
+
+            ra = evaluate(ma, x, ea.attribution, metric, target=ea.target, batch_size=batch_size, seed=seed)
+            rb = evaluate(mb, xb, eb.attribution, metric, target=ea.target, batch_size=batch_size, seed=seed)
+            mean_a, mean_b = _finite_mean(ra["scores"]), _finite_mean(rb["scores"])
+            report.setdefault("metrics", {}).setdefault(m, {})[metric] = {
+                "a": mean_a, "b": mean_b, "delta": None if None in (mean_a, mean_b) else mean_b - mean_a,
+                "higher_is_better": ra["higher_is_better"],
+            }  # fmt: skip
     report["ranking"] = [int(i) for i in np.argsort(np.nan_to_num(worst, nan=-2.0), kind="stable")]
     return report
+
+
+def _finite_mean(v) -> float | None:
+    v = np.asarray(v, dtype=np.float64)
+    ok = np.isfinite(v)
+    return float(v[ok].mean()) if ok.any() else None
 
 
 def failed_thresholds(report: dict, thresholds: dict[str, float]) -> list[str]:

@@ -133,3 +133,29 @@ def test_itself_quantized_static_and_swapped_classes(tmp_path):
     r = CliRunner().invoke(main, ["diff", str(a), str(s), str(tmp_path / "x.npy"), "-o", str(tmp_path / "d"),
                                   "--fail-under", "top1=0.99"])  # fmt: skip
     assert r.exit_code == 4 and "fail: top1 = 0 is below 0.99" in r.output
+
+
+def test_metric_per_version(tmp_path):
+    """--metric scores each version with its own attributions: A, B and B − A equal evaluate() on each."""
+    x = torch.randn(4, 3, 16, 16)
+    a = _export(_net(0), x, tmp_path / "a.onnx")
+    b = _export(_net(1), x, tmp_path / "b.onnx")
+    r = compare(a, b, x.numpy(), ["gradient"], metrics=["deletion"])
+    got = r["metrics"]["gradient"]["deletion"]
+    ea = oe.explain(oe.load(a), x.numpy(), "gradient")
+    eb = oe.explain(oe.load(b), x.numpy(), "gradient", target=ea.target)
+    want_a = oe.evaluate(oe.load(a), x.numpy(), ea.attribution, "deletion", target=ea.target)["mean"]
+    want_b = oe.evaluate(oe.load(b), x.numpy(), eb.attribution, "deletion", target=ea.target)["mean"]
+    assert got["a"] == pytest.approx(want_a) and got["b"] == pytest.approx(want_b)
+    assert got["delta"] == pytest.approx(want_b - want_a) and got["higher_is_better"] is False
+    np.save(tmp_path / "x.npy", x.numpy())
+    res = CliRunner().invoke(main, ["diff", str(a), str(b), str(tmp_path / "x.npy"), "-o", str(tmp_path / "d"),
+                                    "--metric", "deletion"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        "gradient deletion: a" in res.output
+        and "Metrics per version" in (tmp_path / "d" / "report.html").read_text()
+    )
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["metrics"]["gradient"]["deletion"][
+        "a"
+    ] == pytest.approx(want_a)

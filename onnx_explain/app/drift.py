@@ -23,9 +23,8 @@ def _plain(v):
     raise TypeError(type(v))
 
 
-def run_diff(
-    model_a, model_b, inputs, out_dir, methods, *, batch_size=64, seed=0, max_items=64, worst=4
-) -> dict:
+def run_diff(model_a, model_b, inputs, out_dir, methods, *, batch_size=64, seed=0, max_items=64, worst=4,
+             metrics=()) -> dict:  # fmt: skip
     """Compare the models on the files ``inputs`` and write ``out_dir/report.json`` and ``report.html``;
     returns the JSON as a dict (plus ``_raw``, the :func:`~onnx_explain.drift.compare` result)."""
     from ..drift import compare
@@ -40,7 +39,7 @@ def run_diff(
     if not items:
         raise InputDataError("no input could be read: nothing to compare")
     x = np.stack([ma.validate_input(np.asarray(it.x)[None])[0] for it in items])
-    r = compare(ma, mb, x, methods, batch_size=batch_size, seed=seed)
+    r = compare(ma, mb, x, methods, batch_size=batch_size, seed=seed, metrics=metrics)
     names = [it.name for it in items]
     out = {
         "model_a": str(model_a), "model_b": str(model_b), "items": len(x), "item_names": names,
@@ -53,6 +52,7 @@ def run_diff(
         "methods": {m: {k: {"mean": v["mean"], "per_item": dict(zip(names, _plain(v["per_item"]), strict=True))}
                         for k, v in meas.items()} for m, meas in r["methods"].items()},
         "ranking": [names[i] for i in r["ranking"]],
+        "metrics": r.get("metrics", {}),
     }  # fmt: skip
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / "report.json", json.dumps(out, indent=1, allow_nan=False).encode())
@@ -90,6 +90,20 @@ def _figures(x, r, layout, names, worst: int) -> dict:
     return out
 
 
+def _metric_table(metrics: dict) -> str:
+    """Each metric per method on A, on B, and B − A."""
+    if not metrics:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>{e(m)}</th><td>{e(k)}</td>{_cell(v['a'])}{_cell(v['b'])}{_cell(v['delta'])}</tr>"
+        for m, per in metrics.items()
+        for k, v in per.items()
+    )
+    return ("<h2>Metrics per version</h2><table><tr><th>method</th><th>metric</th><th>A</th><th>B</th>"
+            f"<th>B − A</th></tr>{rows}</table>")  # fmt: skip
+
+
 def _cell(v) -> str:
     return "<td>—</td>" if v is None else f"<td>{v:.4g}</td>"
 
@@ -110,5 +124,6 @@ def _html(report: dict, figures: dict) -> str:
 <h2>Predictions</h2><p>top-1 agreement {p["top1_mean"]:.4g}; largest |Δ output| {p["max_abs_diff_max"]:.4g}</p>
 <h2>Explanations</h2><p>Mean over the items of the agreement of A's and B's attributions for the same class.</p>
 <table><tr><th>method</th>{heads}</tr>{rows}</table>
+{_metric_table(report.get("metrics") or {})}
 <h2>Least agreeing items</h2><p>{e(", ".join(report["ranking"][:10]))}</p>{imgs}
 </body></html>"""

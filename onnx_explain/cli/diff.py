@@ -18,6 +18,9 @@ from .common import fail, handle_errors
 @click.option("--fail-under", "fail_under", multiple=True, metavar="MEASURE=VALUE",
               help="Exit 4 when a measure fails: top1, spearman, spearman_abs, cosine, iou@1, iou@5, iou@10, ssim "
                    "(means over the items, every method), max_abs_diff (its largest value must stay under).")  # fmt: skip
+@click.option("--metric", "metrics", multiple=True,
+              help="A metric (deletion, insertion ...) scored on each version with its own attributions; "
+                   "repeatable: report.json and report.html show A, B and B − A.")  # fmt: skip
 @click.option("--policy", type=click.Path(dir_okay=False),
               help="A release policy file whose 'drift' rules apply (see onnx_explain.policy).")  # fmt: skip
 @click.option("--max-items", type=int, default=64, show_default=True)
@@ -27,7 +30,20 @@ from .common import fail, handle_errors
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @handle_errors
-def diff(model_a, model_b, inputs, out_dir, methods, fail_under, policy, max_items, worst, batch_size, seed):
+def diff(
+    model_a,
+    model_b,
+    inputs,
+    out_dir,
+    methods,
+    fail_under,
+    metrics,
+    policy,
+    max_items,
+    worst,
+    batch_size,
+    seed,
+):
     """Compare two versions of a model (a quantized, fp16 or optimised build, a retrained release) on the
     same inputs: prediction agreement and, per method, the agreement of the explanations (Spearman, top-k %
     IoU, cosine, SSIM); report.json and report.html with the least agreeing items side by side.
@@ -57,7 +73,7 @@ def diff(model_a, model_b, inputs, out_dir, methods, fail_under, policy, max_ite
 
         rules = load_policy(policy)
     report = run_diff(model_a, model_b, list(inputs), out_dir, list(methods) or ["gradient"], batch_size=batch_size,
-                      seed=seed, max_items=max_items, worst=worst)  # fmt: skip
+                      seed=seed, max_items=max_items, worst=worst, metrics=list(metrics))  # fmt: skip
     click.echo(f"diff of {report['items']} inputs -> {out_dir}/report.html")
     click.echo(
         f"  top-1 agreement {report['prediction']['top1_mean']:.4g}, max |Δ output| {report['prediction']['max_abs_diff_max']:.4g}"
@@ -65,6 +81,10 @@ def diff(model_a, model_b, inputs, out_dir, methods, fail_under, policy, max_ite
     for m, meas in report["methods"].items():
         parts = ", ".join(f"{k} {v['mean']:.3g}" for k, v in meas.items() if v["mean"] is not None)
         click.echo(f"  {m}: {parts}")
+    for m, per in report.get("metrics", {}).items():
+        for k, v in per.items():
+            show = ", ".join("undefined" if v[t] is None else f"{t} {v[t]:.4g}" for t in ("a", "b", "delta"))
+            click.echo(f"  {m} {k}: {show}")
     failed = failed_thresholds(report["_raw"], thresholds)
     if rules:
         from ..policy import check_policy
