@@ -437,11 +437,29 @@ def converted(model, device: str = "cpu", output: str = "output", data=None):
     except (ConversionError, ParityError) as exc:
         exact = _exact_choice(model) if _is_model(model) else None
         others = runtime_methods(exact[0] if exact else None)
+        if _is_model(model):  # only those meant for this kind of input
+            from .layout import modality
+            from .methods import METHODS
+
+            kind = modality(model.layout, model.input.dtype)
+            others = [m for m in others if kind in METHODS[m].modalities]
         if not others:
             raise
+        hint = ""
+        if _is_model(model) and _has_estimator(model):
+            hint = "; a preprocessing pipeline before trees or a linear model: explain_table (the CLI: CSV inputs, -m auto)"
         raise type(exc)(
-            f"{exc} — methods that run on onnxruntime alone still work: {', '.join(others)} (or method='auto')"
+            f"{exc} — methods that run on onnxruntime alone still work: {', '.join(others)} (or method='auto'){hint}"
         ) from None
+
+
+def _has_estimator(model) -> bool:
+    from .tabular.linear import LINEAR_OPS
+    from .tabular.trees import TREE_OPS
+
+    return any(
+        n.domain == "ai.onnx.ml" and n.op_type in TREE_OPS + LINEAR_OPS for n in model.proto.graph.node
+    )
 
 
 def _auto_method(

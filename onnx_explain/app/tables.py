@@ -14,29 +14,33 @@ import numpy as np
 from .batch import ManifestSink
 from .io import atomic_save_npz
 
-__all__ = ["explain_table_files", "is_table_model"]
+__all__ = ["explain_table_files", "table_model"]
 
 
-def is_table_model(path) -> bool:
-    """Whether ``path`` is a model whose rows must be read across several inputs (or with strings) and
-    whose explained output is one tree ensemble's or linear model's after preprocessing."""
+def table_model(path):
+    """The loaded Model (with its :class:`~onnx_explain.tabular.table.TablePipeline`) when ``path`` is a model
+    whose rows must be read across several inputs (or with strings) and whose explained output is one tree
+    ensemble's or linear model's after preprocessing; else None."""
     import onnx
 
     from ..tabular.table import TablePipeline, _load_any
     from ..tabular.trees import TreeModelError
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable model: the regular loader says why, in one line
+        return None
     inits = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in inits]
     strings = any(v.type.tensor_type.elem_type == onnx.TensorProto.STRING for v in inputs)
     if len(inputs) < 2 and not strings:
-        return False
+        return None
+    model = _load_any(path)
     try:
-        model = _load_any(path)
         model.derived["tabular.pipeline"] = TablePipeline(model)
     except TreeModelError:
-        return False
-    return True
+        return None
+    return model
 
 
 def explain_table_files(model, tables, out_dir, method="auto", target=None, *, background=None,
@@ -44,19 +48,17 @@ def explain_table_files(model, tables, out_dir, method="auto", target=None, *, b
     """Explain every row of the CSV ``tables`` into ``out_dir``; a table that cannot be read is one failure
     and the others go on. Rows are explained ``batch_size`` at a time against one background (default:
     every row of the tables), so no result depends on the batch."""
-    from ..tabular.table import _load_any, explain_table, read_table_rows
+    from ..tabular.table import TablePipeline, _load_any, explain_table, read_table_rows
     from .viz import save_bars, save_table_summary
 
     out_dir = Path(out_dir)
     model = _load_any(model) if not hasattr(model, "proto") else model
+    pipe = model.derived.get("tabular.pipeline") or TablePipeline(model)
+    model.derived["tabular.pipeline"] = pipe  # explain_table finds it there
     summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
     read = []
     for t in tables:
         try:
-            from ..tabular.table import TablePipeline
-
-            pipe = model.derived.get("tabular.pipeline") or TablePipeline(model)
-            model.derived["tabular.pipeline"] = pipe
             read.append((Path(t), read_table_rows(t, pipe.inputs)))
         except Exception as exc:  # noqa: BLE001 - one unreadable table is reported, the rest go on
             summary["failed"] += 1

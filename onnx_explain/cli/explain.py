@@ -258,13 +258,14 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         and len(tables) == len(inputs)
         and not input_name
     ):
-        from ..app.tables import explain_table_files, is_table_model
+        from ..app.tables import explain_table_files, table_model
 
-        if is_table_model(model):  # columns across several inputs or strings: the whole pipeline at once
+        tm = table_model(model)
+        if tm is not None:  # columns across several inputs or strings: the whole pipeline at once
             if target != "predicted" and not str(target).isdigit():
                 raise click.UsageError("a table model takes --target predicted or a class index")
             summary = explain_table_files(
-                model, tables, out_dir, method, None if target == "predicted" else int(target),
+                tm, tables, out_dir, method, None if target == "predicted" else int(target),
                 background=flags.get("background"), feature_perturbation=flags.get("perturbation") or "interventional",
                 heatmaps=heatmaps, batch_size=max(batch_size, 1024),
             )  # fmt: skip

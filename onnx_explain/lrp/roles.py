@@ -136,19 +136,22 @@ def gate_position(view: NodeView) -> int | None:
     return view.dependent[0] if a > b else view.dependent[1]
 
 
-def _is_variance(view: NodeView, arg, depth: int = 3) -> bool:
-    """Whether ``arg`` is a mean (of squares), possibly plus a constant ε: the inside of a norm's σ."""
+def _past_constant_adds(view: NodeView, arg, depth: int) -> str | None:
+    """The op that computes ``arg``, looking through up to ``depth`` additions of constants (an ε)."""
     for _ in range(depth):
         op = view.producer_op(arg)
-        if op == "ReduceMean":
-            return True
         if op != "Add":
-            return False
+            return op
         carriers = [a for a in arg.args if isinstance(a, fx.Node) and a in view.depends]
         if len(carriers) != 1:
-            return False
+            return op
         arg = carriers[0]
-    return False
+    return None
+
+
+def _is_variance(view: NodeView, arg, depth: int = 3) -> bool:
+    """Whether ``arg`` is a mean (of squares), possibly plus a constant ε: the inside of a norm's σ."""
+    return _past_constant_adds(view, arg, depth) == "ReduceMean"
 
 
 def _one(view):
@@ -174,18 +177,7 @@ def _norm_scale(view):
 def _of_sqrt(view):
     """1/√(·): the reciprocal of a square root (a norm's 1/σ written as Reciprocal(Sqrt(var + ε)), jax2tf's
     LayerNorm), possibly through an added constant."""
-    arg = view.node.args[view.dependent[0]] if view.dependent else None
-    for _ in range(2):
-        op = view.producer_op(arg)
-        if op == "Sqrt":
-            return True
-        if op != "Add" or not isinstance(arg, fx.Node):
-            return False
-        carriers = [a for a in arg.args if isinstance(a, fx.Node) and a in view.depends]
-        if len(carriers) != 1:
-            return False
-        arg = carriers[0]
-    return False
+    return bool(view.dependent) and _past_constant_adds(view, view.node.args[view.dependent[0]], 2) == "Sqrt"
 
 
 def _signal(view):

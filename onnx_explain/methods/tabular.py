@@ -109,10 +109,7 @@ def linear_shap(scorer, x, target, generator, background=None):
     )
     c = scorer.classes(target).cpu().numpy()
     lin = view.linear
-    mean = view.columns(bg).astype(np.float64).mean(0)
-    w = lin.weight[c]  # (rows, features)
-    phi = w * (cols.astype(np.float64) - mean)
-    expected = w @ mean + lin.bias[c]
+    phi, expected = lin.shap_values(cols, view.columns(bg), c)
     return torch.from_numpy(phi).to(x.dtype), {
         "score": torch.from_numpy(phi.sum(1) + expected).to(x.dtype),
         "expected_value": expected,

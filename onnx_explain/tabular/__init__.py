@@ -14,8 +14,6 @@ through :func:`~onnx_explain.tabular.table.explain_table`.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx
 
@@ -105,12 +103,11 @@ class TreeView(TableView):
 
     def engine(self, background: np.ndarray, mode: str):
         """The :class:`~onnx_explain.tabular.treeshap.TreeShap` of this background and mode (built once)."""
-        from .treeshap import TreeShap
+        from .treeshap import TreeShap, engine_key
 
-        bg = np.ascontiguousarray(background)
-        key = (mode, bg.shape, hashlib.blake2b(bg.tobytes(), digest_size=16).hexdigest())
+        key = engine_key(mode, background)
         if key not in self.engines:
-            self.engines[key] = TreeShap(self.trees, self.columns(bg), mode)
+            self.engines[key] = TreeShap(self.trees, self.columns(background), mode)
         return self.engines[key]
 
     def describe(self) -> str:

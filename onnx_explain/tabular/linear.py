@@ -63,6 +63,14 @@ class Linear:
     def margins(self, x: np.ndarray) -> np.ndarray:
         return self.check_rows(x) @ self.weight.T + self.bias
 
+    def shap_values(self, x: np.ndarray, background: np.ndarray, outputs) -> tuple[np.ndarray, np.ndarray]:
+        """``(φ, expected value)`` of margin column ``outputs[i]`` for each row ``x[i]``, features independent:
+        ``φ = W_c ⊙ (x − mean(background))``, ``E = W_c · mean + b_c`` (shap's LinearExplainer); Σφ + E is
+        the margin."""
+        mean = self.check_rows(background).mean(0)
+        w = self.weight[np.asarray(outputs, dtype=np.int64)]  # (rows, features)
+        return w * (self.check_rows(x) - mean), w @ mean + self.bias[outputs]
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """onnxruntime's scores output for rows ``x``."""
         return post_transform(self.margins(x), self.post)

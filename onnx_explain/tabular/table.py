@@ -217,11 +217,13 @@ def explain_table(
         raise OptionError(f"{method} does not apply: the estimator is {pipe.describe()} (use {want})")
     x = read_table_rows(rows, pipe.inputs)
     cols = pipe.columns(x)
-    out = pipe.outputs({k: v[:CHECKED_ROWS] for k, v in x.items()})
-    ours = pipe.estimator.predict(cols[:CHECKED_ROWS])
-    note = check_same_scores(out, ours, model.output.name, pipe.node, model.proto)
     n = len(cols)
-    classes = _classes(target, pipe.outputs(x) if n > CHECKED_ROWS else out, n)
+    predicted = target is None or (isinstance(target, str) and target == "predicted")
+    # one onnxruntime pass: every row when the predicted classes are needed, else the checked rows only
+    out = pipe.outputs(x if predicted else {k: v[:CHECKED_ROWS] for k, v in x.items()})
+    ours = pipe.estimator.predict(cols[:CHECKED_ROWS])
+    note = check_same_scores(out[:CHECKED_ROWS], ours, model.output.name, pipe.node, model.proto)
+    classes = _classes(target, out, n)
     if background is None:
         if feature_perturbation == "path_dependent":
             raise OptionError(
@@ -234,19 +236,16 @@ def explain_table(
             f" of {background}" if isinstance(background, (str, os.PathLike)) else ""
         )
     if pipe.kind == "trees":
-        from .treeshap import TreeShap
+        from .treeshap import TreeShap, engine_key
 
-        key = (feature_perturbation, bg_cols.shape, hash(bg_cols.tobytes()))
+        key = engine_key(feature_perturbation, bg_cols)
         if key not in pipe.engines:
             pipe.engines[key] = TreeShap(pipe.estimator, bg_cols, feature_perturbation)
         phi, expected, margin = pipe.engines[key].shap_values(cols, classes)
         options = {"background": where, "feature_perturbation": feature_perturbation}
     else:
         lin = pipe.estimator
-        mean = bg_cols.astype(np.float64).mean(0)
-        w = lin.weight[classes]
-        phi = w * (cols.astype(np.float64) - mean)
-        expected = w @ mean + lin.bias[classes]
+        phi, expected = lin.shap_values(cols, bg_cols, classes)
         margin = phi.sum(1) + expected
         options = {"background": where}
     attribution = phi @ pipe.provenance.matrix()

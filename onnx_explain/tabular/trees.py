@@ -124,23 +124,7 @@ class Trees:
 
     def decisions(self, x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """``(rows, len(nodes))`` bool: whether each row goes to the *true* child of each branch node."""
-        feat = self.feature[nodes]
-        thr = self.threshold[nodes].astype(x.dtype)
-        v = x[:, feat]
-        mode = self.mode[nodes]
-        out = np.empty(v.shape, dtype=bool)
-        with np.errstate(invalid="ignore"):
-            for code, op in ((LEQ, np.less_equal), (LT, np.less), (GTE, np.greater_equal), (GT, np.greater),
-                             (EQ, np.equal), (NEQ, np.not_equal)):  # fmt: skip
-                cols = np.flatnonzero(mode == code)
-                if len(cols):
-                    out[:, cols] = op(v[:, cols], thr[cols])
-        for j in np.flatnonzero(mode == MEMBER):
-            out[:, j] = np.isin(v[:, j], self.members[int(nodes[j])])
-        missing = self.missing_true[nodes]
-        if missing.any():
-            out |= np.isnan(v) & missing
-        return out
+        return _decide(self, x[:, self.feature[nodes]], nodes)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -222,20 +206,29 @@ def post_transform(m: np.ndarray, how: str) -> np.ndarray:
     raise TreeModelError(f"unknown post_transform {how!r}")
 
 
+def _decide(trees: Trees, v: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """onnxruntime's decision (true child?) of node ``nodes[j]`` for the values ``v[..., j]`` of its feature:
+    one comparison per mode present, membership, and missing values tracked to the true side."""
+    thr = trees.threshold[nodes].astype(v.dtype)
+    mode = trees.mode[nodes]
+    out = np.zeros(v.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for code, op in ((LEQ, np.less_equal), (LT, np.less), (GTE, np.greater_equal), (GT, np.greater),
+                         (EQ, np.equal), (NEQ, np.not_equal)):  # fmt: skip
+            cols = np.flatnonzero(mode == code)
+            if len(cols):
+                out[..., cols] = op(v[..., cols], thr[cols])
+    for j in np.flatnonzero(mode == MEMBER):
+        out[..., j] = np.isin(v[..., j], trees.members[int(nodes[j])])
+    missing = trees.missing_true[nodes]
+    if missing.any():
+        out |= np.isnan(v) & missing
+    return out
+
+
 def _decide_pairs(trees: Trees, x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     """Row i's decision at node ``nodes[i]`` (one node per row)."""
-    v = x[np.arange(len(x)), trees.feature[nodes]]
-    thr = trees.threshold[nodes].astype(x.dtype)
-    mode = trees.mode[nodes]
-    with np.errstate(invalid="ignore"):
-        out = np.select(
-            [mode == LEQ, mode == LT, mode == GTE, mode == GT, mode == EQ, mode == NEQ],
-            [v <= thr, v < thr, v >= thr, v > thr, v == thr, v != thr],
-            default=False,
-        )
-    for j in np.flatnonzero(mode == MEMBER):
-        out[j] = np.isin(v[j], trees.members[int(nodes[j])])
-    return out | (np.isnan(v) & trees.missing_true[nodes])
+    return _decide(trees, x[np.arange(len(x)), trees.feature[nodes]][None], nodes)[0]
 
 
 @dataclass

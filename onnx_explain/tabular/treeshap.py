@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from .trees import TreeModelError, Trees
 
-__all__ = ["MODES", "TABLE_BUDGET", "TABLE_SLOTS", "TreeShap"]
+__all__ = ["MODES", "TABLE_BUDGET", "TABLE_SLOTS", "TreeShap", "engine_key"]
 
 MODES = ("interventional", "path_dependent")
 #: paths with at most this many distinct features are tabulated (2^d patterns)
@@ -98,6 +98,14 @@ def binary_game_table(d: int) -> np.ndarray:
     neg = np.where(b > 0, f[a] * f[np.maximum(b - 1, 0)] / f[n], 0.0)
     g = np.where(ox & (1 - oz), pos[..., None], 0.0) - np.where(oz & (1 - ox), neg[..., None], 0.0)
     return np.where(reach[..., None], g, 0.0)
+
+
+def engine_key(mode: str, background: np.ndarray) -> tuple:
+    """The cache key of the :class:`TreeShap` of ``background`` rows in ``mode`` (their bytes' digest)."""
+    import hashlib
+
+    bg = np.ascontiguousarray(background)
+    return (mode, bg.shape, bg.dtype.str, hashlib.blake2b(bg.tobytes(), digest_size=16).hexdigest())
 
 
 def _bits(p: np.ndarray, k: int) -> np.ndarray:
