@@ -277,6 +277,9 @@ register_lrp_role("Reciprocal", NORM_SCALE, when=_of_sqrt)  # 1/σ of a norm, wh
 # element-wise functions of one activation pass relevance unchanged, as activations do: the magnitude
 # sqrt(re² + im²) of an STFT front-end (Silero, Magika's L2 norm), |x|, a power by a constant exponent
 register_lrp_role(("Sqrt", "Abs"), IDENTITY)
+register_lrp_role(
+    "Neg", IDENTITY
+)  # -x (a rotary embedding's rotate_half): linear, relevance passes unchanged
 register_lrp_role("Pow", IDENTITY, when=_scaled)  # x ** c (c constant): as Div by a constant, position 0
 register_lrp_role(("Attention", "MultiHeadAttention"), ATTENTION, when=_attention_outputs_unused)
 register_lrp_role("EmbedLayerNormalization", EMBED_NORM)  # its word lookup is a routing Gather before it
