@@ -317,8 +317,9 @@ def _explain_one(gm, tok, prompt_ids, new, method, opts, target, span, alt, outp
     targets = make_targets(seq, first, output, target, alt, span, pieces)
     generator = make_generator(seed, "cpu")
     with torch.no_grad():
-        attributions, scores, extras = spec.fn(es, forward, targets, batch_size, generator, **opts)
+        attributions, extras = spec.fn(es, forward, targets, batch_size, generator, **opts)
         logits = forward(es).detach()
+        scores = targets.scores(logits)[0]
     how = spec.reduction(opts)
     per_input = [reduce_tokens(a, how) for a in attributions]
     matrix = np.concatenate(per_input, axis=1).astype(np.float32)
@@ -368,6 +369,16 @@ def _converted(model, data: dict, device: str, vocab: int):
     return emb, e, {**comp_t, emb.ids_key: ids}, frontier
 
 
+def _embed_token(emb, comp: dict, token: int, like: torch.Tensor) -> torch.Tensor:
+    """The embedding (the cut tensor) of the sequence with every id replaced by ``token``."""
+    from ..methods.embedding import embedding_model
+
+    ids = comp[emb.ids_key]
+    others = {k: v for k, v in comp.items() if k != emb.ids_key}
+    _, e, _ = embedding_model(emb.wrapper, torch.full_like(ids, int(token)), others)
+    return e.to(like.dtype)
+
+
 def _rows(comp: dict, R: int) -> dict:
     return {k: v.expand(R, *v.shape[1:]) for k, v in comp.items()}
 
@@ -383,7 +394,7 @@ def _graph(emb, e, comp, spec, opts):
     if composite == "auto":
         composite = default_composite(emb, example)
     graph, assignments = lrp_graph(
-        emb, example, composite, _composite_options(composite, None, {}), opts.get("rules") or {},
+        emb, example, composite, _composite_options(composite, opts.get("composite_options"), {}), opts.get("rules") or {},
         opts.get("fallback"), "gradient",
     )  # fmt: skip
     return graph, {
@@ -408,6 +419,8 @@ def _decoder_forward(gm, seq: np.ndarray, device: str, spec, opts):
     def forward(rows):
         return graph(rows[0], _rows(comp, len(rows[0])))
 
+    forward.pad_id = gm.settings.pad_id
+    forward.embed = lambda token: [_embed_token(emb, comp, token, e)]
     notes = {**notes, "embedding_node": frontier}
     if model.parity is not None:
         notes["parity"] = model.parity.summary()
@@ -445,6 +458,11 @@ def _seq2seq_forward(gm, source: np.ndarray, seq: np.ndarray, device: str, spec,
         comp = {**_rows(dec_comp, R), io.encoder_states: h}
         return dec_emb(rows[1], comp)
 
+    forward.pad_id = gm.settings.pad_id
+    forward.embed = lambda token: [
+        _embed_token(enc_emb, enc_comp, token, es),
+        _embed_token(dec_emb, dec_comp, token, et),
+    ]
     notes = {"embedding_node": {"encoder": enc_frontier, "decoder": frontier}}
     if model.parity is not None:
         notes["parity"] = {"encoder": enc_model.parity.summary(), "decoder": model.parity.summary()}

@@ -65,8 +65,8 @@ def gradient(es, forward, targets: Targets, batch_size, generator, times_input=F
         for i, g in enumerate(grads):
             acc[i][cols] = (g[:, 0] * rows[i][0] if times_input else g[:, 0]).to(torch.float64)
 
-    scores, extras = run_passes(forward, targets, Pass(lambda a, b: es, 1, consume), batch_size)
-    return acc, scores, extras
+    extras = run_passes(forward, targets, Pass(lambda a, b: es, 1, consume), batch_size)
+    return acc, extras
 
 
 @register("gradient_x_input", "e ⊙ ∂t/∂e at the embedding, summed per token")
@@ -110,7 +110,7 @@ def smoothgrad(es, forward, targets, batch_size, generator, sigma, noise, n_samp
             if s2 is not None:
                 s2[i][cols] += (v * v).sum(1)
 
-    scores, extras = run_passes(forward, targets, Pass(rows, n, consume), batch_size)
+    extras = run_passes(forward, targets, Pass(rows, n, consume), batch_size)
     out = []
     for i in range(len(es)):
         mean = s1[i] / n
@@ -121,7 +121,7 @@ def smoothgrad(es, forward, targets, batch_size, generator, sigma, noise, n_samp
             if reduce == "mean_sq"
             else (s2[i] / n - mean * mean).clamp_min(0)
         )
-    return out, scores, {**extras, "sigma": sig, "n_samples": n}
+    return out, {**extras, "sigma": sig, "n_samples": n}
 
 
 @register("integrated_gradients", "(e − e') ⊙ ∫ ∂t/∂e along the straight path from the baseline e'",
@@ -130,10 +130,7 @@ def integrated_gradients(es, forward, targets, batch_size, generator, baseline, 
     from ..methods.integrated_gradients import quadrature
 
     alphas, weights = quadrature(quadrature_method, int(n_steps))
-    if isinstance(baseline, str) and baseline != "zero":
-        raise OptionError(f"baseline for generation must be 'zero' or a number, not {baseline!r}")
-    value = 0.0 if isinstance(baseline, str) else float(baseline)
-    bases = [torch.full_like(e, value) for e in es]
+    bases = _baselines(es, forward, baseline)
     acc = _zeros(es, targets.count)
     n = len(alphas)
 
@@ -146,19 +143,20 @@ def integrated_gradients(es, forward, targets, batch_size, generator, baseline, 
         for i, g in enumerate(grads):
             acc[i][cols] += (g.to(torch.float64) * w).sum(1)
 
-    scores, extras = run_passes(forward, targets, Pass(rows, n, consume), batch_size)
+    extras = run_passes(forward, targets, Pass(rows, n, consume), batch_size)
     out = [(e - x0).to(torch.float64)[0] * a for e, x0, a in zip(es, bases, acc, strict=True)]
     with torch.no_grad():
+        at_x = targets.scores(forward(es))[0].to(torch.float64)
         at_base = targets.scores(forward(bases))[0].to(torch.float64)
     total = sum(o.reshape(len(o), -1).sum(1) for o in out)
-    delta = total - (scores.to(torch.float64) - at_base)
-    return out, scores, {**extras, "delta": delta.numpy(), "n_steps": n}
+    delta = total - (at_x - at_base)
+    return out, {**extras, "delta": delta.numpy(), "n_steps": n}
 
 
 @register("lrp", "LRP at the embedding (AttnLRP / CP-LRP on transformers), summed per token", graph="lrp",
-          composite="auto", rules=None, fallback=None)  # fmt: skip
-def lrp(es, forward, targets, batch_size, generator, composite, rules, fallback):
-    """The LRP graph (built from ``composite``, ``rules``, ``fallback`` by the caller) is ``forward``: its
+          composite="auto", composite_options=None, rules=None, fallback=None)  # fmt: skip
+def lrp(es, forward, targets, batch_size, generator, composite, composite_options, rules, fallback):
+    """The LRP graph (built from ``composite``, ``composite_options``, ``rules``, ``fallback`` by the caller) is ``forward``: its
     backward seeded with ``logits ⊙ ∂t/∂logits`` gives the relevance at the embedding."""
     acc = _zeros(es, targets.count)
 
@@ -166,11 +164,33 @@ def lrp(es, forward, targets, batch_size, generator, composite, rules, fallback)
         for i, g in enumerate(grads):
             acc[i][cols] = g[:, 0].to(torch.float64)
 
-    scores, extras = run_passes(
-        forward, targets, Pass(lambda a, b: es, 1, consume), batch_size, relevance=True
-    )
+    extras = run_passes(forward, targets, Pass(lambda a, b: es, 1, consume), batch_size, relevance=True)
+    with torch.no_grad():
+        at_x = targets.scores(forward(es))[0].to(torch.float64)
     total = sum(o.reshape(len(o), -1).sum(1) for o in acc)
-    return acc, scores, {**extras, "delta": (total - scores.to(torch.float64)).numpy()}
+    return acc, {**extras, "delta": (total - at_x).numpy()}
+
+
+def _baselines(es, forward, baseline) -> list[torch.Tensor]:
+    """IG's e': zeros (``'zero'``), a number, or the embedding of one token at every position
+    (``'pad'``: the model's pad token; ``'token:N'``: token N; Captum's ``LayerIntegratedGradients`` on the
+    embedding with its default baseline is ``'token:0'``)."""
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return [torch.full_like(e, float(baseline)) for e in es]
+    text = str(baseline)
+    if text == "zero":
+        return [torch.zeros_like(e) for e in es]
+    token = None
+    if text == "pad":
+        token = forward.pad_id
+    elif text.startswith("token:"):
+        try:
+            token = int(text.split(":", 1)[1])
+        except ValueError:
+            token = None
+    if token is None:
+        raise OptionError(f"baseline must be 'zero', a number, 'pad' or 'token:N', not {baseline!r}")
+    return forward.embed(token)
 
 
 def reduce_tokens(a: torch.Tensor, how: str) -> np.ndarray:
