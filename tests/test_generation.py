@@ -344,3 +344,64 @@ def test_several_prompts_give_one_explanation_each_and_save(models, tmp_path):
         np.testing.assert_array_equal(z["attribution"], es[0].attribution)
     html = paths[2].read_text()
     assert html.count("<tr") == 1 + es[0].target_columns.max()  # header + one row per attributed token
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_explains_prompts_into_one_folder_per_item(models, tmp_path):
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "the cat sees a"}) + "\n" + json.dumps({"prompt": "dog", "continuation": " runs near"})
+        + "\n" + json.dumps({"prompt": ""}) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "out"
+    r = _cli("explain-generation", HERE / "llama", "--prompts", prompts, "--out", out, "--max-new-tokens", 4,
+             "-m", "integrated_gradients", "--steps", 8, "--output", "log_prob")  # fmt: skip
+    assert r.exit_code == 1, r.output  # one item failed, the others finished
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [x.get("folder") for x in lines] == ["00000", "00001", None]
+    assert "no tokens" in lines[2]["error"] and "1 item(s) failed" in r.output
+    # each item equals the API's explanation of it
+    api = explain_generation(models["llama"], "dog", continuation=" runs near", method="integrated_gradients",
+                             n_steps=8, output="log_prob")  # fmt: skip
+    rec = json.loads((out / "00001" / "explanation.json").read_text())
+    np.testing.assert_allclose(rec["attribution"], api.attribution, rtol=1e-5, atol=1e-7)
+    assert rec["tokens"] == api.tokens and rec["extras"]["generated"] is False
+    first = json.loads((out / "00000" / "explanation.json").read_text())
+    assert first["extras"]["generated"] is True and len(first["targets"]) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["explained"] == 2 and summary["failed"] == 1
+
+
+def test_cli_refuses_bad_options_up_front(tmp_path):
+    out = tmp_path / "o"
+    r = _cli("explain-generation", HERE / "llama", "--prompt", "a", "--out", out, "-m", "integrated_gradients",
+             "--option", "n_stepz=3")  # fmt: skip
+    assert r.exit_code == 2 and "n_stepz" in r.output and not out.exists()
+    r = _cli("explain-generation", HERE / "llama", "--prompt", "a", "--out", out, "--sample", "--top-p", "0")
+    assert r.exit_code == 2 and "top_p" in r.output and not out.exists()
+    r = _cli("explain-generation", HERE / "llama", "--out", out)
+    assert r.exit_code == 2 and "--prompt" in r.output
+    r = _cli("explain-generation", tmp_path, "--prompt", "a", "--out", out)
+    assert r.exit_code == 2 and "no decoder graph" in r.output
+
+
+def test_info_describes_a_generative_folder_and_certifies_it():
+    import json
+
+    r = _cli("info", HERE / "t5", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["kind"] == "encoder-decoder" and d["encoder"] == "encoder_model.onnx"
+    assert set(d["conversion"]["parity"]) == {"encoder", "decoder"}
+    r = _cli("info", HERE / "llama" / "model.onnx")  # a decoder file: its position table bounds the probe
+    assert r.exit_code == 0 and "KV cache: 2 layers x 2 heads" in r.output and "max |diff|" in r.output

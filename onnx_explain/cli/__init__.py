@@ -16,6 +16,7 @@ from .. import __version__
 COMMANDS = {
     "info": ("onnx_explain.cli.info", "info", "Describe a model: inputs, outputs, ops, conversion and parity."),
     "explain": ("onnx_explain.cli.explain", "explain", "Explain images, arrays or CSV rows; write attributions and heatmaps."),
+    "explain-generation": ("onnx_explain.cli.explain_generation", "explain_generation", "Generate from prompts with a decoder or encoder-decoder export and attribute each generated token."),
     "evaluate": ("onnx_explain.cli.evaluate", "evaluate", "Score attributions with perturbation and robustness metrics."),
     "audit": ("onnx_explain.cli.audit", "audit", "Deployment audit: parity, LRP coverage, methods x metrics, HTML report."),
     "diff": ("onnx_explain.cli.diff", "diff", "Drift between two versions of a model: predictions and explanations."),

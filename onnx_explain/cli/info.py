@@ -10,7 +10,7 @@ from .common import fail, handle_errors, model_options
 
 
 @click.command("info")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @model_options
 @click.option(
     "--convert/--no-convert",
@@ -57,6 +57,12 @@ def info(
     from .common import load_probe, parse_range
 
     lo_hi = parse_range(probe_range, "--probe-range")
+    from pathlib import Path
+
+    if Path(model).is_dir() or _is_decoder_file(
+        model
+    ):  # a generative export (Optimum, onnxruntime-genai ...)
+        return _info_generative(model, device, convert, as_json)
     m, chosen = _load_any(model, input_name, output_name, device)
     data = m.describe()
     data["notes"] = chosen + data["notes"]
@@ -98,6 +104,47 @@ def info(
     if status:
         fail(data["conversion"]["error"], status)
     return None
+
+
+def _is_decoder_file(path) -> bool:
+    """Whether the file is a generative decoder with a KV cache or position ids (described and certified
+    as a generation model: a synthetic probe's position ids would overrun its position table)."""
+    import onnx
+
+    from ..errors import InputSpecError
+    from ..generation.layout import decoder_io
+
+    try:
+        io = decoder_io(onnx.load(str(path), load_external_data=False), str(path))
+    except InputSpecError:
+        return False
+    except Exception:  # noqa: BLE001 - an unreadable file: the normal path reports it in one line
+        return False  # not a decoder, or not readable: the normal path reports it
+    return io.has_cache or io.positions is not None
+
+
+def _info_generative(folder, device, convert, as_json):
+    from ..generation import load_generative
+    from ..generation.explain import certify
+
+    gm = load_generative(folder, device=device)
+    data = {"path": str(folder), **gm.describe()}
+    if convert:
+        data["conversion"] = certify(gm)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for k, v in data.items():
+        if k == "conversion":
+            parity = (
+                v["parity"]
+                if isinstance(v["parity"], dict) and "max_abs" not in v["parity"]
+                else {"decoder": v["parity"]}
+            )
+            for part, p in parity.items():
+                click.echo(f"{'torch:':<18}{part}: {p}")
+        else:
+            click.echo(f"{k + ':':<18}{v}")
 
 
 def _load_any(path, input_name, output_name, device):
