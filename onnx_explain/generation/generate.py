@@ -61,10 +61,20 @@ class Sampling:
 
 def _feeds_typed(session, feeds: dict) -> dict:
     """Each feed in the dtype its graph input declares (int32 ids of some exports)."""
-    kinds = {i.name: i.type for i in session.get_inputs()}
-    table = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
-    return {k: np.asarray(v, dtype=table.get(kinds.get(k), None)) for k, v in feeds.items() if k in kinds}
+    kinds = getattr(session, "_onnx_explain_dtypes", None)
+    if kinds is None:  # read once per session
+        table = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+                 "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+        kinds = {i.name: table.get(i.type) for i in session.get_inputs()}
+        session._onnx_explain_dtypes = kinds
+    out = {}
+    for k, v in feeds.items():
+        if k in kinds:
+            want = kinds[k]
+            out[k] = (
+                v if want is None or (isinstance(v, np.ndarray) and v.dtype == want) else np.asarray(v, want)
+            )
+    return out
 
 
 def _run(session, io: DecoderIO, feeds: dict) -> tuple[np.ndarray, dict]:
@@ -143,7 +153,7 @@ def generate(
         nxt = sampling.choose(logits[:, -1, :])
         nxt = np.where(finished, pad, nxt)
         new.append(nxt)
-        finished |= np.isin(nxt, eos)
+        finished |= (nxt[:, None] == eos).any(1)
         ids = np.concatenate([ids, nxt[:, None]], 1)
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
         if finished.all():
@@ -214,7 +224,7 @@ def _generate_seq2seq(gm, sources, max_new_tokens, sampling, use_cache) -> list[
         nxt = sampling.choose(logits[:, -1, :])
         nxt = np.where(finished, pad, nxt)
         new.append(nxt)
-        finished |= np.isin(nxt, eos)
+        finished |= (nxt[:, None] == eos).any(1)
         ids = np.concatenate([ids, nxt[:, None]], 1)
         if finished.all():
             break

@@ -7,6 +7,7 @@ becomes ``g(ids, e)`` with ``e`` the float tensor, differentiable in ``e`` while
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import fx, nn
@@ -15,10 +16,16 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import InputSpecError
 
 
+def _shared_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule over a copy of ``gm``'s graph (nodes and their meta), sharing its modules, parameters
+    and constants: rewiring or annotating the copy leaves ``gm`` as it is, and costs no weight copy."""
+    return fx.GraphModule(gm, copy.deepcopy(gm.graph))
+
+
 def find_float_frontier(graph: fx.GraphModule, position: int, x: torch.Tensor, args: list) -> fx.Node:
     """The first node (in graph order) computed from the integer input whose output is a float tensor
     of shape ``(B, T, ...)`` starting with the input's own shape."""
-    gm = copy.deepcopy(graph)
+    gm = _shared_copy(graph)
     ShapeProp(gm).propagate(*args)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     depends = {placeholders[position].name}
@@ -58,7 +65,7 @@ class _CutGraph(nn.Module):
 
     def __init__(self, graph: fx.GraphModule, frontier: str):
         super().__init__()
-        gm = copy.deepcopy(graph)
+        gm = _shared_copy(graph)  # the weights stay the converted model's (LRP copies the cut graph)
         g = gm.graph
         node = next(n for n in g.nodes if n.name == frontier)
         last_placeholder = [n for n in g.nodes if n.op == "placeholder"][-1]
@@ -126,22 +133,33 @@ class EmbeddingModel(nn.Module):
         return EmbeddingModel(copy.deepcopy(self.cut, memo), inputs, self.frontier)
 
 
+#: per converted model (weakly): (position, ids rank, dtype) -> (frontier, cut graph, graph up to the frontier)
+_CUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
     """For a ConvertedModel with an integer input: ``(module, e, frontier)`` where ``e`` is the float
     tensor the ids become for every sample (one pass), ``module`` the :class:`EmbeddingModel` computing
-    the output from it and ``frontier`` the name of the cut node."""
+    the output from it and ``frontier`` the name of the cut node.
+
+    The cut is made once per converted model (and ids rank): the graphs share the model's weights, so a
+    weight changed in place (a randomisation test) is seen by every later call."""
     companions = companions or {}
-    first = {k: v[:1] for k, v in companions.items()}
-    args = wrapper.graph_args(ids[:1], companions=first)
-    frontier = find_float_frontier(wrapper.graph, wrapper.position, ids[:1], args)
-    cut = _CutGraph(wrapper.graph, frontier)
-    # e itself: run the original graph up to the frontier
-    probe = copy.deepcopy(wrapper.graph)
-    node = next(n for n in probe.graph.nodes if n.name == frontier)
-    out = next(n for n in probe.graph.nodes if n.op == "output")
-    out.args = (node,)
-    probe.graph.eliminate_dead_code()
-    probe.recompile()
+    key = (wrapper.position, ids.dim(), str(ids.dtype))
+    per_model = _CUTS.setdefault(wrapper, {})
+    if key not in per_model:
+        first = {k: v[:1] for k, v in companions.items()}
+        args = wrapper.graph_args(ids[:1], companions=first)
+        frontier = find_float_frontier(wrapper.graph, wrapper.position, ids[:1], args)
+        cut = _CutGraph(wrapper.graph, frontier)
+        probe = _shared_copy(wrapper.graph)  # the original graph up to the frontier: e itself
+        node = next(n for n in probe.graph.nodes if n.name == frontier)
+        out = next(n for n in probe.graph.nodes if n.op == "output")
+        out.args = (node,)
+        probe.graph.eliminate_dead_code()
+        probe.recompile()
+        per_model[key] = (frontier, cut, probe)
+    frontier, cut, probe = per_model[key]
     with torch.no_grad():
         e = probe(*wrapper.graph_args(ids, companions=companions))
     return EmbeddingModel(cut, wrapper, frontier), e, frontier
