@@ -207,6 +207,66 @@ def _read(path: Path) -> onnx.ModelProto:
     return model
 
 
+#: ops onnxruntime registers in the ONNX domain where onnx has no schema (its transformer tools and
+#: onnxruntime-genai write them there): the checker's copy moves them to com.microsoft, whose nodes it does
+#: not check against schemas
+_ORT_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+
+
+def _ort_onnx_domain_ops(model: onnx.ModelProto) -> bool:
+    return any(n.domain in ("", "ai.onnx") and n.op_type in _ORT_ONNX_DOMAIN_OPS for n in model.graph.node)
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The copy of an in-memory model the checker reads: onnxruntime's ONNX-domain extras moved to
+    com.microsoft, and initializers kept in external data turned into graph inputs of their type and
+    shape (an in-memory model has no folder to find the data in; the locations were checked already)."""
+    if not _ort_onnx_domain_ops(model) and not any(True for _ in _external_tensors(model)):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    moved = False
+    for n in copy.graph.node:
+        if n.domain in ("", "ai.onnx") and n.op_type in _ORT_ONNX_DOMAIN_OPS:
+            n.domain, moved = "com.microsoft", True
+    if moved and not any(o.domain == "com.microsoft" for o in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    external = [t for t in copy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        keep = [t for t in copy.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+        inputs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external]
+        del copy.graph.initializer[:]
+        copy.graph.initializer.extend(keep)
+        listed = {i.name for i in copy.graph.input}
+        copy.graph.input.extend(i for i in inputs if i.name not in listed)
+    return copy
+
+
+def _check_or_drop_value_info(raw: onnx.ModelProto, path: str | None, source: str) -> str | None:
+    """Check the model (by ``path``, or the in-memory ``raw``). A file whose own intermediate shape
+    annotations (``value_info``) contradict what its nodes compute — onnxruntime-genai declares a
+    rank-0 shape for a rank-1 Constant; onnxruntime ignores such annotations — is checked again without
+    them, and on success loses them (shape inference recomputes them); returns a note saying so."""
+    try:
+        _checker(path if path is not None else _checkable(raw), source)
+        return None
+    except ModelLoadError as exc:
+        if (
+            "ShapeInferenceError" not in str(exc)
+            or "existing shape" not in str(exc)
+            or not raw.graph.value_info
+        ):
+            raise
+        first = str(exc).split("invalid ONNX graph: ", 1)[-1]
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(raw)
+    del stripped.graph.value_info[:]
+    _checker(_checkable(stripped), source)
+    n = len(raw.graph.value_info)
+    del raw.graph.value_info[:]
+    return f"the file's {n} intermediate shape annotations were dropped: they contradict its nodes ({first[:160]})"
+
+
 def _checker(target, source: str) -> None:
     try:
         onnx.checker.check_model(target, full_check=True)
@@ -280,7 +340,9 @@ def load(
         raw.CopyFrom(model)  # never edit the caller's object
         rewrites = _rewrite_before_checks(raw, source)
         if check and raw.ByteSize() < _TWO_GB:
-            _checker(raw, source)
+            note = _check_or_drop_value_info(raw, None, source)
+            if note:
+                rewrites.append(note)
         has_external = any(True for _ in _external_tensors(raw))
         base = None
     else:
@@ -297,7 +359,10 @@ def load(
         rewrites = _rewrite_before_checks(raw, source)
         if check:
             # by path: never serialises the (possibly > 2 GB) model; our rewritten copy when it differs
-            _checker(source if not rewrites or raw.ByteSize() >= _TWO_GB else raw, source)
+            by_path = not (rewrites or _ort_onnx_domain_ops(raw)) or raw.ByteSize() >= _TWO_GB
+            note = _check_or_drop_value_info(raw, source if by_path else None, source)
+            if note:
+                rewrites.append(note)
     inferred, note = _infer(raw)
     weights = _map_external(inferred, base) if has_external and base is not None else {}
     notes = [n for n in (note, *rewrites) if n]

@@ -22,7 +22,10 @@ CLASSES = {
     "gpt2": "GPT2LMHeadModel",
     "gpt2/no_cache": "GPT2LMHeadModel",
     "t5": "T5ForConditionalGeneration",
+    "genai_llama": "LlamaForCausalLM",  # onnxruntime-genai's build: GroupQueryAttention, skip norms
 }
+#: where each export's Hugging Face checkpoint is
+SOURCES = {"gpt2/no_cache": "gpt2", "genai_llama": "genai_llama/hf"}
 PROMPTS = ["the cat sees a", "one large red river runs near the old city and", "dog"]
 
 
@@ -35,7 +38,7 @@ def models():
 def hf():
     out = {}
     for name, cls in CLASSES.items():
-        out[name] = getattr(transformers, cls).from_pretrained(HERE / name.split("/")[0]).eval()
+        out[name] = getattr(transformers, cls).from_pretrained(HERE / SOURCES.get(name, name)).eval()
     return out
 
 
@@ -70,6 +73,31 @@ def test_layouts_are_read_from_names_and_shapes(models):
     assert "KV cache: 2 layers x 2 heads" in llama.describe()["generation graph"]
 
 
+def test_onnxruntime_genai_folder_is_read_from_its_config(models):
+    gm = models["genai_llama"]
+    io = gm.decoder_io
+    assert io.positions is None and {c.shape[3] for c in io.cache} == {
+        "kv_cache_dim"
+    }  # head size from the config
+    assert gm.genai["head_size"] == 16 and gm.settings.eos == [0] and gm.settings.pad == 1
+    m = gm.explained()
+    assert any(
+        "intermediate shape annotations were dropped" in n for n in m.notes
+    )  # the builder's rank-0 Constant
+    assert m.op_histogram()["com.microsoft.GroupQueryAttention"] == 2
+
+
+@pytest.mark.parametrize("composite", ["attnlrp", "cp_lrp"])
+def test_lrp_of_fused_genai_graph_equals_lrp_of_the_same_weights_unfused(models, composite):
+    fused, plain = models["genai_llama"], load_generative(HERE / "genai_llama" / "optimum")
+    kw = {"continuation": " dog runs near", "method": "lrp", "composite": composite}
+    a = explain_generation(fused, "the cat sees a", **kw)
+    b = explain_generation(plain, "the cat sees a", **kw)
+    assert a.extras["fallback_nodes"] == [] and b.extras["fallback_nodes"] == []
+    # GroupQueryAttention under the patched-attention rule, skip norms by their Norm shares: as the unfused ops
+    np.testing.assert_allclose(a.attribution, b.attribution, atol=1e-4 * np.abs(b.attribution).max())
+
+
 def test_bad_inputs_get_one_line_errors(tmp_path):
     with pytest.raises(InputFileError, match="no such file"):
         load_generative(tmp_path / "missing")
@@ -98,7 +126,9 @@ def test_greedy_ids_equal_hugging_face_generate(name, models, hf):
         np.testing.assert_array_equal(a, b)  # the cache gives the same ids as the whole sequence
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "name", ["llama", "gpt2", "genai_llama"]
+)  # genai: no position ids, grouped by length
 def test_a_left_padded_batch_equals_each_prompt_alone(name, models):
     prompts = _encode(PROMPTS)
     batch = generate(models[name], prompts, max_new_tokens=8)
@@ -164,7 +194,7 @@ def _hf_reference(ref, e, kind, output="logit", times_input=True):
 
 
 @pytest.mark.parametrize("name", list(CLASSES))
-@pytest.mark.parametrize("output", ["logit", "log_prob", "prob"])
+@pytest.mark.parametrize("output", ["logit", "log_prob", "prob"])  # a real file's conversion, end to end
 def test_gradient_x_input_equals_autograd_on_the_hugging_face_source(name, output, models, hf):
     gm = models[name]
     e = explain_generation(gm, "the cat sees a dog", max_new_tokens=5, output=output)

@@ -320,6 +320,8 @@ class _Builder:
 
     def value(self, value: str, label: str):
         """The fx node of ONNX value ``value`` (None for an empty name)."""
+        if not value:  # an omitted optional input (some node's omitted optional output is '' too)
+            return None
         kind = self.onnx_graph.value_type(value)
         if kind in (ValueType.GRAPH_INPUT, ValueType.NODE_OUTPUT) and value in self.values:
             return self.values[value]

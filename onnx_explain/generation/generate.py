@@ -1,7 +1,7 @@
 """Generation on onnxruntime with the graph's KV cache: greedy, or sampling with a seed.
 
 A batch of prompts is left-padded (the attention mask marks the pads, position ids count real tokens:
-Hugging Face's convention), the first step runs the whole prompt with an empty cache, and every later step
+Hugging Face's convention; a graph without position ids runs prompts of one length together), the first step runs the whole prompt with an empty cache, and every later step
 feeds one token and the cache the previous step returned. A graph without cache is run on the whole
 sequence at every step. A row stops at an end-of-sequence token; the batch stops when every row has.
 """
@@ -77,9 +77,14 @@ def _feeds_typed(session, feeds: dict) -> dict:
     return out
 
 
-def _run(session, io: DecoderIO, feeds: dict) -> tuple[np.ndarray, dict]:
+def _run(session, io: DecoderIO, feeds: dict, source: str = "<model>") -> tuple[np.ndarray, dict]:
+    from ..errors import ort_error
+
     names = [io.logits, *io.presents]
-    out = session.run(names, _feeds_typed(session, feeds))
+    try:
+        out = session.run(names, _feeds_typed(session, feeds))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types, one line for the user
+        raise ort_error(exc, source, "run a generation step") from None
     return out[0], dict(zip(names[1:], out[1:], strict=True))
 
 
@@ -126,6 +131,18 @@ def generate(
         raise InputDataError("every prompt needs at least one token")
     if gm.kind == "encoder-decoder":
         return _generate_seq2seq(gm, prompts, max_new_tokens, sampling, use_cache)
+    lengths = {len(p) for p in prompts}
+    if len(lengths) > 1 and not gm.decoder_io.positions:
+        # no position ids to feed: the graph places tokens by itself (onnxruntime-genai's
+        # GroupQueryAttention reads sequence lengths from the mask as if right-padded), so left padding
+        # would move them: prompts of one length run as a batch, each length on its own
+        out: list = [None] * len(prompts)
+        for n in sorted(lengths):
+            group = [i for i, p in enumerate(prompts) if len(p) == n]
+            for i, g in zip(group, generate(gm, [prompts[i] for i in group], max_new_tokens, sampling, use_cache),
+                            strict=True):  # fmt: skip
+                out[i] = g
+        return out
     pad = gm.settings.pad_id
     ids, mask = _left_pad([np.asarray(p, np.int64) for p in prompts], pad)
     B = len(prompts)
@@ -149,7 +166,7 @@ def generate(
             feeds.update({c.name: cache[c.present] for c in io.cache})
             if io.branch:
                 feeds[io.branch] = np.ones((1,), bool)
-        logits, cache = _run(gm.session(path), io, feeds)
+        logits, cache = _run(gm.session(path), io, feeds, str(path))
         nxt = sampling.choose(logits[:, -1, :])
         nxt = np.where(finished, pad, nxt)
         new.append(nxt)
@@ -183,7 +200,12 @@ def encode_sources(gm, sources: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     if enc_mask:
         feeds[enc_mask] = mask
     session = gm.session(gm.encoder)
-    (states,) = session.run([hidden], _feeds_typed(session, feeds))
+    try:
+        (states,) = session.run([hidden], _feeds_typed(session, feeds))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        from ..errors import ort_error
+
+        raise ort_error(exc, str(gm.encoder), "run the encoder") from None
     return mask, states
 
 
@@ -218,7 +240,7 @@ def _generate_seq2seq(gm, sources, max_new_tokens, sampling, use_cache) -> list[
                 feeds[c.name] = cross[c.name] if c.part == "cross" else cache[c.present]
             if io.branch:
                 feeds[io.branch] = np.ones((1,), bool)
-        logits, cache = _run(gm.session(path), io, feeds)
+        logits, cache = _run(gm.session(path), io, feeds, str(path))
         if first and gm.decoder_io.has_cache:  # the cross-attention cache is computed once, at the first step
             cross = {c.name: cache[_present_like(c, cache)] for c in gm.decoder_io.cache if c.part == "cross"}
         nxt = sampling.choose(logits[:, -1, :])

@@ -115,6 +115,8 @@ class GenerativeModel:
         self._explained: dict = {}
         folder = path if path.is_dir() else path.parent
         self.settings, genai = _settings(folder)
+        #: onnxruntime-genai's decoder section (head size, KV heads where the file names its dims)
+        self.genai = genai.get("model", {}).get("decoder", {})
         self.first_decoder = None
         self.encoder = None
         if path.is_file():
@@ -203,6 +205,10 @@ class GenerativeModel:
         feeds = {}
         for c in io.cache:
             heads, dim = c.shape[1], c.shape[3] if len(c.shape) == 4 else None
+            if not isinstance(heads, int) and self.genai.get("num_key_value_heads"):
+                heads = int(self.genai["num_key_value_heads"])  # onnxruntime-genai leaves the dims named
+            if not isinstance(dim, int) and self.genai.get("head_size"):
+                dim = int(self.genai["head_size"])
             if len(c.shape) != 4 or not isinstance(heads, int) or not isinstance(dim, int):
                 raise InputSpecError(
                     f"{self.decoder}: the cache input {c.name!r} has shape {c.shape}, not (batch, heads, "

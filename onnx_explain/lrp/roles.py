@@ -189,6 +189,14 @@ def _single_output(view):
     return getattr(view.module, "n_outputs", 1) == 1
 
 
+def _norm_and_sum(view):
+    """A skip norm read only at its normalised output (0) and its sum (3)."""
+    uses = [u for u in view.node.users if u.op == "call_function"]
+    return getattr(view.module, "n_outputs", 1) == 4 and all(
+        len(u.args) > 1 and u.args[1] in (0, 3) for u in uses
+    )
+
+
 def _nearest(view):
     m = getattr(
         view.module, "_resize", view.module
@@ -223,6 +231,7 @@ BILINEAR = Role("bilinear", R.bilinear)
 GATED = Role("gated", lambda: R.PASS, inputs=_signal)
 NORM_SCALE = Role("norm_scale", lambda: R.STOP)
 LAYER_NORM = Role("layer_norm", R.layer_norm)
+SKIP_NORM = Role("layer_norm", RX.skip_layer_norm, outputs=(0, 3))
 RECURRENT = Role("recurrent", R.signal_take_all)
 ATTENTION = Role("attention", RX.attention)  # fused: projections, Q·Kᵀ, softmax, P·V, mask
 EMBED_NORM = Role("embed_layer_norm", RX.embed_layer_norm)
@@ -268,6 +277,11 @@ register_lrp_role("Softmax", SOFTMAX)
 NORMS = ("LayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
          "SimplifiedLayerNormalization")  # fmt: skip
 register_lrp_role(NORMS, LAYER_NORM, when=_single_output)  # the mean / inv-std outputs: no role
+# a skip norm whose sum output (input + skip) feeds the next residual (onnxruntime-genai): the mean and 1/σ
+# outputs carry nothing, the normalised output and the sum each give their Norm share
+register_lrp_role(
+    ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"), SKIP_NORM, when=_norm_and_sum
+)
 register_lrp_role(("LSTM", "GRU", "RNN"), RECURRENT)  # gates constant, the signal takes all (Arras)
 register_lrp_role("BiasAdd", PROPORTIONAL)  # com.microsoft: x + bias + skip
 register_lrp_role("FusedMatMul", PROPORTIONAL, when=_one)
@@ -281,7 +295,8 @@ register_lrp_role(
     "Neg", IDENTITY
 )  # -x (a rotary embedding's rotate_half): linear, relevance passes unchanged
 register_lrp_role("Pow", IDENTITY, when=_scaled)  # x ** c (c constant): as Div by a constant, position 0
-register_lrp_role(("Attention", "MultiHeadAttention"), ATTENTION, when=_attention_outputs_unused)
+register_lrp_role(("Attention", "MultiHeadAttention", "GroupQueryAttention"), ATTENTION,
+                  when=_attention_outputs_unused)  # fmt: skip
 register_lrp_role("EmbedLayerNormalization", EMBED_NORM)  # its word lookup is a routing Gather before it
 # quantized graphs: a Q → DQ pair on an activation is the identity for relevance with the straight-through
 # gradient (0 where the quantizer clips); the DequantizeLinear of constant weights is folded in canonize

@@ -108,11 +108,14 @@ class _PatchedAttention(nn.Module):
         self.dependent = set(dependent)
         self.cp = cp
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         args = [a.detach() if isinstance(a, torch.Tensor) and i not in self.dependent else a
                 for i, a in enumerate(args)]  # fmt: skip
+        # keyword inputs are the optional ones after a skipped input (a cache, sequence lengths, rotary
+        # tables): constants
+        kwargs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         with _AttentionPatch(self.cp):
-            return self.module(*args)
+            return self.module(*args, **kwargs)
 
 
 def attention(stabilizer: float = 1e-6) -> ShareRule:
@@ -201,6 +204,31 @@ class _SigmaDetachedQEmbed(_SigmaDetachedEmbed):
             words, input_ids, segment_ids, deq(position_q, position_s, position_z), segment,
             deq(gamma_q, gamma_s, gamma_z), deq(beta_q, beta_s, beta_z), None if mask is None else (mask == 1), None,
         )  # fmt: skip
+
+
+class _SigmaDetachedSkipNorm(nn.Module):
+    """A ``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` that also gives its sum
+    ``input + skip (+ bias)`` as output 3 (onnxruntime-genai's residual stream): the norm with σ held
+    constant, the mean and 1/σ outputs constants, the sum as it is."""
+
+    def __init__(self, module: nn.Module, dependent):
+        super().__init__()
+        self.module = module
+        self.norm = R.sigma_detached(module)
+
+    def forward(self, *args):
+        outs = list(self.module(*args))
+        outs[0] = self.norm(*args)
+        for i in (1, 2):
+            if i < len(outs) and isinstance(outs[i], torch.Tensor):
+                outs[i] = outs[i].detach()
+        return tuple(outs)
+
+
+def skip_layer_norm(stabilizer: float = 1e-6) -> ShareRule:
+    """A skip norm with several outputs: each input's Norm share of the normalised output (σ constant, as
+    :func:`onnx_explain.lrp.rules.layer_norm`) and of the sum output, added."""
+    return ShareRule("layer_norm", _SigmaDetachedSkipNorm, stabilizer)
 
 
 def q_embed_layer_norm(stabilizer: float = 1e-6) -> ShareRule:

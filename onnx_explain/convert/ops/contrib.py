@@ -12,6 +12,8 @@ Each is written out in plain torch ops, so gradients flow as through the unfused
 - ``MultiHeadAttention``: separate query/key/value (3-D, or packed QKV ``(B, S, N, 3, H)`` / packed KV
   ``(B, L, N, 2, H)``), ``bias``, ``key_padding_mask`` (the forms above), ``attention_bias``,
   ``unidirectional``, ``scale``; ``present_key``/``present_value`` outputs. Past key/value are refused.
+- ``GroupQueryAttention`` (onnxruntime-genai's decoders): grouped KV heads, past key/value, rotary
+  embedding, causal and ``seqlens_k`` masks (see :class:`OnnxGroupQueryAttention`).
 - ``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization``: ``input + skip (+ bias)``, then
   LayerNorm (or RMS norm) over the last axis; the ``mean``, ``inv_std_var`` and
   ``input_skip_bias_sum`` outputs.
@@ -229,6 +231,99 @@ def _multi_head_attention(node, graph):
     module = OnnxMultiHeadAttention(
         int(a["num_heads"]), bool(a.get("unidirectional", 0)), float(a.get("mask_filter_value", -10000.0)),
         float(a.get("scale", 0.0)), max(1, len(node.output_values)),
+    )  # fmt: skip
+    return result(module, node)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``(B, N, S, H)`` with ``cos``/``sin`` ``(B, 1, S, R/2)`` on its first R dims
+    (onnxruntime's ``RotaryEmbedding``: halves rotated, or interleaved pairs)."""
+    r = 2 * cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
+    else:
+        x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    return torch.cat([out, rest], -1) if rest.shape[-1] else out
+
+
+class OnnxGroupQueryAttention(nn.Module):
+    """``com.microsoft.GroupQueryAttention`` (onnxruntime-genai's decoders): packed or separate Q/K/V,
+    ``kv_num_heads`` key/value heads shared by ``num_heads // kv_num_heads`` query heads each, the past
+    key/value concatenated before the new ones, rotary embedding from ``cos_cache``/``sin_cache`` at
+    positions ``past + 0..S-1`` (or ``position_ids``), a causal mask over absolute positions, keys after
+    ``seqlens_k[b]`` (the last valid position, right padding) masked, ``local_window_size``, ``softcap``,
+    ``attention_bias``. Outputs: the attention, and the present key/value ``(B, N_kv, P + S, H)``."""
+
+    def __init__(self, num_heads, kv_num_heads, scale, window, softcap, rotary, interleaved, n_outputs):
+        super().__init__()
+        self.num_heads, self.kv_num_heads = num_heads, kv_num_heads
+        self.scale, self.window, self.softcap = scale, window, softcap
+        self.rotary, self.interleaved, self.n_outputs = rotary, interleaved, n_outputs
+
+    def forward(self, query, key=None, value=None, past_key=None, past_value=None, seqlens_k=None,  # noqa: PLR0913
+                total_sequence_length=None, cos_cache=None, sin_cache=None, position_ids=None,
+                attention_bias=None, head_sink=None):  # fmt: skip
+        n, nkv = self.num_heads, self.kv_num_heads
+        b, s = query.shape[:2]
+        if key is None:  # packed (B, S, (N + 2 N_kv) H)
+            h = query.shape[-1] // (n + 2 * nkv)
+            query, key, value = torch.split(query, [n * h, nkv * h, nkv * h], dim=-1)
+        h = query.shape[-1] // n
+        q = query.reshape(b, s, n, h).transpose(1, 2)
+        k = key.reshape(b, s, nkv, h).transpose(1, 2)
+        v = value.reshape(b, s, nkv, h).transpose(1, 2)
+        p = 0 if past_key is None else past_key.shape[2]
+        if position_ids is not None:
+            pos = position_ids.long().reshape(b, s)
+        else:
+            pos = (p + torch.arange(s, device=q.device)).expand(b, s)
+        if self.rotary:
+            cos = cos_cache[pos][:, None].to(q.dtype)  # (B, 1, S, R/2)
+            sin = sin_cache[pos][:, None].to(q.dtype)
+            q = _rotate(q, cos, sin, self.interleaved)
+            k = _rotate(k, cos, sin, self.interleaved)
+        if past_key is not None and p:
+            k = torch.cat([past_key, k], 2)
+            v = torch.cat([past_value, v], 2)
+        present_k, present_v = k, v
+        group = n // nkv
+        kh = k.repeat_interleave(group, 1)
+        vh = v.repeat_interleave(group, 1)
+        scale = self.scale or 1.0 / math.sqrt(h)
+        scores = torch.matmul(q, kh.transpose(-1, -2)) * scale
+        if self.softcap > 0:
+            scores = self.softcap * torch.tanh(scores / self.softcap)
+        t = kh.shape[2]
+        keys = torch.arange(t, device=q.device)
+        qpos = p + torch.arange(s, device=q.device)
+        masked = keys[None, :] > qpos[:, None]  # causal, over absolute positions
+        if self.window >= 0:
+            masked = masked | (keys[None, :] < qpos[:, None] - self.window)
+        masked = masked[None, None].expand(b, 1, s, t)
+        if seqlens_k is not None:
+            masked = masked | (keys.view(1, 1, 1, t) > seqlens_k.long().view(b, 1, 1, 1))
+        if attention_bias is not None:
+            scores = scores + attention_bias
+        scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs, vh).transpose(1, 2).reshape(b, s, n * h)
+        return _outputs((out, present_k, present_v), self.n_outputs)
+
+
+@converter("GroupQueryAttention", 1, domain=MS)
+def _group_query_attention(node, graph):
+    a = node.attributes
+    if _present(node, 11):
+        raise unsupported(node, "input 'head_sink'")
+    if a.get("qk_output", 0):
+        raise unsupported(node, "the qk output")
+    module = OnnxGroupQueryAttention(
+        int(a["num_heads"]), int(a["kv_num_heads"]), float(a.get("scale", 0.0)), int(a.get("local_window_size", -1)),
+        float(a.get("softcap", 0.0)), bool(a.get("do_rotary", 0)), bool(a.get("rotary_interleaved", 0)),
+        max(1, len(node.output_values)),
     )  # fmt: skip
     return result(module, node)
 
