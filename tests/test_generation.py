@@ -435,3 +435,21 @@ def test_info_describes_a_generative_folder_and_certifies_it():
     assert set(d["conversion"]["parity"]) == {"encoder", "decoder"}
     r = _cli("info", HERE / "llama" / "model.onnx")  # a decoder file: its position table bounds the probe
     assert r.exit_code == 0 and "KV cache: 2 layers x 2 heads" in r.output and "max |diff|" in r.output
+
+
+def test_group_query_attention_with_a_past_equals_onnxruntime():
+    """The converter on a cached step (past of 5 positions, 2 new tokens): certified against onnxruntime."""
+    import onnx_explain as oe
+
+    path = HERE / "genai_llama" / "model.onnx"
+    rng = np.random.default_rng(0)
+    past = {f"past_key_values.{i}.{kv}": rng.standard_normal((2, 2, 5, 16)).astype(np.float32)
+            for i in range(2) for kv in ("key", "value")}  # fmt: skip
+    m = oe.load(path, input="input_ids", output="logits")
+    data = {"input_ids": rng.integers(0, 384, (2, 2)), "attention_mask": np.ones((2, 7), np.int64), **past}
+    module = m.torch_module(probe=data)
+    assert m.parity.max_rel < 1e-5
+    xe, comp = m.split_inputs(data)
+    with torch.no_grad():
+        got = module(torch.as_tensor(xe), {k: torch.as_tensor(v) for k, v in comp.items()}).numpy()
+    np.testing.assert_allclose(got, m.predict(data), atol=1e-5 * np.abs(got).max())
