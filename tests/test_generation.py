@@ -453,3 +453,58 @@ def test_group_query_attention_with_a_past_equals_onnxruntime():
     with torch.no_grad():
         got = module(torch.as_tensor(xe), {k: torch.as_tensor(v) for k, v in comp.items()}).numpy()
     np.testing.assert_allclose(got, m.predict(data), atol=1e-5 * np.abs(got).max())
+
+
+# ------------------------------------------------------------------------------------ occlusion (onnxruntime)
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_occlusion_equals_captum_feature_ablation(name, models, hf):
+    from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
+
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(HERE / name)
+    e = explain_generation(models[name], "the cat sees a", continuation=" dog runs near", method="occlusion",
+                           output="log_prob")  # fmt: skip
+    # Captum's uncached forward (its default, cached token-by-token path drifts from it on transformers 5)
+    res = LLMAttribution(FeatureAblation(hf[name]), tok).attribute(
+        TextTokenInput("the cat sees a", tok, baselines=models[name].settings.pad_id), target=" dog runs near",
+        use_cached_outputs=False,
+    )  # fmt: skip
+    want = res.token_attr.numpy()
+    np.testing.assert_allclose(e.attribution[:, : e.prompt_length], want, atol=1e-5 * np.abs(want).max())
+    for j, col in enumerate(e.target_columns):
+        assert np.all(e.attribution[j, col:] == 0.0)
+
+
+def test_occlusion_reuses_the_cache_and_equals_whole_sequences(models):
+    kw = {"continuation": " dog runs near the", "method": "occlusion", "output": "log_prob"}
+    cached = explain_generation(models["gpt2"], "the cat sees a", **kw, batch_size=3)
+    whole = explain_generation(models["gpt2/no_cache"], "the cat sees a", **kw)
+    np.testing.assert_allclose(cached.attribution, whole.attribution, atol=1e-5)
+    L = len(cached.ids)
+    assert cached.extras["tokens_run"] < whole.extras["tokens_run"] == L + (L - 1) * L  # the prefix is reused
+    # onnxruntime-genai's GroupQueryAttention takes a past one sequence at a time: the same numbers
+    fused = explain_generation(models["genai_llama"], "the cat sees a", **kw)
+    plain = explain_generation(load_generative(HERE / "genai_llama" / "optimum"), "the cat sees a", **kw)
+    np.testing.assert_allclose(
+        fused.attribution, plain.attribution, atol=1e-4 * np.abs(plain.attribution).max()
+    )
+
+
+def test_occlusion_of_an_encoder_decoder_replaces_source_and_target_tokens(models, hf):
+    gm, ref = models["t5"], hf["t5"]
+    e = explain_generation(
+        gm, "the cat sees a", continuation=" dog runs", method="occlusion", output="log_prob"
+    )
+    S, ids = e.source_length, torch.as_tensor(e.ids)
+
+    def log_probs(src, tgt):
+        with torch.no_grad():
+            lp = ref(input_ids=src[None], decoder_input_ids=tgt[None]).logits.log_softmax(-1)[0]
+        cols = torch.as_tensor(e.target_columns) - S
+        return lp[cols - 1, ids[S:][cols]].numpy()  # the original target tokens
+
+    base = log_probs(ids[:S], ids[S:])
+    for c in [0, 2, S - 1, S + 1, S + 2]:  # source tokens and decoder tokens (not the start token)
+        src, tgt = ids[:S].clone(), ids[S:].clone()
+        (src if c < S else tgt)[c if c < S else c - S] = gm.settings.pad_id
+        np.testing.assert_allclose(e.attribution[:, c], base - log_probs(src, tgt), atol=1e-5)
+    assert np.all(e.attribution[:, S] == 0.0)  # the start token is never replaced

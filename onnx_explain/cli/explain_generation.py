@@ -6,7 +6,7 @@ import click
 
 from .common import fail, handle_errors, parse_options, resolve_device
 
-METHOD_NAMES = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "lrp")
+METHOD_NAMES = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "lrp", "occlusion")
 
 
 @click.command("explain-generation")
@@ -22,7 +22,7 @@ METHOD_NAMES = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradie
 @click.option("--continuation", help="Teacher forcing: explain this continuation instead of generating one.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--method", "-m", type=click.Choice(METHOD_NAMES), default="gradient_x_input", show_default=True,
-              help="Attribution at the token embedding of the converted graph.")  # fmt: skip
+              help="Attribution at the token embedding of the converted graph; occlusion on onnxruntime.")  # fmt: skip
 @click.option("--target", type=click.Choice(["tokens", "span"]), default="tokens", show_default=True,
               help="One row per generated token, or one row for the continuation's log-likelihood.")  # fmt: skip
 @click.option("--span", metavar="A:B", help="With --target span: continuation tokens A..B-1 only.")
@@ -34,7 +34,8 @@ METHOD_NAMES = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradie
 @click.option("--steps", type=int, help="Integration steps (integrated_gradients).")
 @click.option("--samples", type=int, help="Noisy samples (smoothgrad).")
 @click.option("--sigma", type=float, help="SmoothGrad's noise, relative to the embedding's range.")
-@click.option("--baseline", help="Integrated Gradients' baseline: zero, pad, token:N or a number.")
+@click.option("--baseline", help="Integrated Gradients' baseline (zero, pad, token:N or a number) or occlusion's "
+              "replacement token (pad, token:N).")  # fmt: skip
 @click.option("--composite", help="LRP composite (default: attnlrp where attention carries relevance).")
 @click.option(
     "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option (JSON value)."
@@ -115,7 +116,9 @@ def explain_generation(model, prompts, prompts_file, out_dir, continuation, max_
 
 
 def _number_or_text(v: str):
-    try:
-        return float(v)
-    except ValueError:
-        return v
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            continue
+    return v

@@ -302,6 +302,8 @@ def _explain_one(gm, tok, prompt_ids, new, method, opts, target, span, alt, outp
     from .methods import GENERATION_METHODS, reduce_tokens
 
     spec = GENERATION_METHODS[method]
+    if spec.graph == "onnxruntime":
+        return _explain_runtime(gm, tok, prompt_ids, new, spec, opts, target, span, alt, output, batch_size)
     if gm.kind == "encoder-decoder":
         start = gm.settings.decoder_start if gm.settings.decoder_start is not None else gm.settings.pad_id
         seq = np.concatenate([[start], new]).astype(np.int64)
@@ -336,6 +338,34 @@ def _explain_one(gm, tok, prompt_ids, new, method, opts, target, span, alt, outp
         source_length=source, prompt_length=source + first, targets=targets.labels,
         target_columns=target_columns, attribution=matrix, score=scores.to(torch.float64).numpy(),
         probability=prob, entropy=ent, method=method, options=opts, extras=extras,
+    )  # fmt: skip
+
+
+def _explain_runtime(gm, tok, prompt_ids, new, spec, opts, target, span, alt, output, batch_size):
+    """A method that runs on onnxruntime alone (occlusion): nothing is converted."""
+    from .attribute import make_targets
+
+    if gm.kind == "encoder-decoder":
+        start = gm.settings.decoder_start if gm.settings.decoder_start is not None else gm.settings.pad_id
+        seq = np.concatenate([[start], new]).astype(np.int64)
+        first, source, columns = 1, len(prompt_ids), np.concatenate([prompt_ids, seq])
+    else:
+        seq = np.concatenate([prompt_ids, new]).astype(np.int64)
+        first, source, columns = len(prompt_ids), 0, seq
+    targets = make_targets(seq, first, output, target, alt, span, tok.pieces(new))
+    if gm.kind == "encoder-decoder":
+        matrix, logits, extras = spec.fn(gm, seq, targets, batch_size, source=np.asarray(prompt_ids), **opts)
+    else:
+        matrix, logits, extras = spec.fn(gm, seq, targets, batch_size, columns=max(targets.last) + 1, **opts)
+    lg = torch.as_tensor(logits)
+    scores = targets.scores(lg.to(torch.float64))[0]
+    prob, ent = _step_scores(lg, targets, target, alt)
+    return GenerationExplanation(
+        prompt="", continuation=tok.decode(new), tokens=tok.pieces(columns), ids=columns,
+        source_length=source, prompt_length=source + first, targets=targets.labels,
+        target_columns=np.asarray([source + p + 1 for p in targets.last], np.int64),
+        attribution=matrix.astype(np.float32), score=scores.numpy(), probability=prob, entropy=ent,
+        method=spec.name, options=opts, extras={**extras, "output": targets.output},
     )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ class GenerationMethod:
     fn: Callable
     options: dict  # name -> default
     reduction: Callable  # options -> 'sum' | 'l2'
-    graph: str = "gradient"  # 'gradient' (the converted graph) or 'lrp' (the LRP graph)
+    graph: str = "gradient"  # 'gradient' (the converted graph), 'lrp' (its LRP graph) or 'onnxruntime' (none)
 
 
 GENERATION_METHODS: dict[str, GenerationMethod] = {}
@@ -171,6 +171,33 @@ def lrp(es, forward, targets, batch_size, generator, composite, composite_option
     return acc, {**extras, "delta": (total - at_x).numpy()}
 
 
+@register("occlusion", "t(x) − t(x with the token replaced by a baseline token), on onnxruntime (no conversion)",
+          reduction="none", graph="onnxruntime", baseline="pad")  # fmt: skip
+def occlusion(gm, ids, targets, batch_size, baseline, source=None, columns=None):
+    """``(P, C)`` over a decoder's tokens, or an encoder-decoder's source and decoder tokens, the
+    unperturbed logits and extras (:mod:`onnx_explain.generation.occlusion`)."""
+    from .occlusion import occlusion_decoder, occlusion_seq2seq
+
+    token = baseline_token(gm, baseline)
+    if source is not None:
+        out, logits = occlusion_seq2seq(gm, source, ids, targets, token, batch_size)
+        return out, logits, {"baseline_token": token}
+    out, logits, run = occlusion_decoder(gm, ids, targets, token, batch_size, columns)
+    return out, logits, {"baseline_token": token, "tokens_run": run}
+
+
+def baseline_token(gm, baseline) -> int:
+    """The token that replaces an occluded one: ``'pad'`` (the model's pad), ``'token:N'`` or N."""
+    if isinstance(baseline, int) and not isinstance(baseline, bool):
+        return baseline
+    text = str(baseline)
+    if text == "pad":
+        return gm.settings.pad_id
+    if text.startswith("token:") and text[6:].strip().isdigit():
+        return int(text[6:])
+    raise OptionError(f"occlusion's baseline must be 'pad', 'token:N' or a token id, not {baseline!r}")
+
+
 def _baselines(es, forward, baseline) -> list[torch.Tensor]:
     """IG's e': zeros (``'zero'``), a number, or the embedding of one token at every position
     (``'pad'``: the model's pad token; ``'token:N'``: token N; Captum's ``LayerIntegratedGradients`` on the
@@ -196,6 +223,8 @@ def _baselines(es, forward, baseline) -> list[torch.Tensor]:
 def reduce_tokens(a: torch.Tensor, how: str) -> np.ndarray:
     """``(P, L)`` per-token scores from ``(P, L, D...)`` embedding attributions."""
     axes = tuple(range(2, a.dim()))
+    if how == "none":
+        return a.numpy()
     if not axes:
         return a.numpy()
     return (a.norm(dim=axes) if how == "l2" else a.sum(dim=axes)).numpy()
