@@ -101,6 +101,34 @@ def inseq_worker(folder: Path, prompt: str, continuation: str, reps: int, thread
     print(json.dumps(out))
 
 
+def lxt_worker(folder: Path, ids: list[int], start: int, reps: int, threads: int) -> None:
+    """(In the venv.) LXT 2.1's efficient AttnLRP on the Hugging Face Llama: one forward, one backward per
+    target token (retain_graph), relevance = embedding ⊙ gradient; printed as JSON."""
+    import torch
+    from lxt.efficient import monkey_patch
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    monkey_patch(modeling_llama, verbose=False)
+    model = LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    seq = torch.as_tensor(ids)[None]
+
+    def run():
+        e = model.get_input_embeddings()(seq).detach().requires_grad_(True)
+        logits = model(inputs_embeds=e, use_cache=False).logits
+        rows = []
+        for q in range(start, seq.shape[1]):
+            (g,) = torch.autograd.grad(logits[0, q - 1, seq[0, q]], e, retain_graph=True)
+            rows.append((e * g).sum(-1))
+        return rows
+
+    print(json.dumps({"lrp": _median(run, reps)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--venv", default=str(ROOT.parent / "venv-optimum"))
@@ -112,9 +140,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "generation.md"))
     ap.add_argument("--build", help=argparse.SUPPRESS)
     ap.add_argument("--inseq-worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--lxt-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build:
         return build(Path(args.build))
+    if args.lxt_worker:
+        folder, ids, start = args.lxt_worker
+        return lxt_worker(Path(folder), json.loads(ids), int(start), args.reps, args.threads)
     if args.inseq_worker:
         folder, prompt, cont = args.inseq_worker
         return inseq_worker(Path(folder), prompt, cont, args.reps, args.threads, args.steps)
@@ -231,6 +263,30 @@ def main() -> None:
         rows[f"integrated_gradients of {P} tokens"]["inseq"] = inseq_t["integrated_gradients"]
     except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError, IndexError) as exc:
         print(f"inseq not measured: {exc}", file=sys.stderr)
+    # ---- LRP (AttnLRP) against LXT, and occlusion against Captum's FeatureAblation
+    t_lrp = _median(lambda: explain_generation(gm, prompt, continuation=cont_text, method="lrp"), args.reps)
+    rows[f"lrp (AttnLRP) of {P} tokens"] = {"ours": t_lrp, f"floor: HF 1 forward + {P} backwards": t_rows}
+    try:
+        got = subprocess.run([str(venv_python), __file__, "--lxt-worker", str(folder), json.dumps(seq[0].tolist()),
+                              str(len(ids)), "--reps", str(args.reps), "--threads", str(args.threads)],
+                             check=True, capture_output=True, text=True)  # fmt: skip
+        rows[f"lrp (AttnLRP) of {P} tokens"]["LXT 2.1 (1 forward + P backwards)"] = json.loads(
+            got.stdout.strip().splitlines()[-1]
+        )["lrp"]
+    except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError, IndexError) as exc:
+        print(f"LXT not measured: {exc}", file=sys.stderr)
+    from captum.attr import FeatureAblation, LLMAttribution
+
+    t_occ = _median(lambda: explain_generation(gm, prompt, continuation=cont_text, method="occlusion",
+                                               output="log_prob"), args.reps)  # fmt: skip
+    fa = LLMAttribution(FeatureAblation(hf), hft)
+    t_fa = _median(lambda: fa.attribute(TextTokenInput(prompt, hft, baselines=1), target=cont_text), args.reps)
+    t_fa_seq = _median(lambda: fa.attribute(TextTokenInput(prompt, hft, baselines=1), target=cont_text,
+                                            forward_in_tokens=False), args.reps)  # fmt: skip
+    rows[f"occlusion of {P} tokens ({len(ids)} prompt tokens replaced; ours: every token)"] = {
+        "ours": t_occ, "Captum LLMAttribution(FeatureAblation), cached token by token": t_fa,
+        "Captum, one forward per perturbation (forward_in_tokens=False)": t_fa_seq,
+    }  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     lines = [
         "# Generation and attribution of generated tokens (issue 25)",

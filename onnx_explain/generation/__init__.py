@@ -1,5 +1,5 @@
 """Generative models in ONNX: generate on onnxruntime with the KV cache, attribute what was generated
-(docs/methods.md §7.6).
+(docs/methods.md §2.11).
 
 - :func:`load_generative`: a model folder (Optimum, onnxruntime-genai, transformers.js) or a decoder file;
 - :func:`generate`: greedy or sampled generation with the graph's cache;

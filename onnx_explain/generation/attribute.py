@@ -1,5 +1,5 @@
 """Attributing generated tokens: one teacher-forced forward over the whole sequence, a batched backward per
-block of targets (docs/methods.md §7.6).
+block of targets (docs/methods.md §2.11).
 
 Position p's logits depend only on the tokens at positions <= p (the causal mask), so one forward of the
 whole sequence (prompt + continuation) serves every generated token, and the vector-Jacobian products of a

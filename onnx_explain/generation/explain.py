@@ -1,5 +1,5 @@
 """``explain_generation``: generate on onnxruntime (or take the user's continuation), then attribute each
-generated token to the prompt and the tokens before it on the converted graph (docs/methods.md §7.6)."""
+generated token to the prompt and the tokens before it on the converted graph (docs/methods.md §2.11)."""
 
 from __future__ import annotations
 

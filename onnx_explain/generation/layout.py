@@ -1,6 +1,6 @@
 """The input/output layout of a generative ONNX export, read from its names and shapes.
 
-Recognised (docs/methods.md §7.6):
+Recognised (docs/methods.md §2.11):
 
 - a decoder: ``input_ids`` (+ ``attention_mask``, ``position_ids``) and a KV cache
   ``past_key_values.{i}.key/value`` -> ``logits`` and ``present.{i}.key/value`` (Optimum, onnxruntime-genai,
