@@ -82,6 +82,20 @@ def _median(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def _paired(a, b, reps: int) -> tuple[float, float]:
+    """Medians of ``a`` and ``b`` timed alternately (the machine's drift hits both alike)."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def inseq_worker(folder: Path, prompt: str, continuation: str, reps: int, threads: int, steps: int) -> None:
     """(In the venv.) inseq's timings, printed as JSON."""
     import inseq
@@ -195,8 +209,7 @@ def main() -> None:
             feeds = {io.ids: nxt, io.mask: np.ones((1, L + 1), np.int64), io.positions: np.array([[L]])}
             feeds.update({c.name: v for c, v in zip(io.cache, out[1:], strict=True)})
 
-    t_bare = _median(bare_loop, args.reps)
-    t_gen = _median(lambda: generate(gm, [ids], args.new_tokens), args.reps)
+    t_gen, t_bare = _paired(lambda: generate(gm, [ids], args.new_tokens), bare_loop, 3 * args.reps)
     rows["generation (32 tokens, KV cache)"] = {"ours": t_gen, "floor: bare onnxruntime loop": t_bare}
 
     # ---- attribution

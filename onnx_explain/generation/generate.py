@@ -144,38 +144,57 @@ def generate(
                 out[i] = g
         return out
     pad = gm.settings.pad_id
-    ids, mask = _left_pad([np.asarray(p, np.int64) for p in prompts], pad)
-    B = len(prompts)
+    start_ids, start_mask = _left_pad([np.asarray(p, np.int64) for p in prompts], pad)
+    B, T0 = start_ids.shape
+    # the whole run's ids and mask, filled step by step (views of them are fed: nothing is concatenated)
+    ids = np.full((B, T0 + max_new_tokens), pad, np.int64)
+    mask = np.ones((B, T0 + max_new_tokens), np.int64)
+    ids[:, :T0], mask[:, :T0] = start_ids, start_mask
+    pos = positions(start_mask)
+    last = pos[:, -1:].copy()  # each row's position of its last token
     eos = np.asarray(gm.settings.eos or [-1])
     finished = np.zeros(B, bool)
-    new: list[np.ndarray] = []
+    new = np.full((B, max_new_tokens), pad, np.int64)
     cache: dict = {}
+    io_first = gm.first_decoder_io if gm.first_decoder is not None else gm.decoder_io
+    path_first = gm.first_decoder if gm.first_decoder is not None else gm.decoder
+    session_first, session = gm.session(path_first), gm.session(gm.decoder)
+    cached = use_cache and gm.decoder_io.has_cache
+    steps = 0
     for step in range(max_new_tokens):
-        first = step == 0 or not use_cache or not gm.decoder_io.has_cache
-        path = gm.first_decoder if first and gm.first_decoder is not None else gm.decoder
-        io = gm.first_decoder_io if path is gm.first_decoder else gm.decoder_io
-        feeds = {io.ids: ids if first else ids[:, -1:]}
-        if io.mask:
-            feeds[io.mask] = mask
-        if io.positions:
-            pos = positions(mask)
-            feeds[io.positions] = pos if first else pos[:, -1:]
+        T = T0 + step
+        first = step == 0 or not cached
+        io = io_first if first else gm.decoder_io
         if first:
+            feeds = {io.ids: ids[:, :T]}
+            if io.positions:
+                feeds[io.positions] = positions(mask[:, :T]) if step else pos
             feeds.update(gm.empty_cache(io, B))
         else:
+            feeds = {io.ids: ids[:, T - 1 : T]}
+            if io.positions:
+                feeds[io.positions] = last
             feeds.update({c.name: cache[c.present] for c in io.cache})
             if io.branch:
-                feeds[io.branch] = np.ones((1,), bool)
-        logits, cache = _run(gm.session(path), io, feeds, str(path))
+                feeds[io.branch] = _TRUE
+        if io.mask:
+            feeds[io.mask] = mask[:, :T]
+        logits, cache = _run(session_first if first else session, io, feeds,
+                             str(path_first if first else gm.decoder))  # fmt: skip
         nxt = sampling.choose(logits[:, -1, :])
-        nxt = np.where(finished, pad, nxt)
-        new.append(nxt)
+        if finished.any():
+            nxt = np.where(finished, pad, nxt)
+        new[:, step] = nxt
+        ids[:, T] = nxt
+        last = last + 1
         finished |= (nxt[:, None] == eos).any(1)
-        ids = np.concatenate([ids, nxt[:, None]], 1)
-        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
+        steps = step + 1
         if finished.all():
             break
-    return _trim(np.stack(new, 1), eos)
+    return _trim(new[:, :steps], eos)
+
+
+_TRUE = np.ones((1,), bool)
 
 
 def _trim(new: np.ndarray, eos: np.ndarray) -> list[np.ndarray]:
