@@ -293,7 +293,9 @@ def main() -> None:
     t_occ = _median(lambda: explain_generation(gm, prompt, continuation=cont_text, method="occlusion",
                                                output="log_prob"), args.reps)  # fmt: skip
     fa = LLMAttribution(FeatureAblation(hf), hft)
-    t_fa = _median(lambda: fa.attribute(TextTokenInput(prompt, hft, baselines=1), target=cont_text), args.reps)
+    t_fa = _median(
+        lambda: fa.attribute(TextTokenInput(prompt, hft, baselines=1), target=cont_text), args.reps
+    )
     t_fa_seq = _median(lambda: fa.attribute(TextTokenInput(prompt, hft, baselines=1), target=cont_text,
                                             forward_in_tokens=False), args.reps)  # fmt: skip
     rows[f"occlusion of {P} tokens ({len(ids)} prompt tokens replaced; ours: every token)"] = {

@@ -344,8 +344,8 @@ def test_lrp_runs_with_the_batched_relevance_seed(models):
 
 def test_options_and_inputs_are_checked(models):
     gm = models["gpt2"]
-    with pytest.raises(OptionError, match="unknown method 'occlusion' for generation"):
-        explain_generation(gm, "a", method="occlusion")
+    with pytest.raises(OptionError, match="unknown method 'rise' for generation"):
+        explain_generation(gm, "a", method="rise")
     with pytest.raises(OptionError, match="n_stepz"):
         explain_generation(gm, "a", method="integrated_gradients", n_stepz=3)
     with pytest.raises(OptionError, match="output must be one of"):

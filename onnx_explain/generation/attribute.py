@@ -150,15 +150,20 @@ def run_passes(forward: Callable, targets: Targets, p: Pass, batch_size: int, re
     R = max(1, min(p.n_rows, batch_size))
     J = max(1, batch_size // R)
     P = targets.count
+    kept = None
     for a in range(0, p.n_rows, R):
         b = min(p.n_rows, a + R)
         rows = [r.detach().requires_grad_(True) for r in p.rows(a, b)]
         with torch.enable_grad():
             out = forward(rows)
+            kept = out.detach()
             for c in range(0, P, J):
                 cols = slice(c, min(P, c + J))
                 seeds = target_seeds(out, targets, cols, relevance)
                 grads = _vjp_batched(out, rows, seeds, state)
                 p.consume(a, b, [r.detach() for r in rows], [g.detach() for g in grads], cols)
         del out
-    return {"batched_backward": state.get("batched", True)}
+    extras = {"batched_backward": state.get("batched", True)}
+    if p.n_rows == 1:  # the rows are the input itself: its output serves the scores too (no second forward)
+        extras["_out"] = kept
+    return extras

@@ -320,7 +320,9 @@ def _explain_one(gm, tok, prompt_ids, new, method, opts, target, span, alt, outp
     generator = make_generator(seed, "cpu")
     with torch.no_grad():
         attributions, extras = spec.fn(es, forward, targets, batch_size, generator, **opts)
-        logits = forward(es).detach()
+        logits = extras.pop("_out", None)
+        if logits is None:  # a method whose rows are not the input (noisy copies, path points)
+            logits = forward(es).detach()
         scores = targets.scores(logits)[0]
     how = spec.reduction(opts)
     per_input = [reduce_tokens(a, how) for a in attributions]

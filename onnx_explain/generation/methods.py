@@ -166,7 +166,7 @@ def lrp(es, forward, targets, batch_size, generator, composite, composite_option
 
     extras = run_passes(forward, targets, Pass(lambda a, b: es, 1, consume), batch_size, relevance=True)
     with torch.no_grad():
-        at_x = targets.scores(forward(es))[0].to(torch.float64)
+        at_x = targets.scores(extras["_out"])[0].to(torch.float64)
     total = sum(o.reshape(len(o), -1).sum(1) for o in acc)
     return acc, {**extras, "delta": (total - at_x).numpy()}
 

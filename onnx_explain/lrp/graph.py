@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch.func import functional_call
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert.driver import NODE_ATTR
@@ -54,6 +55,7 @@ from ..errors import LRPCoverageError, OnnxExplainError, OptionError, node_label
 from ..options import validate_call
 from . import roles as roles_
 from . import rules as R
+from . import rules_extra as RX
 from .composites import COMPOSITES, ROLE_RULES
 
 #: op types that are linear layers with a constant weight, and products of activations otherwise
@@ -149,6 +151,201 @@ class RuleWrapper(nn.Module):
 
     def forward(self, *args, **kwargs):
         return _LRPFunction.apply(self, kwargs, *args)
+
+
+# ------------------------------------------------------------------------------ the single-backward form
+def patchable(rule) -> bool:
+    """Whether ``rule`` has a single-backward form: a forward whose value is the layer's and whose plain
+    gradient, times the input, is the rule's relevance (LXT's observation, Achtibat et al. 2024). True for
+    the gradient, pass and stop rules, every Norm-type rule (sums, softmax, bilinear, layer norms, fused
+    nodes through their surrogates) and LRP-ε on linear layers; rules whose relevance is not
+    ``input ⊙ something`` (z^B, flat, w²) or whose passes change the input other than by a clamp need
+    the rule graph."""
+    if rule in (R.GRADIENT, R.PASS, R.STOP):
+        return True
+    if isinstance(rule, RX.ShareRule):
+        return rule.signal is None
+    if isinstance(rule, R.Rule):
+        return (not rule.uses_params) or rule.name == "epsilon"
+    return False
+
+
+def _carry(value: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``value`` (no gradient of its own) plus ``s ⊙ m − (s ⊙ m)`` (zero), whose gradient reaches ``s``
+    scaled by the constant ``m``: the value is the layer's, the backward the rule's."""
+    m = m.detach()
+    sm = s * m
+    if not bool(torch.isfinite(sm.detach().sum())):  # a masked logit (−inf) has no share, and adds no NaN
+        sm = s * torch.where(torch.isfinite(m), m, 0.0)
+        sm = torch.where(torch.isfinite(sm), sm, 0.0)
+    return value.detach() + (sm - sm.detach())
+
+
+#: ops linear and homogeneous in the input that carries relevance, the others held constant: the pass rule
+#: (R_in = R_out) is their plain gradient times the input
+_HOMOGENEOUS = frozenset({"Mul", "Div", "Neg", "Identity", "Dropout", "Cast", "Reshape", "Transpose"})
+
+
+def single_form(rule, module) -> str:
+    """How a planned node enters the single-backward graph:
+
+    - ``'plain'``: as it is (routing and selection ops; the Norm rule, and AttnLRP's softmax rule, whose
+      share ``x ⊙ Jᵀ(R/out)`` is the gradient times the input: only the stabiliser ε of the rule graph,
+      which acts where an output is ~0, is not applied);
+    - ``'constant_others'``: run with its inputs that carry no relevance held constant (a gate, a σ);
+    - ``'surrogate'``: its surrogate, of the same value (a layer norm with σ constant, a patched attention);
+    - ``'bilinear'``: the product with its gradient halved; ``'ratio'``: the identity rule on an activation
+      (the input scaled by ``out / x``); ``'epsilon'``: LRP-ε on a linear layer; ``'carrier'``: any other
+      Norm-type rule; ``'stop'``: a constant."""
+    if rule is R.GRADIENT:
+        return "plain"
+    if rule is R.STOP:
+        return "stop"
+    op = getattr(module, NODE_ATTR, ("", "", ""))[1]
+    if rule is R.PASS:
+        return "constant_others" if op in _HOMOGENEOUS else "ratio"
+    if isinstance(rule, RX.ShareRule):
+        return "surrogate"
+    if rule.uses_params:
+        return "epsilon"
+    if rule.surrogate is not None:
+        return "surrogate" if rule.surrogate is not R.average_pool_of else "carrier"
+    if rule.name == "bilinear":
+        return "bilinear"
+    return "constant_others" if rule.name in ("norm", "softmax") else "carrier"
+
+
+class PatchedWrapper(nn.Module):
+    """A planned node in the single-backward LRP graph: its forward returns the layer's value, built so that
+    the ordinary gradient through it, times the node's input, is the rule's relevance share
+    (:func:`single_form` says how). With the relevance ``R = out ⊙ g`` of every tensor, each input gets
+    ``x ⊙ g_x``, the rule's share."""
+
+    def __init__(self, module, rule, dependent, label):
+        super().__init__()
+        self.module = module
+        self.rule = rule
+        self.dependent = list(dependent)
+        self.label = label
+        self.form = single_form(rule, module)
+        make = getattr(rule, "surrogate", None)
+        if make is None:
+            self.surrogate = None
+        else:
+            self.surrogate = (
+                make(module, self.dependent) if getattr(make, "with_dependent", False) else make(module)
+            )
+        setattr(self, NODE_ATTR, getattr(module, NODE_ATTR, ("", "", "")))
+
+    def _constants(self, args, kwargs):
+        ins = [a.detach() if isinstance(a, torch.Tensor) and i not in self.dependent else a
+               for i, a in enumerate(args)]  # fmt: skip
+        return ins, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+    def forward(self, *args, **kwargs):
+        form, rule = self.form, self.rule
+        if form == "stop":
+            with torch.no_grad():
+                out = self.module(*args, **kwargs)
+            return out
+        if form == "constant_others":
+            return self.module(*self._constants(args, kwargs)[0], **self._constants(args, kwargs)[1])
+        if form == "surrogate":
+            ins, kw = self._constants(args, kwargs)
+            return self.surrogate(*ins, **kw)
+        if form == "bilinear":
+            out = self.module(*args, **kwargs)
+            return 0.5 * out + 0.5 * out.detach()  # value unchanged, gradient halved (the uniform split)
+        if form == "ratio":
+            out = self.module(*args, **kwargs)
+            x = args[self.dependent[0]]
+            with torch.no_grad():
+                ratio = torch.nan_to_num(out / x, nan=0.0, posinf=0.0, neginf=0.0)
+            return _carry(out, x, ratio)
+        if form == "epsilon":
+            x = args[0]
+            eps = rule.options["epsilon"]
+            p_mod = rule.param_mods[0]
+            if p_mod == R.NO_MOD:
+                z = self.module(x)
+                return _carry(z, z, z.detach() / R.stabilize(z.detach(), eps))
+            with torch.no_grad():
+                out = self.module(x)
+            z = functional_call(self.module, p_mod.params(self.module), (x,))
+            return _carry(out, z, out / R.stabilize(z.detach(), eps))
+        # 'carrier': a Norm-type rule through a share function of another value (the average pool of a max)
+        ins, kw = self._constants(args, kwargs)
+        layer = self.surrogate if self.surrogate is not None else self.module
+        s = layer(*ins, **kw)
+        with torch.no_grad():
+            true = self.module(*args, **kwargs)
+        scale = _share_scale(rule)
+        if isinstance(s, tuple):
+            return tuple(
+                _carry(t, o, scale(t.detach(), o.detach())) if _carries(o) else t
+                for t, o in zip(true, s, strict=True)
+            )
+        return _carry(true, s, scale(true.detach(), s.detach()))
+
+
+def _carries(o) -> bool:
+    return isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad
+
+
+def _share_scale(rule):
+    """``(out, s) -> m``: the factor a Norm-type rule puts on the gradient of its share function ``s``
+    (``mapper(R, s) = R·m/out``, R = out ⊙ g): ``out / st(s)``, halved for the bilinear split."""
+    if isinstance(rule, RX.ShareRule):
+        eps = rule.stabilizer
+        return lambda out, s: out / R.stabilize(s, eps)
+    one = torch.ones(())
+    return lambda out, s: out * (rule.mapper(one, [s])[0])
+
+
+def _input_relevance(x: torch.Tensor) -> torch.Tensor:
+    """The explained input as the single-backward graph reads it: its value, and a gradient multiplied by
+    itself, so that the backward pass returns ``x ⊙ g``, the relevance, as the rule graph does."""
+    xd = x.detach()
+    return xd + (x * xd - (x * xd).detach())
+
+
+def _output_relevance(out: torch.Tensor) -> torch.Tensor:
+    """The explained output as the single-backward graph gives it: its value, and a gradient divided by
+    itself, so that the relevance seeded there (``R = out ⊙ g``) enters as the gradient ``R / out``."""
+    od = out.detach()
+    inv = torch.where(od == 0, 0.0, 1.0 / torch.where(od == 0, 1.0, od))
+    return od + (out * inv - (out * inv).detach())
+
+
+def wrap_patched(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, position: int) -> list:
+    """As :func:`wrap`, with :class:`PatchedWrapper` nodes: one ordinary backward computes the relevance."""
+    by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
+    assignments = []
+    for node, step in the_plan.steps.items():
+        module = gm.get_submodule(node.target)
+        name, op, _ = _onnx(module)
+        rule = step.rule if step.rule is not None else by_layer.get(node)
+        fell_back = rule is None
+        if fell_back:
+            rule = R.GRADIENT
+        assignments.append(Assignment(node.target, name, op, rule.name, fallback=fell_back))
+        if single_form(rule, module) != "plain":
+            wrapper = PatchedWrapper(module, rule, step.dependent, f"{name or node.target} ({op})")
+            parent, _, attr = node.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+    placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][position]
+    with gm.graph.inserting_after(placeholder):
+        carried = gm.graph.call_function(_input_relevance, (placeholder,))
+    placeholder.replace_all_uses_with(carried, delete_user_cb=lambda u: u is not carried)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    if len(output.args) == 1 and isinstance(output.args[0], fx.Node):
+        with gm.graph.inserting_before(output):
+            seeded = gm.graph.call_function(_output_relevance, (output.args[0],))
+        output.args = (seeded,)
+    else:
+        raise OnnxExplainError("LRP: the single-backward graph needs one output tensor")
+    gm.recompile()
+    return assignments
 
 
 def _is_float(node: fx.Node) -> bool:
@@ -704,6 +901,7 @@ def build_lrp_graph(
     rules: dict | None = None,
     fallback: str | None = None,
     maxpool: str = "gradient",
+    mode: str = "auto",
 ):
     """A copy of ``converted`` (a ConvertedModel) whose backward pass computes LRP: canonize, plan, wrap.
 
@@ -724,11 +922,17 @@ def build_lrp_graph(
         What a node with no rule does: None raises :class:`LRPCoverageError`; ``'gradient'`` lets the
         plain gradient through and reports the node.
     maxpool : {'gradient', 'avgpool'}
+    mode : {'auto', 'single', 'rules'}
+        ``'single'``: one ordinary backward through a forward patched node by node (:class:`PatchedWrapper`);
+        ``'rules'``: each node's rule in its own backward (:class:`RuleWrapper`, needed by z^B, flat, w²
+        and the per-layer conservation record); ``'auto'``: single where every rule has that form.
 
     Returns
     -------
     (module, assignments)
     """
+    if mode not in ("auto", "single", "rules"):
+        raise OptionError(f"mode must be 'auto', 'single' or 'rules', not {mode!r}")
     if composite in (None, "auto"):
         composite = default_composite(converted, example)
     if composite not in COMPOSITES:
@@ -746,12 +950,23 @@ def build_lrp_graph(
     ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))
     the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool)
     layer_rules = COMPOSITES[composite]([(k, n.target) for k, n in the_plan.layers], **options)
-    assignments = wrap(gm, the_plan, layer_rules)
+    by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
+    rules_of = [
+        s.rule if s.rule is not None else by_layer.get(n, R.GRADIENT) for n, s in the_plan.steps.items()
+    ]
+    single = mode == "single" or (mode == "auto" and all(patchable(r) for r in rules_of))
+    if mode == "single" and not all(patchable(r) for r in rules_of):
+        raise OptionError("LRP: a rule of this composite has no single-backward form; use mode='rules'")
+    if single:
+        assignments = wrap_patched(gm, the_plan, layer_rules, lrp.position)
+    else:
+        assignments = wrap(gm, the_plan, layer_rules)
     with torch.no_grad():
         ref, got = (converted(x, comp), lrp(x, comp)) if comp else (converted(x), lrp(x))
     if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5 * float(ref.abs().max().clamp_min(1))):
         raise OnnxExplainError("LRP canonization changed the model's output (a bug: please report the model)")
     report["composite"] = composite
+    report["mode"] = "single" if single else "rules"
     lrp.lrp_report = report
     return lrp, assignments
 

@@ -25,14 +25,15 @@ def _key(value):
     return value
 
 
-def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool):
-    """The cached LRP graph of a converted model for these settings (built on first use)."""
+def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode="auto"):
+    """The cached LRP graph of a converted model for these settings (built on first use); ``mode`` as in
+    :func:`onnx_explain.lrp.graph.build_lrp_graph`."""
     from ..lrp.graph import build_lrp_graph
 
     _check_module(module)
     owner, cut = _owner(module)
     per_model = _CACHE.setdefault(owner, {})
-    key = (cut, composite, _key(composite_options), _key(rules), fallback, maxpool)
+    key = (cut, composite, _key(composite_options), _key(rules), fallback, maxpool, mode)
     # the LRP graph holds copies of the weights (canonized, folded): rebuilt when a weight of the module
     # changed in place since (a parameter randomisation test, a user editing the model), never stale
     version = _weights_version(owner)
@@ -40,7 +41,7 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     if hit is None or hit[0] != version:
         hit = per_model[key] = (
             version,
-            build_lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool),
+            build_lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode),
         )
     return hit[1]
 
@@ -101,6 +102,7 @@ def lrp(
     maxpool: str = "gradient",
     output_relevance: str = "score",
     layer_relevance: bool = False,
+    mode: str = "auto",
 ):
     """LRP of f_c at x.
 
@@ -122,6 +124,12 @@ def lrp(
         R_L = f_c(x)·e_c (default; Σ R ≈ f_c) or e_c.
     layer_relevance : bool
         Also report Σ R at the output and input of every rule layer (the conservation diagnostic).
+    mode : {'auto', 'single', 'rules'}
+        ``'single'``: one ordinary backward through a forward patched node by node (LRP at the cost of a
+        gradient; the Norm rule without its stabiliser ε, which acts only where a sum is ~0);
+        ``'rules'``: every node's rule in its own backward; ``'auto'`` (default): single where every rule
+        has that form (ε on the layers, the Norm, softmax, bilinear, layer-norm, pass and stop rules:
+        ``attnlrp``, ``cp_lrp``), rules otherwise and with ``layer_relevance``.
 
     Extras: ``delta`` = Σ R − f_c(x) per sample (with ``output_relevance='score'``), ``rules`` (node →
     rule), ``fallback_nodes``, and ``layer_relevance`` on request. Token-id inputs are explained at the
@@ -141,8 +149,9 @@ def lrp(
         composite = default_composite(scorer.module, example)
     opts = _composite_options(composite, composite_options, bounds)
     module, assignments = lrp_graph(
-        scorer.module, example, composite, opts, _zbox_rules(rules, bounds), fallback, maxpool
-    )
+        scorer.module, example, composite, opts, _zbox_rules(rules, bounds), fallback, maxpool,
+        "rules" if layer_relevance else mode,  # the per-layer record is kept by the rule graph
+    )  # fmt: skip
     record = {} if layer_relevance else None
     set_recording(module, record)
     try:
@@ -156,6 +165,7 @@ def lrp(
         "composite": composite,
         "rules": {a.onnx_name or a.module: f"{a.op}: {a.rule}" for a in assignments},
         "fallback_nodes": [a.onnx_name for a in assignments if a.fallback],
+        "mode": getattr(module, "lrp_report", {}).get("mode", "rules"),
     }
     frontier = getattr(scorer.module, "frontier", None)
     if frontier is not None:  # token ids: the graph was cut at the embedding (methods/embedding.py)
