@@ -21,6 +21,7 @@ CLASSES = {
     "llama": "LlamaForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "gpt2/no_cache": "GPT2LMHeadModel",
+    "qwen2": "Qwen2ForCausalLM",
     "t5": "T5ForConditionalGeneration",
     "genai_llama": "LlamaForCausalLM",  # onnxruntime-genai's build: GroupQueryAttention, skip norms
 }
