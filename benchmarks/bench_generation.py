@@ -278,7 +278,9 @@ def main() -> None:
         rows[f"gradient_x_input of {P} tokens"]["inseq"] = inseq_t["input_x_gradient"]
         ours = explain_generation(gm, prompt, continuation=cont_text, output="logit").attribution
         theirs = np.asarray(inseq_t["input_x_gradient_matrix"])
-        agreement = float(np.abs(ours - theirs).max() / np.abs(theirs).max()) if ours.shape == theirs.shape else None
+        agreement = (
+            float(np.abs(ours - theirs).max() / np.abs(theirs).max()) if ours.shape == theirs.shape else None
+        )
         rows[f"integrated_gradients of {P} tokens"]["inseq"] = inseq_t["integrated_gradients"]
     except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError, IndexError) as exc:
         print(f"inseq not measured: {exc}", file=sys.stderr)
@@ -314,7 +316,8 @@ def main() -> None:
         "",
         "Agreement: our gradient x input of every generated token (logit) against inseq's `input_x_gradient` "
         "on the same weights: max |difference| / max |inseq| = "
-        + (f"{agreement:.1e}" if isinstance(locals().get("agreement"), float) else "not measured") + ".",
+        + (f"{agreement:.1e}" if isinstance(locals().get("agreement"), float) else "not measured")
+        + ".",
         "",
         f"`python benchmarks/bench_generation.py` — {platform.processor() or platform.machine()}, {args.threads} "
         f"threads, median of {args.reps} after a warm-up; a random Llama (d 256, 4 layers, 8/4 heads, vocab "

@@ -145,3 +145,68 @@ def _rel(a, b):
 def _cosine(a, b):
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ------------------------------------------------------------------------------------- encoder-decoder (T5)
+T5 = Path(__file__).parent / "fixtures" / "generation" / "t5"
+
+
+def _t5_reference(ids: np.ndarray, S: int, columns, cp: bool) -> np.ndarray:
+    """float64 gradient × input at T5's source and decoder token embeddings of its forward patched as AttnLRP
+    (σ of every T5LayerNorm detached; each product of two activations — Q·Kᵀ, P·V — with its gradient halved,
+    or the attention probabilities detached for CP-LRP; ReLU's identity rule is its gradient)."""
+    from torch.overrides import TorchFunctionMode
+    from transformers import T5ForConditionalGeneration
+    from transformers.models.t5 import modeling_t5
+
+    class Patch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if cp and func in (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax):
+                return out.detach()
+            two = func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+            if not cp and two and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args[:2]):
+                return 0.5 * out + 0.5 * out.detach()
+            return out
+
+    def norm(self, h):  # T5LayerNorm with σ held constant
+        var = h.to(torch.float64).pow(2).mean(-1, keepdim=True).detach()
+        return self.weight * (h * torch.rsqrt(var + self.variance_epsilon))
+
+    model = T5ForConditionalGeneration.from_pretrained(T5, attn_implementation="eager").double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = torch.as_tensor(ids)[None]
+    table = model.get_input_embeddings()
+    es, et = (table(ids[:, :S]).requires_grad_(True), table(ids[:, S:]).requires_grad_(True))
+    original = modeling_t5.T5LayerNorm.forward
+    modeling_t5.T5LayerNorm.forward = norm
+    try:
+        with Patch():
+            logits = model(inputs_embeds=es, decoder_inputs_embeds=et).logits
+    finally:
+        modeling_t5.T5LayerNorm.forward = original
+    rows = []
+    for col in columns:
+        c = col - S
+        gs, gt = torch.autograd.grad(logits[0, c - 1, ids[0, col]], [es, et], retain_graph=True)
+        rows.append(
+            np.concatenate([(es * gs)[0].sum(-1).detach().numpy(), (et * gt)[0].sum(-1).detach().numpy()])
+        )
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("composite, cp", [("attnlrp", False), ("cp_lrp", True)])
+def test_lrp_of_an_encoder_decoder_reaches_the_source_and_equals_the_patched_reference(composite, cp):
+    e = explain_generation(T5, "the cat sees a dog", continuation=" runs near the", method="lrp", composite=composite,
+                           composite_options={"epsilon": 1e-9})  # fmt: skip
+    assert (
+        e.extras["composite"] == {"encoder": composite, "decoder": composite}
+        and not e.extras["fallback_nodes"]
+    )
+    S = e.source_length
+    assert np.abs(e.attribution[:, :S]).sum(1).min() > 0  # relevance reaches the source through the encoder
+    want = _t5_reference(e.ids, S, e.target_columns, cp)
+    assert _rel(e.attribution, want) <= 5e-4
+    if cp:  # T5 has no biases: CP-LRP conserves, over source and decoder tokens together
+        np.testing.assert_allclose(e.attribution.sum(1), e.score, rtol=1e-4, atol=1e-5)

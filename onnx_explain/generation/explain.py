@@ -433,8 +433,9 @@ def _rows(comp: dict, R: int) -> dict:
     return {k: v.expand(R, *v.shape[1:]) for k, v in comp.items()}
 
 
-def _graph(emb, e, comp, spec, opts):
-    """The module a method runs: the embedding view, or its LRP graph (built once per settings)."""
+def _graph(emb, e, comp, spec, opts, also=(), seed_output=True):
+    """The module a method runs: the embedding view, or its LRP graph (built once per settings); ``also``
+    and ``seed_output`` chain an encoder's LRP graph under a decoder's (single-backward form)."""
     if spec.graph != "lrp":
         return emb, {}
     from ..methods.lrp import _composite_options, default_composite, lrp_graph
@@ -443,9 +444,10 @@ def _graph(emb, e, comp, spec, opts):
     composite = opts.get("composite") or "auto"
     if composite == "auto":
         composite = default_composite(emb, example)
+    chained = bool(also) or not seed_output
     graph, assignments = lrp_graph(
         emb, example, composite, _composite_options(composite, opts.get("composite_options"), {}), opts.get("rules") or {},
-        opts.get("fallback"), "gradient",
+        opts.get("fallback"), "gradient", "single" if chained else "auto", tuple(also), seed_output,
     )  # fmt: skip
     return graph, {
         "composite": composite,
@@ -480,8 +482,6 @@ def _decoder_forward(gm, seq: np.ndarray, device: str, spec, opts):
 def _seq2seq_forward(gm, source: np.ndarray, seq: np.ndarray, device: str, spec, opts):
     """Source and decoder tokens explained together: the encoder's embedding view feeds the decoder's
     ``encoder_hidden_states``, so a target's gradient reaches both."""
-    if spec.graph == "lrp":
-        raise OptionError("LRP of an encoder-decoder generation is not supported yet; use a gradient method")
     enc_model = gm.explained_encoder()
     enc_ids_name, enc_mask_name, _ = gm.encoder_io
     src = source[None]
@@ -501,19 +501,26 @@ def _seq2seq_forward(gm, source: np.ndarray, seq: np.ndarray, device: str, spec,
     if io.mask in names:
         data[io.mask] = np.ones_like(ids)
     dec_emb, et, dec_comp, frontier = _converted(model, data, device, gm.vocab)
+    # LRP: the encoder's single-backward graph feeds the decoder's, whose encoder states carry relevance on
+    enc_graph, enc_notes = _graph(enc_emb, es, enc_comp, spec, opts, seed_output=False)
+    states_at = dec_emb.wrapper.positions[io.encoder_states]
+    dec_graph, notes = _graph(dec_emb, et, dec_comp, spec, opts, also=(states_at,))
 
     def forward(rows):
         R = len(rows[0])
-        h = enc_emb(rows[0], _rows(enc_comp, R))
+        h = enc_graph(rows[0], _rows(enc_comp, R))
         comp = {**_rows(dec_comp, R), io.encoder_states: h}
-        return dec_emb(rows[1], comp)
+        return dec_graph(rows[1], comp)
 
     forward.pad_id = gm.settings.pad_id
     forward.embed = lambda token: [
         _embed_token(enc_emb, enc_comp, token, es),
         _embed_token(dec_emb, dec_comp, token, et),
     ]
-    notes = {"embedding_node": {"encoder": enc_frontier, "decoder": frontier}}
+    if enc_notes:
+        notes = {**notes, "composite": {"encoder": enc_notes["composite"], "decoder": notes["composite"]},
+                 "fallback_nodes": enc_notes["fallback_nodes"] + notes["fallback_nodes"]}  # fmt: skip
+    notes = {**notes, "embedding_node": {"encoder": enc_frontier, "decoder": frontier}}
     if model.parity is not None:
         notes["parity"] = {"encoder": enc_model.parity.summary(), "decoder": model.parity.summary()}
     return forward, [es, et], notes

@@ -317,8 +317,12 @@ def _output_relevance(out: torch.Tensor) -> torch.Tensor:
     return od + (out * inv - (out * inv).detach())
 
 
-def wrap_patched(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, position: int) -> list:
-    """As :func:`wrap`, with :class:`PatchedWrapper` nodes: one ordinary backward computes the relevance."""
+def wrap_patched(
+    gm: fx.GraphModule, the_plan: Plan, layer_rules: list, position: int, seed_output: bool = True
+) -> list:
+    """As :func:`wrap`, with :class:`PatchedWrapper` nodes: one ordinary backward computes the relevance.
+    ``seed_output=False`` leaves the output as it is, for a graph whose output feeds another single-backward
+    graph (an encoder under a decoder): the gradient convention then runs on through both."""
     by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
     assignments = []
     for node, step in the_plan.steps.items():
@@ -338,7 +342,9 @@ def wrap_patched(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, position
         carried = gm.graph.call_function(_input_relevance, (placeholder,))
     placeholder.replace_all_uses_with(carried, delete_user_cb=lambda u: u is not carried)
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    if len(output.args) == 1 and isinstance(output.args[0], fx.Node):
+    if not seed_output:
+        pass
+    elif len(output.args) == 1 and isinstance(output.args[0], fx.Node):
         with gm.graph.inserting_before(output):
             seeded = gm.graph.call_function(_output_relevance, (output.args[0],))
         output.args = (seeded,)
@@ -764,8 +770,9 @@ def _override(spec, module, role, maxpool_ok: bool):
 
 
 def plan(
-    gm: fx.GraphModule, position: int, composite: str, rules: dict, fallback: str | None, maxpool: str
-) -> Plan:
+    gm: fx.GraphModule, position: int, composite: str, rules: dict, fallback: str | None, maxpool: str,
+    also: tuple = (),
+) -> Plan:  # fmt: skip
     """Give every node of the shape-propagated graph that carries relevance from the output to the
     explained input a role and a rule; raise :class:`LRPCoverageError` for one with no role.
 
@@ -778,7 +785,7 @@ def plan(
     if maxpool == "avgpool":
         role_rules[roles_.MAX_POOL] = R.avgpool
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    depends = {placeholders[position]}
+    depends = {placeholders[position], *(placeholders[p] for p in also)}  # also: inputs relevance flows on to
     steps: dict[fx.Node, _Step] = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
@@ -902,6 +909,8 @@ def build_lrp_graph(
     fallback: str | None = None,
     maxpool: str = "gradient",
     mode: str = "auto",
+    also: tuple = (),
+    seed_output: bool = True,
 ):
     """A copy of ``converted`` (a ConvertedModel) whose backward pass computes LRP: canonize, plan, wrap.
 
@@ -926,6 +935,13 @@ def build_lrp_graph(
         ``'single'``: one ordinary backward through a forward patched node by node (:class:`PatchedWrapper`);
         ``'rules'``: each node's rule in its own backward (:class:`RuleWrapper`, needed by z^B, flat, w²
         and the per-layer conservation record); ``'auto'``: single where every rule has that form.
+    also : tuple of int
+        Positions of other graph inputs that relevance flows on to (an encoder-decoder's
+        ``encoder_hidden_states``, whose encoder is a single-backward graph too): planned as carrying
+        relevance, not multiplied by themselves. Single mode only.
+    seed_output : bool
+        Divide the relevance seeded at the output by the output (the relevance convention of the caller);
+        False for a graph whose output feeds another single-backward graph. Single mode only.
 
     Returns
     -------
@@ -948,7 +964,7 @@ def build_lrp_graph(
     gm: fx.GraphModule = lrp.graph
     x, comp = _example(example)
     ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))
-    the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool)
+    the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool, tuple(also))
     layer_rules = COMPOSITES[composite]([(k, n.target) for k, n in the_plan.layers], **options)
     by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
     rules_of = [
@@ -957,8 +973,10 @@ def build_lrp_graph(
     single = mode == "single" or (mode == "auto" and all(patchable(r) for r in rules_of))
     if mode == "single" and not all(patchable(r) for r in rules_of):
         raise OptionError("LRP: a rule of this composite has no single-backward form; use mode='rules'")
+    if (also or not seed_output) and not single:
+        raise OptionError("LRP across two graphs (an encoder under a decoder) needs the single-backward form")
     if single:
-        assignments = wrap_patched(gm, the_plan, layer_rules, lrp.position)
+        assignments = wrap_patched(gm, the_plan, layer_rules, lrp.position, seed_output)
     else:
         assignments = wrap(gm, the_plan, layer_rules)
     with torch.no_grad():

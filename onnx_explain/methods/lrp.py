@@ -25,7 +25,8 @@ def _key(value):
     return value
 
 
-def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode="auto"):
+def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode="auto", also=(),
+              seed_output=True):  # fmt: skip
     """The cached LRP graph of a converted model for these settings (built on first use); ``mode`` as in
     :func:`onnx_explain.lrp.graph.build_lrp_graph`."""
     from ..lrp.graph import build_lrp_graph
@@ -33,7 +34,17 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     _check_module(module)
     owner, cut = _owner(module)
     per_model = _CACHE.setdefault(owner, {})
-    key = (cut, composite, _key(composite_options), _key(rules), fallback, maxpool, mode)
+    key = (
+        cut,
+        composite,
+        _key(composite_options),
+        _key(rules),
+        fallback,
+        maxpool,
+        mode,
+        tuple(also),
+        seed_output,
+    )
     # the LRP graph holds copies of the weights (canonized, folded): rebuilt when a weight of the module
     # changed in place since (a parameter randomisation test, a user editing the model), never stale
     version = _weights_version(owner)
@@ -41,7 +52,18 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     if hit is None or hit[0] != version:
         hit = per_model[key] = (
             version,
-            build_lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode),
+            build_lrp_graph(
+                module,
+                example,
+                composite,
+                composite_options,
+                rules,
+                fallback,
+                maxpool,
+                mode,
+                also,
+                seed_output,
+            ),
         )
     return hit[1]
 
