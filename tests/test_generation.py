@@ -371,6 +371,12 @@ def test_several_prompts_give_one_explanation_each_and_save(models, tmp_path):
 
     record = json.loads(paths[0].read_text())
     assert record["tokens"] == es[0].tokens and np.allclose(record["attribution"], es[0].attribution)
+    # offsets: prompt tokens in the prompt, continuation tokens in the continuation
+    e = es[1]
+    assert len(e.offsets) == len(e.tokens)
+    n = e.prompt_length
+    assert all(e.prompt[a:b] == e.tokens[i].strip() for i, (a, b) in enumerate(e.offsets[:n]))
+    assert e.offsets[-1][1] == len(e.continuation) and e.offsets[n][0] == 0
     with np.load(paths[1]) as z:
         np.testing.assert_array_equal(z["attribution"], es[0].attribution)
     html = paths[2].read_text()

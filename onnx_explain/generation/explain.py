@@ -69,6 +69,9 @@ class GenerationExplanation:
     method: str
     options: dict
     extras: dict = field(default_factory=dict)
+    #: each column's character span: a prompt (source) token's in :attr:`prompt`, a continuation token's in
+    #: :attr:`continuation` (the decoder's start token: ``None``)
+    offsets: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready: the tokens, the matrix, the scores (no embedding-level arrays)."""
@@ -88,6 +91,7 @@ class GenerationExplanation:
             "prompt": self.prompt,
             "continuation": self.continuation,
             "tokens": self.tokens,
+            "offsets": [None if o is None else list(o) for o in self.offsets],
             "ids": self.ids.tolist(),
             "source_length": self.source_length,
             "prompt_length": self.prompt_length,
@@ -174,6 +178,16 @@ class _Tokenizer:
 
     def pieces(self, ids) -> list[str]:
         return [self.tok.decode([int(i)], skip_special_tokens=False) for i in ids]
+
+    def offsets(self, prompt: str, new, start_token: bool) -> list:
+        """Character spans of the columns: the prompt's tokens in the prompt (from the encoding), the
+        decoder's start token ``None``, the continuation's tokens in its decoded text (``decode(new[:k])``
+        lengths, so that byte-level pieces get the span of the characters they complete)."""
+        spans = [tuple(o) for o in self.tok.encode(prompt).offsets]
+        if start_token:
+            spans.append(None)
+        ends = [len(self.decode(new[: k + 1])) for k in range(len(new))]
+        return spans + [(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _as_list(v, what: str) -> tuple[list, bool]:
@@ -290,6 +304,7 @@ def explain_generation(
         e = _explain_one(gm, tok, enc, new, method, opts, target, span, alt, output, batch_size, seed,
                          device, keep_embedding)  # fmt: skip
         e.prompt = p
+        e.offsets = tok.offsets(p, new, gm.kind == "encoder-decoder")
         e.extras["generated"] = generated
         out.append(e)
     return out[0] if single else out
