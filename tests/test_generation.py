@@ -417,6 +417,14 @@ def test_cli_explains_prompts_into_one_folder_per_item(models, tmp_path):
     assert first["extras"]["generated"] is True and len(first["targets"]) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["explained"] == 2 and summary["failed"] == 1
+    # an encoder-decoder from the command line, with LRP across encoder and decoder
+    r = _cli("explain-generation", HERE / "t5", "--prompt", "the cat sees a dog", "--out", tmp_path / "t5",
+             "--max-new-tokens", 3, "-m", "lrp")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "t5" / "00000" / "explanation.json").read_text())
+    api = explain_generation(models["t5"], "the cat sees a dog", max_new_tokens=3, method="lrp")
+    np.testing.assert_allclose(rec["attribution"], api.attribution, rtol=1e-5, atol=1e-7)
+    assert rec["source_length"] == api.source_length > 0
 
 
 def test_cli_refuses_bad_options_up_front(tmp_path):
