@@ -253,9 +253,8 @@ class PatchedWrapper(nn.Module):
         if form == "surrogate":
             ins, kw = self._constants(args, kwargs)
             return self.surrogate(*ins, **kw)
-        if form == "bilinear":
-            out = self.module(*args, **kwargs)
-            return 0.5 * out + 0.5 * out.detach()  # value unchanged, gradient halved (the uniform split)
+        if form == "bilinear":  # value unchanged, gradient halved (the uniform split)
+            return _ScaledGradient.apply(self.module(*args, **kwargs), 0.5)
         if form == "ratio":
             out = self.module(*args, **kwargs)
             x = args[self.dependent[0]]
@@ -267,8 +266,7 @@ class PatchedWrapper(nn.Module):
             eps = rule.options["epsilon"]
             p_mod = rule.param_mods[0]
             if p_mod == R.NO_MOD:
-                z = self.module(x)
-                return _carry(z, z, z.detach() / R.stabilize(z.detach(), eps))
+                return _EpsilonGradient.apply(self.module(x), float(eps))
             with torch.no_grad():
                 out = self.module(x)
             z = functional_call(self.module, p_mod.params(self.module), (x,))
@@ -286,6 +284,47 @@ class PatchedWrapper(nn.Module):
                 for t, o in zip(true, s, strict=True)
             )
         return _carry(true, s, scale(true.detach(), s.detach()))
+
+
+class _EpsilonGradient(torch.autograd.Function):
+    """The identity whose backward scales the gradient by ``|z| / (|z| + ε)`` = ``z / st(z)`` (LRP-ε with
+    ``st(z) = z + ε·sign₀(z)``): nothing is computed in the forward pass. Batched backwards (vmap) apply
+    it per target."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, eps):
+        return z.view_as(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.eps = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        a = z.abs()
+        return g * (a / (a + ctx.eps)), None
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """The identity whose backward multiplies the gradient by a constant (the bilinear split's ½)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, factor):
+        return z.view_as(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.factor = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor, None
 
 
 def _carries(o) -> bool:
