@@ -240,7 +240,8 @@ def explain_generation(
         Teacher forcing: explain this continuation instead of generating one.
     method : str
         ``gradient``, ``gradient_x_input`` (default), ``smoothgrad``, ``integrated_gradients`` or ``lrp``
-        (:data:`GENERATION_METHODS`), at the embedding of the converted graph.
+        at the embedding of the converted graph, or ``occlusion`` on onnxruntime (nothing converted)
+        (:data:`GENERATION_METHODS`).
     target : {'tokens', 'span'}
         One row per generated token, or one row for the sum of the log-probabilities of the continuation
         (or of ``span=(a, b)``, continuation tokens a..b-1).
@@ -285,8 +286,9 @@ def explain_generation(
         raise OptionError(f"{gm.folder}: no tokenizer.json beside the model; pass tokenizer=")
     tok = _Tokenizer(tok_path)
     encoded = [tok.encode(p) for p in prompts]
-    if any(len(e) == 0 for e in encoded):
-        raise InputDataError("a prompt has no tokens")
+    empty = [i for i, e in enumerate(encoded) if len(e) == 0]
+    if empty:
+        raise InputDataError(f"prompt {empty[0]} has no tokens")
     if conts:
         news = [tok.encode(c, special=False) for c in conts]
         generated = False
