@@ -44,7 +44,7 @@ class Targets:
         if self.output == "logit":
             v = z.gather(2, self.tok.view(1, -1, 1).expand(len(z), -1, 1)).squeeze(2)
         else:
-            lp = torch.log_softmax(z.to(torch.float64) if z.dtype == torch.float64 else z, -1)
+            lp = torch.log_softmax(z, -1)
             v = lp.gather(2, self.tok.view(1, -1, 1).expand(len(z), -1, 1)).squeeze(2)
             if self.output == "prob":
                 v = v.exp()

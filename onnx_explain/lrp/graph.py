@@ -218,7 +218,7 @@ def single_form(rule, module) -> str:
 class PatchedWrapper(nn.Module):
     """A planned node in the single-backward LRP graph: its forward returns the layer's value, built so that
     the ordinary gradient through it, times the node's input, is the rule's relevance share
-    (:func:`single_form` says how). With the relevance ``R = out ⊙ g`` of every tensor, each input gets
+    (:func:`single_form` says how; :func:`wrap` places it). With the relevance ``R = out ⊙ g`` of every tensor, each input gets
     ``x ⊙ g_x``, the rule's share."""
 
     def __init__(self, module, rule, dependent, label):
@@ -254,7 +254,7 @@ class PatchedWrapper(nn.Module):
             ins, kw = self._constants(args, kwargs)
             return self.surrogate(*ins, **kw)
         if form == "bilinear":  # value unchanged, gradient halved (the uniform split)
-            return _ScaledGradient.apply(self.module(*args, **kwargs), 0.5)
+            return _ScaledGradient.apply(self.module(*args, **kwargs), 0.5, None)
         if form == "ratio":
             out = self.module(*args, **kwargs)
             x = args[self.dependent[0]]
@@ -266,7 +266,7 @@ class PatchedWrapper(nn.Module):
             eps = rule.options["epsilon"]
             p_mod = rule.param_mods[0]
             if p_mod == R.NO_MOD:
-                return _EpsilonGradient.apply(self.module(x), float(eps))
+                return _ScaledGradient.apply(self.module(x), 1.0, float(eps))
             with torch.no_grad():
                 out = self.module(x)
             z = functional_call(self.module, p_mod.params(self.module), (x,))
@@ -286,45 +286,30 @@ class PatchedWrapper(nn.Module):
         return _carry(true, s, scale(true.detach(), s.detach()))
 
 
-class _EpsilonGradient(torch.autograd.Function):
-    """The identity whose backward scales the gradient by ``|z| / (|z| + ε)`` = ``z / st(z)`` (LRP-ε with
-    ``st(z) = z + ε·sign₀(z)``): nothing is computed in the forward pass. Batched backwards (vmap) apply
-    it per target."""
+class _ScaledGradient(torch.autograd.Function):
+    """The identity whose backward scales the gradient: by the constant ``factor`` (the bilinear split's
+    ½), or, with ``eps``, by ``|z| / (|z| + ε)`` = ``z / st(z)`` (LRP-ε with ``st(z) = z + ε·sign₀(z)``).
+    Nothing is computed in the forward pass; batched backwards (vmap) apply it per target."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, eps):
+    def forward(z, factor, eps):
         return z.view_as(z)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.eps = inputs[1]
+        z, ctx.factor, ctx.eps = inputs
+        if ctx.eps is not None:
+            ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.eps is None:
+            return g * ctx.factor, None, None
         (z,) = ctx.saved_tensors
         a = z.abs()
-        return g * (a / (a + ctx.eps)), None
-
-
-class _ScaledGradient(torch.autograd.Function):
-    """The identity whose backward multiplies the gradient by a constant (the bilinear split's ½)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(z, factor):
-        return z.view_as(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.factor = inputs[1]
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.factor, None
+        return g * (a / (a + ctx.eps)), None, None
 
 
 def _carries(o) -> bool:
@@ -354,43 +339,6 @@ def _output_relevance(out: torch.Tensor) -> torch.Tensor:
     od = out.detach()
     inv = torch.where(od == 0, 0.0, 1.0 / torch.where(od == 0, 1.0, od))
     return od + (out * inv - (out * inv).detach())
-
-
-def wrap_patched(
-    gm: fx.GraphModule, the_plan: Plan, layer_rules: list, position: int, seed_output: bool = True
-) -> list:
-    """As :func:`wrap`, with :class:`PatchedWrapper` nodes: one ordinary backward computes the relevance.
-    ``seed_output=False`` leaves the output as it is, for a graph whose output feeds another single-backward
-    graph (an encoder under a decoder): the gradient convention then runs on through both."""
-    by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
-    assignments = []
-    for node, step in the_plan.steps.items():
-        module = gm.get_submodule(node.target)
-        name, op, _ = _onnx(module)
-        rule = step.rule if step.rule is not None else by_layer.get(node)
-        fell_back = rule is None
-        if fell_back:
-            rule = R.GRADIENT
-        assignments.append(Assignment(node.target, name, op, rule.name, fallback=fell_back))
-        if single_form(rule, module) != "plain":
-            wrapper = PatchedWrapper(module, rule, step.dependent, f"{name or node.target} ({op})")
-            parent, _, attr = node.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
-    placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][position]
-    with gm.graph.inserting_after(placeholder):
-        carried = gm.graph.call_function(_input_relevance, (placeholder,))
-    placeholder.replace_all_uses_with(carried, delete_user_cb=lambda u: u is not carried)
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    if not seed_output:
-        pass
-    elif len(output.args) == 1 and isinstance(output.args[0], fx.Node):
-        with gm.graph.inserting_before(output):
-            seeded = gm.graph.call_function(_output_relevance, (output.args[0],))
-        output.args = (seeded,)
-    else:
-        raise OnnxExplainError("LRP: the single-backward graph needs one output tensor")
-    gm.recompile()
-    return assignments
 
 
 def _is_float(node: fx.Node) -> bool:
@@ -900,10 +848,15 @@ def _live(gm: fx.GraphModule, steps: dict, depends: set) -> set:
     return live
 
 
-def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list) -> list:
+def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, single: bool = False, position: int = 0,
+         seed_output: bool = True) -> list:  # fmt: skip
     """Replace every planned node's module by a :class:`RuleWrapper` computing its rule (the plain
-    gradient needs none). ``layer_rules`` are the composite's, one per linear layer. Returns the
-    :class:`Assignment` list."""
+    gradient needs none), or with ``single`` by a :class:`PatchedWrapper` (one ordinary backward computes
+    the relevance: the explained input at ``position`` then returns its gradient times itself, and with
+    ``seed_output`` the output divides the seeded relevance by itself; ``seed_output=False`` leaves the
+    output as it is, for a graph whose output feeds another single-backward graph, an encoder under a
+    decoder). ``layer_rules`` are the composite's, one per linear layer. Returns the :class:`Assignment`
+    list."""
     by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
     assignments = []
     for node, step in the_plan.steps.items():
@@ -914,12 +867,36 @@ def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list) -> list:
         if fell_back:
             rule = R.GRADIENT
         assignments.append(Assignment(node.target, name, op, rule.name, fallback=fell_back))
-        if rule is not R.GRADIENT:
-            wrapper = RuleWrapper(module, rule, step.dependent, f"{name or node.target} ({op})")
-            parent, _, attr = node.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+        label = f"{name or node.target} ({op})"
+        if single and single_form(rule, module) != "plain":
+            wrapper = PatchedWrapper(module, rule, step.dependent, label)
+        elif not single and rule is not R.GRADIENT:
+            wrapper = RuleWrapper(module, rule, step.dependent, label)
+        else:
+            continue
+        parent, _, attr = node.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+    if single:
+        _seed_ends(gm, position, seed_output)
     gm.recompile()
     return assignments
+
+
+def _seed_ends(gm: fx.GraphModule, position: int, seed_output: bool) -> None:
+    """The single-backward graph's two ends: the explained input multiplied into its gradient, the
+    seeded relevance divided by the output."""
+    placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][position]
+    with gm.graph.inserting_after(placeholder):
+        carried = gm.graph.call_function(_input_relevance, (placeholder,))
+    placeholder.replace_all_uses_with(carried, delete_user_cb=lambda u: u is not carried)
+    if not seed_output:
+        return
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    if len(output.args) != 1 or not isinstance(output.args[0], fx.Node):
+        raise OnnxExplainError("LRP: the single-backward graph needs one output tensor")
+    with gm.graph.inserting_before(output):
+        seeded = gm.graph.call_function(_output_relevance, (output.args[0],))
+    output.args = (seeded,)
 
 
 def _example(example) -> tuple[torch.Tensor, dict]:
@@ -1014,10 +991,7 @@ def build_lrp_graph(
         raise OptionError("LRP: a rule of this composite has no single-backward form; use mode='rules'")
     if (also or not seed_output) and not single:
         raise OptionError("LRP across two graphs (an encoder under a decoder) needs the single-backward form")
-    if single:
-        assignments = wrap_patched(gm, the_plan, layer_rules, lrp.position, seed_output)
-    else:
-        assignments = wrap(gm, the_plan, layer_rules)
+    assignments = wrap(gm, the_plan, layer_rules, single, lrp.position, seed_output)
     with torch.no_grad():
         ref, got = (converted(x, comp), lrp(x, comp)) if comp else (converted(x), lrp(x))
     if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5 * float(ref.abs().max().clamp_min(1))):
