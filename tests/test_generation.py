@@ -438,6 +438,17 @@ def test_cli_refuses_bad_options_up_front(tmp_path):
     assert r.exit_code == 2 and "--prompt" in r.output
     r = _cli("explain-generation", tmp_path, "--prompt", "a", "--out", out)
     assert r.exit_code == 2 and "no decoder graph" in r.output
+    r = _cli(
+        "explain-generation",
+        HERE / "llama",
+        "--prompt",
+        "a",
+        "--out",
+        out,
+        "--tokenizer",
+        tmp_path / "no.json",
+    )
+    assert r.exit_code == 2 and "tokenizer file not found" in r.output and not out.exists()
 
 
 def test_info_describes_a_generative_folder_and_certifies_it():

@@ -104,8 +104,11 @@ def explain_generation(model, prompts, prompts_file, out_dir, continuation, max_
     Sampling(do_sample, temperature, top_k, top_p, seed)
     torch_device, ort_device = resolve_device(device)
     gm = load_generative(model, device=ort_device)
+    from ..generation.explain import tokenizer_for
+
+    tok = tokenizer_for(gm, tokenizer)  # a missing tokenizer is the run's error, not every item's
     summary = explain_generation_items(
-        gm, items, out_dir, tokenizer, method=method, target=target, span=span_pair, output=space,
+        gm, items, out_dir, tok, method=method, target=target, span=span_pair, output=space,
         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, do_sample=do_sample,
         temperature=temperature, top_k=top_k, top_p=top_p, device=torch_device, keep_embedding=keep_embedding,
         **opts,

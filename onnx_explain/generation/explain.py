@@ -190,6 +190,17 @@ class _Tokenizer:
         return spans + [(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
+def tokenizer_for(gm, tokenizer=None) -> _Tokenizer:
+    """The tokenizer of a generation: ``tokenizer`` (a ``tokenizer.json`` path, or one already loaded) or
+    the model folder's; a missing or unreadable file is one :class:`~onnx_explain.errors.InputFileError`."""
+    if isinstance(tokenizer, _Tokenizer):
+        return tokenizer
+    path = tokenizer or gm.tokenizer
+    if path is None:
+        raise OptionError(f"{gm.folder}: no tokenizer.json beside the model; pass tokenizer=")
+    return _Tokenizer(path)
+
+
 def _as_list(v, what: str) -> tuple[list, bool]:
     if v is None:
         return [], False
@@ -234,7 +245,7 @@ def explain_generation(
         The prompt (a decoder's) or source text (an encoder-decoder's); a list gives a list of
         explanations, generated as one batch.
     tokenizer : str or Path, optional
-        A ``tokenizer.json``; default the one in the model's folder.
+        A ``tokenizer.json`` (or :func:`tokenizer_for`'s result); default the one in the model's folder.
     max_new_tokens : int
     continuation : str or list of str, optional
         Teacher forcing: explain this continuation instead of generating one.
@@ -281,10 +292,7 @@ def explain_generation(
     contrasts, _ = _as_list(contrast, "contrasts")
     if contrasts and len(contrasts) not in (1, len(prompts)):
         raise InputDataError(f"{len(contrasts)} contrasts for {len(prompts)} prompts")
-    tok_path = tokenizer or gm.tokenizer
-    if tok_path is None:
-        raise OptionError(f"{gm.folder}: no tokenizer.json beside the model; pass tokenizer=")
-    tok = _Tokenizer(tok_path)
+    tok = tokenizer_for(gm, tokenizer)
     encoded = [tok.encode(p) for p in prompts]
     empty = [i for i, e in enumerate(encoded) if len(e) == 0]
     if empty:
