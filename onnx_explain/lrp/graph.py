@@ -215,27 +215,15 @@ def single_form(rule, module) -> str:
     return "constant_others" if rule.name in ("norm", "softmax") else "carrier"
 
 
-class PatchedWrapper(nn.Module):
+class PatchedWrapper(RuleWrapper):
     """A planned node in the single-backward LRP graph: its forward returns the layer's value, built so that
     the ordinary gradient through it, times the node's input, is the rule's relevance share
     (:func:`single_form` says how; :func:`wrap` places it). With the relevance ``R = out ⊙ g`` of every tensor, each input gets
     ``x ⊙ g_x``, the rule's share."""
 
     def __init__(self, module, rule, dependent, label):
-        super().__init__()
-        self.module = module
-        self.rule = rule
-        self.dependent = list(dependent)
-        self.label = label
+        super().__init__(module, rule, dependent, label)  # the module, rule and surrogate, as the rule graph
         self.form = single_form(rule, module)
-        make = getattr(rule, "surrogate", None)
-        if make is None:
-            self.surrogate = None
-        else:
-            self.surrogate = (
-                make(module, self.dependent) if getattr(make, "with_dependent", False) else make(module)
-            )
-        setattr(self, NODE_ATTR, getattr(module, NODE_ATTR, ("", "", "")))
 
     def _constants(self, args, kwargs):
         ins = [a.detach() if isinstance(a, torch.Tensor) and i not in self.dependent else a
@@ -249,7 +237,8 @@ class PatchedWrapper(nn.Module):
                 out = self.module(*args, **kwargs)
             return out
         if form == "constant_others":
-            return self.module(*self._constants(args, kwargs)[0], **self._constants(args, kwargs)[1])
+            ins, kw = self._constants(args, kwargs)
+            return self.module(*ins, **kw)
         if form == "surrogate":
             ins, kw = self._constants(args, kwargs)
             return self.surrogate(*ins, **kw)
