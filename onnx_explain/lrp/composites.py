@@ -123,10 +123,13 @@ def montavon2019(layers, low=None, high=None):
 
 
 @register_composite("attnlrp")
-def attnlrp(layers, epsilon=1e-6):
+def attnlrp(layers, epsilon=1e-6, stabilizer=0.0):
     """AttnLRP (Achtibat et al., ICML 2024): linear layers (conv and dense) ε; Softmax by its rule
     ``x ⊙ (R − s ΣR)``; products of two activations split uniformly; norms with σ held constant;
-    activations and gates pass relevance to the signal. The default for graphs with attention."""
+    activations and gates pass relevance to the signal. The default for graphs with attention.
+    ``stabilizer`` is the Norm-type rules' (residual sums, softmax, products of activations, norms, fused
+    attention): 0, as the paper and LXT, divides by their output alone (an output of exactly 0 passes
+    none); Zennit's 1e-6 gives the Norm rule of its CNN composites."""
     return [R.epsilon(epsilon) for _ in layers]
 
 
@@ -138,14 +141,16 @@ def attnlrp(layers, epsilon=1e-6):
         roles.Q_ATTENTION: RX.qattention_cp,
     },
 )
-def cp_lrp(layers, epsilon=1e-6):
+def cp_lrp(layers, epsilon=1e-6, stabilizer=0.0):
     """CP-LRP (Ali et al., ICML 2022): as ``attnlrp``, but the attention probabilities are constants, so
-    the values take all relevance of attention × values and the queries and keys get none."""
+    the values take all relevance of attention × values and the queries and keys get none.
+    ``stabilizer`` as for ``attnlrp``."""
     return [R.epsilon(epsilon) for _ in layers]
 
 
 @register_composite("attnlrp_gamma_vit")
-def attnlrp_gamma_vit(layers, conv_gamma=0.25, linear_gamma=0.05, stabilizer=1e-6):
+def attnlrp_gamma_vit(layers, conv_gamma=0.25, linear_gamma=0.05, stabilizer=1e-6, norm_stabilizer=0.0):
     """AttnLRP with γ on the linear layers, for vision transformers (LXT's ViT example tunes γ per layer
-    kind; ours defaults to γ = 0.25 on convolutions, the patch embedding, and γ = 0.05 on dense layers)."""
+    kind; ours defaults to γ = 0.25 on convolutions, the patch embedding, and γ = 0.05 on dense layers).
+    ``stabilizer`` is the γ rules', ``norm_stabilizer`` the Norm-type rules' (as ``attnlrp``'s)."""
     return [R.gamma(conv_gamma if kind == "conv" else linear_gamma, stabilizer) for kind, _ in layers]

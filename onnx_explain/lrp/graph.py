@@ -158,32 +158,101 @@ def patchable(rule) -> bool:
     """Whether ``rule`` has a single-backward form: a forward whose value is the layer's and whose plain
     gradient, times the input, is the rule's relevance (LXT's observation, Achtibat et al. 2024). True for
     the gradient, pass and stop rules, every Norm-type rule (sums, softmax, bilinear, layer norms, fused
-    nodes through their surrogates) and LRP-ε on linear layers; rules whose relevance is not
-    ``input ⊙ something`` (z^B, flat, w²) or whose passes change the input other than by a clamp need
-    the rule graph."""
+    nodes through their surrogates) and the layer rules whose relevance is a weighted sum of
+    ``in_k ⊙ g_k`` with ``in_k`` the input or a clamp of it (ε, z⁺, αβ, γ); z^B, flat and w² are not
+    ``input ⊙ something`` and need the rule graph (z^B on the explained input itself excepted: see
+    :func:`wrap`)."""
     if rule in (R.GRADIENT, R.PASS, R.STOP):
         return True
     if isinstance(rule, RX.ShareRule):
         return rule.signal is None
     if isinstance(rule, R.Rule):
-        return (not rule.uses_params) or rule.name == "epsilon"
+        return (not rule.uses_params) or rule.weights is not None
     return False
 
 
+class _Carry(torch.autograd.Function):
+    """``value`` (a constant) whose backward gives each share ``s_k`` the gradient ``g ⊙ m_k``: the value is
+    the layer's, the backward the rule's. ``_Carry.apply(value, n, s_1..s_n, m_1..m_n)``; nothing is
+    computed in the forward pass, and batched backwards (vmap) apply it per target."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value, n, *tensors):
+        return value.view_as(value)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.n, *tensors = inputs
+        ctx.save_for_backward(*tensors[ctx.n :])
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, *(g * m for m in ctx.saved_tensors), *([None] * ctx.n))
+
+
 def _carry(value: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``value`` (no gradient of its own) plus ``s ⊙ m − (s ⊙ m)`` (zero), whose gradient reaches ``s``
-    scaled by the constant ``m``: the value is the layer's, the backward the rule's."""
+    """``value`` (no gradient of its own) whose gradient reaches ``s`` scaled by the constant ``m``."""
     m = m.detach()
-    sm = s * m
-    if not bool(torch.isfinite(sm.detach().sum())):  # a masked logit (−inf) has no share, and adds no NaN
-        sm = s * torch.where(torch.isfinite(m), m, 0.0)
-        sm = torch.where(torch.isfinite(sm), sm, 0.0)
-    return value.detach() + (sm - sm.detach())
+    if not (bool(torch.isfinite(m.sum())) and bool(torch.isfinite(s.detach().sum()))):
+        with torch.no_grad():  # a masked logit (−inf) has no share, and adds no NaN
+            m = torch.where(torch.isfinite(m), m, 0.0)
+            m = torch.where(torch.isfinite(s * m), m, 0.0)
+    return _Carry.apply(value.detach(), 1, s, m)
+
+
+def _passes(rule, module: nn.Module, x: torch.Tensor):
+    """The single-backward form of a layer rule's passes (any layer type, any input sign): the layer's
+    output, the shares ``layer_k(in_k(x))`` with their graph (a clamp's gradient selects its part of
+    ``x``), and their factors ``w_k · a_k ⊙ out`` (``a_k`` the mapper's coefficient, linear in R)."""
+    with torch.no_grad():
+        out = module(x)
+    has_neg = R._has_negative(x)
+    shares, outs = [], []
+    for in_mod, p_mod, w in zip(rule.input_mods, rule.param_mods, rule.weights, strict=True):
+        p = p_mod.params(module)
+        if in_mod is R._neg and not has_neg and (p_mod.zero_bias or "bias" not in p):
+            shares.append(None)  # an all-zero input and no bias: nothing, as the rule graph skips it
+            outs.append(torch.zeros_like(out))
+            continue
+        with torch.set_grad_enabled(w != 0 and torch.is_grad_enabled()):
+            o = functional_call(module, p, (in_mod(x),))
+        shares.append(o if w != 0 else None)
+        outs.append(o.detach())
+    with torch.no_grad():
+        coeffs = rule.mapper(torch.ones_like(out), outs)
+        kept = [
+            (s, w * c * out) for s, c, w in zip(shares, coeffs, rule.weights, strict=True) if s is not None
+        ]
+    return out, [s for s, _ in kept], [m for _, m in kept]
+
+
+class _InputRule(torch.autograd.Function):
+    """A layer rule with no single-backward form (z^B) on the explained input itself, inside the
+    single-backward graph: its backward turns the gradient into the output relevance ``out ⊙ g`` and
+    returns the rule's input relevance, which is what the input's gradient must be there."""
+
+    @staticmethod
+    def forward(ctx, wrapper, x):
+        ctx.wrapper = wrapper
+        with torch.no_grad():
+            out = wrapper.module(x)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        with torch.enable_grad():
+            return None, ctx.wrapper.rule.relevance(ctx.wrapper.module, [x], out * g, out)[0]
 
 
 #: ops linear and homogeneous in the input that carries relevance, the others held constant: the pass rule
 #: (R_in = R_out) is their plain gradient times the input
 _HOMOGENEOUS = frozenset({"Mul", "Div", "Neg", "Identity", "Dropout", "Cast", "Reshape", "Transpose"})
+#: activations piecewise linear through the origin: ``f(x) = f'(x)·x``, so the pass rule is their plain gradient
+_PIECEWISE_LINEAR = frozenset({"Relu", "LeakyRelu", "PRelu", "ThresholdedRelu"})
 
 
 def single_form(rule, module) -> str:
@@ -192,27 +261,46 @@ def single_form(rule, module) -> str:
     - ``'plain'``: as it is (routing and selection ops; the Norm rule, and AttnLRP's softmax rule, whose
       share ``x ⊙ Jᵀ(R/out)`` is the gradient times the input: only the stabiliser ε of the rule graph,
       which acts where an output is ~0, is not applied);
-    - ``'constant_others'``: run with its inputs that carry no relevance held constant (a gate, a σ);
-    - ``'surrogate'``: its surrogate, of the same value (a layer norm with σ constant, a patched attention);
-    - ``'bilinear'``: the product with its gradient halved; ``'ratio'``: the identity rule on an activation
-      (the input scaled by ``out / x``); ``'epsilon'``: LRP-ε on a linear layer; ``'carrier'``: any other
-      Norm-type rule; ``'stop'``: a constant."""
+    - ``'constant_others'``: the pass rule on an op linear in its one relevant input, the others held
+      constant (a gate); an unstabilised Norm-type rule (sums, softmax: ``x ⊙ Jᵀ(R/out)`` is the
+      gradient times the input); ``'surrogate'``: the same through the rule's surrogate (a layer norm
+      with σ constant, a patched fused attention); ``'bilinear'``: an unstabilised product, its gradient
+      halved;
+    - ``'ratio'``: the identity rule on an activation (the input scaled by ``out / x``; a ReLU's gradient
+      already is that, so a ReLU is ``'plain'``);
+    - ``'epsilon'``: LRP-ε with the default stabiliser on a linear layer (its factor in the backward alone);
+    - ``'passes'``: another layer rule (z⁺, αβ, γ, ε with another stabiliser), its passes as shares;
+    - ``'carrier'``: a Norm-type rule (sums, softmax, the bilinear ½, a layer norm with σ constant, a
+      fused node's share rule through its patched surrogate, an average pool for a max): its shares
+      through the op or its surrogate, scaled by ``out / st(s)``, so the stabiliser acts exactly as in
+      the rule graph;
+    - ``'stop'``: a constant; ``'input'``: a layer rule without such a form (z^B, flat), only placed on the
+      explained input (:func:`wrap`)."""
     if rule is R.GRADIENT:
         return "plain"
     if rule is R.STOP:
         return "stop"
     op = getattr(module, NODE_ATTR, ("", "", ""))[1]
     if rule is R.PASS:
+        if op in _PIECEWISE_LINEAR:
+            return "plain"
         return "constant_others" if op in _HOMOGENEOUS else "ratio"
-    if isinstance(rule, RX.ShareRule):
-        return "surrogate"
     if rule.uses_params:
-        return "epsilon"
-    if rule.surrogate is not None:
-        return "surrogate" if rule.surrogate is not R.average_pool_of else "carrier"
-    if rule.name == "bilinear":
-        return "bilinear"
-    return "constant_others" if rule.name in ("norm", "softmax") else "carrier"
+        if rule.weights is None:
+            return "input"
+        return "epsilon" if rule.name == "epsilon" and rule.options.get("signed") else "passes"
+    same_value = rule.surrogate is None or rule.surrogate is not R.average_pool_of
+    if same_value and _unstabilized(rule):  # R/out: the gradient through the op (or its surrogate) alone
+        if rule.surrogate is not None:
+            return "surrogate"
+        return "bilinear" if rule.name == "bilinear" else "constant_others"
+    return "carrier"
+
+
+def _unstabilized(rule) -> bool:
+    """A Norm-type rule with no stabiliser (``R/out``; AttnLRP's and LXT's Norm-type rules)."""
+    eps = rule.stabilizer if isinstance(rule, RX.ShareRule) else rule.options.get("stabilizer")
+    return not callable(eps) and eps == 0
 
 
 class PatchedWrapper(RuleWrapper):
@@ -250,6 +338,14 @@ class PatchedWrapper(RuleWrapper):
             with torch.no_grad():
                 ratio = torch.nan_to_num(out / x, nan=0.0, posinf=0.0, neginf=0.0)
             return _carry(out, x, ratio)
+        if form == "passes":
+            x = args[0]
+            layer = R._Layer.of(self.module) if rule.single is not None else None
+            got = None if layer is None else rule.single(layer, x)
+            out, shares, factors = _passes(rule, self.module, x) if got is None else got
+            return _Carry.apply(out, len(shares), *shares, *factors)
+        if form == "input":
+            return _InputRule.apply(self, args[0])
         if form == "epsilon":
             x = args[0]
             eps = rule.options["epsilon"]
@@ -260,12 +356,20 @@ class PatchedWrapper(RuleWrapper):
                 out = self.module(x)
             z = functional_call(self.module, p_mod.params(self.module), (x,))
             return _carry(out, z, out / R.stabilize(z.detach(), eps))
-        # 'carrier': a Norm-type rule through a share function of another value (the average pool of a max)
+        # 'carrier': a Norm-type rule, its shares through the op or a surrogate of the same value (a layer
+        # norm with σ constant), or of another value (the average pool of a max), scaled by out / st(s)
         ins, kw = self._constants(args, kwargs)
         layer = self.surrogate if self.surrogate is not None else self.module
         s = layer(*ins, **kw)
-        with torch.no_grad():
-            true = self.module(*args, **kwargs)
+        if self.surrogate is None or rule.surrogate is not R.average_pool_of:
+            true = (
+                tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in s)
+                if isinstance(s, tuple)
+                else s.detach()
+            )
+        else:
+            with torch.no_grad():
+                true = self.module(*args, **kwargs)
         scale = _share_scale(rule)
         if isinstance(s, tuple):
             return tuple(
@@ -745,9 +849,26 @@ def _override(spec, module, role, maxpool_ok: bool):
     return rule
 
 
+def _role_rule(factory, stabilizer: float | None):
+    """A role's rule, with the composite's stabiliser where the rule takes one."""
+    if stabilizer is not None and "stabilizer" in _parameters(factory):
+        return factory(stabilizer=stabilizer)
+    return factory()
+
+
+@functools.cache
+def _parameters(factory) -> tuple:
+    import inspect
+
+    try:
+        return tuple(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return ()
+
+
 def plan(
     gm: fx.GraphModule, position: int, composite: str, rules: dict, fallback: str | None, maxpool: str,
-    also: tuple = (),
+    also: tuple = (), stabilizer: float | None = None,
 ) -> Plan:  # fmt: skip
     """Give every node of the shape-propagated graph that carries relevance from the output to the
     explained input a role and a rule; raise :class:`LRPCoverageError` for one with no role.
@@ -755,7 +876,9 @@ def plan(
     A node carries relevance when it depends on the explained input and the output depends on it through
     inputs that receive relevance: the gate branch of a squeeze-excitation block or the σ of a norm
     (held constant) does not. Rules come from, in order: an override by node name, by op type, the
-    composite's rule for the role (linear layers: per layer), the role's own rule.
+    composite's rule for the role (linear layers: per layer), the role's own rule; ``stabilizer`` (the
+    composite's, as Zennit's composites give theirs to the Norm rules) goes to the Norm-type rules of
+    the roles (sums, pools, softmax, products, norms, fused nodes).
     """
     role_rules = dict(ROLE_RULES.get(composite, {}))
     if maxpool == "avgpool":
@@ -794,7 +917,7 @@ def plan(
         elif role is None or role is roles_.LAYER:
             rule = None
         else:
-            rule = role_rules.get(role, role.rule)()
+            rule = _role_rule(role_rules.get(role, role.rule), stabilizer)
         if rule is not R.STOP:
             depends.add(node)  # a stopped node's output is a constant for LRP
         why = "mixes two activations" if len(float_dep) > 1 else "carries relevance"
@@ -871,13 +994,40 @@ def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, single: bool = F
     return assignments
 
 
+#: roles whose gradient selects (routes, picks a maximum, rounds): there the gradient rule's ``Jᵀ R`` of the
+#: rule graph equals the single form's ``x ⊙ Jᵀ(R / out)``
+_SELECTION_ROLES = (roles_.ROUTE, roles_.MAX_POOL, roles_.WINNER_TAKES_ALL, roles_.DYNAMIC_QUANTIZE)
+
+
+def _single_ok(step, rule) -> bool:
+    """Whether a planned node has a single-backward form that computes what the rule graph computes: the
+    gradient rule only where it selects (an override or a fallback to the gradient elsewhere, on a sum
+    say, passes ``Jᵀ R`` in the rule graph, which is not ``x ⊙ Jᵀ(R / out)``)."""
+    if rule is R.GRADIENT:
+        return step.role in _SELECTION_ROLES
+    return patchable(rule)
+
+
+def _on_input(node: fx.Node, step, rule, placeholder: fx.Node) -> bool:
+    """Whether a layer rule without a single-backward form (z^B) reads the explained input directly: it
+    then runs as the rule graph does at the input end of the single-backward graph."""
+    return isinstance(rule, R.Rule) and rule.uses_params and node.args[step.dependent[0]] is placeholder
+
+
 def _seed_ends(gm: fx.GraphModule, position: int, seed_output: bool) -> None:
     """The single-backward graph's two ends: the explained input multiplied into its gradient, the
     seeded relevance divided by the output."""
     placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][position]
     with gm.graph.inserting_after(placeholder):
         carried = gm.graph.call_function(_input_relevance, (placeholder,))
-    placeholder.replace_all_uses_with(carried, delete_user_cb=lambda u: u is not carried)
+
+    def reads_carried(user: fx.Node) -> bool:  # a z^B layer on the input returns the relevance itself
+        if user is carried:
+            return False
+        module = gm.get_submodule(user.target) if user.op == "call_module" else None
+        return not (isinstance(module, PatchedWrapper) and module.form == "input")
+
+    placeholder.replace_all_uses_with(carried, delete_user_cb=reads_carried)
     if not seed_output:
         return
     output = next(n for n in gm.graph.nodes if n.op == "output")
@@ -903,6 +1053,18 @@ def default_composite(converted, example) -> str:
     except LRPCoverageError:  # pragma: no cover - fallback='gradient' does not raise for coverage
         found = False
     return "attnlrp" if found else "epsilon_plus"
+
+
+def _composite_stabilizer(composite: str, options: dict) -> float | None:
+    """The stabiliser of the composite's Norm-type rules: its ``norm_stabilizer`` option, else its
+    ``stabilizer`` (given, or the default); None for a composite with neither."""
+    import inspect
+
+    params = inspect.signature(COMPOSITES[composite]).parameters
+    for name in ("norm_stabilizer", "stabilizer"):
+        if name in params:
+            return options.get(name, params[name].default)
+    return None
 
 
 def build_lrp_graph(
@@ -969,14 +1131,20 @@ def build_lrp_graph(
     gm: fx.GraphModule = lrp.graph
     x, comp = _example(example)
     ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))
-    the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool, tuple(also))
+    the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool, tuple(also),
+                    _composite_stabilizer(composite, options))  # fmt: skip
     layer_rules = COMPOSITES[composite]([(k, n.target) for k, n in the_plan.layers], **options)
     by_layer = {n: r for (_, n), r in zip(the_plan.layers, layer_rules, strict=True)}
     rules_of = [
         s.rule if s.rule is not None else by_layer.get(n, R.GRADIENT) for n, s in the_plan.steps.items()
     ]
-    single = mode == "single" or (mode == "auto" and all(patchable(r) for r in rules_of))
-    if mode == "single" and not all(patchable(r) for r in rules_of):
+    placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][lrp.position]
+    forms = [
+        _single_ok(s, r) or _on_input(n, s, r, placeholder)
+        for (n, s), r in zip(the_plan.steps.items(), rules_of, strict=True)
+    ]
+    single = mode == "single" or (mode == "auto" and all(forms))
+    if mode == "single" and not all(forms):
         raise OptionError("LRP: a rule of this composite has no single-backward form; use mode='rules'")
     if (also or not seed_output) and not single:
         raise OptionError("LRP across two graphs (an encoder under a decoder) needs the single-backward form")

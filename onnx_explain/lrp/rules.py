@@ -17,7 +17,10 @@ from ..errors import OptionError
 
 
 def stabilize(z: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
-    """Zennit's stabiliser: ``z + ε·sign₀(z)`` with ``sign₀(0) = +1``."""
+    """Zennit's stabiliser: ``z + ε·sign₀(z)`` with ``sign₀(0) = +1``. ``ε = 0``: none, and a zero becomes
+    ∞ (a division by it gives 0: an output of exactly 0 passes no relevance, rather than NaN)."""
+    if epsilon == 0:
+        return torch.where(z == 0, torch.inf, z)
     return z + torch.where(z >= 0, epsilon, -epsilon)  # one pass; sign₀(0) = +1
 
 
@@ -86,6 +89,14 @@ class Rule:
     #: ``fast(layer, x, relevance, output) -> R_in or None``: the same relevance as the passes above for a
     #: Conv/Linear layer, with the passes fused (fewer, larger products); None falls back to the passes
     fast: Callable | None = field(default=None, repr=False, compare=False)
+    #: the reducer's coefficients when it is ``Σ_k w_k · in_k ⊙ g_k`` with every ``in_k`` the input or a clamp
+    #: of it (then the rule has a single-backward form); None for rules whose relevance is not ``x ⊙ ...``
+    weights: tuple | None = None
+    #: ``single(layer, x) -> (out, shares, factors) or None``: the single-backward form of the passes for a
+    #: Conv/Linear layer, fused as in ``fast``: the layer's output, share tensors computed from ``x`` with
+    #: their graph, and constant factors, such that ``x ⊙ ∂/∂x Σ_k <shares_k, factors_k ⊙ g>`` is the rule's
+    #: relevance for ``R = out ⊙ g`` (None: the generic passes)
+    single: Callable | None = field(default=None, repr=False, compare=False)
 
     def relevance(
         self,
@@ -249,6 +260,14 @@ class _Layer:
         parts = [t.unflatten(dim, (self.groups, -1)) for t in tensors]
         return torch.stack(parts, dim + 1).flatten(dim, dim + 2)
 
+    def unstack_out(self, out: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """The ``n`` outputs of a product with weights stacked by :meth:`stack_out` (the inverse split)."""
+        dim = self.cdim % out.dim()
+        if self.groups == 1:
+            return out.chunk(n, dim)
+        parts = out.unflatten(dim, (self.groups, n, -1))
+        return tuple(parts.select(dim + 1, i).flatten(dim, dim + 1) for i in range(n))
+
     def fwd_in(self, xs: list, ws: list, b, tag: str) -> torch.Tensor:
         """``Σ_i x_i W_iᵀ + b``: one product over inputs concatenated along the channels (groups = 1)."""
         if self.groups != 1:
@@ -290,8 +309,22 @@ def epsilon(epsilon: float = 1e-6, zero_bias: bool = False, stabilizer: Callable
             z = z - layer.along_channels(layer.bias, z.dim())
         return x * layer.vjp(x.shape, layer.weight, r / st(z))
 
+    def single(layer, x):
+        z = layer.fwd(x, layer.weight, layer.bias)
+        with torch.no_grad():
+            out = z.detach()
+            zb = (
+                out - layer.along_channels(layer.bias, out.dim())
+                if zero_bias and layer.bias is not None
+                else out
+            )
+            return out, [z], [out / st(zb)]
+
+    # ``signed``: the default stabiliser, whose factor z / st(z) = |z| / (|z| + ε) the single-backward graph
+    # applies in the backward pass alone
+    options = {"epsilon": epsilon, "signed": stabilizer is None}
     return Rule("epsilon", [_ident], [ParamMod(zero_bias=zero_bias)], lambda r, o: [r / st(o[0])],
-                lambda i, g: i[0] * g[0], options={"epsilon": epsilon}, fast=fast)  # fmt: skip
+                lambda i, g: i[0] * g[0], options=options, fast=fast, weights=(1.0,), single=single)  # fmt: skip
 
 
 def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: bool = False) -> Rule:
@@ -328,6 +361,24 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
         )
         return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
 
+    def single(layer, x):
+        # x ≥ 0: the shares x(W+γW⁺) = xW + γu and x(W+γW⁻) = (1+γ)xW − γu of xW and u = xW⁺, so the
+        # backward is Wᵀ and W⁺ᵀ products only (as ``fast``)
+        if _has_negative(x):
+            return None
+        w, b = layer.weight, layer.bias
+        xw = layer.fwd(x, w)
+        u = layer.fwd(x, layer.cached("pos", lambda: w.clamp(min=0)))
+        with torch.no_grad():
+            out = xw if b is None else xw + layer.along_channels(b, xw.dim())
+            z_pos, z_neg = xw + gamma * u, (1 + gamma) * xw - gamma * u
+            if b is not None and not zero_bias:
+                z_pos += layer.along_channels(b + gamma * b.clamp(min=0), out.dim())
+                z_neg += layer.along_channels(b + gamma * b.clamp(max=0), out.dim())
+            m_pos = torch.where(out > 0, out / st(z_pos), 0.0)
+            m_neg = torch.where(out < 0, out / st(z_neg), 0.0)
+        return out, [xw, u], [m_pos + (1 + gamma) * m_neg, gamma * (m_pos - m_neg)]
+
     return Rule(
         "gamma",
         [_pos, _neg, _pos, _neg, _ident],
@@ -343,6 +394,8 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
         options={"gamma": gamma},
         used=(0, 1, 2, 3),
         fast=fast,
+        weights=(1.0, 1.0, 1.0, 1.0, 0.0),
+        single=single,
     )
 
 
@@ -376,6 +429,37 @@ def alpha_beta(
         stacked = layer.cached("pos|neg", lambda: layer.stack_out([wp, w.clamp(max=0)], 0))
         return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
 
+    def single(layer, x):
+        # x ≥ 0: the x⁻ passes vanish; the shares xW⁺ (z⁺) and xW⁻ (z⁻) are products of their own (not
+        # xW − xW⁺: z⁻ ≈ 0 gives huge factors, whose difference through Wᵀ and W⁺ᵀ would cancel)
+        if _has_negative(x):
+            return None
+        w, b = layer.weight, layer.bias
+        with torch.no_grad():
+            out = layer.fwd(x, w, b)
+        if beta == 0:
+            shares = [layer.fwd(x, layer.cached("pos", lambda: w.clamp(min=0)))]
+        else:
+            both = layer.fwd(
+                x, layer.cached("pos|neg", lambda: layer.stack_out([w.clamp(min=0), w.clamp(max=0)], 0))
+            )
+            shares = list(layer.unstack_out(both, 2))
+        with torch.no_grad():
+            z_pos = (
+                shares[0]
+                if b is None or zero_bias
+                else shares[0] + layer.along_channels(b.clamp(min=0), out.dim())
+            )
+            factors = [alpha * out / st(z_pos)]
+            if beta != 0:
+                z_neg = (
+                    shares[1]
+                    if b is None or zero_bias
+                    else shares[1] + layer.along_channels(b.clamp(max=0), out.dim())
+                )
+                factors.append(-beta * out / st(z_neg))
+        return out, shares, factors
+
     return Rule(
         "alpha_beta",
         [_pos, _neg, _pos, _neg],
@@ -389,6 +473,8 @@ def alpha_beta(
         lambda i, g: alpha * (i[0] * g[0] + i[1] * g[1]) - beta * (i[2] * g[2] + i[3] * g[3]),
         options={"alpha": alpha, "beta": beta},
         fast=fast,
+        weights=(alpha, alpha, -beta, -beta),
+        single=single,
     )
 
 
@@ -408,9 +494,24 @@ def zplus(stabilizer: float = 1e-6, zero_bias: bool = False) -> Rule:
         g_pos, g_neg = layer.vjp_in(x.shape, ws, s, "pos,neg")
         return xs[0] * g_pos + xs[1] * g_neg
 
+    def single(layer, x):
+        # one share z = x⁺W⁺ + x⁻W⁻ (+ b⁺); the clamps' gradients select each part's input
+        w, b = layer.weight, layer.bias
+        wp = layer.cached("pos", lambda: w.clamp(min=0))
+        bp = None if b is None or zero_bias else b.clamp(min=0)
+        with torch.no_grad():
+            out = layer.fwd(x, w, b)
+        if not _has_negative(x):
+            s = layer.fwd(x, wp, bp)
+        else:
+            ws = [wp, layer.cached("neg", lambda: w.clamp(max=0))]
+            s = layer.fwd_in([x.clamp(min=0), x.clamp(max=0)], ws, bp, "pos,neg")
+        with torch.no_grad():
+            return out, [s], [out / st(s)]
+
     return Rule("zplus", [_pos, _neg], [_clamp(min=0.0, zero_bias=zero_bias), _clamp(max=0.0, zero_bias=True)],
                 lambda r, o: [r / st(o[0] + o[1])] * 2, lambda i, g: i[0] * g[0] + i[1] * g[1],
-                fast=fast)  # fmt: skip
+                fast=fast, weights=(1.0, 1.0), single=single)  # fmt: skip
 
 
 def zbox(low, high, stabilizer: float | Callable = 1e-6) -> Rule:
@@ -466,14 +567,16 @@ def norm(stabilizer: float | Callable = 1e-6, surrogate: Callable | None = None,
     ``surrogate(module) -> module`` computes the shares through another function of the same inputs (an
     average pool for a max pool, a layer norm with σ held constant)."""
     st = stabilizer if callable(stabilizer) else (lambda z: stabilize(z, stabilizer))
-    return Rule(name, [], [], lambda r, o: [r / st(o[0])], None, uses_params=False, surrogate=surrogate)
+    return Rule(name, [], [], lambda r, o: [r / st(o[0])], None, uses_params=False, surrogate=surrogate,
+                options={"stabilizer": stabilizer})  # fmt: skip
 
 
 def bilinear(stabilizer: float = 1e-6) -> Rule:
     """Uniform split of a product of two activations (AttnLRP, Achtibat et al. 2024): each operand gets
     half of its Norm share, ``R_a = ½ a ⊙ ∂out/∂a · R/st(out)``, so ``ΣR_a = ΣR_b = ½ΣR``."""
     st = lambda z: stabilize(z, stabilizer)  # noqa: E731
-    return Rule("bilinear", [], [], lambda r, o: [0.5 * r / st(o[0])], None, uses_params=False)
+    return Rule("bilinear", [], [], lambda r, o: [0.5 * r / st(o[0])], None, uses_params=False,
+                options={"stabilizer": stabilizer})  # fmt: skip
 
 
 def softmax(stabilizer: float = 1e-6) -> Rule:
