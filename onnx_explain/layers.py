@@ -12,7 +12,7 @@ import onnx
 
 from .errors import OptionError
 
-__all__ = ["default_layer", "layer_candidates", "resolve_layer"]
+__all__ = ["default_layer", "head_graph", "layer_candidates", "resolve_layer"]
 
 _POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "Flatten"}
 
@@ -68,3 +68,67 @@ def resolve_layer(proto: onnx.ModelProto, layer: str | None) -> dict:
         f"layer {layer!r} is not a spatial feature map of the graph (a rank-4 tensor or its node); the last "
         f"ones: {names or 'none'} (onnx-explain info --layers lists them)"
     )
+
+
+# ------------------------------------------------------------------------------------ the head of a layer
+def _subgraph_names(node: onnx.NodeProto) -> set:
+    """Every tensor name the node's subgraphs (If/Loop/Scan bodies) read: outer-scope values among them."""
+    names: set = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            for n in g.node:
+                names.update(n.input)
+                names.update(_subgraph_names(n))
+    return names
+
+
+def head_graph(proto: onnx.ModelProto, tensor: str, outputs: list[str]) -> onnx.ModelProto:
+    """The part of the graph from ``tensor`` to ``outputs``, ``tensor`` made a graph input: the nodes the
+    outputs need that do not come before it. Inputs of the model the head still reads (a path that goes
+    around ``tensor``) stay inputs; initializers it does not read are dropped.
+
+    Raises
+    ------
+    OptionError
+        ``tensor`` is not computed by a node, or the head needs another output of the node computing it.
+    """
+    g = proto.graph
+    producers = {o: n for n in g.node for o in n.output if o}
+    cut = producers.get(tensor)
+    if cut is None:
+        raise OptionError(f"layer {tensor!r} is not computed by a node of the graph (an input or a weight)")
+    keep, seen, todo = set(), set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        if not name or name == tensor or name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            continue
+        if node is cut:
+            raise OptionError(
+                f"the graph after layer {tensor!r} reads {name!r}, another output of the node "
+                f"{cut.name!r} ({cut.op_type}) that computes it: name a layer that node computes alone"
+            )
+        if id(node) not in keep:
+            keep.add(id(node))
+            todo.extend(node.input)
+            todo.extend(_subgraph_names(node))
+    elem = _shapes(proto).get(tensor, (onnx.TensorProto.FLOAT, None))[0]
+    head = onnx.ModelProto()
+    head.CopyFrom(proto)
+    hg = head.graph
+    del hg.node[:], hg.input[:], hg.output[:], hg.initializer[:], hg.value_info[:]
+    hg.node.extend(n for n in g.node if id(n) in keep)
+    hg.input.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
+    hg.input.extend(i for i in g.input if i.name in seen)
+    hg.initializer.extend(i for i in g.initializer if i.name in seen)
+    hg.value_info.extend(v for v in g.value_info if v.name in seen)
+    known = {v.name: v for v in [*g.output, *g.value_info]}
+    for name in outputs:
+        hg.output.append(
+            known[name] if name in known else onnx.helper.make_tensor_value_info(name, elem, None)
+        )
+    return head

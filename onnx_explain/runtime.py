@@ -336,6 +336,57 @@ class Runner:
         )
         return out
 
+    def head(self, tensor: str, name: str) -> Callable:
+        """``run(maps, x, companions=None) -> array``: the graph from the intermediate ``tensor`` to the
+        output ``name`` on onnxruntime (a session of its own, cached), fed ``maps`` as ``tensor`` and, where
+        the head still reads them (a path around the tensor), the model's inputs: rows ``x`` of the
+        explained input and their companions, aligned with ``maps``. Gradient-free methods that modify a
+        layer's activations (Recipro-CAM) batch the modified maps through it; no torch conversion needed.
+
+        Raises
+        ------
+        OptionError
+            The graph cannot be cut at ``tensor``.
+        ModelRunError
+            onnxruntime refuses the head or a run of it.
+        """
+        heads = self.__dict__.setdefault("_heads", {})
+        if (tensor, name) not in heads:
+            from .layers import head_graph
+
+            proto = head_graph(self._with_logit(self.batch.graph), tensor, [name])
+            reads = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+            weights = {k: v for k, v in self.weights.items() if k in reads}
+            heads[(tensor, name)] = make_session(
+                self._serialize(proto), device=self.device, quiet=True, source=self.source, weights=weights
+            )
+        session = heads[(tensor, name)]
+        others = {i.name for i in session.get_inputs()} - {tensor}
+        fixed = self.batch.fixed_batch if self.batch.mode == "chunked" else None
+
+        def once(maps, x, companions):
+            feed = {tensor: maps}
+            if others:
+                feed.update({k: v for k, v in self.signature.feed(x, companions).items() if k in others})
+            try:
+                return session.run([name], feed)[0]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                raise ort_error(exc, self.source, f"run the graph after layer {tensor!r}") from None
+
+        def run(maps, x, companions=None):
+            if fixed is None:
+                return once(maps, x, companions)
+            parts = []  # a batch baked into the graph: chunks of that size, the last one padded
+            for i in range(0, len(maps), fixed):
+                k = min(fixed, len(maps) - i)
+                pad = [0] * (fixed - k)
+                idx = np.r_[np.arange(i, i + k), np.full(len(pad), i)]
+                comp = {c: v[idx] for c, v in (companions or {}).items()}
+                parts.append(once(maps[idx], x[idx], comp)[:k])
+            return np.concatenate(parts)
+
+        return run
+
     def session(self):
         """The cached ``InferenceSession`` (created on first use)."""
         if self._session is None:

@@ -62,9 +62,9 @@ def _map(kind: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (w[:, :, None, None] * a).sum(1)
 
 
-def _post(raw: torch.Tensor, size) -> torch.Tensor:
+def _post(raw: torch.Tensor, size, relu: bool = True) -> torch.Tensor:
     """pytorch-grad-cam's post-processing of raw maps ``(R, h, w)``: ReLU, scale, resize, scale."""
-    m = _scale(raw.clamp_min(0))
+    m = _scale(raw.clamp_min(0) if relu else raw)
     m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     return _scale(m.clamp_min(0))
 
@@ -336,6 +336,78 @@ def scorecam(scorer, x, target, generator, layer=None):
     cam = _post(raw, size)
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen),
+    }  # fmt: skip
+
+
+def mosaic_kernels(h: int, w: int, gaussian: bool = True) -> np.ndarray:
+    """Recipro-CAM's spatial masks ``(h·w, h, w)``, one per location in row-major order: 1 at the location,
+    or the 3×3 Gaussian ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` centred on it (cut at the borders)."""
+    k = np.zeros((h * w, h + 2, w + 2), np.float32)  # one cell of margin on each side, cut off below
+    g = (
+        np.float32([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+        if gaussian
+        else np.float32([[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+    )
+    for i in range(h):
+        for j in range(w):
+            k[i * w + j, i : i + 3, j : j + 3] = g
+    return k[:, 1:-1, 1:-1]
+
+
+@register_method(
+    "reciprocam",
+    "Recipro-CAM at a layer, on onnxruntime: per location of the feature map, the head's class probability "
+    "for the map kept there alone (a 3x3 Gaussian around it by default) (Byun & Lee 2022)",
+    sign="abs",
+    modalities=("image",),
+    backend="onnxruntime",
+    cost="1 forward + h*w head passes (onnxruntime)",
+)
+def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, softmax: bool | None = None):
+    """Recipro-CAM: the layer's activations ``A`` (``C × h × w``) from onnxruntime; for every location
+    ``(i, j)`` the map ``A[:, i, j] ⊗ K_ij`` (``K_ij`` the location's mask, :func:`mosaic_kernels`) runs
+    through the graph after the layer (cut there: :meth:`onnx_explain.runtime.Runtime.head`), ``batch_size``
+    maps per onnxruntime call; the explained class's softmax probability of each is the map's value at
+    ``(i, j)``. Then scaled to [0, 1] (``(m − min) / (max − min)``), resized bilinearly to the input and
+    scaled again (no ReLU: probabilities are positive). ``softmax`` (default: for a classifier's logits,
+    not for an output that already is probabilities or for a box or mask target) turns the head's output
+    into probabilities first; ``gaussian=False`` keeps the location alone (the first version of the paper).
+    Works on graphs that do not convert to torch."""
+    model, chosen = _runtime_layer(scorer, layer)
+    tensor = chosen["tensor"]
+    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
+    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
+    if a.ndim != 4:
+        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
+    run = model.runtime.head(tensor, scorer.name)
+    _, C, h, w = a.shape
+    kernels = mosaic_kernels(h, w, gaussian).astype(a.dtype)
+    raws = []
+    for b in range(len(a)):
+        keys = target[b : b + 1]
+        centres = a[b].reshape(C, h * w).T  # (h·w, C): the feature vector of every location
+        outs = []
+        for k0 in range(0, h * w, scorer.batch_size):
+            k1 = min(h * w, k0 + scorer.batch_size)
+            maps = centres[k0:k1, :, None, None] * kernels[k0:k1, None]
+            rows = np.broadcast_to(xs[b : b + 1], (k1 - k0, *xs.shape[1:]))
+            comp = {
+                k: np.broadcast_to(v[b : b + 1], (k1 - k0, *v.shape[1:]))
+                for k, v in scorer.companions.items()
+            }
+            out = run(np.ascontiguousarray(maps), rows, comp)
+            scorer.out_shape = tuple(out.shape[1:])  # a box or mask target reads the rows in this shape
+            outs.append(torch.from_numpy(np.ascontiguousarray(out.reshape(k1 - k0, -1))))
+        out = torch.cat(outs).to(torch.float64)
+        one_element = scorer.target is None or scorer._classes is not None
+        probs = (scorer.name == model.space_name("logit") and one_element) if softmax is None else softmax
+        if probs:
+            out = torch.softmax(out, dim=1)
+        raws.append(scorer.select(out, keys.repeat(h * w)).reshape(h, w))
+    raw = torch.stack(raws).to(torch.float32)
+    cam = _post(raw, _spatial(x, scorer.layout), relu=False)
+    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "passes": len(a) * h * w,
     }  # fmt: skip
 
 
