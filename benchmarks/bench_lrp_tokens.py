@@ -116,7 +116,7 @@ def bench(shape: tuple, threads: int, repeats: int, tmp: str, lxt_python: str | 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                Logits(model), (torch.as_tensor(ids0), torch.as_tensor(mask0)), path, dynamo=False,
+                Logits(model).eval(), (torch.as_tensor(ids0), torch.as_tensor(mask0)), path, dynamo=False,
                 opset_version=17, input_names=["input_ids", "attention_mask"], output_names=["logits"],
                 dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}},
             )  # fmt: skip

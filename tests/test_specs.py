@@ -52,6 +52,7 @@ def test_method_facts():
         "eigencam",
         "scorecam",
         "ablationcam",
+        "reciprocam",
     }
     assert {n for n, s in METHODS.items() if s.sign == "abs"} == {"gradient", "smoothgrad"} | cams
     assert {n for n, s in METHODS.items() if s.stochastic} == {

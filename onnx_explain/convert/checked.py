@@ -149,6 +149,7 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
 
     from ..runtime import with_output
     from .driver import to_fx
+    from .fuse import fuse
     from .prepare import cap_ir_version, keep_outputs, materialize_constants, tensor_outputs
     from .wrapper import ConvertedModel
 
@@ -170,6 +171,7 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         if signature.repeat_fixed(k, np.asarray(v), 2) is v or np.ndim(v) == 0
     }
     graph = to_fx(prepared, source, known=known)
+    fused = fuse(graph)  # before the weights become buffers: memory-mapped weights are never copied
     init_names = {t.name for t in prepared.graph.initializer}
     if mapped:
         _weights_as_buffers(
@@ -188,6 +190,7 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
         signature.unused,
     ).eval()  # fmt: skip
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
+    module.onnx_rewrites = fused
     notes += [
         f"{op} node {node!r} folded to its {branch} (condition known at load time)"
         for node, op, branch in getattr(graph, "onnx_folded", [])

@@ -457,41 +457,11 @@ def _const_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
 
 
 def _fold_matmul(gm: fx.GraphModule) -> int:
-    """MatMul(x, W const) [+ Add(b const)] → nn.Linear, which the rules treat like Gemm."""
-    folded = 0
-    for node in list(gm.graph.nodes):
-        if (
-            node.op != "call_module"
-            or _onnx(gm.get_submodule(node.target))[1] != "MatMul"
-            or len(node.args) != 2
-        ):
-            continue
-        w = _const_value(gm, node.args[1])
-        if w is None or w.dim() != 2 or _const_value(gm, node.args[0]) is not None:
-            continue
-        lin = nn.Linear(w.shape[0], w.shape[1], bias=False).to(w.dtype)
-        lin.weight = nn.Parameter(w.detach().T.contiguous(), requires_grad=False)
-        last = node
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module":
-            add = users[0]
-            if _onnx(gm.get_submodule(add.target))[1] == "Add" and len(add.args) == 2:
-                other = add.args[1] if add.args[0] is node else add.args[0]
-                b = _const_value(gm, other)
-                if b is not None and b.numel() == w.shape[1]:
-                    lin.bias = nn.Parameter(b.detach().reshape(-1).clone(), requires_grad=False)
-                    last = add
-        setattr(lin, NODE_ATTR, _onnx(gm.get_submodule(node.target)))
-        name = f"lrp_linear_{folded}"
-        gm.add_module(name, lin)
-        with gm.graph.inserting_after(last):
-            new = gm.graph.call_module(name, (node.args[0],))
-        last.replace_all_uses_with(new)
-        if last is not node:
-            gm.graph.erase_node(last)
-        gm.graph.erase_node(node)
-        folded += 1
-    return folded
+    """MatMul(x, W const) [+ Add(b const)] → nn.Linear, which the rules treat like Gemm (the conversion
+    already folds those it finds; this catches the ones whose weight canonization made constant)."""
+    from ..convert.fuse import fold_linear
+
+    return fold_linear(gm, "lrp_linear")
 
 
 #: ops evaluated once when every input is a constant: the weight side of a quantized (QDQ) layer
