@@ -123,8 +123,9 @@ def montavon2019(layers, low=None, high=None):
 
 
 @register_composite("attnlrp")
-def attnlrp(layers, epsilon=1e-6, stabilizer=0.0):
-    """AttnLRP (Achtibat et al., ICML 2024): linear layers (conv and dense) ε; Softmax by its rule
+def attnlrp(layers, epsilon=0.0, stabilizer=0.0):
+    """AttnLRP (Achtibat et al., ICML 2024): linear layers (conv and dense) ε (0 by default: LRP-0, the
+    gradient, as LXT's efficient AttnLRP; an output of exactly 0 passes no relevance); Softmax by its rule
     ``x ⊙ (R − s ΣR)``; products of two activations split uniformly; norms with σ held constant;
     activations and gates pass relevance to the signal. The default for graphs with attention.
     ``stabilizer`` is the Norm-type rules' (residual sums, softmax, products of activations, norms, fused
@@ -141,7 +142,7 @@ def attnlrp(layers, epsilon=1e-6, stabilizer=0.0):
         roles.Q_ATTENTION: RX.qattention_cp,
     },
 )
-def cp_lrp(layers, epsilon=1e-6, stabilizer=0.0):
+def cp_lrp(layers, epsilon=0.0, stabilizer=0.0):
     """CP-LRP (Ali et al., ICML 2022): as ``attnlrp``, but the attention probabilities are constants, so
     the values take all relevance of attention × values and the queries and keys get none.
     ``stabilizer`` as for ``attnlrp``."""

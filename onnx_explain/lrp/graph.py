@@ -288,7 +288,10 @@ def single_form(rule, module) -> str:
     if rule.uses_params:
         if rule.weights is None:
             return "input"
-        return "epsilon" if rule.name == "epsilon" and rule.options.get("signed") else "passes"
+        if rule.name == "epsilon" and rule.options.get("signed"):
+            # LRP-0 (ε = 0, no bias change) is the gradient: z / st(z) = 1 wherever z ≠ 0
+            return "plain" if rule.options["epsilon"] == 0 and rule.param_mods[0] == R.NO_MOD else "epsilon"
+        return "passes"
     same_value = rule.surrogate is None or rule.surrogate is not R.average_pool_of
     if same_value and _unstabilized(rule):  # R/out: the gradient through the op (or its surrogate) alone
         if rule.surrogate is not None:
@@ -333,11 +336,11 @@ class PatchedWrapper(RuleWrapper):
         if form == "bilinear":  # value unchanged, gradient halved (the uniform split)
             return _ScaledGradient.apply(self.module(*args, **kwargs), 0.5, None)
         if form == "ratio":
-            out = self.module(*args, **kwargs)
             x = args[self.dependent[0]]
             with torch.no_grad():
+                out = self.module(*args, **kwargs)
                 ratio = torch.nan_to_num(out / x, nan=0.0, posinf=0.0, neginf=0.0)
-            return _carry(out, x, ratio)
+            return _Carry.apply(out, 1, x, ratio)
         if form == "passes":
             x = args[0]
             layer = R._Layer.of(self.module) if rule.single is not None else None
