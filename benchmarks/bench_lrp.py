@@ -6,7 +6,7 @@
 onnx-explain prepares the LRP graph once per model and settings (the first call, excluded like Zennit's
 import); every timed call is one forward and one modified backward. Zennit is timed as it is used: a
 ``Gradient(model, composite)`` context (hooks and canonizers registered) per call, on the original model.
-Results go to ``benchmarks/results/lrp.md``.
+Results go to ``benchmarks/results/lrp_cnn.md`` (the summary with the transformer rows is ``lrp.md``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["resnet18", "resnet50", "vgg16"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (each one a run)")
-    ap.add_argument("--out", default=str(HERE / "results" / "lrp.md"))
+    ap.add_argument("--out", default=str(HERE / "results" / "lrp_cnn.md"))
     args = ap.parse_args()
     rows = [r for th in args.threads for arch in args.arch for r in bench_arch(arch, args.repeats, th)]
     lines = [

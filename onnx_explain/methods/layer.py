@@ -117,7 +117,6 @@ def layer_gradient_x_activation(scorer, x, target, generator=None, layer=None):
     "baseline's (Captum's LayerIntegratedGradients)",
     modalities=("image",),
     cost="n_steps × forward+backward",
-    overview={"n_steps": 16},
 )
 def layer_integrated_gradients(scorer, x, target, generator=None, layer=None, baseline="zero",
                                n_steps: int = 50, quadrature_method: str = "gausslegendre"):  # fmt: skip
@@ -166,7 +165,6 @@ def layer_integrated_gradients(scorer, x, target, generator=None, layer=None, ba
     "baseline (Captum's LayerConductance)",
     modalities=("image",),
     cost="(n_steps + 1) × forward+backward",
-    overview={"n_steps": 16},
 )
 def layer_conductance(scorer, x, target, generator=None, layer=None, baseline="zero", n_steps: int = 50,
                       quadrature_method: str = "gausslegendre"):  # fmt: skip
