@@ -116,3 +116,19 @@ def test_an_unstabilised_norm_rule_gives_a_zero_output_no_relevance_not_nan():
     rel = R.norm(0.0).relevance(Add(), [a, b], torch.tensor([4.0, 0.0, 0.0]))
     np.testing.assert_allclose(rel[0].detach().numpy(), [2.0, 0.0, 0.0])
     np.testing.assert_allclose(rel[1].detach().numpy(), [2.0, 0.0, 0.0])
+
+
+def test_the_fused_sigma_constant_norm_equals_the_written_out_one_and_batches():
+    from onnx_explain.lrp.rules import _affine, _norm_sigma_constant, _sigma
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    s, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    got = _norm_sigma_constant(x, (2,), 1e-5, s, b)
+    c = x - x.mean(-1, keepdim=True)
+    want = _affine(c / _sigma(c, (-1,), 1e-5), s, b)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    seeds = torch.randn(3, 2, 5, 8, dtype=torch.float64)  # a batched backward (vmap), as generation runs it
+    (g1,) = torch.autograd.grad(got, x, seeds, retain_graph=True, is_grads_batched=True)
+    (g2,) = torch.autograd.grad(want, x, seeds, is_grads_batched=True)
+    np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-10, atol=1e-12)

@@ -646,6 +646,46 @@ def _affine(y, scale, bias):
     return y + bias if bias is not None else y
 
 
+class _NormSigmaConstant(torch.autograd.Function):
+    """A layer norm over the trailing dims whose 1/σ is a constant of the backward pass, in one fused
+    forward (``native_layer_norm``) and a 4-op backward ``r (g·s − mean(g·s))`` (``r = 1/σ``, ``s`` the
+    scale; the mean's gradient is kept, as LXT). Batched backwards (vmap) apply it per target."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, shape, eps, scale, bias):
+        y, _, rstd = torch.ops.aten.native_layer_norm(x, shape, scale, bias, eps)
+        return y, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, shape, _, scale, _ = inputs
+        ctx.dims = tuple(range(-len(shape), 0))
+        ctx.save_for_backward(output[1], scale)
+        ctx.set_materialize_grads(True)
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, g, _g_rstd):
+        rstd, scale = ctx.saved_tensors
+        gs = g if scale is None else g * scale
+        gx = gs * rstd
+        return gx - gx.mean(dim=ctx.dims, keepdim=True), None, None, None, None
+
+
+def _norm_sigma_constant(x, dims, eps, scale, bias):
+    """``(x − μ)/σ · scale + bias`` with σ constant: fused where the dims are trailing and the scale and bias
+    have the normalised shape, else written out."""
+    shape = tuple(x.shape[d] for d in dims)
+    trailing = dims == tuple(range(x.dim() - len(dims), x.dim()))
+    fits = all(t is None or (isinstance(t, torch.Tensor) and tuple(t.shape) == shape) for t in (scale, bias))
+    if trailing and fits and x.is_floating_point():
+        return _NormSigmaConstant.apply(x, list(shape), float(eps), scale, bias)[0]
+    centred = x - x.mean(dim=dims, keepdim=True)  # the mean is not detached (LXT)
+    return _affine(centred / _sigma(centred, dims, eps), scale, bias)
+
+
 class _SigmaDetached(torch.nn.Module):
     """A converted norm with σ detached: LayerNormalization (any rank, scale and bias as buffers or
     inputs), com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization (norm of
@@ -679,8 +719,7 @@ class _SigmaDetached(torch.nn.Module):
             dims, eps = tuple(range(ln.axis % x.dim(), x.dim())), ln.epsilon
             scale = getattr(ln, "weight", None) if scale is None else scale
             bias = getattr(ln, "bias", None) if bias is None else bias
-        centred = x - x.mean(dim=dims, keepdim=True)  # the mean is not detached (LXT)
-        return _affine(centred / _sigma(centred, dims, eps), scale, bias)
+        return _norm_sigma_constant(x, tuple(d % x.dim() for d in dims), eps, scale, bias)
 
 
 def sigma_detached(module: torch.nn.Module) -> torch.nn.Module:
