@@ -133,73 +133,6 @@ def _cam(kind: str, scorer, x, target, layer):
     }
 
 
-def _ablation_cam(scorer, x, target, layer):
-    """Ablation-CAM: ``α_k = (y − y_k) / y`` with ``y_k`` the score when channel k of the layer is ablated,
-    every channel in turn, ``batch_size`` ablated copies per pass."""
-    if layer is None:
-        raise OptionError(
-            "ablationcam needs a layer (an ONNX tensor or node name; onnx_explain.Model picks one)"
-        )
-    mod = _layer_module(scorer.module, layer)
-    size = _spatial(x, scorer.layout)
-    state: dict = {}
-
-    def hook(_m, _inp, out):
-        if "replace" in state:
-            return state["replace"]
-        state["a"] = out.detach()
-        return out
-
-    raws, cams, scores = [], [], []
-    handle = mod.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for b in range(len(x)):
-                keys = target[b : b + 1]
-                y = scorer.select(scorer.forward(x[b : b + 1], keys), keys)[0]
-                a = state.pop("a")[0]  # (C, h, w)
-                if a.dim() != 3:
-                    raise OptionError(f"layer {layer!r} is not a feature map (B, C, h, w)")
-                # pytorch-grad-cam's ablation: 0 when the map's minimum is 0 (after a ReLU), else min − 1e7
-                value = 0.0 if bool(a.min() == 0) else float(a.min()) - 1e7
-                ys = []
-                for k0 in range(0, len(a), scorer.batch_size):
-                    ks = torch.arange(k0, min(len(a), k0 + scorer.batch_size))
-                    copies = a[None].repeat(len(ks), 1, 1, 1)
-                    copies[torch.arange(len(ks)), ks] = value
-                    state["replace"] = copies
-                    rows = x[b : b + 1].expand(len(ks), *x.shape[1:])
-                    rk = keys.repeat(len(ks))
-                    ys.append(scorer.select(scorer.forward(rows, rk), rk))
-                    del state["replace"]
-                w = (y - torch.cat(ys)) / y
-                raw = (w[:, None, None].to(torch.float32) * a.to(torch.float32)).sum(0)
-                raws.append(raw)
-                cams.append(_post(raw[None], size)[0])
-                scores.append(y)
-    finally:
-        handle.remove()
-    cam = torch.stack(cams)
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
-        "cam": cam.cpu().numpy(), "cam_raw": torch.stack(raws).cpu().numpy(), "score": torch.stack(scores),
-    }  # fmt: skip
-
-
-@register_method(
-    "ablationcam",
-    "Ablation-CAM at a layer: channel weights = the relative drop of the score when the channel is ablated "
-    "(Desai & Ramaswamy 2020)",
-    sign="abs",
-    modalities=("image",),
-    cost="1 + channels forward passes",
-)
-def ablationcam(scorer, x, target, generator, layer=None):
-    """Each channel of ``layer`` ablated in turn (set to 0 when the map's minimum is 0, as after a ReLU,
-    else to its minimum − 1e7, pytorch-grad-cam's value for its first ablated copy); the weights
-    ``(y − y_k) / y`` of the explained score ``y``. Post-processed as every CAM."""
-    return _ablation_cam(scorer, x, target, layer)
-
-
 _DESCRIPTIONS = {
     "gradcam": "Grad-CAM at a layer: ReLU(Σ_k mean(∂y/∂A_k) A_k), upsampled (Selvaraju 2017)",
     "gradcam_pp": "Grad-CAM++ at a layer: higher-order weights of the positive gradients (Chattopadhay 2018)",
@@ -386,19 +319,11 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     for b in range(len(a)):
         keys = target[b : b + 1]
         centres = a[b].reshape(C, h * w).T  # (h·w, C): the feature vector of every location
-        outs = []
-        for k0 in range(0, h * w, scorer.batch_size):
-            k1 = min(h * w, k0 + scorer.batch_size)
-            maps = centres[k0:k1, :, None, None] * kernels[k0:k1, None]
-            rows = np.broadcast_to(xs[b : b + 1], (k1 - k0, *xs.shape[1:]))
-            comp = {
-                k: np.broadcast_to(v[b : b + 1], (k1 - k0, *v.shape[1:]))
-                for k, v in scorer.companions.items()
-            }
-            out = run(np.ascontiguousarray(maps), rows, comp)
-            scorer.out_shape = tuple(out.shape[1:])  # a box or mask target reads the rows in this shape
-            outs.append(torch.from_numpy(np.ascontiguousarray(out.reshape(k1 - k0, -1))))
-        out = torch.cat(outs).to(torch.float64)
+
+        def masked(k0, k1, centres=centres):
+            return centres[k0:k1, :, None, None] * kernels[k0:k1, None]
+
+        out = _head_rows(scorer, run, h * w, masked, xs, b)
         one_element = scorer.target is None or scorer._classes is not None
         probs = (scorer.name == model.space_name("logit") and one_element) if softmax is None else softmax
         if probs:
@@ -408,6 +333,69 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     cam = _post(raw, _spatial(x, scorer.layout), relu=False)
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "passes": len(a) * h * w,
+    }  # fmt: skip
+
+
+def _head_rows(scorer, run, n_maps: int, make, xs: np.ndarray, b: int) -> torch.Tensor:
+    """The head's flattened output for ``n_maps`` modified maps of image ``b``, ``make(k0, k1)`` building
+    maps ``k0 … k1 − 1`` (so memory follows ``batch_size``, the maps per onnxruntime call); the image's own
+    input and companions go beside them for a head that still reads them."""
+    outs = []
+    for k0 in range(0, n_maps, scorer.batch_size):
+        chunk = make(k0, min(n_maps, k0 + scorer.batch_size))
+        n = len(chunk)
+        rows = np.broadcast_to(xs[b : b + 1], (n, *xs.shape[1:]))
+        comp = {k: np.broadcast_to(v[b : b + 1], (n, *v.shape[1:])) for k, v in scorer.companions.items()}
+        out = run(np.ascontiguousarray(chunk), rows, comp)
+        scorer.out_shape = tuple(out.shape[1:])  # a box or mask target reads the rows in this shape
+        outs.append(torch.from_numpy(np.ascontiguousarray(out.reshape(n, -1))))
+    return torch.cat(outs).to(torch.float64)
+
+
+@register_method(
+    "ablationcam",
+    "Ablation-CAM at a layer, on onnxruntime: channel weights = the relative drop of the score when the "
+    "channel is ablated (Desai & Ramaswamy 2020)",
+    sign="abs",
+    modalities=("image",),
+    backend="onnxruntime",
+    cost="1 forward + channels head passes (onnxruntime)",
+)
+def ablationcam(scorer, x, target, generator, layer=None):
+    """Each channel of ``layer`` ablated in turn (set to 0 when the map's minimum is 0, as after a ReLU,
+    else to its minimum − 1e7, pytorch-grad-cam's value for its first ablated copy); the weights
+    ``(y − y_k) / y`` of the explained score ``y``. The ablated maps run through the graph after the layer
+    alone (:meth:`onnx_explain.runtime.Runtime.head`), ``batch_size`` per onnxruntime call: no torch
+    conversion, and the layers before it run once per image. Post-processed as every CAM."""
+    model, chosen = _runtime_layer(scorer, layer)
+    tensor = chosen["tensor"]
+    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
+    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
+    if a.ndim != 4:
+        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
+    run = model.runtime.head(tensor, scorer.name)
+    raws, scores = [], []
+    for b in range(len(a)):
+        keys = target[b : b + 1]
+        act = a[b]  # (C, h, w)
+        y = scorer.select(_head_rows(scorer, run, 1, lambda k0, k1, act=act: act[None], xs, b), keys)[0]
+        # pytorch-grad-cam's ablation: 0 when the map's minimum is 0 (after a ReLU), else min − 1e7
+        value = 0.0 if float(act.min()) == 0 else float(act.min()) - 1e7
+
+        def ablated(k0, k1, act=act, value=value):
+            copies = np.repeat(act[None], k1 - k0, axis=0)
+            copies[np.arange(k1 - k0), np.arange(k0, k1)] = value
+            return copies
+
+        ys = scorer.select(_head_rows(scorer, run, len(act), ablated, xs, b), keys.repeat(len(act)))
+        w = (y - ys) / y
+        raws.append((w[:, None, None] * torch.from_numpy(act.astype(np.float64))).sum(0).to(torch.float32))
+        scores.append(y)
+    raw = torch.stack(raws)
+    cam = _post(raw, _spatial(x, scorer.layout))
+    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "score": torch.stack(scores), "layer": _describe(chosen),
+        "passes": len(a) * (1 + a.shape[1]),
     }  # fmt: skip
 
 
