@@ -12,7 +12,7 @@ import onnx
 
 from .errors import OptionError
 
-__all__ = ["default_layer", "head_graph", "layer_candidates", "resolve_layer"]
+__all__ = ["default_layer", "head_graph", "layer_candidates", "node_of", "resolve_layer"]
 
 _POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "Flatten"}
 
@@ -132,3 +132,17 @@ def head_graph(proto: onnx.ModelProto, tensor: str, outputs: list[str]) -> onnx.
             known[name] if name in known else onnx.helper.make_tensor_value_info(name, elem, None)
         )
     return head
+
+
+def node_of(module, name: str) -> str:
+    """The ONNX node computing ``name`` (a node name, or a tensor name) in a converted module or its LRP
+    graph: the node itself when a converted module carries that node name, else the tensor's producer."""
+    from .convert.driver import NODE_ATTR
+
+    graph = getattr(module, "graph", module)
+    if any(getattr(m, NODE_ATTR, ("",))[0] == name for m in graph.modules()):
+        return name
+    producers = getattr(module, "onnx_producers", None) or getattr(graph, "onnx_producers", {})
+    if name in producers:
+        return producers[name]
+    raise OptionError(f"layer {name!r} is neither a node of the converted graph nor a tensor one computes")

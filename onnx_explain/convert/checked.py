@@ -191,6 +191,7 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     ).eval()  # fmt: skip
     notes = [f"{v} {k} node(s) turned into initializers" for k, v in removed.items() if v]
     module.onnx_rewrites = fused
+    module.onnx_producers = getattr(graph, "onnx_producers", {})  # tensor -> node (layers named by tensor)
     notes += [
         f"{op} node {node!r} folded to its {branch} (condition known at load time)"
         for node, op, branch in getattr(graph, "onnx_folded", [])

@@ -615,7 +615,8 @@ def to_fx(model: onnx.ModelProto, source: str = "model", known: dict | None = No
     Returns
     -------
     torch.fx.GraphModule
-        ``onnx_folded`` lists the folded ``If`` nodes as ``(name, op_type, branch)``.
+        ``onnx_folded`` lists the folded ``If`` nodes as ``(name, op_type, branch)``; ``onnx_producers``
+        maps every tensor name to the name of the node computing it.
 
     Raises
     ------
@@ -637,7 +638,9 @@ def to_fx(model: onnx.ModelProto, source: str = "model", known: dict | None = No
     builder = _Builder(_Graph(model.graph, nodes, source), opsets, source, known=known)
     for unique_name, onnx_node in builder.onnx_graph.nodes.items():
         builder.add(unique_name, onnx_node)
-    return builder.finish()
+    gm = builder.finish()
+    gm.onnx_producers = {o: n.name for n in model.graph.node for o in n.output if o}  # tensor -> node name
+    return gm
 
 
 def onnx_nodes(module: torch.nn.Module) -> dict[str, tuple[str, str, str]]:

@@ -125,6 +125,8 @@ def lrp(
     output_relevance: str = "score",
     layer_relevance: bool = False,
     mode: str = "auto",
+    conditions: list | None = None,
+    relevance_at: str | None = None,
 ):
     """LRP of f_c at x.
 
@@ -148,10 +150,15 @@ def lrp(
         Also report Σ R at the output and input of every rule layer (the conservation diagnostic).
     mode : {'auto', 'single', 'rules'}
         ``'single'``: one ordinary backward through a forward patched node by node (LRP at the cost of a
-        gradient; the Norm rule without its stabiliser ε, which acts only where a sum is ~0);
-        ``'rules'``: every node's rule in its own backward; ``'auto'`` (default): single where every rule
-        has that form (ε on the layers, the Norm, softmax, bilinear, layer-norm, pass and stop rules:
-        ``attnlrp``, ``cp_lrp``), rules otherwise and with ``layer_relevance``.
+        gradient, the same relevance); ``'rules'``: every node's rule in its own backward; ``'auto'``
+        (default): single where the plan has that form, rules otherwise and with ``layer_relevance``.
+    conditions : list of dict, optional
+        Concept Relevance Propagation (Achtibat et al. 2023): ``[{"layer": NAME, "channels": [c, ...]}]``
+        keeps, at each named layer (ONNX node or tensor), the relevance of those channels (axis 1) only,
+        so the input relevance is the part that flows through them (zennit-crp's ``CondAttribution``).
+    relevance_at : str, optional
+        An ONNX node or tensor name: its relevance map ``(B, *shape)`` is ``extras["layer_relevance_map"]``
+        (after the conditions, when that layer has one).
 
     Extras: ``delta`` = Σ R − f_c(x) per sample (with ``output_relevance='score'``), ``rules`` (node →
     rule), ``fallback_nodes``, and ``layer_relevance`` on request. Token-id inputs are explained at the
@@ -176,10 +183,12 @@ def lrp(
     )  # fmt: skip
     record = {} if layer_relevance else None
     set_recording(module, record)
+    taps = _Taps(module, conditions, relevance_at, getattr(module, "lrp_report", {}).get("mode") == "single")
     try:
         relevance, scores = _propagate(scorer, module, x, target, output_relevance)
     finally:
         set_recording(module, None)
+        taps.close()
     total = relevance.reshape(len(x), -1).sum(1).to(torch.float64)
     extras = {
         "score": scores,
@@ -189,6 +198,10 @@ def lrp(
         "fallback_nodes": [a.onnx_name for a in assignments if a.fallback],
         "mode": getattr(module, "lrp_report", {}).get("mode", "rules"),
     }
+    if relevance_at is not None:
+        extras["layer_relevance_map"] = torch.cat(taps.maps).numpy()
+    if conditions:
+        extras["conditions"] = [dict(c) for c in conditions]
     frontier = getattr(scorer.module, "frontier", None)
     if frontier is not None:  # token ids: the graph was cut at the embedding (methods/embedding.py)
         extras["relevance_at"] = (
@@ -204,6 +217,57 @@ def lrp(
             for k, v in record.items()
         ]
     return relevance, extras
+
+
+class _Taps:
+    """Forward hooks on layers of the LRP graph: CRP's channel masks on the relevance flowing back through
+    a layer, and the relevance map of one layer. In the single-backward graph a tensor's relevance is the
+    tensor times its gradient, in the rule graph the gradient itself: a mask on the gradient masks the
+    relevance either way."""
+
+    def __init__(self, module, conditions, at, single: bool):
+        from ..layers import node_of
+        from .cam import _layer_module
+
+        self.handles, self.maps, self.single = [], [], single
+        masks: dict = {}
+        for c in conditions or []:
+            if not isinstance(c, dict) or set(c) != {"layer", "channels"}:
+                raise OptionError('each condition is {"layer": NAME, "channels": [c, ...]}')
+            masks.setdefault(node_of(module, c["layer"]), set()).update(int(k) for k in c["channels"])
+        names = set(masks) | ({node_of(module, at)} if at is not None else set())
+        self.at = node_of(module, at) if at is not None else None
+        for name in names:
+            hook = self._hook(name, sorted(masks[name]) if name in masks else None)
+            self.handles.append(_layer_module(module, name).register_forward_hook(hook))
+
+    def _hook(self, name, channels):
+        def hook(_m, _inp, out):
+            if not isinstance(out, torch.Tensor) or out.dim() < 2:
+                raise OptionError(
+                    f"layer {name!r}: CRP conditions and relevance maps need a (B, C, ...) tensor"
+                )
+            if not out.requires_grad:
+                return out
+            if channels is not None:
+                if max(channels) >= out.shape[1] or min(channels) < 0:
+                    raise OptionError(
+                        f"layer {name!r} has {out.shape[1]} channels: {channels} is out of range"
+                    )
+                mask = torch.zeros(out.shape[1], dtype=out.dtype, device=out.device)
+                mask[channels] = 1
+                mask = mask.reshape(1, -1, *([1] * (out.dim() - 2)))
+                out.register_hook(lambda g: g * mask)
+            if name == self.at:
+                value = out.detach()
+                out.register_hook(lambda g: self.maps.append((value * g if self.single else g).detach()) or g)
+            return out
+
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
 
 
 def _composite_options(composite: str, composite_options: dict | None, bounds: dict) -> dict:
