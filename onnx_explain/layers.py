@@ -117,20 +117,18 @@ def head_graph(proto: onnx.ModelProto, tensor: str, outputs: list[str]) -> onnx.
             todo.extend(node.input)
             todo.extend(_subgraph_names(node))
     elem = _shapes(proto).get(tensor, (onnx.TensorProto.FLOAT, None))[0]
-    head = onnx.ModelProto()
-    head.CopyFrom(proto)
-    hg = head.graph
-    del hg.node[:], hg.input[:], hg.output[:], hg.initializer[:], hg.value_info[:]
-    hg.node.extend(n for n in g.node if id(n) in keep)
-    hg.input.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
-    hg.input.extend(i for i in g.input if i.name in seen)
-    hg.initializer.extend(i for i in g.initializer if i.name in seen)
-    hg.value_info.extend(v for v in g.value_info if v.name in seen)
     known = {v.name: v for v in [*g.output, *g.value_info]}
-    for name in outputs:
-        hg.output.append(
-            known[name] if name in known else onnx.helper.make_tensor_value_info(name, elem, None)
-        )
+    graph = onnx.helper.make_graph(  # only what the head reads is copied (not the stem's weights)
+        [n for n in g.node if id(n) in keep],
+        g.name,
+        [onnx.helper.make_tensor_value_info(tensor, elem, None), *(i for i in g.input if i.name in seen)],
+        [known[n] if n in known else onnx.helper.make_tensor_value_info(n, elem, None) for n in outputs],
+        initializer=[i for i in g.initializer if i.name in seen],
+        value_info=[v for v in g.value_info if v.name in seen],
+    )
+    head = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    head.functions.extend(proto.functions)
+    head.producer_name = proto.producer_name
     return head
 
 

@@ -258,9 +258,8 @@ _PIECEWISE_LINEAR = frozenset({"Relu", "LeakyRelu", "PRelu", "ThresholdedRelu"})
 def single_form(rule, module) -> str:
     """How a planned node enters the single-backward graph:
 
-    - ``'plain'``: as it is (routing and selection ops; the Norm rule, and AttnLRP's softmax rule, whose
-      share ``x ⊙ Jᵀ(R/out)`` is the gradient times the input: only the stabiliser ε of the rule graph,
-      which acts where an output is ~0, is not applied);
+    - ``'plain'``: as it is (routing and selection ops, whose gradient rule ``x ⊙ Jᵀ(R/out)`` is ``Jᵀ R``;
+      ReLU-type activations under the pass rule; LRP-0 on a layer);
     - ``'constant_others'``: the pass rule on an op linear in its one relevant input, the others held
       constant (a gate); an unstabilised Norm-type rule (sums, softmax: ``x ⊙ Jᵀ(R/out)`` is the
       gradient times the input); ``'surrogate'``: the same through the rule's surrogate (a layer norm
