@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from .errors import InputDataError, OnnxExplainError
+from .errors import InputDataError, OnnxExplainError, OptionError
 from .methods import METHODS, Explanation, Scorer
 from .methods.base import make_generator
 
@@ -148,6 +148,9 @@ def explain(
         raise OnnxExplainError(f"unknown method {method!r}; choose one of {choices} (or 'auto')")
     spec = METHODS[method]
     opts = spec.check_options(options)
+    neuron = _neuron_target(model, target, spec, method)
+    if neuron is not None:
+        target = neuron["target"]
     output = output or spec.output
     if spec.backend == "onnxruntime":
         e = _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input, opts)
@@ -187,9 +190,11 @@ def explain(
     batch_size, memory_note = _fit_memory(model, module, xt, comp, batch_size, max_memory, device, output)
     if memory_note:
         extras_in["memory"] = memory_note
-    result = _run(
-        module, xt, comp, spec, target, batch_size, layout, generator, opts, _out_shape(model, output)
-    )
+    out_shape = _out_shape(model, output)
+    if neuron is not None:  # the explained output is the layer's map: its channel or element a mask target
+        module, out_shape = _LayerOutput(module, neuron["node"]), neuron["shape"]
+        extras_in["target_layer"] = neuron["describe"]
+    result = _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape)
     attribution, targets, score, extras = result
     if auto:
         extras_in["auto"] = auto
@@ -513,6 +518,69 @@ def _exact_choice(model) -> tuple[str, str] | None:
             continue
         return method, f"the graph is {what} ({view.describe()}): exact SHAP from the graph ({method})"
     return None
+
+
+class _LayerOutput(torch.nn.Module):
+    """A converted model whose explained output is one of its layers' maps (neuron and channel targets):
+    the model runs as it is, the layer's output is returned."""
+
+    def __init__(self, module, node: str):
+        from .methods.cam import _layer_module
+
+        super().__init__()
+        self.inner, self.layer, self.store = module, _layer_module(module, node), {}
+
+    def forward(self, *args, **kwargs):
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: self.store.__setitem__("out", out))
+        try:
+            self.inner(*args, **kwargs)
+        finally:
+            handle.remove()
+        return self.store.pop("out")
+
+
+def _neuron_target(model, target, spec, method: str) -> dict | None:
+    """``{"neuron": (layer, c)}`` (a channel: the sum of its map) or ``{"neuron": (layer, (c, i, j))}`` (one
+    unit) as a mask target on the layer's ``(C, h, w)`` map, which becomes the explained output."""
+    if not (isinstance(target, dict) and "neuron" in target):
+        return None
+    from .layers import resolve_layer
+
+    if (
+        set(target) != {"neuron"}
+        or not isinstance(target["neuron"], (tuple, list))
+        or len(target["neuron"]) != 2
+    ):
+        raise OptionError(
+            'a neuron target is {"neuron": (layer, channel)} or {"neuron": (layer, (channel, i, j))}'
+        )
+    if spec.backend == "onnxruntime" or method == "lrp" or not _is_model(model):
+        raise OptionError(
+            f"a neuron target needs a gradient method on an onnx_explain.Model, not {method!r} (for LRP through "
+            "chosen channels use conditions=[{'layer': ..., 'channels': [...]}])"
+        )
+    layer, unit = target["neuron"]
+    chosen = resolve_layer(model.proto, layer)
+    C, h, w = chosen["shape"][1:]
+    if not all(isinstance(d, int) for d in (C, h, w)):
+        raise OptionError(f"layer {layer!r} has no fixed (C, h, w) shape in the file: {chosen['shape']}")
+    c, *where = (unit,) if isinstance(unit, (int, np.integer)) else tuple(unit)
+    if (
+        len(where) not in (0, 2)
+        or not 0 <= int(c) < C
+        or (where and not (0 <= where[0] < h and 0 <= where[1] < w))
+    ):
+        raise OptionError(
+            f"neuron {unit!r} is not a channel or (channel, i, j) of layer {layer!r} ({C}, {h}, {w})"
+        )
+    mask = (
+        np.ones((h, w), bool)
+        if not where
+        else np.eye(h * w, dtype=bool)[where[0] * w + where[1]].reshape(h, w)
+    )
+    what = f"channel {int(c)}" if not where else f"unit ({int(c)}, {where[0]}, {where[1]})"
+    return {"target": {"mask": mask, "class": int(c)}, "node": chosen["node"], "shape": (C, h, w),
+            "describe": f"{what} of {chosen['tensor']} (node {chosen['node']!r}, shape {chosen['shape']})"}  # fmt: skip
 
 
 def _out_shape(model, space: str) -> tuple | None:
