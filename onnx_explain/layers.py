@@ -55,14 +55,49 @@ def default_layer(proto: onnx.ModelProto) -> dict:
     return by_tensor[pooled[-1]] if pooled else cands[-1]
 
 
+def token_grid(shape) -> tuple[int, int] | None:
+    """``(extra, side)`` of a vision transformer's token tensor ``(B, T, D)``: ``T = extra + side²`` with
+    ``side ≥ 2`` the patch grid's side and ``extra ≤ 8`` leading class/register tokens; None otherwise."""
+    if shape is None or len(shape) != 3 or not isinstance(shape[1], int):
+        return None
+    for extra in range(0, 9):
+        side = int(round((shape[1] - extra) ** 0.5)) if shape[1] > extra else 0
+        if side >= 2 and side * side == shape[1] - extra:
+            return extra, side
+    return None
+
+
+def _token_layer(proto: onnx.ModelProto, layer: str) -> dict | None:
+    """A named rank-3 float tensor that is a square token grid (class/register tokens first)."""
+    shapes = _shapes(proto)
+    for n in proto.graph.node:
+        for o in n.output:
+            if layer not in (o, n.name):
+                continue
+            elem, dims = shapes.get(o, (None, None))
+            if elem in (
+                onnx.TensorProto.FLOAT,
+                onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.FLOAT16,
+            ) and token_grid(dims):
+                extra, side = token_grid(dims)
+                return {"tensor": o, "node": n.name, "op": n.op_type, "shape": dims, "tokens": (extra, side)}
+    return None
+
+
 def resolve_layer(proto: onnx.ModelProto, layer: str | None) -> dict:
-    """The candidate named ``layer`` (a tensor or node name; None: :func:`default_layer`)."""
+    """The candidate named ``layer`` (a tensor or node name; None: :func:`default_layer`); a vision
+    transformer's token tensor ``(B, 1 + side², D)`` named explicitly is a candidate too (``tokens``:
+    ``(extra, side)``, its leading class/register tokens and grid side)."""
     if layer is None:
         return default_layer(proto)
     cands = layer_candidates(proto)
     for c in cands:
         if layer in (c["tensor"], c["node"]):
             return c
+    tokens = _token_layer(proto, layer)
+    if tokens is not None:
+        return tokens
     names = ", ".join(c["tensor"] for c in cands[-5:])
     raise OptionError(
         f"layer {layer!r} is not a spatial feature map of the graph (a rank-4 tensor or its node); the last "

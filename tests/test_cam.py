@@ -150,3 +150,31 @@ def test_ablationcam(resnet):
     with AblationCAM(model=net, target_layers=[net.layer3[-1]]) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TARGETS[:2]])
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
+def test_vision_transformer_token_grid_equals_pytorch_grad_cam_with_its_reshape_transform(method, tmp_path):
+    """A ViT's tokens (B, 1 + 4², D) at the last block's norm1 read as a (D, 4, 4) map, the class token
+    dropped: pytorch-grad-cam's documented ViT reshape_transform."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=10
+    ).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    model = oe.load(path)
+    tensor = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+    e = oe.explain(model, x.numpy(), method, target=[3, 8], layer=tensor)
+
+    def reshape(t):
+        return t[:, 1:, :].reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
+
+    with REFERENCES[method](
+        model=net, target_layers=[net.blocks[-1].norm1], reshape_transform=reshape
+    ) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (3, 8)])
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert e.extras["cam_raw"].shape == (2, 4, 4) and tensor in e.extras["layer"]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OnnxExplainError, OptionError
+from ..layers import token_grid
 from .base import register_method
 
 CAMS = ("gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam")
@@ -62,6 +63,16 @@ def _map(kind: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (w[:, :, None, None] * a).sum(1)
 
 
+def _as_map(t: torch.Tensor) -> torch.Tensor:
+    """A vision transformer's tokens ``(B, T, D)`` as a map ``(B, D, side, side)``: the leading class and
+    register tokens dropped, the patch tokens in row-major grid order (pytorch-grad-cam's ViT
+    ``reshape_transform``); a map ``(B, C, h, w)`` as it is."""
+    if t.dim() == 4:
+        return t
+    extra, side = token_grid(tuple(t.shape))
+    return t[:, extra:].reshape(len(t), side, side, t.shape[-1]).permute(0, 3, 1, 2)
+
+
 def _post(raw: torch.Tensor, size, relu: bool = True) -> torch.Tensor:
     """pytorch-grad-cam's post-processing of raw maps ``(R, h, w)``: ReLU, scale, resize, scale."""
     m = _scale(raw.clamp_min(0) if relu else raw)
@@ -103,8 +114,11 @@ def _cam(kind: str, scorer, x, target, layer):
     def hook(_m, _inp, out):
         if not isinstance(out, torch.Tensor):
             raise OptionError(f"layer {layer!r} computes several tensors: name one of the maps after it")
-        if out.dim() != 4:
-            raise OptionError(f"layer {layer!r} is not a feature map (B, C, h, w): shape {tuple(out.shape)}")
+        if out.dim() != 4 and not (out.dim() == 3 and token_grid(tuple(out.shape))):
+            raise OptionError(
+                f"layer {layer!r} is not a feature map (B, C, h, w) or a square token grid (B, T, D): shape "
+                f"{tuple(out.shape)}"
+            )
         if not out.requires_grad:
             out = out.detach().requires_grad_(True)
         store["a"] = out
@@ -120,8 +134,8 @@ def _cam(kind: str, scorer, x, target, layer):
                 (g,) = torch.autograd.grad(sel.sum(), store["a"])
         finally:
             handle.remove()
-        a = store.pop("a").detach()
-        raw = _map(kind, a.to(torch.float32), g.to(torch.float32))
+        a = _as_map(store.pop("a").detach())
+        raw = _map(kind, a.to(torch.float32), _as_map(g).to(torch.float32))
         raws.append(raw)
         cams.append(_post(raw, size))
         scores.append(sel.detach())
