@@ -132,3 +132,19 @@ def test_the_fused_sigma_constant_norm_equals_the_written_out_one_and_batches():
     (g1,) = torch.autograd.grad(got, x, seeds, retain_graph=True, is_grads_batched=True)
     (g2,) = torch.autograd.grad(want, x, seeds, is_grads_batched=True)
     np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_epsilon_before_a_relu_moves_into_the_relus_backward_and_equals_the_rule_graph(converted):
+    from onnx_explain.lrp.graph import _EpsilonRelu
+
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = torch.tensor([1, 2, 3])
+    rules = {"Conv": "epsilon:0.01"}  # a large ε, so that the factor matters everywhere
+    auto, _ = build_lrp_graph(converted, x[:1], "epsilon_plus", {}, rules=rules)
+    ref, _ = build_lrp_graph(converted, x[:1], "epsilon_plus", {}, rules=rules, mode="rules")
+    assert sum(isinstance(m, _EpsilonRelu) for m in auto.modules()) == 3  # c1 (BatchNorm merged), c2, c4
+    want = _relevance(ref, x, target)
+    # the ε form and the ε rule differ by a relative 2e-9 at this large ε (5e-12 at the default 1e-6; as
+    # large as float32's rounding of ε itself), with or without the fusion (those two are ≤ 1e-15 apart)
+    np.testing.assert_allclose(_relevance(auto, x, target).numpy(), want.numpy(), rtol=1e-7,
+                               atol=1e-8 * float(want.abs().max()))  # fmt: skip

@@ -961,6 +961,7 @@ def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, single: bool = F
         parent, _, attr = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
     if single:
+        _fuse_epsilon_relu(gm)
         _seed_ends(gm, position, seed_output)
     gm.recompile()
     return assignments
@@ -984,6 +985,61 @@ def _on_input(node: fx.Node, step, rule, placeholder: fx.Node) -> bool:
     """Whether a layer rule without a single-backward form (z^B) reads the explained input directly: it
     then runs as the rule graph does at the input end of the single-backward graph."""
     return isinstance(rule, R.Rule) and rule.uses_params and node.args[step.dependent[0]] is placeholder
+
+
+class _ReluEpsilon(torch.autograd.Function):
+    """ReLU whose backward also applies the LRP-ε factor of the layer before it: ``g · r / (r + ε)`` with
+    ``r = ReLU(z)`` equals ``g · 1[z > 0] · |z| / (|z| + ε)``, so the layer's output need not be kept."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, eps):
+        return z.clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.eps = inputs[1]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return g * r / (r + ctx.eps), None
+
+
+class _EpsilonRelu(nn.Module):
+    def __init__(self, eps: float, relu: nn.Module):
+        super().__init__()
+        self.eps = eps
+        setattr(self, NODE_ATTR, getattr(relu, NODE_ATTR, ("", "Relu", "")))
+
+    def forward(self, z):
+        return _ReluEpsilon.apply(z, self.eps)
+
+
+def _fuse_epsilon_relu(gm: fx.GraphModule) -> int:
+    """An LRP-ε layer read by a ReLU alone: the ε factor moves into the ReLU's backward (the same
+    relevance; one tensor fewer kept and three ops fewer per layer)."""
+    fused = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        wrapper = gm.get_submodule(node.target)
+        user = next(iter(node.users))
+        if not (
+            isinstance(wrapper, PatchedWrapper) and wrapper.form == "epsilon" and user.op == "call_module"
+        ):
+            continue
+        relu = gm.get_submodule(user.target)
+        eps = wrapper.rule.options["epsilon"]
+        if type(relu) is not nn.ReLU or wrapper.rule.param_mods[0] != R.NO_MOD or not eps > 0:
+            continue
+        for target, module in ((node.target, wrapper.module), (user.target, _EpsilonRelu(float(eps), relu))):
+            parent, _, attr = target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        fused += 1
+    return fused
 
 
 def _seed_ends(gm: fx.GraphModule, position: int, seed_output: bool) -> None:
