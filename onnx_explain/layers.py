@@ -12,7 +12,7 @@ import onnx
 
 from .errors import OptionError
 
-__all__ = ["default_layer", "head_graph", "layer_candidates", "node_of", "resolve_layer"]
+__all__ = ["default_layer", "head_graph", "layer_candidates", "node_of", "resolve_layer", "token_layers"]
 
 _POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "Flatten"}
 
@@ -67,22 +67,24 @@ def token_grid(shape) -> tuple[int, int] | None:
     return None
 
 
-def _token_layer(proto: onnx.ModelProto, layer: str) -> dict | None:
-    """A named rank-3 float tensor that is a square token grid (class/register tokens first)."""
+def token_layers(proto: onnx.ModelProto) -> list[dict]:
+    """Every rank-3 float tensor that is a square token grid ``(B, extra + side², D)``, in graph order:
+    ``{'tensor', 'node', 'op', 'shape', 'tokens': (extra, side)}`` (a vision transformer's blocks)."""
     shapes = _shapes(proto)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    out = []
     for n in proto.graph.node:
         for o in n.output:
-            if layer not in (o, n.name):
-                continue
             elem, dims = shapes.get(o, (None, None))
-            if elem in (
-                onnx.TensorProto.FLOAT,
-                onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.FLOAT16,
-            ) and token_grid(dims):
-                extra, side = token_grid(dims)
-                return {"tensor": o, "node": n.name, "op": n.op_type, "shape": dims, "tokens": (extra, side)}
-    return None
+            grid = token_grid(dims)
+            if grid and elem in floats:
+                out.append({"tensor": o, "node": n.name, "op": n.op_type, "shape": dims, "tokens": grid})
+    return out
+
+
+def _token_layer(proto: onnx.ModelProto, layer: str) -> dict | None:
+    """A named rank-3 float tensor that is a square token grid (class/register tokens first)."""
+    return next((c for c in token_layers(proto) if layer in (c["tensor"], c["node"])), None)
 
 
 def resolve_layer(proto: onnx.ModelProto, layer: str | None) -> dict:

@@ -178,3 +178,6 @@ def test_vision_transformer_token_grid_equals_pytorch_grad_cam_with_its_reshape_
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (3, 8)])
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
     assert e.extras["cam_raw"].shape == (2, 4, 4) and tensor in e.extras["layer"]
+    from onnx_explain.layers import token_layers
+
+    assert {c["tensor"]: c["tokens"] for c in token_layers(model.proto)}[tensor] == (1, 4)  # info --layers

@@ -72,11 +72,12 @@ def info(
     if exact:
         data["exact"] = {"method": exact[0], "why": exact[1]}
     if show_layers:
-        from ..layers import default_layer, layer_candidates
+        from ..layers import default_layer, layer_candidates, token_layers
 
         cands = layer_candidates(m.proto)
         default = default_layer(m.proto)["tensor"] if cands else None
         data["layers"] = [{**c, "default": c["tensor"] == default} for c in cands]
+        data["token_layers"] = token_layers(m.proto)  # a vision transformer's blocks, named explicitly
     status = 0
     if convert:
         given = None
@@ -240,5 +241,15 @@ def _print_text(d: dict) -> None:
             shape = "[" + ", ".join("?" if v is None else str(v) for v in c["shape"]) + "]"
             mark = "  <- default for CAMs" if c["default"] else ""
             e(f"  {c['tensor']}  <- {c['node']}, {c['op']}, {shape}{mark}")
+    if d.get("token_layers"):
+        e(
+            f"tokens:   {len(d['token_layers'])} token grids (B, extra + side², D), read as (D, side, side) when named"
+        )
+        for c in d["token_layers"]:
+            shape = "[" + ", ".join("?" if v is None else str(v) for v in c["shape"]) + "]"
+            extra, side = c["tokens"]
+            e(
+                f"  {c['tensor']}  <- {c['node']}, {c['op']}, {shape}, {extra} leading token(s), {side}x{side} grid"
+            )
     for note in d["notes"]:
         e(f"note:     {note}")
