@@ -320,13 +320,7 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     not for an output that already is probabilities or for a box or mask target) turns the head's output
     into probabilities first; ``gaussian=False`` keeps the location alone (the first version of the paper).
     Works on graphs that do not convert to torch."""
-    model, chosen = _runtime_layer(scorer, layer)
-    tensor = chosen["tensor"]
-    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
-    if a.ndim != 4:
-        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
-    run = model.runtime.head(tensor, scorer.name)
+    model, chosen, xs, a, run = _split_at(scorer, x, layer)
     _, C, h, w = a.shape
     kernels = mosaic_kernels(h, w, gaussian).astype(a.dtype)
     raws = []
@@ -348,6 +342,18 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "passes": len(a) * h * w,
     }  # fmt: skip
+
+
+def _split_at(scorer, x, layer):
+    """``(model, chosen layer, x as the model's dtype, the layer's activations (B, C, h, w), the head's
+    runner)``: a gradient-free CAM's view of the graph cut at the layer."""
+    model, chosen = _runtime_layer(scorer, layer)
+    tensor = chosen["tensor"]
+    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
+    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
+    if a.ndim != 4:
+        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
+    return model, chosen, xs, a, model.runtime.head(tensor, scorer.name)
 
 
 def _head_rows(scorer, run, n_maps: int, make, xs: np.ndarray, b: int) -> torch.Tensor:
@@ -381,13 +387,7 @@ def ablationcam(scorer, x, target, generator, layer=None):
     ``(y − y_k) / y`` of the explained score ``y``. The ablated maps run through the graph after the layer
     alone (:meth:`onnx_explain.runtime.Runtime.head`), ``batch_size`` per onnxruntime call: no torch
     conversion, and the layers before it run once per image. Post-processed as every CAM."""
-    model, chosen = _runtime_layer(scorer, layer)
-    tensor = chosen["tensor"]
-    xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
-    if a.ndim != 4:
-        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
-    run = model.runtime.head(tensor, scorer.name)
+    model, chosen, xs, a, run = _split_at(scorer, x, layer)
     raws, scores = [], []
     for b in range(len(a)):
         keys = target[b : b + 1]
