@@ -73,23 +73,7 @@ def _build(name: str, tmp: str):
 
     ids, mask = tok._inputs(16, 128)
     if not os.path.exists(path):
-        model = tok._model()
-
-        class Logits(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                Logits(model).eval(), (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), path, dynamo=False,
-                opset_version=17, input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}},
-            )  # fmt: skip
+        tok.export_bert(tok._model(), path)
     return path, {"input_ids": ids, "attention_mask": np.asarray(mask)}
 
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -62,18 +60,35 @@ def _inputs(b: int, n: int):
 
 
 def _timed(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {**{k: statistics.median(v) for k, v in times.items()},
-            **{f"cpu_{k}": statistics.median(v) for k, v in cpu.items()}}  # fmt: skip
+    """Median wall-clock and CPU seconds of each function, interleaved, after a warm-up (as the other LRP
+    benchmarks)."""
+    sys.path.insert(0, str(HERE))
+    from bench_lrp_transformer import _timed as timed
+
+    return timed(fns, repeats)
+
+
+def export_bert(model, path: str) -> None:
+    """The BERT's logits from ``input_ids`` and ``attention_mask`` to ONNX (legacy exporter, opset 17, batch
+    and length dynamic); the wrapper is put in eval mode, or the export's ``train()`` switches dropout on."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids, mask = _inputs(2, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Logits(model).eval(), (torch.as_tensor(ids), torch.as_tensor(mask)), path, dynamo=False,
+            opset_version=17, input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}},
+        )  # fmt: skip
 
 
 def _torch_fns(model, ids, mask):
@@ -103,23 +118,7 @@ def bench(shape: tuple, threads: int, repeats: int, tmp: str, lxt_python: str | 
     path = os.path.join(tmp, "bert.onnx")
     if not os.path.exists(path):
         torch.save(model.state_dict(), os.path.join(tmp, "bert.pt"))
-        ids0, mask0 = _inputs(2, 16)
-
-        class Logits(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                Logits(model).eval(), (torch.as_tensor(ids0), torch.as_tensor(mask0)), path, dynamo=False,
-                opset_version=17, input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}},
-            )  # fmt: skip
+        export_bert(model, path)
     m = oe.load(path)
     ids, mask = _inputs(b, n)
     feed = {"input_ids": ids, "attention_mask": mask}
