@@ -181,3 +181,39 @@ def test_vision_transformer_token_grid_equals_pytorch_grad_cam_with_its_reshape_
     from onnx_explain.layers import token_layers
 
     assert {c["tensor"]: c["tokens"] for c in token_layers(model.proto)}[tensor] == (1, 4)  # info --layers
+
+
+class Segmenter(torch.nn.Module):
+    """A small fully convolutional segmenter: (B, 3, 24, 24) -> (B, 4, 24, 24) class maps."""
+
+    def __init__(self):
+        super().__init__()
+        c = torch.nn.Conv2d
+        self.down = torch.nn.Sequential(c(3, 8, 3, padding=1), torch.nn.ReLU(), c(8, 16, 3, stride=2, padding=1),
+                                        torch.nn.ReLU())  # fmt: skip
+        self.head = c(16, 4, 1)
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(self.head(self.down(x)), scale_factor=2, mode="bilinear")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_cams_of_a_segmenter_mask_target_equal_pytorch_grad_cam(method, tmp_path):
+    """A mask target (Σ over the mask's pixels of one class map) through a CAM, against pytorch-grad-cam's
+    SemanticSegmentationTarget on the torch source."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    net = Segmenter().eval()
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "seg.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    mask = np.zeros((24, 24), bool)
+    mask[4:14, 8:20] = True
+    e = oe.explain(oe.load(path), x.numpy(), method, target={"mask": mask, "class": 2},
+                   layer="/down/down.3/Relu_output_0")  # fmt: skip
+    with REFERENCES[method](model=net, target_layers=[net.down]) as cam:
+        ref = cam(input_tensor=x, targets=[SemanticSegmentationTarget(2, mask.astype(np.float32))] * 2)
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert e.extras["cam_raw"].shape == (2, 12, 12)
