@@ -103,6 +103,9 @@ CASES = [
     ("max_sensitivity", {"perturbations": "explicit", "explainer": "gradient"}),
     ("max_sensitivity", {"n_samples": 3, "explainer": "gradient_x_input"}),
     ("rank_consistency", {"ratios": (0.1, 0.3), "explainer": "gradient_x_input"}),
+    ("road", {"percentiles": (20, 60)}),
+    ("road", {"order": "morf", "percentiles": (30,), "ties": "rank", "noise": 0.0}),
+    ("adcc", {"explainer": "gradient_x_input"}),
 ]
 
 

@@ -70,13 +70,13 @@ def test_method_facts():
 
 def test_metric_facts_and_defaults_of_evaluate(digits):
     assert {n for n, s in METRICS.items() if s.output == "prob"} == {
-        "deletion", "insertion", "token_deletion", "token_insertion",
+        "deletion", "insertion", "token_deletion", "token_insertion", "adcc",
     }  # fmt: skip
     assert {n for n, s in METRICS.items() if not s.needs_model} == {
         "total_variation", "localisation", "max_sensitivity", "rank_consistency", "token_rank_consistency",
     }  # fmt: skip
     assert {n for n, s in METRICS.items() if s.needs_explainer} == {
-        "max_sensitivity", "rank_consistency", "token_rank_consistency",
+        "max_sensitivity", "rank_consistency", "token_rank_consistency", "adcc",
     }  # fmt: skip
     x = np.load(SAMPLES)[:2]
     a = np.random.default_rng(0).standard_normal(x.shape)

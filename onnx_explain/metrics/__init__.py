@@ -9,6 +9,7 @@ from . import correlation  # noqa: F401  (sensitivity-n, faithfulness correlatio
 from . import noise  # noqa: F401  (total variation)
 from . import robustness  # noqa: F401  (max-sensitivity, rank consistency)
 from . import text  # noqa: F401  (token deletion, insertion, rank consistency)
+from . import road  # noqa: F401  (ROAD, ADCC)
 
 # isort: on
 from .base import METRICS, MetricSpec, Predictor, register_metric
