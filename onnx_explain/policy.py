@@ -128,7 +128,9 @@ def check_policy(rules: list[dict], audit: dict | None = None, drift: dict | Non
             elif not sc.get("passed"):
                 sims = ", ".join(f"{v:.2f}" for v in sc.get("mean_similarity", []))
                 fails.append(
-                    f"sanity: {r['method']} fails (similarity {sims}; threshold {sc.get('threshold')})"
+                    f"sanity: {r['method']} fails ("
+                    f"{'entropy rise' if sc.get('variant') == 'efficient' else 'similarity'} {sims}; "
+                    f"threshold {sc.get('threshold')})"
                 )
         elif check == "score":
             s = (audit.get("scores", {}).get(r["metric"]) or {}).get(r["method"])

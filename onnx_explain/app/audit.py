@@ -46,7 +46,7 @@ def _sha256(path) -> str:
 def audit(model, x, methods: dict | list | None = None, metrics: list | None = None, *, batch_size: int = 64,
           seed: int = 0, preprocess: dict | None = None, max_items: int = 64, thumbnails: int = 4,
           tokenizer=None, max_length: int | None = None, target=None, sanity_layers: int = 3,
-          sanity_items: int = 8):  # fmt: skip
+          sanity_items: int = 8, sanity_variant: str = "mprt"):  # fmt: skip
     """Audit ``model`` on ``x``: conversion parity, LRP coverage, several methods × several metrics.
 
     Parameters
@@ -83,6 +83,9 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         The model parameter randomisation check (:func:`onnx_explain.sanity.sanity_check`) of every method
         that runs on the converted graph: its top ``sanity_layers`` layers randomised in cascade, on the
         first ``sanity_items`` inputs (0 layers: no check). Its cost is one explanation per layer.
+    sanity_variant : {'mprt', 'smooth', 'efficient'}
+        Which randomisation test (:func:`onnx_explain.sanity.sanity_check`'s ``variant``): ``efficient``
+        randomises every layer and needs one explanation in all.
 
     Returns
     -------
@@ -147,7 +150,14 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     if sanity_layers and module is not None and texts is None:
         if target is None or isinstance(target, (int, np.integer)):
             report["sanity"] = _sanity(
-                model, x[:sanity_items], methods, sanity_layers, batch_size, target, report["errors"]
+                model,
+                x[:sanity_items],
+                methods,
+                sanity_layers,
+                batch_size,
+                target,
+                report["errors"],
+                sanity_variant,
             )
         else:
             report["sanity_note"] = (
@@ -159,9 +169,11 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     return AuditReport(report, explanations, curves, figures, views, x)
 
 
-def _sanity(model, x, methods: dict, layers: int, batch_size: int, target, errors: dict) -> dict:
+def _sanity(model, x, methods: dict, layers: int, batch_size: int, target, errors: dict,
+            variant: str = "mprt") -> dict:  # fmt: skip
     """Cascading parameter randomisation of each method that runs on the converted graph (its top
-    ``layers`` layers), in the report's terms: layers, mean similarity per step, passed."""
+    ``layers`` layers; ``efficient``: all), in the report's terms: layers, mean similarity (``efficient``:
+    the entropy rise) per step, passed."""
     from ..methods import METHODS
     from ..sanity import sanity_check
 
@@ -170,13 +182,14 @@ def _sanity(model, x, methods: dict, layers: int, batch_size: int, target, error
         if name not in METHODS or METHODS[name].backend != "torch":
             continue
         try:
-            r = sanity_check(model, x, name, target, order="cascading", layers=layers, batch_size=batch_size,
+            r = sanity_check(model, x, name, target, variant=variant, order="cascading",
+                             layers=None if variant == "efficient" else layers, batch_size=batch_size,
                              check_layers=layers, **(opts or {}))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one method's failure is reported, the others go on
             errors[f"{name}/sanity"] = str(exc).splitlines()[0]
             continue
         out[name] = {"layers": r["layers"], "mean_similarity": [float(v) for v in r["mean"]],
-                     "passed": r["passed"], "threshold": r["threshold"]}  # fmt: skip
+                     "passed": r["passed"], "threshold": r["threshold"], "variant": variant}  # fmt: skip
     return out
 
 

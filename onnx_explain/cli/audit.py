@@ -43,6 +43,10 @@ def _defaults(choose) -> str:
 @click.option("--sanity-layers", type=click.IntRange(min=0), default=3, show_default=True,
               help="Model parameter randomisation check: randomise the top K layers in cascade and compare each "
                    "gradient/LRP/CAM method's explanations (0: skip; one explanation per layer).")  # fmt: skip
+@click.option("--sanity-test", type=click.Choice(["mprt", "smooth", "efficient"]), default="mprt", show_default=True,
+              help="Which randomisation test: mprt (Adebayo et al.), smooth (explanations averaged over noisy "
+                   "copies: SmoothMPRT) or efficient (every layer random, the explanation's entropy must rise: "
+                   "EfficientMPRT).")  # fmt: skip
 @click.option("--policy", type=click.Path(dir_okay=False),
               help="A release policy (.toml or .json rules on parity, LRP coverage, sanity, scores, errors): "
                    "exit 4 with one line per failed rule.")  # fmt: skip
@@ -62,6 +66,7 @@ def audit(
     tokenizer,
     max_length,
     sanity_layers,
+    sanity_test,
     policy,
     target,
     input_name,
@@ -90,7 +95,8 @@ def audit(
     m = load_model(model, input_name, output_name, ort_device)
     r = run(m, list(inputs), list(methods) or None, list(metrics) or None, batch_size=batch_size, seed=seed,
             preprocess=parse_options(pre), max_items=max_items, tokenizer=tokenizer, max_length=max_length,
-            target=None if target == "predicted" else target, sanity_layers=sanity_layers)  # fmt: skip
+            target=None if target == "predicted" else target, sanity_layers=sanity_layers,
+            sanity_variant=sanity_test)  # fmt: skip
     r.save(out_dir)
     click.echo(f"audit of {len(r.report['inputs']['used'])} inputs -> {out_dir}/report.html")
     for metric, best in r.best().items():
@@ -100,9 +106,12 @@ def audit(
     for name, sc in r.report.get("sanity", {}).items():
         verdict = "passes" if sc["passed"] else "FAILS"
         sims = ", ".join(f"{v:.2f}" for v in sc["mean_similarity"])
-        click.echo(
-            f"  sanity {name:<19} {verdict} (similarity to the trained model's, top layers randomised: {sims})"
+        what = (
+            "entropy rise, every layer randomised"
+            if sc.get("variant") == "efficient"
+            else "similarity to the trained model's, top layers randomised"
         )
+        click.echo(f"  sanity {name:<19} {verdict} ({what}: {sims})")
     if not r.report["lrp_coverage"]["ok"]:
         click.echo(f"  LRP: {r.report['lrp_coverage']['error']}")
     if rules:
