@@ -154,7 +154,10 @@ class AuditReport:
         )
         ops = ", ".join(f"{e(k)} {v}" for k, v in m["ops"].items())
         texts = "".join(
-            f"<h3>{e(k)}</h3><iframe style='width:100%;border:1px solid #ccc' srcdoc=\"{e(v)}\"></iframe>"
+            # sized to its page once loaded: at the default 150 px a long text's tokens and text are cut off
+            f"<h3>{e(k)}</h3><iframe style='width:100%;box-sizing:border-box;border:1px solid #ccc' "
+            "onload=\"this.style.height=this.contentDocument.documentElement.scrollHeight+2+'px'\" "
+            f'srcdoc="{e(v)}"></iframe>'
             for k, v in self.views.items()
         )
         texts = f"<h2>Texts</h2>{texts}" if texts else ""
@@ -163,17 +166,44 @@ class AuditReport:
             f"<tr><th>{e(k)}</th><td class={'ok' if v['passed'] else 'bad'}>{'passes' if v['passed'] else 'fails'}</td>"
             + "".join(
                 f"<td title='{e(n)}'>{s_:.3f}</td>"
-                for n, s_ in zip(v["layers"], v["mean_similarity"], strict=True)
+                for n, s_ in zip(
+                    # efficient: one value, once every layer is random
+                    [", ".join(v["layers"])] if v.get("variant") == "efficient" else v["layers"],
+                    v["mean_similarity"],
+                    strict=True,
+                )
             )
             + "</tr>"
             for k, v in sanity.items()
         )
+        variant = next(iter(sanity.values()), {}).get("variant", "mprt")
+        what = {
+            "mprt": "the top layers randomised in cascade; Spearman similarity of |attribution| to the trained "
+            "model's, per step",
+            "smooth": "SmoothMPRT (Hedström et al. 2023): as MPRT, each explanation the mean over noisy "
+            "copies of the input",
+            "efficient": "EfficientMPRT (Hedström et al. 2023): every layer randomised; the relative rise "
+            "of the explanation's discrete entropy",
+        }[variant]
+        verdict = "above" if variant == "efficient" else "below"
         san_html = (
-            "<h2>Sanity check</h2><p>Model parameter randomisation (Adebayo et al. 2018): the top layers "
-            "randomised in cascade; Spearman similarity of |attribution| to the trained model's, per step. A "
-            f"method passes below {next(iter(sanity.values()))['threshold']} once they are all random.</p>"
-            f"<table><tr><th>method</th><th>verdict</th><th colspan=99>similarity after each layer</th></tr>{san_rows}</table>"
+            f"<h2>Sanity check</h2><p>Model parameter randomisation (Adebayo et al. 2018), {what}. A method "
+            f"passes {verdict} {next(iter(sanity.values()))['threshold']} once they are all random.</p>"
+            f"<table><tr><th>method</th><th>verdict</th><th colspan=99>{'entropy rise' if variant == 'efficient' else 'similarity after each layer'}</th></tr>{san_rows}</table>"
             if sanity
+            else ""
+        )
+        pol = report.get("policy")
+        pol_html = (
+            f"<h2>Release policy</h2><p><code>{e(pol['path'])}</code>: "
+            + (
+                f"<span class=ok>all {pol['rules']} rule(s) hold</span></p>"
+                if pol["passed"]
+                else f"<span class=bad>{len(pol['failed'])} of {pol['rules']} rule(s) fail</span></p><ul>"
+                + "".join(f"<li class=bad>{e(line)}</li>" for line in pol["failed"])
+                + "</ul>"
+            )
+            if pol
             else ""
         )
         return f"""<style>.oe-audit table{{border-collapse:collapse}}.oe-audit td,.oe-audit th{{border:1px solid #ccc;padding:4px 8px}}
@@ -182,6 +212,7 @@ class AuditReport:
 <p><b>model</b> <code>{e(str(m["path"]))}</code><br><b>sha256</b> <code>{e(str(report["sha256"]))}</code><br>
 <b>producer</b> {e(m["producer"] or "?")}, IR {m["ir_version"]}, opsets {e(json.dumps(m["opsets"]))}, {m["nodes"]} nodes, {m["parameters"]:,} parameters</p>
 <p><b>ops</b> {ops}</p>
+{pol_html}
 <h2>Conversion</h2>{conv_html}
 <h2>LRP coverage</h2>{cov_html}
 <h2>Scores</h2><p>{len(report["inputs"]["used"])} inputs. Mean per method and metric.</p>

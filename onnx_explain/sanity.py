@@ -190,6 +190,10 @@ def sanity_check(
     original_state = copy.deepcopy(rand.state_dict()) if order == "independent" else None
     spec = METHODS[method]
     opts = spec.check_options(options)
+    if "layer" in spec.options:  # a CAM: the layer the explanation itself used (named, or the default)
+        from .layers import resolve_layer
+
+        opts = {**opts, "layer": resolve_layer(model.proto, opts.get("layer"))["node"]}
     out_shape = _out_shape(model, spec.output)
     rows = [np.ascontiguousarray(x)]
     if variant == "smooth":  # the noisy copies, drawn once for every model compared (the last: none)

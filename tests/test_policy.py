@@ -77,13 +77,22 @@ def test_audit_and_diff_exit_4_on_a_failed_policy(audited, tmp_path):
                                   "--metric", "deletion", "--policy", str(policy)])  # fmt: skip
     assert r.exit_code == 4, r.output
     assert "fail: sanity: lrp fails" in r.output and "fail: parity" not in r.output
-    assert (tmp_path / "a" / "report.html").is_file()  # the report is written, then the verdict
+    # the verdict is in the report too: the page and report.json say which rule failed
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "Release policy" in page and "1 of 3 rule(s) fail" in page and "sanity: lrp fails" in page
+    pol = json.loads((tmp_path / "a" / "report.json").read_text())["policy"]
+    assert pol["passed"] is False and pol["rules"] == 3 and pol["failed"][0].startswith("sanity: lrp fails")
     other = _export(3, tmp_path / "other.onnx")
     r = CliRunner().invoke(main, ["diff", str(model), str(other), str(tmp / "x.npy"), "-o", str(tmp_path / "d"),
                                   "--policy", str(policy)])  # fmt: skip
     agree = json.loads((tmp_path / "d" / "report.json").read_text())["prediction"]["top1_mean"]
     assert agree < 0.99 and r.exit_code == 4, r.output
     assert "fail: drift: top1 =" in r.output
+    gate = json.loads((tmp_path / "d" / "report.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["failed"][0].startswith("drift: top1 =")
+    assert "Release gate" in (tmp_path / "d" / "report.html").read_text()
     r = CliRunner().invoke(main, ["diff", str(model), str(model), str(tmp / "x.npy"), "-o", str(tmp_path / "same"),
                                   "--policy", str(policy)])  # fmt: skip
     assert r.exit_code == 0, r.output  # a model against itself holds every drift rule
+    assert json.loads((tmp_path / "same" / "report.json").read_text())["gate"]["passed"] is True
+    assert "every threshold holds" in (tmp_path / "same" / "report.html").read_text()

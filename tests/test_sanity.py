@@ -229,3 +229,25 @@ def test_audit_runs_the_efficient_variant(tmp_path):
 
     schema = Path(oe.__file__).parent / "schemas" / "audit_report.schema.json"
     jsonschema.validate(report, json.loads(schema.read_text()))
+
+
+def test_cams_are_checked_at_the_layer_they_explain():
+    """A CAM's check randomises the graph and explains at the same layer as the explanation did: the
+    default layer when none is named (the audit's case), else the named one."""
+    from pathlib import Path
+
+    from onnx_explain.layers import resolve_layer
+
+    root = Path(__file__).parent.parent / "models"
+    model, x = oe.load(root / "digits.onnx"), np.load(root / "samples" / "digits.npy")[:4]
+    node = resolve_layer(model.proto, None)["node"]
+    r = sanity_check(model, x, "gradcam", layers=2)
+    np.testing.assert_allclose(r["original"], oe.explain(model, x, "gradcam", layer=node).attribution)
+    np.testing.assert_allclose(
+        r["similarity"], sanity_check(model, x, "gradcam", layers=2, layer=node)["similarity"]
+    )
+    other = resolve_layer(model.proto, "/features/features.3/Conv")["node"]
+    assert other != node
+    assert not np.allclose(
+        sanity_check(model, x, "gradcam", layers=2, layer=other)["similarity"], r["similarity"]
+    )

@@ -77,3 +77,20 @@ def test_bad_text_inputs_are_one_line_errors(text_model, tmp_path):
     assert res.exit_code != 0 and "texts need a tokenizer" in res.output
     long = TextEncoder(folder / "tokenizer.json", max_length=4).encode([SENTENCES[4]])[0]
     assert long.truncated and len(long.tokens) == 4
+
+
+def test_token_colours_keep_their_text_readable():
+    """Every token's ink has a WCAG contrast of at least 4.5:1 on its background (pure blue, the most
+    negative token, takes white text: black on it is 2.4:1)."""
+    import re
+
+    from onnx_explain.app.text import _luminance, text_html
+
+    scores = np.linspace(-1, 1, 41)
+    page = text_html({"scores": scores, "tokens": [f"t{i}" for i in range(41)], "text": "x"}, "t")
+    spans = re.findall(r"background:rgb\((\d+),(\d+),(\d+)\);color:(#fff|#000)", page)
+    assert len(spans) == 41
+    for r, g, b, ink in spans:
+        lb, li = _luminance(int(r), int(g), int(b)), 1.0 if ink == "#fff" else 0.0
+        assert (max(lb, li) + 0.05) / (min(lb, li) + 0.05) >= 4.5, (r, g, b, ink)
+    assert spans[0][3] == "#fff" and spans[20][3] == "#000"

@@ -24,10 +24,13 @@ def _plain(v):
 
 
 def run_diff(model_a, model_b, inputs, out_dir, methods, *, batch_size=64, seed=0, max_items=64, worst=4,
-             metrics=()) -> dict:  # fmt: skip
+             metrics=(), thresholds: dict | None = None, rules: list | None = None,
+             policy: str | None = None) -> dict:  # fmt: skip
     """Compare the models on the files ``inputs`` and write ``out_dir/report.json`` and ``report.html``;
-    returns the JSON as a dict (plus ``_raw``, the :func:`~onnx_explain.drift.compare` result)."""
-    from ..drift import compare
+    returns the JSON as a dict (plus ``_raw``, the :func:`~onnx_explain.drift.compare` result).
+    ``thresholds`` (``--fail-under``) and the policy ``rules`` (read from ``policy``) are checked before
+    the report is written: ``gate`` holds one line per failure, shown in the page too."""
+    from ..drift import compare, failed_thresholds
     from ..errors import InputDataError
     from ..model import load
     from .io import Preprocess
@@ -54,6 +57,12 @@ def run_diff(model_a, model_b, inputs, out_dir, methods, *, batch_size=64, seed=
         "ranking": [names[i] for i in r["ranking"]],
         "metrics": r.get("metrics", {}),
     }  # fmt: skip
+    if thresholds or rules:
+        from ..policy import check_policy
+
+        failed = failed_thresholds(r, thresholds or {}) + (check_policy(rules, drift=r) if rules else [])
+        out["gate"] = {"thresholds": dict(thresholds or {}), "policy": policy, "failed": failed,
+                       "passed": not failed}  # fmt: skip
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / "report.json", json.dumps(out, indent=1, allow_nan=False).encode())
     figures = _figures(x, r, ma.layout, names, worst)
@@ -118,9 +127,21 @@ def _html(report: dict, figures: dict) -> str:
     imgs = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(v).decode()}'><figcaption>{e(k)}: "
                    "the least agreeing items</figcaption></figure>" for k, v in figures.items())  # fmt: skip
     p = report["prediction"]
+    gate = report.get("gate")
+    gate_html = ""
+    if gate:
+        what = ", ".join([f"{k} ≥ {v:g}" if k != "max_abs_diff" else f"{k} ≤ {v:g}" for k, v in gate["thresholds"].items()]
+                         + ([f"policy {gate['policy']}"] if gate["policy"] else []))  # fmt: skip
+        verdict = (
+            "<p class=ok>every threshold holds</p>"
+            if gate["passed"]
+            else "<ul>" + "".join(f"<li class=bad>{e(line)}</li>" for line in gate["failed"]) + "</ul>"
+        )
+        gate_html = f"<h2>Release gate</h2><p>{e(what)}</p>{verdict}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>onnx-explain diff</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:1000px}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:1000px}}.ok{{color:#070}}.bad{{color:#a00}}</style></head><body>
 <h1>onnx-explain diff</h1><p><b>A</b> <code>{e(report["model_a"])}</code><br><b>B</b> <code>{e(report["model_b"])}</code><br>{report["items"]} inputs</p>
+{gate_html}
 <h2>Predictions</h2><p>top-1 agreement {p["top1_mean"]:.4g}; largest |Δ output| {p["max_abs_diff_max"]:.4g}</p>
 <h2>Explanations</h2><p>Mean over the items of the agreement of A's and B's attributions for the same class.</p>
 <table><tr><th>method</th>{heads}</tr>{rows}</table>

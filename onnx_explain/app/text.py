@@ -148,6 +148,13 @@ def text_record(text: str, enc: Encoded, scores: np.ndarray) -> dict:
     }
 
 
+def _luminance(r: int, g: int, b: int) -> float:
+    """WCAG relative luminance of an sRGB colour (0–255 channels). Black text has the better contrast
+    above 0.179, white below."""
+    lin = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
 def text_html(record: dict, title: str) -> str:
     """A self-contained HTML view: each token coloured by its score (blue negative, red positive, the
     heatmaps' diverging map, symmetric around 0), the value on hover."""
@@ -160,8 +167,10 @@ def text_html(record: dict, title: str) -> str:
     for tok, s in zip(record["tokens"], scores, strict=True):
         v = 0.5 if top == 0 else 0.5 + 0.5 * s / top
         r, g, b = lut[min(255, int(256 * v))]
+        ink = "#fff" if _luminance(r, g, b) < 0.18 else "#000"  # the higher contrast of black and white
         spans.append(
-            f'<span class="t" style="background:rgb({r},{g},{b})" title="{s:.4g}">{html.escape(tok)}</span>'
+            f'<span class="t" style="background:rgb({r},{g},{b});color:{ink}" title="{s:.4g}">'
+            f"{html.escape(tok)}</span>"
         )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

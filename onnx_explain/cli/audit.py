@@ -97,6 +97,17 @@ def audit(
             preprocess=parse_options(pre), max_items=max_items, tokenizer=tokenizer, max_length=max_length,
             target=None if target == "predicted" else target, sanity_layers=sanity_layers,
             sanity_variant=sanity_test)  # fmt: skip
+    failed = []
+    if rules:  # the verdict goes into the report (page and JSON) before it is written
+        from ..policy import check_policy
+
+        failed = check_policy(rules, audit=r.to_dict())
+        r.report["policy"] = {
+            "path": str(policy),
+            "rules": len(rules),
+            "failed": failed,
+            "passed": not failed,
+        }
     r.save(out_dir)
     click.echo(f"audit of {len(r.report['inputs']['used'])} inputs -> {out_dir}/report.html")
     for metric, best in r.best().items():
@@ -115,10 +126,8 @@ def audit(
     if not r.report["lrp_coverage"]["ok"]:
         click.echo(f"  LRP: {r.report['lrp_coverage']['error']}")
     if rules:
-        from ..policy import check_policy
         from .common import fail
 
-        failed = check_policy(rules, audit=r.to_dict())
         for line in failed:
             click.echo(f"fail: {line}", err=True)
         if failed:

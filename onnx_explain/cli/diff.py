@@ -54,7 +54,7 @@ def diff(
           --fail-under spearman_abs=0.8 --fail-under top1=0.99
     """
     from ..app.drift import run_diff
-    from ..drift import MEASURES, failed_thresholds
+    from ..drift import MEASURES
 
     thresholds = {}
     for item in fail_under:
@@ -73,7 +73,8 @@ def diff(
 
         rules = load_policy(policy)
     report = run_diff(model_a, model_b, list(inputs), out_dir, list(methods) or ["gradient"], batch_size=batch_size,
-                      seed=seed, max_items=max_items, worst=worst, metrics=list(metrics))  # fmt: skip
+                      seed=seed, max_items=max_items, worst=worst, metrics=list(metrics), thresholds=thresholds,
+                      rules=rules, policy=policy)  # fmt: skip
     click.echo(f"diff of {report['items']} inputs -> {out_dir}/report.html")
     click.echo(
         f"  top-1 agreement {report['prediction']['top1_mean']:.4g}, max |Δ output| {report['prediction']['max_abs_diff_max']:.4g}"
@@ -85,11 +86,7 @@ def diff(
         for k, v in per.items():
             show = ", ".join("undefined" if v[t] is None else f"{t} {v[t]:.4g}" for t in ("a", "b", "delta"))
             click.echo(f"  {m} {k}: {show}")
-    failed = failed_thresholds(report["_raw"], thresholds)
-    if rules:
-        from ..policy import check_policy
-
-        failed += check_policy(rules, drift=report["_raw"])
+    failed = report.get("gate", {}).get("failed", [])
     for line in failed:
         click.echo(f"fail: {line}", err=True)
     if failed:
