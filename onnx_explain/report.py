@@ -148,6 +148,7 @@ class AuditReport:
             f"<figure><img src='data:image/png;base64,{base64.b64encode(v).decode()}'><figcaption>{e(k)}"
             "</figcaption></figure>"
             for k, v in self.figures.items()
+            if k != "sanity"  # shown in its own section
         )
         errs = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in report["errors"].items()) + "".join(
             f"<li>{e(f)}</li>" for f in report["inputs"]["failed"]
@@ -190,6 +191,12 @@ class AuditReport:
             f"<h2>Sanity check</h2><p>Model parameter randomisation (Adebayo et al. 2018), {what}. A method "
             f"passes {verdict} {next(iter(sanity.values()))['threshold']} once they are all random.</p>"
             f"<table><tr><th>method</th><th>verdict</th><th colspan=99>{'entropy rise' if variant == 'efficient' else 'similarity after each layer'}</th></tr>{san_rows}</table>"
+            + (
+                f"<figure><img src='data:image/png;base64,{base64.b64encode(self.figures['sanity']).decode()}'>"
+                "<figcaption>sanity: the randomisation curves</figcaption></figure>"
+                if "sanity" in self.figures
+                else ""
+            )
             if sanity
             else ""
         )
@@ -266,6 +273,34 @@ def render_figures(x, explanations: dict, curves: dict, layout: str | None, thum
     for metric, cs in curves.items():
         figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
     return figures
+
+
+def sanity_figure(sanity: dict) -> bytes | None:
+    """The parameter randomisation curves as Adebayo et al. draw them: per method, the similarity to the
+    trained model's explanation (1 at the start) against the layers randomised so far, the pass threshold
+    dashed. None when there is no curve (no check, or the one-step ``efficient`` variant)."""
+    curves = {k: v for k, v in sanity.items() if v.get("variant", "mprt") != "efficient" and v["layers"]}
+    if not curves:
+        return None
+
+    def fig(plt):
+        layers = max((v["layers"] for v in curves.values()), key=len)
+        f, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(layers) + 2), 3.2))
+        for name, v in curves.items():
+            ys = [1.0, *[np.nan if s is None else s for s in v["mean_similarity"]]]
+            ax.plot(range(len(ys)), ys, marker="o", label=name)
+        ax.axhline(next(iter(curves.values()))["threshold"], color="gray", linestyle="--", linewidth=1)
+        short = [n if len(n) <= 18 else "…" + n[-17:] for n in layers]
+        ax.set_xticks(range(len(layers) + 1), ["trained", *short], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("Spearman of |attribution|")
+        ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+        ax.set_title(
+            "similarity to the trained model's explanation, layers randomised in cascade", fontsize=9
+        )
+        ax.legend(fontsize=8)
+        return f
+
+    return _png(fig)
 
 
 def _feature_fig(plt, table: dict, columns: list | None, top: int = 15):

@@ -88,8 +88,9 @@ def test_the_notebook_view_holds_every_score(digits_job):
         for s in per.values():
             assert f"<td title='{metric}'>{s['mean']:.4g}</td>" in page
             n += 1
-    assert n == 4 and len(r.figures) == 3  # a heatmap figure per method, deletion's mean curves
-    assert page.count("data:image/png;base64,") == 3
+    # a heatmap figure per method, deletion's mean curves, the sanity check's curves
+    assert n == 4 and set(r.figures) == {"heatmaps_gradient", "heatmaps_lrp", "curve_deletion", "sanity"}
+    assert page.count("data:image/png;base64,") == 4
     assert "<html" not in page and r.report["sha256"] in page
 
 

@@ -92,7 +92,9 @@ def test_audit_shows_the_check(tiny, tmp_path):
     want = sanity_check(model, x.numpy(), "gradient", layers=2, check_layers=2)
     assert sc["layers"] == want["layers"] and sc["passed"] is True
     np.testing.assert_allclose(sc["mean_similarity"], want["mean"], atol=1e-9)
-    assert "Sanity check" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Sanity check" in page and "the randomisation curves" in page  # the paper's curves, drawn
+    assert (out / "figures" / "sanity.png").read_bytes()[:4] == b"\x89PNG"
     r = CliRunner().invoke(main, ["audit", str(path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "b"),
                                   "--method", "gradient", "--metric", "deletion", "--sanity-layers", "0"])  # fmt: skip
     assert r.exit_code == 0 and "sanity" not in json.loads((tmp_path / "b" / "report.json").read_text())
@@ -225,6 +227,7 @@ def test_audit_runs_the_efficient_variant(tmp_path):
     assert sc["variant"] == "efficient" and sc["passed"] is True and sc["layers"] == want["layers"]
     np.testing.assert_allclose(sc["mean_similarity"], want["mean"], atol=1e-9)
     assert "EfficientMPRT" in (out / "report.html").read_text()
+    assert not (out / "figures" / "sanity.png").exists()  # one value per method: no curve to draw
     import jsonschema
 
     schema = Path(oe.__file__).parent / "schemas" / "audit_report.schema.json"

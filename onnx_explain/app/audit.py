@@ -97,7 +97,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
 
     from ..layout import modality
     from ..model import load
-    from ..report import AuditReport, render_figures
+    from ..report import AuditReport, render_figures, sanity_figure
 
     if isinstance(model, (str, os.PathLike)):
         model = load(model)
@@ -166,6 +166,8 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     report["seconds"] = round(time.perf_counter() - t0, 2)
     layout = model.layout if kind == "image" else None
     figures = render_figures(x, explanations, curves, layout, thumbnails, report["inputs"].get("columns"))
+    if report.get("sanity") and (png := sanity_figure(report["sanity"])) is not None:
+        figures["sanity"] = png
     return AuditReport(report, explanations, curves, figures, views, x)
 
 
