@@ -152,35 +152,52 @@ def test_ablationcam(resnet):
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
-def test_vision_transformer_token_grid_equals_pytorch_grad_cam_with_its_reshape_transform(method, tmp_path):
-    """A ViT's tokens (B, 1 + 4², D) at the last block's norm1 read as a (D, 4, 4) map, the class token
-    dropped: pytorch-grad-cam's documented ViT reshape_transform."""
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    """A timm ViT (patch grid 4x4, one class token, 2 blocks, random weights) exported to ONNX."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     net = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=10
     ).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    path = tmp_path / "vit.onnx"
+    path = tmp_path_factory.mktemp("vit") / "vit.onnx"
     torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
                       dynamic_axes={"x": {0: "b"}})  # fmt: skip
-    model = oe.load(path)
-    tensor = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
-    e = oe.explain(model, x.numpy(), method, target=[3, 8], layer=tensor)
+    return net, x, oe.load(path)
 
-    def reshape(t):
-        return t[:, 1:, :].reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
 
-    with REFERENCES[method](
-        model=net, target_layers=[net.blocks[-1].norm1], reshape_transform=reshape
-    ) as cam:
-        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (3, 8)])
+VIT_NORM1 = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+
+
+def _vit_reshape(t):
+    return t[:, 1:, :].reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam", "eigencam", "scorecam"])
+def test_vision_transformer_token_grid_equals_pytorch_grad_cam_with_its_reshape_transform(method, vit):
+    """A ViT's tokens (B, 1 + 4², D) at the last block's norm1 read as a (D, 4, 4) map, the class token
+    dropped: pytorch-grad-cam's documented ViT reshape_transform; the gradient CAMs on the converted graph,
+    Eigen-CAM and Score-CAM on onnxruntime."""
+    from pytorch_grad_cam import EigenCAM, ScoreCAM
+
+    net, x, model = vit
+    e = oe.explain(model, x.numpy(), method, target=[3, 8], layer=VIT_NORM1, batch_size=64)
+    reference = {**REFERENCES, "eigencam": EigenCAM, "scorecam": ScoreCAM}[method]
+    with reference(model=net, target_layers=[net.blocks[-1].norm1], reshape_transform=_vit_reshape) as cam:
+        targets = None if method == "eigencam" else [ClassifierOutputTarget(c) for c in (3, 8)]
+        ref = cam(input_tensor=x, targets=targets)
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
-    assert e.extras["cam_raw"].shape == (2, 4, 4) and tensor in e.extras["layer"]
+    assert e.extras["cam_raw"].shape == (2, 4, 4) and VIT_NORM1 in e.extras["layer"]
     from onnx_explain.layers import token_layers
 
-    assert {c["tensor"]: c["tokens"] for c in token_layers(model.proto)}[tensor] == (1, 4)  # info --layers
+    assert {c["tensor"]: c["tokens"] for c in token_layers(model.proto)}[VIT_NORM1] == (1, 4)  # info --layers
+
+
+def test_ablationcam_refuses_a_token_tensor_in_one_line(vit):
+    _, x, model = vit
+    with pytest.raises(oe.OptionError, match="token tensor"):
+        oe.explain(model, x.numpy(), "ablationcam", target=[3, 8], layer=VIT_NORM1)
 
 
 class Segmenter(torch.nn.Module):

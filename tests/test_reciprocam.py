@@ -124,3 +124,42 @@ def test_head_graph_needs_a_computed_tensor_of_its_own(tmp_path):
     head = head_graph(model.proto, LAYER, [model.proto.graph.output[0].name])
     assert [i.name for i in head.graph.input] == [LAYER]  # the head reads the layer alone
     assert all(n.op_type != "Conv" for n in head.graph.node)
+
+
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_vit_reciprocam_equals_the_published_algorithm(gaussian, tmp_path):
+    """ViT Recipro-CAM (Byun & Lee 2024; OpenVINO XAI's ``ViTReciproCAM``, ``cls_token=True``): at a token
+    tensor, per patch location the patch tokens are scaled by that location's mask at their own places and
+    the class token is kept; the class's softmax probability of each such token set, through the rest of
+    the network, is the map. Written here on the timm source (float64, a forward hook replacing the last
+    block's norm1 output) and compared with ours on the exported file."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=10
+    ).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    path = export(net, x, tmp_path / "vit.onnx", "legacy")
+    layer = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+    e = oe.explain(oe.load(path), x.numpy(), "reciprocam", target=[3, 8], layer=layer, gaussian=gaussian,
+                   batch_size=7)  # fmt: skip
+    net = net.double()
+    masks = torch.from_numpy(mosaic_kernels(4, 4, gaussian)).double().reshape(16, 16, 1)
+    for b, c in enumerate((3, 8)):
+        state = {}
+
+        def hook(module, args, out, state=state):
+            if "mosaic" not in state:
+                return out
+            tokens = out.expand(16, -1, -1)
+            return torch.cat([tokens[:, :1], tokens[:, 1:] * masks], dim=1)  # class token kept
+
+        handle = net.blocks[-1].norm1.register_forward_hook(hook)
+        try:
+            state["mosaic"] = True
+            with torch.no_grad():
+                probs = torch.softmax(net(x[b : b + 1].double()), dim=1)[:, c]
+        finally:
+            handle.remove()
+        np.testing.assert_allclose(e.extras["cam_raw"][b].reshape(-1), probs.numpy(), rtol=1e-4, atol=1e-7)
+    assert e.extras["passes"] == 2 * 16

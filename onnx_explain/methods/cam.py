@@ -206,6 +206,20 @@ def layer_activations(model, tensor: str, x: np.ndarray, companions: dict | None
     return np.concatenate(outs)
 
 
+def _grid(a: np.ndarray, chosen: dict) -> np.ndarray:
+    """A layer's activations as maps ``(B, C, h, w)``: a vision transformer's tokens ``(B, T, D)`` read
+    as ``(B, D, side, side)`` (the leading class/register tokens dropped, as :func:`_as_map`); a map as it
+    is."""
+    if a.ndim == 3 and chosen.get("tokens"):
+        extra, side = chosen["tokens"]
+        return np.ascontiguousarray(
+            a[:, extra:].reshape(len(a), side, side, a.shape[-1]).transpose(0, 3, 1, 2)
+        )
+    if a.ndim != 4:
+        raise OptionError(f"layer {chosen['tensor']!r} is not a feature map (B, C, h, w): shape {a.shape}")
+    return a
+
+
 def _runtime_layer(scorer, layer):
     from ..layers import resolve_layer
 
@@ -230,7 +244,7 @@ def eigencam(scorer, x, target, generator, layer=None):
     CAM. The explained class does not enter."""
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    a = layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size)
+    a = _grid(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size), chosen)
     a = np.nan_to_num(a.astype(np.float32))
     raw = []
     for act in a:
@@ -262,7 +276,9 @@ def scorecam(scorer, x, target, generator, layer=None):
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     size = _spatial(x, scorer.layout)
-    a = torch.from_numpy(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size))
+    a = torch.from_numpy(
+        _grid(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size), chosen)
+    )
     a = a.to(torch.float32)
     raws = []
     for b in range(len(x)):
@@ -319,17 +335,29 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     scaled again (no ReLU: probabilities are positive). ``softmax`` (default: for a classifier's logits,
     not for an output that already is probabilities or for a box or mask target) turns the head's output
     into probabilities first; ``gaussian=False`` keeps the location alone (the first version of the paper).
-    Works on graphs that do not convert to torch."""
+    At a vision transformer's token tensor (ViT Recipro-CAM, Byun & Lee 2024) each patch token is scaled
+    by its own place's mask value, the class/register tokens kept as they are (OpenVINO XAI's
+    ``ViTReciproCAM`` with ``cls_token=True``). Works on graphs that do not convert to torch."""
     model, chosen, xs, a, run = _split_at(scorer, x, layer)
-    _, C, h, w = a.shape
+    tokens = a.ndim == 3
+    _, C, h, w = _grid(a[:0], chosen).shape
     kernels = mosaic_kernels(h, w, gaussian).astype(a.dtype)
     raws = []
     for b in range(len(a)):
         keys = target[b : b + 1]
-        centres = a[b].reshape(C, h * w).T  # (h·w, C): the feature vector of every location
+        if tokens:  # ViT Recipro-CAM: every patch token scaled by the mask at its place, the others kept
 
-        def masked(k0, k1, centres=centres):
-            return centres[k0:k1, :, None, None] * kernels[k0:k1, None]
+            def masked(k0, k1, t=a[b], extra=chosen["tokens"][0]):
+                patches = t[None, extra:] * kernels[k0:k1].reshape(k1 - k0, h * w, 1)
+                return np.concatenate(
+                    [np.broadcast_to(t[None, :extra], (k1 - k0, extra, C)), patches], axis=1
+                )
+
+        else:
+            centres = a[b].reshape(C, h * w).T  # (h·w, C): the feature vector of every location
+
+            def masked(k0, k1, centres=centres):
+                return centres[k0:k1, :, None, None] * kernels[k0:k1, None]
 
         out = _head_rows(scorer, run, h * w, masked, xs, b)
         one_element = scorer.target is None or scorer._classes is not None
@@ -351,8 +379,7 @@ def _split_at(scorer, x, layer):
     tensor = chosen["tensor"]
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
-    if a.ndim != 4:
-        raise OptionError(f"layer {tensor!r} is not a feature map (B, C, h, w): shape {a.shape}")
+    _grid(a[:0], chosen)  # a feature map or a token grid, else one line
     return model, chosen, xs, a, model.runtime.head(tensor, scorer.name)
 
 
@@ -388,6 +415,11 @@ def ablationcam(scorer, x, target, generator, layer=None):
     alone (:meth:`onnx_explain.runtime.Runtime.head`), ``batch_size`` per onnxruntime call: no torch
     conversion, and the layers before it run once per image. Post-processed as every CAM."""
     model, chosen, xs, a, run = _split_at(scorer, x, layer)
+    if a.ndim != 4:
+        raise OptionError(
+            f"ablationcam ablates the channels of a feature map (B, C, h, w); {chosen['tensor']!r} is a "
+            "transformer's token tensor: use gradcam, scorecam, eigencam or reciprocam there"
+        )
     raws, scores = [], []
     for b in range(len(a)):
         keys = target[b : b + 1]
