@@ -36,6 +36,8 @@ __all__ = [
     "load_generative",
     "load",
     "sanity_check",
+    "compare",
+    "concept_examples",
 ]
 
 _LAZY = {
@@ -48,6 +50,8 @@ _LAZY = {
     "explain_generation": "onnx_explain.generation",
     "load_generative": "onnx_explain.generation",
     "sanity_check": "onnx_explain.sanity",
+    "compare": "onnx_explain.drift",
+    "concept_examples": "onnx_explain.concepts",
     "evaluate": "onnx_explain.evaluation",
     "METRICS": "onnx_explain.metrics",
     "METHODS": "onnx_explain.methods",
