@@ -234,3 +234,50 @@ def test_cams_of_a_segmenter_mask_target_equal_pytorch_grad_cam(method, tmp_path
         ref = cam(input_tensor=x, targets=[SemanticSegmentationTarget(2, mask.astype(np.float32))] * 2)
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
     assert e.extras["cam_raw"].shape == (2, 12, 12)
+
+
+class _ConvDetector(torch.nn.Module):
+    """A 16×16 image, a conv stem to an (8, 4, 4) feature map, a 1×1 head giving two class scores per
+    cell; cell j's box is the cell itself (fixed), YOLO's raw layout (B, 4 + C, A)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
+                                        torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU())  # fmt: skip
+        self.head = torch.nn.Conv2d(8, 2, 1)
+        centres = (torch.arange(4.0) * 4 + 2).repeat_interleave(4), (torch.arange(4.0) * 4 + 2).repeat(4)
+        self.register_buffer(
+            "boxes", torch.stack([centres[1], centres[0], torch.full((16,), 4.0), torch.full((16,), 4.0)])
+        )
+
+    def forward(self, x):
+        cls = torch.sigmoid(self.head(self.stem(x))).flatten(2)  # (B, 2, 16)
+        return torch.cat([self.boxes.expand(x.shape[0], 4, 16), cls], dim=1)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_cams_of_a_detector_box_target_equal_pytorch_grad_cam(method, tmp_path):
+    """A box target explains the D-RISE similarity of the reference box with the matched proposal (IoU ·
+    cosine of the class vectors · objectness); here the box is anchor 6's own cell, so the similarity is
+    the cosine of class 1's one-hot with anchor 6's scores, which pytorch-grad-cam takes as its target
+    callable on each sample's output."""
+    src = _ConvDetector().eval()
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(src, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    model = oe.load(path)
+    layer = "/stem/stem.4/Relu_output_0"
+    e = oe.explain(model, x.numpy(), method, target={"box": [8.0, 4.0, 12.0, 8.0], "class": 1}, layer=layer,
+                   output="output")  # fmt: skip
+    np.testing.assert_array_equal(e.extras["matched_proposal"], [6, 6])
+
+    def similarity(o):  # one sample's (4 + C, A) output
+        p = o[4:, 6]
+        return p[1] / p.norm()
+
+    with REFERENCES[method](model=src, target_layers=[src.stem[4]]) as cam:
+        ref = cam(input_tensor=x, targets=[similarity, similarity])
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert np.ptp(ref) > 0.5  # a map, not a constant
