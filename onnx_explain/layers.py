@@ -83,8 +83,20 @@ def token_layers(proto: onnx.ModelProto) -> list[dict]:
 
 
 def _token_layer(proto: onnx.ModelProto, layer: str) -> dict | None:
-    """A named rank-3 float tensor that is a square token grid (class/register tokens first)."""
-    return next((c for c in token_layers(proto) if layer in (c["tensor"], c["node"])), None)
+    """A named rank-3 float tensor: a square token grid (class/register tokens first; ``tokens``:
+    ``(extra, side)``), or any other token tensor (``tokens`` None: its grid must be given, a CAM's
+    ``reshape=``)."""
+    found = next((c for c in token_layers(proto) if layer in (c["tensor"], c["node"])), None)
+    if found is not None:
+        return found
+    shapes = _shapes(proto)
+    for n in proto.graph.node:
+        if layer == n.name and len(n.output) == 1 or layer in n.output:
+            o = layer if layer in n.output else n.output[0]
+            dims = shapes.get(o, (None, None))[1]
+            if dims is not None and len(dims) == 3:
+                return {"tensor": o, "node": n.name, "op": n.op_type, "shape": dims, "tokens": None}
+    return None
 
 
 def resolve_layer(proto: onnx.ModelProto, layer: str | None) -> dict:

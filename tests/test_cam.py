@@ -281,3 +281,90 @@ def test_cams_of_a_detector_box_target_equal_pytorch_grad_cam(method, tmp_path):
         ref = cam(input_tensor=x, targets=[similarity, similarity])
     np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
     assert np.ptp(ref) > 0.5  # a map, not a constant
+
+
+class _Twin(torch.nn.Module):
+    """A small CNN whose 4×4 feature map is (B, C, h, w), or with ``channels_last`` the same values laid
+    out (B, h, w, C) between two permutes, as Swin stages and Keras exports hold them."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4)
+        )
+        self.fc = torch.nn.Linear(6, 4)
+        self.channels_last = channels_last
+
+    def forward(self, x):
+        a = self.stem(x)
+        if self.channels_last:
+            a = torch.relu(a.permute(0, 2, 3, 1))  # the layer: (B, h, w, C)
+            return self.fc(a.mean((1, 2)))
+        return self.fc(torch.relu(a).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "method", ["gradcam", "layercam", "eigencam", "scorecam", "ablationcam", "reciprocam"]
+)
+def test_reshape_nhwc_reads_a_channels_last_map_as_its_nchw_twin(method, tmp_path):
+    """Every CAM at a (B, h, w, C) layer with ``reshape='nhwc'`` gives the map of the same network whose
+    layer is (B, C, h, w): the reshape only changes how the layer is read (and how the head is fed)."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    maps = {}
+    for last in (False, True):
+        path = tmp_path / f"t{int(last)}.onnx"
+        torch.onnx.export(_Twin(last).eval(), (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "b"}})  # fmt: skip
+        model = oe.load(path)
+        relu = [n for n in model.proto.graph.node if n.op_type == "Relu"][-1].output[0]
+        opts = {"reshape": "nhwc"} if last else {}
+        maps[last] = oe.explain(model, x.numpy(), method, target=[1, 3], layer=relu, **opts).extras["cam"]
+    np.testing.assert_allclose(maps[True], maps[False], atol=1e-5)
+    assert np.ptp(maps[False]) > 0.5
+    if method == "gradcam":  # the command line's --reshape
+        from click.testing import CliRunner
+
+        from onnx_explain.cli import main
+
+        np.save(tmp_path / "x.npy", x.numpy())
+        args = ["explain", str(path), str(tmp_path / "x.npy"), "-m", method, "--layer", relu, "--target", "1"]
+        r = CliRunner().invoke(main, [*args, "--reshape", "nhwc", "-o", str(tmp_path / "o")])
+        assert r.exit_code == 0, r.output
+        want = oe.explain(model, x.numpy(), method, target=1, layer=relu, reshape="nhwc").attribution[0]
+        np.testing.assert_allclose(np.load(tmp_path / "o" / "x_000.npz")["attribution"], want, atol=1e-6)
+        r = CliRunner().invoke(main, [*args, "--reshape", "1:2", "-o", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and "reshape must be" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_reshape_a_non_square_token_grid(tmp_path):
+    """A ViT on a 64×32 image has 4×2 patches: tokens (B, 1 + 8, D), which a square reading would take
+    for 3×3 patches and no class token. 'auto' takes the grid from the image (16-pixel patches: 4×2 and one
+    more token), as reshape='1:4x2' does; both equal pytorch-grad-cam with that transform."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=(64, 32), depth=2, num_classes=10
+    ).eval()
+    x = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    model = oe.load(path)
+    auto = oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1)
+    e = oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1, reshape="1:4x2")
+    np.testing.assert_array_equal(auto.extras["cam_raw"], e.extras["cam_raw"])
+
+    def reshape(t):
+        return t[:, 1:, :].reshape(t.size(0), 4, 2, t.size(2)).permute(0, 3, 1, 2)
+
+    with GradCAM(model=net, target_layers=[net.blocks[-1].norm1], reshape_transform=reshape) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in (3, 8)])
+    np.testing.assert_allclose(e.extras["cam"], ref, atol=1e-5)
+    assert e.extras["cam_raw"].shape == (2, 4, 2)
+    r = oe.explain(model, x.numpy(), "reciprocam", target=[3, 8], layer=VIT_NORM1, reshape="1:4x2")
+    assert r.extras["cam_raw"].shape == (2, 4, 2) and r.extras["passes"] == 16
+    with pytest.raises(oe.OptionError, match="needs \\(B, 10, D\\)"):
+        oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1, reshape="2:4x2")
+    with pytest.raises(oe.OptionError, match="reshape must be"):
+        oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1, reshape="4x2")

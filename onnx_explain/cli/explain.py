@@ -45,6 +45,7 @@ FLAG_PARAMS = {
     "superpixels": ("feature_groups",),
     "background": ("background",),
     "layer": ("layer",),
+    "reshape": ("reshape",),
     "perturbation": ("feature_perturbation",),
 }
 
@@ -128,6 +129,9 @@ def _value(text: str):
 @click.option("--baseline", help=f"Baseline: {describe_baselines()} (JSON for numbers and lists).")
 @click.option("--layer", help="CAMs: the feature map, an ONNX tensor or node name (default: the last one "
               "before the classifier's pooling; onnx-explain info --layers lists them).")  # fmt: skip
+@click.option("--reshape", help="CAMs: how the layer is read as a map: auto (a (B, C, h, w) map; a ViT's tokens on the "
+              "image's patch grid), nhwc (a channels-last map), or EXTRA:HxW (tokens after EXTRA leading ones, "
+              "e.g. 1:14x28).")  # fmt: skip
 @click.option("--background", type=click.Path(dir_okay=False),
               help="TreeSHAP: background rows (.csv/.npy/.npz): the reference rows of the interventional game, "
                    "the node covers of the path-dependent one (default: every row of the table inputs).")  # fmt: skip

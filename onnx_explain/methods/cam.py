@@ -63,14 +63,75 @@ def _map(kind: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (w[:, :, None, None] * a).sum(1)
 
 
-def _as_map(t: torch.Tensor) -> torch.Tensor:
-    """A vision transformer's tokens ``(B, T, D)`` as a map ``(B, D, side, side)``: the leading class and
+def reshape_spec(reshape) -> tuple:
+    """A CAM's ``reshape`` option as ``("auto",)``, ``("nhwc",)`` or ``("tokens", extra, h, w)``:
+    ``"auto"`` reads a rank-4 layer as ``(B, C, h, w)`` and a square token grid ``(B, extra + side², D)``
+    (up to 8 leading class/register tokens) as ``(B, D, side, side)``; ``"nhwc"`` reads a rank-4 layer as
+    ``(B, h, w, C)`` (a Swin stage, a Keras export); ``"E:HxW"`` (``"1:14x28"``) reads tokens ``(B, E +
+    H·W, D)`` as an ``H × W`` grid after ``E`` leading tokens (a ViT on a non-square image)."""
+    if reshape is None or reshape == "auto":
+        return ("auto",)
+    if reshape == "nhwc":
+        return ("nhwc",)
+    text = str(reshape)
+    try:
+        extra, grid = text.split(":")
+        h, w = grid.lower().split("x")
+        spec = ("tokens", int(extra), int(h), int(w))
+    except ValueError:
+        spec = None
+    if spec is None or min(spec[1:]) < 0 or min(spec[2:]) < 1:
+        raise OptionError(f"reshape must be 'auto', 'nhwc' or 'EXTRA:HxW' (e.g. '1:14x28'), not {reshape!r}")
+    return spec
+
+
+def _image_grid(tokens: int, size) -> tuple | None:
+    """``(extra, h, w)``: the patch grid of ``tokens`` tokens for an input of spatial ``size``, the largest
+    patch dividing both sides with ``h·w`` patches and at most 8 other tokens (a 64×32 image with 9
+    tokens: 16-pixel patches, 4×2 and a class token); None when no patch size fits."""
+    if size is None:
+        return None
+    H, W = (int(v) for v in size)
+    for p in range(min(H, W), 0, -1):
+        if H % p == 0 and W % p == 0 and 0 <= tokens - (H // p) * (W // p) <= 8 and (H // p) * (W // p) >= 4:
+            return tokens - (H // p) * (W // p), H // p, W // p
+    return None
+
+
+def _grid_of(shape, spec: tuple, name: str, size=None) -> tuple | None:
+    """``(extra, h, w)`` of a token tensor of ``shape`` read by ``spec``; None for a map read as is.
+    ``auto`` takes the grid from the input's spatial ``size`` when one fits (:func:`_image_grid`: a
+    non-square image's patches), else a square grid."""
+    if spec[0] == "tokens":
+        if len(shape) != 3 or shape[1] != spec[1] + spec[2] * spec[3]:
+            raise OptionError(
+                f"layer {name!r} has shape {tuple(shape)}: reshape {spec[1]}:{spec[2]}x{spec[3]} needs (B, "
+                f"{spec[1] + spec[2] * spec[3]}, D)"
+            )
+        return spec[1:]
+    if len(shape) == 4:
+        return None
+    grid = None
+    if len(shape) == 3 and spec[0] == "auto":
+        found = _image_grid(shape[1], size)
+        square = token_grid(tuple(shape))
+        grid = found or (square and (square[0], square[1], square[1]))
+    if grid is None:
+        raise OptionError(
+            f"layer {name!r} is not a feature map (B, C, h, w) or a square token grid (B, T, D): shape "
+            f"{tuple(shape)}; give its grid with reshape='EXTRA:HxW' (or 'nhwc' for a channels-last map)"
+        )
+    return grid
+
+
+def _as_map(t: torch.Tensor, spec: tuple = ("auto",), name: str = "", size=None) -> torch.Tensor:
+    """A vision transformer's tokens ``(B, T, D)`` as a map ``(B, D, h, w)``: the leading class and
     register tokens dropped, the patch tokens in row-major grid order (pytorch-grad-cam's ViT
-    ``reshape_transform``); a map ``(B, C, h, w)`` as it is."""
+    ``reshape_transform``); a map ``(B, C, h, w)`` as it is, ``(B, h, w, C)`` permuted with ``nhwc``."""
     if t.dim() == 4:
-        return t
-    extra, side = token_grid(tuple(t.shape))
-    return t[:, extra:].reshape(len(t), side, side, t.shape[-1]).permute(0, 3, 1, 2)
+        return t.permute(0, 3, 1, 2) if spec[0] == "nhwc" else t
+    extra, h, w = _grid_of(tuple(t.shape), spec, name, size)
+    return t[:, extra:].reshape(len(t), h, w, t.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _post(raw: torch.Tensor, size, relu: bool = True) -> torch.Tensor:
@@ -104,7 +165,8 @@ def _on_input(cam: torch.Tensor, x: torch.Tensor, layout: str | None) -> torch.T
     return cam[:, None].expand_as(x)
 
 
-def _cam(kind: str, scorer, x, target, layer):
+def _cam(kind: str, scorer, x, target, layer, reshape="auto"):
+    spec = reshape_spec(reshape)
     if layer is None:
         raise OptionError(f"{kind} needs a layer (an ONNX tensor or node name; onnx_explain.Model picks one)")
     mod = _layer_module(scorer.module, layer)
@@ -114,11 +176,7 @@ def _cam(kind: str, scorer, x, target, layer):
     def hook(_m, _inp, out):
         if not isinstance(out, torch.Tensor):
             raise OptionError(f"layer {layer!r} computes several tensors: name one of the maps after it")
-        if out.dim() != 4 and not (out.dim() == 3 and token_grid(tuple(out.shape))):
-            raise OptionError(
-                f"layer {layer!r} is not a feature map (B, C, h, w) or a square token grid (B, T, D): shape "
-                f"{tuple(out.shape)}"
-            )
+        _grid_of(tuple(out.shape), spec, layer, size)  # a map or a token grid, else one line
         if not out.requires_grad:
             out = out.detach().requires_grad_(True)
         store["a"] = out
@@ -134,8 +192,8 @@ def _cam(kind: str, scorer, x, target, layer):
                 (g,) = torch.autograd.grad(sel.sum(), store["a"])
         finally:
             handle.remove()
-        a = _as_map(store.pop("a").detach())
-        raw = _map(kind, a.to(torch.float32), _as_map(g).to(torch.float32))
+        a = _as_map(store.pop("a").detach(), spec, layer, size)
+        raw = _map(kind, a.to(torch.float32), _as_map(g, spec, layer, size).to(torch.float32))
         raws.append(raw)
         cams.append(_post(raw, size))
         scores.append(sel.detach())
@@ -157,10 +215,11 @@ _DESCRIPTIONS = {
 
 
 def _register(kind: str) -> None:
-    def cam(scorer, x, target, generator, layer=None):
+    def cam(scorer, x, target, generator, layer=None, reshape="auto"):
         """The map of this CAM at ``layer`` (resolved from the ONNX graph by :func:`onnx_explain.explain`:
-        a tensor or node name, default the last feature map before the classifier's pooling)."""
-        return _cam(kind, scorer, x, target, layer)
+        a tensor or node name, default the last feature map before the classifier's pooling), read as a
+        map by ``reshape`` (:func:`reshape_spec`)."""
+        return _cam(kind, scorer, x, target, layer, reshape)
 
     cam.__name__ = kind
     register_method(kind, _DESCRIPTIONS[kind], sign="abs", modalities=("image",), cost="forward+backward")(
@@ -206,18 +265,12 @@ def layer_activations(model, tensor: str, x: np.ndarray, companions: dict | None
     return np.concatenate(outs)
 
 
-def _grid(a: np.ndarray, chosen: dict) -> np.ndarray:
-    """A layer's activations as maps ``(B, C, h, w)``: a vision transformer's tokens ``(B, T, D)`` read
-    as ``(B, D, side, side)`` (the leading class/register tokens dropped, as :func:`_as_map`); a map as it
-    is."""
-    if a.ndim == 3 and chosen.get("tokens"):
-        extra, side = chosen["tokens"]
-        return np.ascontiguousarray(
-            a[:, extra:].reshape(len(a), side, side, a.shape[-1]).transpose(0, 3, 1, 2)
-        )
-    if a.ndim != 4:
-        raise OptionError(f"layer {chosen['tensor']!r} is not a feature map (B, C, h, w): shape {a.shape}")
-    return a
+def _grid(a: np.ndarray, chosen: dict, spec: tuple = ("auto",), size=None) -> np.ndarray:
+    """A layer's activations as maps ``(B, C, h, w)`` (:func:`_as_map`, in numpy)."""
+    if a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if spec[0] == "nhwc" else a
+    extra, h, w = _grid_of(a.shape, spec, chosen["tensor"], size)
+    return np.ascontiguousarray(a[:, extra:].reshape(len(a), h, w, a.shape[-1]).transpose(0, 3, 1, 2))
 
 
 def _runtime_layer(scorer, layer):
@@ -238,13 +291,19 @@ def _runtime_layer(scorer, layer):
     backend="onnxruntime",
     cost="1 forward pass (onnxruntime)",
 )
-def eigencam(scorer, x, target, generator, layer=None):
+def eigencam(scorer, x, target, generator, layer=None, reshape="auto"):
     """Per image, the (h·w, C) activations centred per channel and projected on their first right singular
     vector (numpy's SVD in float32, whose sign pytorch-grad-cam takes too), then post-processed as every
     CAM. The explained class does not enter."""
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    a = _grid(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size), chosen)
+    spec = reshape_spec(reshape)
+    a = _grid(
+        layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size),
+        chosen,
+        spec,
+        _spatial(x, scorer.layout),
+    )
     a = np.nan_to_num(a.astype(np.float32))
     raw = []
     for act in a:
@@ -268,7 +327,7 @@ def eigencam(scorer, x, target, generator, layer=None):
     backend="onnxruntime",
     cost="1 + channels forward passes (onnxruntime)",
 )
-def scorecam(scorer, x, target, generator, layer=None):
+def scorecam(scorer, x, target, generator, layer=None, reshape="auto"):
     """Each channel of the layer, upsampled to the input (bilinear, corners aligned) and scaled to [0, 1]
     (``(A − min) / (max − min + 1e-8)``: a constant channel masks everything out), masks the input; the
     softmax over channels of the explained score of those inputs weighs the channels (pytorch-grad-cam's
@@ -277,7 +336,12 @@ def scorecam(scorer, x, target, generator, layer=None):
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     size = _spatial(x, scorer.layout)
     a = torch.from_numpy(
-        _grid(layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size), chosen)
+        _grid(
+            layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size),
+            chosen,
+            reshape_spec(reshape),
+            size,
+        )
     )
     a = a.to(torch.float32)
     raws = []
@@ -326,7 +390,8 @@ def mosaic_kernels(h: int, w: int, gaussian: bool = True) -> np.ndarray:
     backend="onnxruntime",
     cost="1 forward + h*w head passes (onnxruntime)",
 )
-def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, softmax: bool | None = None):
+def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, softmax: bool | None = None,
+               reshape="auto"):  # fmt: skip
     """Recipro-CAM: the layer's activations ``A`` (``C × h × w``) from onnxruntime; for every location
     ``(i, j)`` the map ``A[:, i, j] ⊗ K_ij`` (``K_ij`` the location's mask, :func:`mosaic_kernels`) runs
     through the graph after the layer (cut there: :meth:`onnx_explain.runtime.Runtime.head`), ``batch_size``
@@ -338,20 +403,29 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     At a vision transformer's token tensor (ViT Recipro-CAM, Byun & Lee 2024) each patch token is scaled
     by its own place's mask value, the class/register tokens kept as they are (OpenVINO XAI's
     ``ViTReciproCAM`` with ``cls_token=True``). Works on graphs that do not convert to torch."""
-    model, chosen, xs, a, run = _split_at(scorer, x, layer)
+    spec = reshape_spec(reshape)
+    model, chosen, xs, a, run = _split_at(scorer, x, layer, spec)
     tokens = a.ndim == 3
-    _, C, h, w = _grid(a[:0], chosen).shape
+    size = _spatial(x, scorer.layout)
+    _, C, h, w = _grid(a[:0], chosen, spec, size).shape
     kernels = mosaic_kernels(h, w, gaussian).astype(a.dtype)
+    extra = _grid_of(a.shape, spec, chosen["tensor"], size)[0] if tokens else 0
     raws = []
     for b in range(len(a)):
         keys = target[b : b + 1]
         if tokens:  # ViT Recipro-CAM: every patch token scaled by the mask at its place, the others kept
 
-            def masked(k0, k1, t=a[b], extra=chosen["tokens"][0]):
+            def masked(k0, k1, t=a[b]):
                 patches = t[None, extra:] * kernels[k0:k1].reshape(k1 - k0, h * w, 1)
                 return np.concatenate(
                     [np.broadcast_to(t[None, :extra], (k1 - k0, extra, C)), patches], axis=1
                 )
+
+        elif spec[0] == "nhwc":  # a channels-last map: the same mosaic, laid out as the head reads it
+            centres = a[b].reshape(h * w, C)
+
+            def masked(k0, k1, centres=centres):
+                return kernels[k0:k1, :, :, None] * centres[k0:k1, None, None, :]
 
         else:
             centres = a[b].reshape(C, h * w).T  # (h·w, C): the feature vector of every location
@@ -372,14 +446,14 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     }  # fmt: skip
 
 
-def _split_at(scorer, x, layer):
+def _split_at(scorer, x, layer, spec: tuple = ("auto",)):
     """``(model, chosen layer, x as the model's dtype, the layer's activations (B, C, h, w), the head's
     runner)``: a gradient-free CAM's view of the graph cut at the layer."""
     model, chosen = _runtime_layer(scorer, layer)
     tensor = chosen["tensor"]
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
-    _grid(a[:0], chosen)  # a feature map or a token grid, else one line
+    _grid(a[:0], chosen, spec, _spatial(x, scorer.layout))  # a feature map or a token grid, else one line
     return model, chosen, xs, a, model.runtime.head(tensor, scorer.name)
 
 
@@ -408,30 +482,33 @@ def _head_rows(scorer, run, n_maps: int, make, xs: np.ndarray, b: int) -> torch.
     backend="onnxruntime",
     cost="1 forward + channels head passes (onnxruntime)",
 )
-def ablationcam(scorer, x, target, generator, layer=None):
+def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
     """Each channel of ``layer`` ablated in turn (set to 0 when the map's minimum is 0, as after a ReLU,
     else to its minimum − 1e7, pytorch-grad-cam's value for its first ablated copy); the weights
     ``(y − y_k) / y`` of the explained score ``y``. The ablated maps run through the graph after the layer
     alone (:meth:`onnx_explain.runtime.Runtime.head`), ``batch_size`` per onnxruntime call: no torch
     conversion, and the layers before it run once per image. Post-processed as every CAM."""
-    model, chosen, xs, a, run = _split_at(scorer, x, layer)
+    spec = reshape_spec(reshape)
+    model, chosen, xs, a, run = _split_at(scorer, x, layer, spec)
     if a.ndim != 4:
         raise OptionError(
             f"ablationcam ablates the channels of a feature map (B, C, h, w); {chosen['tensor']!r} is a "
             "transformer's token tensor: use gradcam, scorecam, eigencam or reciprocam there"
         )
+    nhwc = spec[0] == "nhwc"
+    maps = _grid(a, chosen, spec, _spatial(x, scorer.layout))  # (B, C, h, w)
     raws, scores = [], []
     for b in range(len(a)):
         keys = target[b : b + 1]
-        act = a[b]  # (C, h, w)
-        y = scorer.select(_head_rows(scorer, run, 1, lambda k0, k1, act=act: act[None], xs, b), keys)[0]
+        act = maps[b]  # (C, h, w)
+        y = scorer.select(_head_rows(scorer, run, 1, lambda k0, k1, b=b: a[b][None], xs, b), keys)[0]
         # pytorch-grad-cam's ablation: 0 when the map's minimum is 0 (after a ReLU), else min − 1e7
         value = 0.0 if float(act.min()) == 0 else float(act.min()) - 1e7
 
         def ablated(k0, k1, act=act, value=value):
             copies = np.repeat(act[None], k1 - k0, axis=0)
             copies[np.arange(k1 - k0), np.arange(k0, k1)] = value
-            return copies
+            return copies.transpose(0, 2, 3, 1) if nhwc else copies  # as the head reads the layer
 
         ys = scorer.select(_head_rows(scorer, run, len(act), ablated, xs, b), keys.repeat(len(act)))
         w = (y - ys) / y
@@ -441,7 +518,7 @@ def ablationcam(scorer, x, target, generator, layer=None):
     cam = _post(raw, _spatial(x, scorer.layout))
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "score": torch.stack(scores), "layer": _describe(chosen),
-        "passes": len(a) * (1 + a.shape[1]),
+        "passes": len(a) * (1 + maps.shape[1]),
     }  # fmt: skip
 
 
