@@ -97,3 +97,41 @@ def test_bad_requests_are_one_line_errors(searched):
         concept_examples(model, x.numpy(), LAYER_NODE, channels=[12], heatmaps=False)
     with pytest.raises(oe.OptionError, match="not a spatial feature map"):
         concept_examples(model, x.numpy(), "nope")
+
+
+def test_command_line_writes_the_examples_of_a_folder(tmp_path):
+    """`onnx-explain concepts` on the bundled digits folder: concepts.json holds what concept_examples
+    finds on the same inputs (files the model cannot take are skipped and listed), heatmaps.npz its
+    heatmaps; a bad layer is one line, exit 2, nothing written."""
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    root = Path(__file__).parent.parent / "models"
+    pngs = sorted((root / "samples").glob("digit_*.png"))
+    layer = "/features/features.6/Conv"
+    args = ["concepts", str(root / "digits.onnx"), *map(str, pngs), str(root / "samples" / "shapes.npy"),
+            "--layer", layer, "--channel", "3", "--channel", "7", "--top", "3"]  # fmt: skip
+    r = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "c" / "concepts.json").read_text())
+    assert out["items"] == 8 and len(out["skipped"]) == 8 and set(out["channels"]) == {"3", "7"}
+    from onnx_explain.app.io import Preprocess, read_items
+
+    model = oe.load(root / "digits.onnx")
+    items = read_items(
+        [str(p) for p in pngs], Preprocess.from_model(model.input, None), model.input, ["image"]
+    )
+    x = np.stack([np.asarray(it.x) for it in items])
+    want = concept_examples(model, x, layer, [3, 7], top=3)
+    for j, c in enumerate(("3", "7")):
+        assert [e["item"] for e in out["channels"][c]] == [pngs[i].stem for i in want["index"][:, j]]
+        np.testing.assert_allclose([e["score"] for e in out["channels"][c]], want["score"][:, j], rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "c" / "heatmaps.npz")["heatmap"], want["heatmap"], rtol=1e-5,
+                               atol=1e-7)  # fmt: skip
+    assert (tmp_path / "c" / "channel_7.png").read_bytes()[:4] == b"\x89PNG"
+    r = CliRunner().invoke(main, [*args[:-6], "--layer", "nope", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "not a spatial feature map" in r.output and not (tmp_path / "bad").exists()

@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": ("onnx_explain.cli.evaluate", "evaluate", "Score attributions with perturbation and robustness metrics."),
     "audit": ("onnx_explain.cli.audit", "audit", "Deployment audit: parity, LRP coverage, methods x metrics, HTML report."),
     "diff": ("onnx_explain.cli.diff", "diff", "Drift between two versions of a model: predictions and explanations."),
+    "concepts": ("onnx_explain.cli.concepts", "concepts", "What a layer's channels stand for: the inputs that use each most, with heatmaps."),
     "export": ("onnx_explain.cli.export", "export", "Export a PyTorch, Keras or scikit-learn model to ONNX and verify it."),
     "demo": ("onnx_explain.cli.demo", "demo", "Explain and evaluate the bundled model on the bundled samples."),
 }  # fmt: skip
