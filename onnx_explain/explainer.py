@@ -10,39 +10,10 @@ import torch
 from .errors import InputDataError, OnnxExplainError, OptionError
 from .methods import METHODS, Explanation, Scorer
 from .methods.base import make_generator
+from .targets import Resolved, prepare_box_target, resolve, resolve_targets, with_real_tokens
+from .text import TextEncoder
 
 __all__ = ["explain", "resolve_targets"]
-
-
-def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | None]:
-    """Targets per sample from ``target`` and the scores ``(B, C)``.
-
-    ``None`` or ``'predicted'``: the top-1 class; an int (or its string): that class for every sample;
-    a sequence of B ints: one per sample; ``'top:K'``: the K best classes, returned as ``(B, K)`` with K.
-    """
-    B, C = scores.shape
-    if target is None or (isinstance(target, str) and target == "predicted"):
-        return scores.argmax(1), None
-    if isinstance(target, str) and target.startswith("top:"):
-        k = int(target[4:])
-        if not 1 <= k <= C:
-            raise InputDataError(f"target {target!r}: K must be between 1 and the {C} classes")
-        return scores.topk(k, dim=1).indices, k
-    if isinstance(target, str):
-        try:
-            target = int(target)
-        except ValueError:
-            raise InputDataError(
-                f"target must be 'predicted', 'top:K', a class index or one per sample, not {target!r}"
-            ) from None
-    t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=scores.device)
-    if t.dim() == 0:
-        t = t.expand(B).clone()
-    if t.shape != (B,):
-        raise InputDataError(f"{t.numel()} targets given for {B} samples")
-    if (t < 0).any() or (t >= C).any():
-        raise InputDataError(f"target class out of range: the output has {C} classes")
-    return t, None
 
 
 def to_device(a: np.ndarray, device) -> torch.Tensor:
@@ -137,8 +108,6 @@ def explain(
         after a LayerNorm: ``extras['token_reduction']``; positions an attention mask leaves out get what
         the graph gives them, 0 where the model does not read them).
     """
-    from .targets import prepare_box_target
-
     model, target = prepare_box_target(model, target)  # a (boxes, scores) pair or an NMS graph, for a box
     auto = None
     if method == "auto":
@@ -233,7 +202,7 @@ def explain_text(
         One text or several.
     tokenizer : str, Path or TextEncoder
         A Hugging Face ``tokenizer.json`` (nothing is downloaded), or a ready
-        :class:`onnx_explain.app.text.TextEncoder`.
+        :class:`onnx_explain.text.TextEncoder`.
     method, target
         As in :func:`explain`.
     max_length : int, optional
@@ -248,7 +217,6 @@ def explain_text(
         ``tokens`` (each text's real tokens), ``extras['offsets']`` (their character spans in the text) and
         ``extras['truncated']``. The notebook view colours the tokens.
     """
-    from .app.text import TextEncoder
     from .model import load
 
     if isinstance(texts, str):
@@ -277,8 +245,6 @@ def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, ou
     companions ``comp``: the target is resolved into units (:mod:`onnx_explain.targets`), keyed for the
     method. ``make_scorer(target)`` builds the scorer (default: a :class:`Scorer` of ``module``);
     ``out_shape`` is an output row's shape when the file fixes it."""
-    from .targets import resolve
-
     if make_scorer is None:
 
         def make_scorer(resolved):
@@ -306,13 +272,9 @@ def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, ou
         and "out" not in seen
     )
     if on_pass:
-        from .targets import Resolved
-
         pending = torch.full((B,), -1, dtype=torch.long, device=xt.device)
         resolved = Resolved("class", samples, index=pending, out_shape=tuple(out_shape))
     else:
-        from .targets import with_real_tokens
-
         resolved = resolve(with_real_tokens(target, comp, B), out_shape, B, outputs, device=xt.device)
     scorer = make_scorer(resolved)
     scorer.out_shape = tuple(out_shape)

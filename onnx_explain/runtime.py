@@ -22,11 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .errors import DeviceError, InputDataError, InputSpecError, ModelRunError, OnnxExplainError, ort_error
+from .signature import with_output
 
-__all__ = ["Runner", "cuda_device_count", "make_session", "run_chunked", "select_providers", "with_output"]
+__all__ = [
+    "Runner",
+    "cuda_device_count",
+    "make_session",
+    "resolve_device",
+    "run_chunked",
+    "select_providers",
+    "with_output",
+]
 
 _TWO_GB = 2**31
 
@@ -75,6 +83,19 @@ def select_providers(device: str = "auto") -> list[str]:
                 pass
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def resolve_device(device: str) -> tuple[str, str]:
+    """(torch device, onnxruntime device) for ``--device``: CUDA for both where torch sees a device,
+    else the CPU; ``'cuda'`` without a device torch sees is a :class:`~onnx_explain.errors.DeviceError`."""
+    if device == "cpu":
+        return "cpu", "cpu"
+    import torch
+
+    has = torch.cuda.is_available()
+    if device == "cuda" and not has:
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
+    return ("cuda", device) if has else ("cpu", "cpu")
 
 
 def make_session(
@@ -178,21 +199,6 @@ def run_chunked(
         return fn(x[index[0] : index[-1] + 1] if contiguous else x[index])
 
     return run_rows(chunk, x.shape[0], batch_size, fixed_batch)
-
-
-def with_output(proto: onnx.ModelProto, name: str, like: str) -> onnx.ModelProto:
-    """``proto`` with the tensor ``name`` as an extra graph output (typed like output ``like``); onnxruntime
-    returns only graph outputs. A copy when it changes anything (in place above 2 GB, where a copy would
-    double the memory)."""
-    if any(o.name == name for o in proto.graph.output):
-        return proto
-    proto = copy.deepcopy(proto) if proto.ByteSize() < _TWO_GB else proto
-    vi = next((v for v in proto.graph.value_info if v.name == name), None)
-    if vi is None:
-        vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        vi.type.CopyFrom(next(o for o in proto.graph.output if o.name == like).type)
-    proto.graph.output.append(vi)
-    return proto
 
 
 @dataclass(frozen=True)

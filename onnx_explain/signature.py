@@ -7,6 +7,7 @@ fact of the file and the choices made at :func:`onnx_explain.load`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from onnx import helper
 
 from .errors import InputDataError, InputSpecError
 
-__all__ = ["Signature", "TensorSpec", "check_array", "image_layout", "spec_from_value_info"]
+__all__ = ["Signature", "TensorSpec", "check_array", "image_layout", "spec_from_value_info", "with_output"]
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 _INT_TYPES = {
@@ -556,6 +557,21 @@ def inputs_needed(proto: onnx.ModelProto, outputs: list[str]) -> set[str]:
             for g in [a.g] if a.HasField("g") else list(a.graphs):
                 todo.extend(names_in(g))
     return seen
+
+
+def with_output(proto: onnx.ModelProto, name: str, like: str) -> onnx.ModelProto:
+    """``proto`` with the tensor ``name`` as an extra graph output (typed like output ``like``); onnxruntime
+    returns only graph outputs. A copy when it changes anything (in place above 2 GB, where a copy would
+    double the memory)."""
+    if any(o.name == name for o in proto.graph.output):
+        return proto
+    proto = copy.deepcopy(proto) if proto.ByteSize() < 2**31 else proto
+    vi = next((v for v in proto.graph.value_info if v.name == name), None)
+    if vi is None:
+        vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        vi.type.CopyFrom(next(o for o in proto.graph.output if o.name == like).type)
+    proto.graph.output.append(vi)
+    return proto
 
 
 def _placeholder(spec: TensorSpec) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "prepare_box_target",
     "register_target",
     "resolve",
+    "resolve_targets",
 ]
 
 
@@ -206,6 +207,37 @@ def _is_class_spelling(t) -> bool:
 
 
 # ----------------------------------------------------------------------------- class
+def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """Targets per sample from ``target`` and the scores ``(B, C)``.
+
+    ``None`` or ``'predicted'``: the top-1 class; an int (or its string): that class for every sample;
+    a sequence of B ints: one per sample; ``'top:K'``: the K best classes, returned as ``(B, K)`` with K.
+    """
+    B, C = scores.shape
+    if target is None or (isinstance(target, str) and target == "predicted"):
+        return scores.argmax(1), None
+    if isinstance(target, str) and target.startswith("top:"):
+        k = int(target[4:])
+        if not 1 <= k <= C:
+            raise InputDataError(f"target {target!r}: K must be between 1 and the {C} classes")
+        return scores.topk(k, dim=1).indices, k
+    if isinstance(target, str):
+        try:
+            target = int(target)
+        except ValueError:
+            raise InputDataError(
+                f"target must be 'predicted', 'top:K', a class index or one per sample, not {target!r}"
+            ) from None
+    t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=scores.device)
+    if t.dim() == 0:
+        t = t.expand(B).clone()
+    if t.shape != (B,):
+        raise InputDataError(f"{t.numel()} targets given for {B} samples")
+    if (t < 0).any() or (t >= C).any():
+        raise InputDataError(f"target class out of range: the output has {C} classes")
+    return t, None
+
+
 def _class_matches(target, out_shape) -> bool:
     if not _is_class_spelling(target):
         return False
@@ -220,8 +252,6 @@ def _class_matches(target, out_shape) -> bool:
 
 @register_target("class", _class_matches)
 def _class(target, out_shape, B, outputs) -> Resolved:
-    from .explainer import resolve_targets
-
     C = int(np.prod(out_shape, dtype=np.int64))
     if target is None or (isinstance(target, str) and (target == "predicted" or target.startswith("top:"))):
         scores = outputs().reshape(B, -1)

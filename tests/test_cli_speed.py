@@ -22,7 +22,7 @@ from conftest import ROOT, export
 from PIL import Image
 
 import onnx_explain as oe
-from onnx_explain.app import batch, viz
+from onnx_explain.app import batch, job, viz
 from onnx_explain.app.io import JsonlAppender, read_manifest
 from onnx_explain.cli import main
 
@@ -289,7 +289,7 @@ def test_the_pool_overlaps_compute_and_writing_and_stays_bounded(digits, tmp_pat
 
     computed, recorded, lags = [0], [0], []
     lock = threading.Lock()
-    explain, write, append = explainer.explain, batch._write_item, JsonlAppender.append
+    explain, write, append = explainer.explain, job._write_item, JsonlAppender.append
 
     def counting_explain(model, x, *args, **kwargs):
         e = explain(model, x, *args, **kwargs)
@@ -308,7 +308,7 @@ def test_the_pool_overlaps_compute_and_writing_and_stays_bounded(digits, tmp_pat
             recorded[0] += 1
 
     monkeypatch.setattr(explainer, "explain", counting_explain)
-    monkeypatch.setattr(batch, "_write_item", slow_write)
+    monkeypatch.setattr(job, "_write_item", slow_write)
     monkeypatch.setattr(JsonlAppender, "append", counting_append)
     path, _ = _many(tmp_path, 96)
     group, writers = 4, 2

@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OnnxExplainError
-from .batch import HEATMAPS, CollectSink, _method, _one_line, _Run, make_sink
 from .io import Preprocess, load_item, read_items, shippable
+from .job import HEATMAPS, CollectSink, Run, make_sink, method_spec, model_layout, one_line
+from .results import attribution_names, load_attributions
 
 
 def require_ray():
@@ -72,7 +73,7 @@ def connect(address: str | None = None, quiet: bool = True) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, logging_level="ERROR")
     except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, Ray's own: one line, exit 2
         where = f"at {address}" if address else "(local)"
-        raise OnnxExplainError(f"cannot reach the Ray cluster {where}: {_one_line(exc)}") from None
+        raise OnnxExplainError(f"cannot reach the Ray cluster {where}: {one_line(exc)}") from None
     return True
 
 
@@ -118,9 +119,9 @@ class RayWorker:
         import torch
 
         torch.set_num_threads(threads)
-        from ..cli.common import resolve_device
         from ..methods.base import METHODS
         from ..model import load
+        from ..runtime import resolve_device
 
         self.config = config
         torch_device, ort_device = resolve_device(config["device"])
@@ -152,7 +153,7 @@ class RayWorker:
 
     def _explain(self, first: int, chunk: list) -> list[dict]:
         """The records of ``chunk``, the items at positions ``first``, ``first + 1`` ... of the run."""
-        run = _Run(Path(self.config["out_dir"]), self.model, self.prep.layout, writers=0, sink=CollectSink())
+        run = Run(Path(self.config["out_dir"]), self.model, self.prep.layout, writers=0, sink=CollectSink())
         run.encoder = self.encoder
         try:
             good = run.readable(chunk)
@@ -241,7 +242,7 @@ def explain_ray(
     """
     from ..model import load
 
-    spec = _method(method)
+    spec = method_spec(method)
     max_memory = options.pop("max_memory", None)
     spec.check_options(options)
     if heatmaps not in HEATMAPS:
@@ -269,7 +270,7 @@ def explain_ray(
         per_call = rows_per_call(shard_rows or SHARD_ROWS, m.input.shape)
     else:
         sink = make_sink(format, out_dir, shard_rows)
-    run = _Run(out_dir, m, prep.layout, writers=0, sink=sink)
+    run = Run(out_dir, m, prep.layout, writers=0, sink=sink)
     todo = run.pending(items, resume)
     tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
     hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
@@ -344,7 +345,7 @@ def _reraise(exc: BaseException):
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, OnnxExplainError):
         raise cause from None
-    raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {_one_line(cause)}") from None
+    raise OnnxExplainError(f"the Ray run failed: {type(cause).__name__}: {one_line(cause)}") from None
 
 
 def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, gpus, per_call, quiet):
@@ -406,21 +407,18 @@ class RayEvaluator:
     def __init__(self, config: dict | None = None):
         config = self.config if config is None else config
         os.environ["ONNX_EXPLAIN_THREADS"] = str(max(1, int(config["threads"])))
-        from ..cli.common import resolve_device
         from ..model import load
+        from ..runtime import resolve_device
 
         self.config = config
         self.model = load(config["model"], device=resolve_device(config["device"])[1], **config["load"])
 
     def __call__(self, batch: dict) -> dict:
         from ..evaluation import evaluate
-        from .batch import load_attributions
 
         wanted = [self.config["names"][int(i)] for i in batch["i"]]
         names, xs, attrs, targets, companions = load_attributions(self.config["att_dir"], None, wanted)
         if companions:  # stored as batch-first rows: back to the model's layout
-            from .batch import model_layout
-
             xs = model_layout(self.model, xs, companions)
         results = {}
         for metric in self.config["metrics"]:
@@ -451,7 +449,6 @@ def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict |
         ``scores``, ``mean`` (NaN-aware) and ``curve`` when the metric draws one.
     """
     from ..metrics import METRICS
-    from .batch import attribution_names
 
     drawn = [m for m in metrics if METRICS[m].takes_seed or METRICS[m].needs_explainer]
     if drawn:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import ManifestSink
 from .io import atomic_save_npz
+from .job import ManifestSink
 
 __all__ = ["explain_table_files", "table_model"]
 

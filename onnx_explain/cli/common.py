@@ -329,14 +329,8 @@ def parse_options(pairs) -> dict:
 
 
 def resolve_device(device: str) -> tuple[str, str]:
-    """(torch device, onnxruntime device) for ``--device``."""
-    if device == "cpu":
-        return "cpu", "cpu"
-    import torch
+    """(torch device, onnxruntime device) for ``--device``: :func:`onnx_explain.runtime.resolve_device`,
+    imported when a command runs (``--help`` imports no onnx)."""
+    from ..runtime import resolve_device as resolve
 
-    has = torch.cuda.is_available()
-    if device == "cuda" and not has:
-        from ..errors import DeviceError
-
-        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
-    return ("cuda", device) if has else ("cpu", "cpu")
+    return resolve(device)

@@ -147,7 +147,7 @@ def convert_graph(proto, signature, name: str, fixed_batch: int | None, source: 
     """
     import torch
 
-    from ..runtime import with_output
+    from ..signature import with_output
     from .driver import to_fx
     from .fuse import fuse
     from .prepare import cap_ir_version, keep_outputs, materialize_constants, tensor_outputs

@@ -14,7 +14,8 @@ This is onnx2torch's ``convert`` loop with the fixes that cannot live in a conve
   none: refused without allocating) and attributes that cannot be read;
 - each torch module keeps its ONNX node (``onnx_mapping``, and :data:`NODE_ATTR` with name, op type,
   domain), so later errors and LRP rule overrides can name ONNX nodes; :func:`failing_node` names the
-  node where a converted graph fails at run time;
+  node where a converted graph fails at run time (both in :mod:`.nodes`, below the converters that use
+  them);
 - control flow (:mod:`.ops.control`): an ``If`` whose condition initializers, Constants and fixed inputs
   (``known``) decide is folded, its branch's nodes put in this graph (``GraphModule.onnx_folded`` lists
   it); other Ifs and every ``Loop``/``Scan`` body become fx graphs of their own that receive the
@@ -34,7 +35,6 @@ from operator import getitem
 
 import numpy as np
 import onnx
-import torch
 from onnx2torch.node_converters import get_converter
 from onnx2torch.onnx_graph import OnnxGraph, ValueType
 from onnx2torch.onnx_node import OnnxNode
@@ -44,11 +44,12 @@ from torch import fx, nn
 
 from ..errors import ConversionError, node_label
 from . import ops  # noqa: F401  (registers our converters)
-from .prepare import tensor_problem
+from .nodes import NODE_ATTR, failing_node, onnx_nodes
+from .ops import control
+from .prepare import materialize_constants, tensor_problem
 
 __all__ = ["NODE_ATTR", "failing_node", "onnx_nodes", "to_fx"]
 
-NODE_ATTR = "onnx_node"  # (name, op_type, domain) of the ONNX node a module came from
 _CONTROL = {"If", "Loop", "Scan"}  # ops with subgraphs, converted here (they need the builder)
 _MAX_FOLD_NODES = 500  # an If condition computed by more nodes than this is selected per call
 
@@ -410,8 +411,6 @@ class _Builder:
     # --------------------------------------------------------------------------- control flow
     def subgraph(self, onnx_node: OnnxNode, attr: str, label: str) -> _Graph:
         """The ``_Graph`` view of subgraph attribute ``attr`` of ``onnx_node``, Constants materialised."""
-        from .prepare import materialize_constants
-
         proto = next((a.g for a in onnx_node.proto.attribute if a.name == attr and a.HasField("g")), None)
         if proto is None:
             raise ConversionError(f"{self.source}: {label} has no graph attribute {attr!r}")
@@ -524,8 +523,6 @@ class _Builder:
 
     def add_control(self, unique_name: str, onnx_node: OnnxNode, label: str) -> None:
         """If (folded when its condition is known at load time), Loop and Scan."""
-        from .ops import control
-
         op = onnx_node.operation_type
         version = self.opsets.get(onnx_node.domain, 0)
         since = onnx.defs.get_schema(op, max_inclusive_version=version).since_version if version else 0
@@ -641,42 +638,3 @@ def to_fx(model: onnx.ModelProto, source: str = "model", known: dict | None = No
     gm = builder.finish()
     gm.onnx_producers = {o: n.name for n in model.graph.node for o in n.output if o}  # tensor -> node name
     return gm
-
-
-def onnx_nodes(module: torch.nn.Module) -> dict[str, tuple[str, str, str]]:
-    """Map each submodule name of a converted graph to its ONNX node (name, op_type, domain)."""
-    return {n: getattr(m, NODE_ATTR) for n, m in module.named_modules() if hasattr(m, NODE_ATTR)}
-
-
-class _Locator(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.failed: str | None = None
-
-    def call_module(self, target, args, kwargs):
-        try:
-            return super().call_module(target, args, kwargs)
-        except Exception:
-            if self.failed is None:
-                module = self.module.get_submodule(target)
-                name, op_type, domain = getattr(module, NODE_ATTR, (target, "?", ""))
-                # a control-flow module names the node of its subgraph that failed
-                inner = getattr(module, "failed_inner", None)
-                self.failed = inner or node_label(name, op_type, domain) + getattr(module, "onnx_context", "")
-            raise
-
-
-def failing_node(gm: fx.GraphModule, args) -> str | None:
-    """Run ``gm`` on ``args`` once more, node by node, and name the ONNX node whose module raises
-    (``"node '/l1/Add' (Add)"``; inside an If/Loop/Scan, the subgraph's node and where it sits);
-    None when the run succeeds or fails outside a converted node.
-
-    For error messages after a converted graph failed: ``ConvertedModel.graph_args(x)`` gives ``args``.
-    """
-    locator = _Locator(gm)
-    try:
-        with torch.no_grad():
-            locator.run(*args)
-    except Exception:  # noqa: BLE001 - the failure is what we are after
-        return locator.failed
-    return None

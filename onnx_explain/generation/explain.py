@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_save_npz, atomic_write_bytes
 from ..errors import InputDataError, OptionError
+from ..heatmap import colormap_lut
+from ..text import TextEncoder
 from .generate import Sampling, generate
 from .model import GenerativeModel, load_generative
 
@@ -115,8 +118,6 @@ class GenerationExplanation:
     def save(self, folder) -> list[Path]:
         """``explanation.json``, ``attribution.npz`` (the matrix, the embedding-level attribution where
         kept, ids, scores) and ``view.html`` in ``folder`` (written whole, or not at all)."""
-        from ..app.io import atomic_save_npz, atomic_write_bytes
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {"attribution": self.attribution, "ids": self.ids, "score": self.score,
@@ -132,8 +133,6 @@ class GenerationExplanation:
 
 
 def generation_html(e: GenerationExplanation, title: str) -> str:
-    from ..app.viz import colormap_lut
-
     lut = colormap_lut("bwr")
     A = np.asarray(e.attribution, dtype=np.float64)
     top = np.abs(A).max(1) if A.size else np.zeros(0)
@@ -166,8 +165,6 @@ def generation_html(e: GenerationExplanation, title: str) -> str:
 
 class _Tokenizer:
     def __init__(self, path):
-        from ..app.text import TextEncoder
-
         self.tok = TextEncoder(path).tok  # the same checks and one-line errors as explain_text
 
     def encode(self, text: str, special: bool = True) -> np.ndarray:

@@ -131,7 +131,7 @@ def _check_output(scorer, view, predict, xs, cols, keys) -> str | None:
     """The explained output must be what the node computes (its scores, maybe renamed, cast or normalised
     per row): checked on the first rows of every call, so a graph that changes the scores after the node
     cannot pass. Returns a note on normalisers after the node."""
-    from ..tabular.table import check_same_scores
+    from ..tabular.scores import check_same_scores
 
     out = scorer.scores(torch.from_numpy(xs), keys).cpu().numpy().astype(np.float64)
     return check_same_scores(out, predict(cols), scorer.name, view.node, scorer.model.proto)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError, OptionError
+from ..text import MASK_NAMES, TextEncoder
 from .base import Predictor, register_metric
 from .robustness import TENTHS, _cosine, _explain_stacked, _kendall
 
@@ -36,13 +37,11 @@ def special_token_ids(tokenizer) -> tuple[int, tuple[int, ...]]:
 
     Parameters
     ----------
-    tokenizer : str, Path, tokenizers.Tokenizer or onnx_explain.app.text.TextEncoder
+    tokenizer : str, Path, tokenizers.Tokenizer or onnx_explain.text.TextEncoder
         A ``tokenizer.json`` path or a loaded tokenizer.
     """
     tok = getattr(tokenizer, "tok", tokenizer)
     if isinstance(tok, (str, Path)):
-        from ..app.text import TextEncoder
-
         tok = TextEncoder(tok).tok
     if not hasattr(tok, "get_added_tokens_decoder"):
         raise OptionError(f"tokenizer must be a tokenizer.json path or a tokenizers.Tokenizer, not {tok!r}")
@@ -90,8 +89,6 @@ def _setup(predictor, x, replace_id, keep_ids, tokenizer, attention_mask, metric
 
 def _attention_mask(predictor, x, attention_mask) -> np.ndarray:
     """Real tokens: the given mask, else the model's attention-mask input, else every position."""
-    from ..app.text import MASK_NAMES
-
     if attention_mask is None and predictor is not None:
         attention_mask = next((v for k, v in predictor.companions.items() if k in MASK_NAMES), None)
     if attention_mask is None:

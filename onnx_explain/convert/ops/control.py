@@ -18,7 +18,7 @@ the node's own inputs. Everything runs eagerly, so autograd flows through every 
   ``scan_output_directions``. Scan-8 (a batch axis and ``sequence_lens``) is refused.
 
 A failure inside a subgraph is reported by the node of the subgraph that failed
-(``failed_inner``, read by :func:`onnx_explain.convert.driver.failing_node`).
+(``failed_inner``, read by :func:`onnx_explain.convert.nodes.failing_node`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelRunError, node_label
+from ..nodes import failing_node
 
 __all__ = ["OnnxIf", "OnnxLoop", "OnnxScan", "check", "make"]
 
@@ -51,8 +52,6 @@ class _Control(nn.Module):
             return body(*args)
         except Exception:
             if self.failed_inner is None:
-                from ..driver import failing_node  # lazy: the driver imports this package
-
                 self.failed_inner = failing_node(body, list(args))
             raise
 

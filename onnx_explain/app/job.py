@@ -1,0 +1,400 @@
+"""A batch run's per-item work, the same for both engines: the method checked once, items grouped by input
+shape and explained, each item's files (or Parquet row) written by a bounded pool of writer threads, and the
+sink that records finished items (the manifest, Parquet shards, or the list a Ray worker hands back).
+
+The local engine (:func:`onnx_explain.app.batch.explain_files`) and the Ray engine
+(:mod:`onnx_explain.app.ray_engine`) only schedule a :class:`Run` over their items, so their results cannot
+differ."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MemoryBudgetError, OnnxExplainError, ParityError
+from .io import JsonlAppender, atomic_save_npz, atomic_write_bytes, read_manifest, remove_stale_temporaries
+
+__all__ = [
+    "HEATMAPS",
+    "MANIFEST",
+    "CollectSink",
+    "ManifestSink",
+    "Run",
+    "make_sink",
+    "method_spec",
+    "model_layout",
+    "one_line",
+]
+
+MANIFEST = "manifest.jsonl"
+#: errors of the model or the job rather than of one item: on the first items they end the run (nothing
+#: written); on a later input shape, only that shape's items fail
+_JOB_ERRORS = (ParityError, MemoryBudgetError)
+#: ``heatmaps=``: the map and the panel (input, map, colour bar), the map alone, or no images at all
+HEATMAPS = ("panel", "map", "none")
+
+
+def model_layout(model, x, companions, one: bool = False) -> dict:
+    """The inputs dict ``split_inputs`` takes (the model's layout) from a batch-first explained input and
+    batch-first companion rows; ``one``: ``x`` and the companions are one item's rows (no batch axis)."""
+    sig = model.signature
+    lift = (lambda v: np.asarray(v)[None]) if one else np.asarray
+    given = {model.input.name: lift(x)}
+    given.update({k: sig.from_batch_first(k, lift(v)) for k, v in (companions or {}).items()})
+    return given
+
+
+def make_sink(format: str, out_dir, shard_rows: int | None = None):  # noqa: A002 - the CLI's --format
+    """Where a run's finished items go: the manifest (``'files'``) or Parquet shards (``'parquet'``)."""
+    from .shards import FORMATS, SHARD_ROWS, ParquetSink
+
+    if format not in FORMATS:
+        raise OnnxExplainError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "parquet":
+        return ParquetSink(out_dir, shard_rows or SHARD_ROWS)
+    return ManifestSink(out_dir)
+
+
+class ManifestSink:
+    """The ``files`` format's record keeping: a manifest line per item once its files are in place."""
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.manifest = self.out_dir / MANIFEST
+        self._log: JsonlAppender | None = None  # opened on the first record: a usage error leaves nothing
+
+    def done(self, resume: bool) -> set[str]:
+        """The items finished by an earlier run (with ``resume``; its temporaries are removed)."""
+        if not resume:
+            return set()
+        records = read_manifest(self.manifest)
+        remove_stale_temporaries(self.out_dir)
+        return {
+            n for n, r in records.items() if r.get("status") == "ok" and (self.out_dir / f"{n}.npz").exists()
+        }
+
+    def record(self, record: dict) -> None:
+        if self._log is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._log = JsonlAppender(self.manifest)
+        self._log.append(record)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+class CollectSink:
+    """Keeps the records in memory (a Ray worker hands them back to the driver, which records them)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def record(self, record: dict) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def method_spec(method: str):
+    """The registered :class:`~onnx_explain.methods.base.MethodSpec` of ``method`` (checked before any
+    item is read; an unknown name is a one-line error listing the methods)."""
+    from ..methods import METHODS
+
+    if method not in METHODS:
+        raise OnnxExplainError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[method]
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for per-item failures."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Run:
+    """One batch run's bookkeeping: the writer pool, the manifest, the summary, per-item failures.
+
+    Finished work waits in a queue in input order: an item being written (a future of the pool) or a
+    failure. The head of the queue is recorded as soon as it is done; the queue never holds more than
+    ``in_flight`` items (the main thread waits for the oldest), so memory stays bounded however many items
+    there are.
+    """
+
+    def __init__(self, out_dir: Path, model, layout: str, writers: int = 2, in_flight: int = 32, sink=None):
+        self.out_dir, self.model, self.layout = out_dir, model, layout
+        self.sink = ManifestSink(out_dir) if sink is None else sink
+        self.summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}
+        self.explained = False  # a group went through: a later certification failure is per item
+        self.in_flight = max(1, in_flight)
+        self._pool = (
+            ThreadPoolExecutor(writers, thread_name_prefix="onnx-explain-writer") if writers else None
+        )
+        self._queue: deque = deque()  # (item, Future | record dict | None, error message | None)
+        self.encoder = None  # a TextEncoder for text items
+
+    def pending(self, items, resume: bool) -> list:
+        """The items still to do (with ``resume``, those finished in an earlier run are skipped and the
+        temporary files of its interrupted writes removed)."""
+        done = self.sink.done(resume)
+        todo = []
+        for it in items:
+            if it.name in done:
+                self.summary["skipped"] += 1
+            else:
+                todo.append(it)
+        return todo
+
+    def fail(self, it, msg: str) -> None:
+        self._queue.append((it, None, msg))
+        self._harvest()
+
+    def submit(self, it, fn, *args) -> None:
+        """Write one item with ``fn(*args)`` (returning its manifest record) on the pool."""
+        if self._pool is None:
+            try:
+                self._queue.append((it, fn(*args), None))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                self._queue.append((it, None, _write_error(it, exc)))
+        else:
+            self._queue.append((it, self._pool.submit(fn, *args), None))
+        self._harvest(self.in_flight)
+
+    def _harvest(self, keep: int | None = None) -> None:
+        """Record the finished items at the head of the queue, in input order; with ``keep``, also wait
+        for the oldest ones until at most ``keep`` remain."""
+        while self._queue:
+            it, job, err = self._queue[0]
+            if isinstance(job, Future):
+                if not job.done() and (keep is None or len(self._queue) <= keep):
+                    return
+                try:
+                    job = job.result()
+                except Exception as exc:  # noqa: BLE001 - a writer's error is this item's failure
+                    err = _write_error(it, exc)
+            self._queue.popleft()
+            it.x = it.image = it.companions = None  # written: the item's arrays are no longer needed
+            if err is None:
+                self._record(job)
+                self.summary["ok"] += 1
+            else:
+                self._record({"item": it.name, "source": it.source, "status": "error", "error": err})
+                self.summary["failed"] += 1
+                self.summary["failures"].append(err)
+
+    def _record(self, record: dict) -> None:
+        self.sink.record(record)
+
+    def close(self) -> None:
+        """Wait for every writer, record every item, stop the pool, sync the manifest."""
+        try:
+            self._harvest(0)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self.sink.close()
+
+    def readable(self, chunk) -> list:
+        """The items of ``chunk`` that were read and fit the model; the others are reported."""
+        good = []
+        for it in chunk:
+            if it.error:
+                self.fail(it, it.error)
+                continue
+            if it.kind == "text":
+                good.append(it)
+                continue
+            try:
+                x, comp = self.model.split_inputs(model_layout(self.model, it.x, it.companions, one=True))
+                it.x, it.companions = x[0], {k: v[0] for k, v in comp.items()}
+                good.append(it)
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                where = it.source if it.kind == "image" else f"{it.source} (item {it.name})"
+                self.fail(it, f"{where}: {exc}")
+        return good
+
+    def explain_chunk(self, chunk, method: str, settings: dict, hm: dict) -> None:
+        from ..errors import OptionError
+        from ..explainer import explain
+
+        texts = [it for it in chunk if it.kind == "text"]
+        if texts:
+            self.explain_texts(texts, method, settings, hm)
+        for group in _same_shapes([it for it in chunk if it.kind != "text"]):  # one shape per batch
+            t0 = time.perf_counter()
+            x = np.stack([it.x for it in group])
+            if group[0].companions:
+                comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
+                x = model_layout(self.model, x, comp)
+            try:
+                e = explain(self.model, x, method, **settings)
+            except OptionError:
+                raise  # a usage error: the same for every item
+            except _JOB_ERRORS:
+                if not self.explained:
+                    raise  # certified on the first items and refused: a model error, nothing written
+                for it in group:  # a later input shape that fails its certification: these items only
+                    self.fail(it, f"{it.source}: {one_line(sys.exc_info()[1])}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
+                for it in group:
+                    self.fail(it, f"{it.source}: {one_line(exc)}")
+                continue
+            self.explained = True
+            seconds = (time.perf_counter() - t0) / len(group)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write = _item_row if hm.get("format") == "parquet" else _write_item
+            for k, it in enumerate(group):
+                self.submit(it, write, self.out_dir, it, e, k, hm, seconds, self.layout)
+
+    def explain_texts(self, items, method: str, settings: dict, hm: dict) -> None:
+        """Tokenise ``items`` together (padded to the longest, mask per sample), explain, write each."""
+        from ..errors import OptionError
+        from ..explainer import explain
+
+        t0 = time.perf_counter()
+        try:
+            encoded = self.encoder.encode([it.text for it in items])
+            e = explain(self.model, self.encoder.batch(encoded, self.model), method, **settings)
+        except OptionError:
+            raise
+        except _JOB_ERRORS:
+            if not self.explained:
+                raise
+            for it in items:
+                self.fail(it, f"{it.source}: {one_line(sys.exc_info()[1])}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
+            for it in items:
+                self.fail(it, f"{it.source}: {one_line(exc)}")
+            return
+        self.explained = True
+        seconds = (time.perf_counter() - t0) / len(items)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write = _text_row if hm.get("format") == "parquet" else _write_text_item
+        for k, (it, enc) in enumerate(zip(items, encoded, strict=True)):
+            self.submit(it, write, self.out_dir, it, enc, e, k, hm, seconds)
+
+
+def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
+    """Write one text's ``.npz``, ``.json`` and ``.html`` (on a writer thread); returns its record."""
+    from .text import text_html, text_record
+
+    n = len(enc.tokens)
+    attribution = np.asarray(e.attribution[k])
+    scores = attribution[..., :n] if attribution.ndim == 1 else attribution[0, :n]  # top:K: the top class
+    target = np.asarray(e.target[k])
+    rec = text_record(it.text, enc, scores)
+    title = f"{e.method}, target {target.tolist()}"
+    atomic_save_npz(out_dir / f"{it.name}.npz", hm["compress"], attribution=attribution[..., :n].astype(np.float32),
+                    target=target, score=np.asarray(e.score[k], dtype=np.float64), input=enc.ids,
+                    method=np.asarray(e.method), options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)))  # fmt: skip
+    atomic_write_bytes(out_dir / f"{it.name}.json", json.dumps({**rec, "target": target.tolist(),
+                       "score": np.asarray(e.score[k]).tolist(), "method": e.method}, indent=1).encode())  # fmt: skip
+    if hm["images"] != "none":
+        atomic_write_bytes(out_dir / f"{it.name}.html", text_html(rec, title).encode())
+    score = np.asarray(e.score[k], dtype=np.float64)
+    record = {"item": it.name, "source": it.source, "status": "ok", "npz": f"{it.name}.npz", "json": f"{it.name}.json",
+              "target": target.tolist(), "score": float(score) if score.ndim == 0 else score.tolist(),
+              "tokens": n, "seconds": round(seconds, 4)}  # fmt: skip
+    if enc.truncated:
+        record["truncated"] = True
+    return record
+
+
+def _item_row(out_dir, it, e, k, hm, seconds, layout) -> dict:
+    """One item's Parquet row (``--format parquet``)."""
+    from .shards import item_row
+
+    return item_row(it, e, k, seconds, hm.get("target_spec"))
+
+
+def _text_row(out_dir, it, enc, e, k, hm, seconds) -> dict:
+    """One text's Parquet row: its real tokens' attribution, the token ids, tokens and offsets in extras."""
+    from .shards import item_row
+    from .text import text_record
+
+    n = len(enc.tokens)
+    attribution = np.asarray(e.attribution[k])[..., :n]
+    rec = text_record(it.text, enc, attribution if attribution.ndim == 1 else attribution[0])
+    extras = {key: rec[key] for key in ("text", "tokens", "offsets", "truncated")}
+    return item_row(it, e, k, seconds, hm.get("target_spec"), attribution, np.asarray(enc.ids), extras)
+
+
+def _same_shapes(chunk) -> list[list]:
+    """The items of ``chunk`` grouped by the shapes of their inputs, in order of first appearance."""
+    groups: dict = {}
+    for it in chunk:
+        key = (np.shape(it.x), tuple(sorted((k, np.shape(v)) for k, v in (it.companions or {}).items())))
+        groups.setdefault(key, []).append(it)
+    return list(groups.values())
+
+
+def _write_error(it, exc: BaseException) -> str:
+    return f"{it.source}: writing {it.name} failed: {one_line(exc)}"
+
+
+def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
+    """Write one item's files (on a writer thread); returns its manifest record."""
+    from .viz import display_image, heat_map, save_bars, save_heatmap, save_panel, target_shapes
+
+    attribution = e.attribution[k]
+    extras = {
+        key: np.asarray(v)[k]
+        for key, v in e.extras.items()
+        if isinstance(v, np.ndarray) and np.ndim(v) >= 1 and len(v) == len(e.attribution)
+    }
+    npz = out_dir / f"{it.name}.npz"
+    atomic_save_npz(
+        npz,
+        hm["compress"],
+        attribution=attribution.astype(np.float32),
+        target=np.asarray(e.target[k]),
+        score=np.asarray(e.score[k], dtype=np.float64),
+        input=np.asarray(it.x),
+        **{f"input_{k}": np.asarray(v) for k, v in (it.companions or {}).items()},
+        method=np.asarray(e.method),
+        options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)),
+        **({"parity": np.asarray(e.extras["parity"])} if isinstance(e.extras.get("parity"), str) else {}),
+        **{f"extra_{key}": v for key, v in extras.items()},
+        **({"columns": np.asarray(it.columns)} if it.columns else {}),
+    )
+    score = np.asarray(e.score[k], dtype=np.float64)
+    record = {"item": it.name, "source": it.source, "status": "ok", "npz": npz.name, "target": e.target[k],
+              "score": float(score) if score.ndim == 0 else score.tolist(), "seconds": round(seconds, 4)}  # fmt: skip
+    images = hm["images"]
+    maps = [attribution] if np.ndim(attribution) == np.ndim(it.x) else list(attribution)  # top:K gives K maps
+    targets = np.atleast_1d(e.target[k]) if len(maps) > 1 else [e.target[k]]  # an element target: one map
+    for j, (amap, tj) in enumerate(zip(maps, targets, strict=True)):
+        if images == "none":
+            break
+        stem = it.name if len(maps) == 1 else f"{it.name}_top{j + 1}"
+        title = (
+            f"{e.method}, class {tj}"
+            if np.ndim(tj) == 0
+            else f"{e.method}, element {tuple(np.asarray(tj).tolist())}"
+        )
+        if np.ndim(amap) == 3 or (np.ndim(amap) == 2 and layout == "NHW"):
+            times = it.x if hm["times_input"] else None
+            h = heat_map(amap, layout, hm["aggregate"], hm["sign"], hm["percentile"], times)
+            save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
+            if images == "panel":
+                shown = it.image if it.image is not None else display_image(it.x, layout)
+                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"],
+                           target_shapes(e.extras, k))  # fmt: skip
+            record.setdefault("png", []).append(f"{stem}.png")
+        elif np.ndim(amap) == 1:
+            if "expected_value" in extras and len(maps) == 1:  # exact SHAP: the score is E + Σφ
+                title += f": {float(score):.4g} = expected {float(extras['expected_value']):.4g} + sum"
+            save_bars(out_dir / f"{stem}_bars.png", amap, it.columns or [], title, inputs=it.x)
+            record.setdefault("png", []).append(f"{stem}_bars.png")
+    if record.get("png") and len(record["png"]) == 1:
+        record["png"] = record["png"][0]
+    return record
