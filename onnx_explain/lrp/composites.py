@@ -95,8 +95,8 @@ def epsilon_alpha2_beta1_flat(layers, epsilon=1e-6, stabilizer=1e-6):
 @register_composite("montavon2019")
 def montavon2019(layers, low=None, high=None):
     """The Montavon et al. 2019 / LRP tutorial recipe for VGG-16: pixels z^B; the lower half of the other
-    convolutions γ = 0.25; the upper half ε = 0.25·RMS(z); dense layers LRP-0; stabilisers added without
-    sign (1e-9), as the tutorial. Use with ``maxpool='avgpool'`` for the tutorial's pooling."""
+    convolutions γ = 0.25; the upper half ε = 0.25·RMS(z) of each sample; dense layers LRP-0; stabilisers
+    added without sign (1e-9), as the tutorial. Use with ``maxpool='avgpool'`` for the tutorial's pooling."""
     if low is None or high is None:
         raise OptionError("montavon2019 needs the input bounds low= and high=")
     _needs_conv("montavon2019", layers)
