@@ -180,3 +180,26 @@ def test_nested_if_conversion_is_the_same_in_every_process(cache, tmp_path):
                            env={**os.environ, "PYTHONHASHSEED": str(seed)})  # fmt: skip
         assert r.returncode == 0, f"PYTHONHASHSEED={seed}: {r.stderr.strip().splitlines()[-1:]}"
         assert json.loads(r.stdout)["conversion"]["certified"], seed
+
+
+def test_lrp_through_the_if_nodes_of_silero(cache, tmp_path):
+    """Silero v5 as silero-vad ships it (spox: an If on the sample rate, nested Ifs on shapes, an LSTM)
+    explains with LRP through the command line; its relevance equals LRP of the package's 16 kHz torch
+    export of the same network, whose own shape Ifs take the same branches. Silero v4 as openWakeWord
+    ships it (an If on the rate, a log-magnitude front-end, LSTM h/c) explains too."""
+    import onnx_explain as oe
+
+    entry = zoo.BY_ID["silero-vad-v5"]
+    model = _fetch(entry, cache)
+    _, out = _explain(entry, model, tmp_path, "lrp")
+    arrays = zoo.build_inputs(entry)
+    twin = oe.load(_fetch(zoo.BY_ID["silero-vad-16k-op15"], cache), output="output",
+                   fixed_inputs={"sr": np.array(16000, np.int64)}, batch_axes={"state": 1})  # fmt: skip
+    want = oe.explain(twin, {"input": arrays["input"], "state": arrays["state"]}, "lrp").attribution
+    npzs = sorted(out.glob("*.npz"))
+    assert len(npzs) == len(want)
+    for path, w in zip(npzs, want, strict=True):
+        with np.load(path, allow_pickle=False) as d:
+            np.testing.assert_allclose(d["attribution"], w, rtol=1e-4, atol=1e-6 * np.abs(w).max())
+    v4 = zoo.BY_ID["oww-silero-vad-v4"]
+    _explain(v4, _fetch(v4, cache), tmp_path / "v4", "lrp")

@@ -781,15 +781,19 @@ class Plan:
     attention: bool
 
 
-def canonize(converted):
-    """A deep copy of ``converted`` with the ``DequantizeLinear`` of constant weights evaluated, Conv and Gemm
-    nodes whose weights thus became constants made layers, MatMul(+Add) folded into Linear layers and
-    BatchNorm merged.
+def canonize(converted, decisions=()):
+    """A deep copy of ``converted`` with the ``If`` nodes ``decisions`` covers replaced by their taken
+    branch (:mod:`onnx_explain.lrp.branches`), the ``DequantizeLinear`` of constant weights evaluated, Conv
+    and Gemm nodes whose weights thus became constants made layers, MatMul(+Add) folded into Linear layers
+    and BatchNorm merged.
 
     Returns ``(copy, report)``, the report counting each rewrite."""
+    from .branches import inline_branches
+
     lrp = copy.deepcopy(converted)
     gm: fx.GraphModule = lrp.graph
-    report = {"folded_constants": _fold_constants(gm)}  # DequantizeLinear of weights: float constants
+    report = {"inlined_if": inline_branches(gm, decisions)} if decisions else {}
+    report["folded_constants"] = _fold_constants(gm)  # DequantizeLinear of weights: float constants
     report["folded_weight_inputs"] = _fold_weight_inputs(gm)
     report["split_padded_convs"] = _split_padded_convs(gm)
     report["folded_integer_layers"] = _fold_integer_layers(gm)
@@ -1106,6 +1110,7 @@ def build_lrp_graph(
     mode: str = "auto",
     also: tuple = (),
     seed_output: bool = True,
+    decisions: tuple = (),
 ):
     """A copy of ``converted`` (a ConvertedModel) whose backward pass computes LRP: canonize, plan, wrap.
 
@@ -1137,6 +1142,9 @@ def build_lrp_graph(
     seed_output : bool
         Divide the relevance seeded at the output by the output (the relevance convention of the caller);
         False for a graph whose output feeds another single-backward graph. Single mode only.
+    decisions : tuple
+        The branch each ``If`` takes (:func:`onnx_explain.lrp.branches.branch_decisions` on ``example``):
+        those ``If`` nodes are replaced by their branch's nodes, which get rules like any other.
 
     Returns
     -------
@@ -1155,7 +1163,7 @@ def build_lrp_graph(
     options = validate_call(
         COMPOSITES[composite], dict(composite_options or {}), f"composite {composite!r}", ("layers",)
     )
-    lrp, report = canonize(converted)
+    lrp, report = canonize(converted, decisions)
     gm: fx.GraphModule = lrp.graph
     x, comp = _example(example)
     ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))

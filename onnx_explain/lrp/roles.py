@@ -289,8 +289,9 @@ register_lrp_role("FusedMatMul", BILINEAR, when=_two)
 register_lrp_role("Sqrt", NORM_SCALE, when=_norm_scale)  # σ of a decomposed LayerNorm or RMSNorm
 register_lrp_role("Reciprocal", NORM_SCALE, when=_of_sqrt)  # 1/σ of a norm, whatever computed the variance
 # element-wise functions of one activation pass relevance unchanged, as activations do: the magnitude
-# sqrt(re² + im²) of an STFT front-end (Silero, Magika's L2 norm), |x|, a power by a constant exponent
-register_lrp_role(("Sqrt", "Abs"), IDENTITY)
+# sqrt(re² + im²) of an STFT front-end (Silero, Magika's L2 norm), |x|, a power by a constant exponent,
+# the log of a magnitude spectrum (Silero v4, mel front-ends) and exp
+register_lrp_role(("Sqrt", "Abs", "Log", "Exp"), IDENTITY)
 register_lrp_role(
     "Neg", IDENTITY
 )  # -x (a rotary embedding's rotate_half): linear, relevance passes unchanged

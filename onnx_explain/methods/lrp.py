@@ -26,12 +26,16 @@ def _key(value):
 
 
 def lrp_graph(module, example, composite, composite_options, rules, fallback, maxpool, mode="auto", also=(),
-              seed_output=True):  # fmt: skip
+              seed_output=True, decisions=None):  # fmt: skip
     """The cached LRP graph of a converted model for these settings (built on first use); ``mode`` as in
-    :func:`onnx_explain.lrp.graph.build_lrp_graph`."""
-    from ..lrp.graph import build_lrp_graph
+    :func:`onnx_explain.lrp.graph.build_lrp_graph`. A model with ``If`` nodes gets one graph per set of
+    branch ``decisions`` (default: those ``example`` takes)."""
+    from ..lrp.branches import branch_decisions, has_if
+    from ..lrp.graph import _example, build_lrp_graph
 
     _check_module(module)
+    if decisions is None:
+        decisions = branch_decisions(module, *_example(example)) if has_if(module) else ()
     owner, cut = _owner(module)
     per_model = _CACHE.setdefault(owner, {})
     key = (
@@ -44,6 +48,7 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
         mode,
         tuple(also),
         seed_output,
+        decisions,
     )
     # the LRP graph holds copies of the weights (canonized, folded): rebuilt when a weight of the module
     # changed in place since (a parameter randomisation test, a user editing the model), never stale
@@ -63,6 +68,7 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
                 mode,
                 also,
                 seed_output,
+                decisions,
             ),
         )
     return hit[1]
@@ -177,15 +183,31 @@ def lrp(
         _check_module(scorer.module)
         composite = default_composite(scorer.module, example)
     opts = _composite_options(composite, composite_options, bounds)
-    module, assignments = lrp_graph(
-        scorer.module, example, composite, opts, _zbox_rules(rules, bounds), fallback, maxpool,
-        "rules" if layer_relevance else mode,  # the per-layer record is kept by the rule graph
-    )  # fmt: skip
+
+    def graph(example, decisions=None):
+        return lrp_graph(
+            scorer.module, example, composite, opts, _zbox_rules(rules, bounds), fallback, maxpool,
+            "rules" if layer_relevance else mode,  # the per-layer record is kept by the rule graph
+            decisions=decisions,
+        )  # fmt: skip
+
+    chunks = _branch_chunks(scorer, x, target)  # a model with If nodes: the branches each chunk takes
+    module, assignments = graph(example) if chunks is None else graph(*chunks[0][1:])
+    if (
+        chunks is not None
+        and len({d for _, _, d in chunks}) > 1
+        and (conditions or relevance_at or layer_relevance)
+    ):
+        raise OptionError(
+            "LRP: the model's If nodes take different branches across the chunks of this batch; conditions=, "
+            "relevance_at= and layer_relevance need one graph: explain those inputs in separate calls"
+        )
     record = {} if layer_relevance else None
     set_recording(module, record)
     taps = _Taps(module, conditions, relevance_at, getattr(module, "lrp_report", {}).get("mode") == "single")
+    module_of = None if chunks is None else {a: graph(ex, d)[0] for a, ex, d in chunks}.get
     try:
-        relevance, scores = _propagate(scorer, module, x, target, output_relevance)
+        relevance, scores = _propagate(scorer, module, x, target, output_relevance, module_of)
     finally:
         set_recording(module, None)
         taps.close()
@@ -291,20 +313,39 @@ def _zbox_rules(rules: dict | None, bounds: dict) -> dict:
             for k, v in (rules or {}).items()}  # fmt: skip
 
 
-def _propagate(scorer: Scorer, module, x, keys, output_relevance: str):
+def _branch_chunks(scorer: Scorer, x, keys):
+    """For a model with ``If`` nodes, ``[(start, example, decisions)]`` per chunk of ``batch_size`` rows:
+    the branches that chunk takes (:func:`onnx_explain.lrp.branches.branch_decisions`, one forward pass
+    each); None for a model without."""
+    from ..lrp.branches import branch_decisions, has_if
+
+    if not has_if(scorer.module):
+        return None
+    out = []
+    for a in range(0, len(x), scorer.batch_size):
+        rows = x[a : a + scorer.batch_size]
+        comp = scorer.companion_rows(keys[a : a + scorer.batch_size])
+        out.append((a, (rows, comp) if comp else rows, branch_decisions(scorer.module, rows, comp or None)))
+    return out
+
+
+def _propagate(scorer: Scorer, module, x, keys, output_relevance: str, module_of=None):
     """Relevance at the input (x's shape) and f_c(x), one forward and one modified backward pass per
     chunk of ``batch_size`` rows (each with its sample's companion inputs), seeded with f_c·e_c
     (``'score'``) or e_c (``'onehot'``); for a target that is not one element (a sum over positions, a
     mask, an embedding's dot product) with ``O ⊙ ∂t/∂O`` (``'score'``, which sums to t when t is linear in
-    the output O) or ``∂t/∂O``; ``keys`` are the rows' keys (:class:`Scorer`)."""
+    the output O) or ``∂t/∂O``; ``keys`` are the rows' keys (:class:`Scorer`); ``module_of(start)``,
+    when given, is the LRP graph of the chunk starting at row ``start`` (a model whose ``If`` nodes decide
+    per chunk)."""
     relevance = torch.empty_like(x)
     scores = torch.empty(len(x), dtype=torch.float64)
     for a in range(0, len(x), scorer.batch_size):
         b = min(len(x), a + scorer.batch_size)
         rows = x[a:b].detach().requires_grad_(True)
         comp = scorer.companion_rows(keys[a:b])
+        net = module if module_of is None else module_of(a)
         with torch.enable_grad():
-            out = module(rows, comp) if comp else module(rows)
+            out = net(rows, comp) if comp else net(rows)
             flat = out.reshape(out.shape[0], -1)
             if _one_element(scorer):
                 cls = scorer.classes(keys[a:b]).reshape(-1, 1)
