@@ -170,3 +170,41 @@ def test_quantized_transformer_gets_the_attnlrp_of_its_float_twin(kind, tmp_path
     quantizer = {"qdq": "QuantizeLinear", "dynamic": "DynamicQuantizeLinear"}[kind]
     assert f"{quantizer}: gradient" in rules  # straight through
     assert _cosine(eq.attribution, ef.attribution) >= 0.9  # measured 0.98 (QDQ), 0.998 (dynamic)
+
+
+class _BiLSTM(torch.nn.Module):
+    """A BiLSTM tagger's core (text2tashkeel's shape): LSTM over the sequence, a linear head on the last step."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        h, _ = self.lstm(x)
+        return self.fc(h[:, -1])
+
+
+def test_dynamic_quantized_bilstm_gets_the_lrp_of_its_float_twin(tmp_path):
+    """quantize_dynamic's DynamicQuantizeLSTM gets the LSTM's signal-take-all rule, and its quantized
+    activations route relevance straight through. The input mostly rounds to 0 (a few large values set the
+    dynamic scale): a quantizer's output is then 0 where its input is not, so the single-backward form's
+    x ⊙ g would create relevance there from nothing; the rule graph runs instead, and the relevance stays
+    that of the float twin (in total and in place)."""
+    pytest.importorskip("onnxruntime.quantization")
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 7, 8)) * 1e-2).astype(np.float32)
+    x[:, 0, 0] = 4.0  # one large value per sequence: the dynamic scale ≈ 8/255, most values round to 0
+    src = export(_BiLSTM(), torch.from_numpy(x), tmp_path / "lstm.onnx", "legacy")
+    qpath = _quantize("dynamic", src, tmp_path / "q.onnx", None)
+    f, q = oe.load(src), oe.load(qpath)
+    ef = oe.explain(f, x, "lrp", composite="epsilon_plus")
+    eq = oe.explain(q, x, "lrp", composite="epsilon_plus", target=ef.target)
+    rules = set(eq.extras["rules"].values())
+    assert "DynamicQuantizeLSTM: signal_take_all" in rules and "DynamicQuantizeLinear: gradient" in rules
+    assert eq.extras["mode"] == "rules" and ef.extras["mode"] == "single"
+    total_f = ef.attribution.reshape(2, -1).sum(1)
+    total_q = eq.attribution.reshape(2, -1).sum(1)
+    np.testing.assert_allclose(total_q, total_f, rtol=0.05, atol=0.05 * np.abs(total_f).max())
+    assert _cosine(eq.attribution, ef.attribution) >= 0.99

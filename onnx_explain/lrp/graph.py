@@ -985,6 +985,19 @@ def _single_ok(step, rule) -> bool:
     return patchable(rule)
 
 
+#: quantizers on activations: relevance routes straight through them in the rule graph, but their output
+#: is a rounded copy of their input, so x ⊙ g at the input is not the relevance of the output (where an
+#: activation rounds to 0, it would be created from nothing): no single-backward form
+_ROUNDING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _rounds(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` calls a converted quantizer (:data:`_ROUNDING`)."""
+    if node.op != "call_module":
+        return False
+    return getattr(gm.get_submodule(node.target), NODE_ATTR, ("", "", ""))[1] in _ROUNDING
+
+
 def _on_input(node: fx.Node, step, rule, placeholder: fx.Node) -> bool:
     """Whether a layer rule without a single-backward form (z^B) reads the explained input directly: it
     then runs as the rule graph does at the input end of the single-backward graph."""
@@ -1176,7 +1189,7 @@ def build_lrp_graph(
     ]
     placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][lrp.position]
     forms = [
-        _single_ok(s, r) or _on_input(n, s, r, placeholder)
+        (_single_ok(s, r) and not _rounds(gm, n)) or _on_input(n, s, r, placeholder)
         for (n, s), r in zip(the_plan.steps.items(), rules_of, strict=True)
     ]
     single = mode == "single" or (mode == "auto" and all(forms))

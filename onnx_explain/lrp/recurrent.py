@@ -50,7 +50,7 @@ def _cell(self, xw, r, rb, p, h, c, acts, hidden):
                 pre = pre + bh
         cand = _identity(pre, self._act(acts, 1, pre))
         return (1 - z) * cand + z * h, None
-    gates = xw + torch.matmul(h, r.transpose(0, 1))  # LSTM: i, o, f, c
+    gates = xw + self._recurrent_gemm(h, r)  # LSTM: i, o, f, c (DynamicQuantizeLSTM: h quantized)
     if rb is not None:
         gates = gates + rb
     gi, go, gf, gc = gates.split(hidden, -1)

@@ -283,6 +283,7 @@ register_lrp_role(
     ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"), SKIP_NORM, when=_norm_and_sum
 )
 register_lrp_role(("LSTM", "GRU", "RNN"), RECURRENT)  # gates constant, the signal takes all (Arras)
+register_lrp_role("DynamicQuantizeLSTM", RECURRENT)  # com.microsoft: the same cell, its GEMMs quantized
 register_lrp_role("BiasAdd", PROPORTIONAL)  # com.microsoft: x + bias + skip
 register_lrp_role("FusedMatMul", PROPORTIONAL, when=_one)
 register_lrp_role("FusedMatMul", BILINEAR, when=_two)
