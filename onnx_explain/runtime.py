@@ -393,6 +393,47 @@ class Runner:
 
         return run
 
+    def layer(self, tensor: str, name: str | None = None) -> Callable:
+        """``run(x, companions=None) -> [values of tensor(, output name)]``: the intermediate ``tensor`` (and,
+        when ``name`` is given, that output too, from the same pass) on onnxruntime, in a session of its
+        own with the model's device, threads and weights (cached). Gradient-free CAMs read the layer and
+        the explained score in one forward."""
+        layers = self.__dict__.setdefault("_layers", {})
+        outputs = [tensor] if name is None else [tensor, name]
+        if (tensor, name) not in layers:
+            proto = with_output(self._with_logit(self.batch.graph), tensor, self.signature.output.name)
+            layers[(tensor, name)] = make_session(
+                self._serialize(proto),
+                device=self.device,
+                quiet=True,
+                source=self.source,
+                weights=self.weights,
+            )
+        session = layers[(tensor, name)]
+        inputs = {i.name for i in session.get_inputs()}
+        fixed = self.batch.fixed_batch if self.batch.mode == "chunked" else None
+
+        def once(x, companions):
+            feed = {k: v for k, v in self.signature.feed(x, companions).items() if k in inputs}
+            try:
+                return session.run(outputs, feed)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                raise ort_error(exc, self.source, f"read layer {tensor!r}") from None
+
+        def run(x, companions=None):
+            if fixed is None:
+                return once(x, companions)
+            parts = []  # a batch baked into the graph: chunks of that size, the last one padded
+            for i in range(0, len(x), fixed):
+                k = min(fixed, len(x) - i)
+                idx = np.r_[np.arange(i, i + k), np.full(fixed - k, i)]
+                parts.append(
+                    [v[:k] for v in once(x[idx], {c: v[idx] for c, v in (companions or {}).items()})]
+                )
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(outputs))]
+
+        return run
+
     def session(self):
         """The cached ``InferenceSession`` (created on first use)."""
         if self._session is None:

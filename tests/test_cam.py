@@ -368,3 +368,25 @@ def test_reshape_a_non_square_token_grid(tmp_path):
         oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1, reshape="2:4x2")
     with pytest.raises(oe.OptionError, match="reshape must be"):
         oe.explain(model, x.numpy(), "gradcam", target=[3, 8], layer=VIT_NORM1, reshape="4x2")
+
+
+@pytest.mark.parametrize("method", ["eigencam", "scorecam", "reciprocam", "ablationcam"])
+def test_onnxruntime_cams_read_the_score_from_the_pass_that_reads_the_layer(method, monkeypatch):
+    """The explained score comes from the onnxruntime pass that reads the layer (the layer and the output
+    of one session): it equals the model's prediction, and no whole-model forward runs besides (Score-CAM's
+    masked inputs excepted)."""
+    from pathlib import Path
+
+    from onnx_explain.runtime import Runner
+
+    root = Path(__file__).parent.parent / "models"
+    model, x = oe.load(root / "digits.onnx"), np.load(root / "samples" / "digits.npy")[:3]
+    want = model.predict(x)[np.arange(3), [1, 2, 3]]
+    calls = []
+    original = Runner.run
+    monkeypatch.setattr(
+        Runner, "run", lambda self, *a, **k: calls.append(len(a[1])) or original(self, *a, **k)
+    )
+    e = oe.explain(model, x, method, target=[1, 2, 3])
+    np.testing.assert_allclose(np.asarray(e.score), want, rtol=1e-6)
+    assert sum(calls) == (3 * 32 if method == "scorecam" else 0), calls  # digits' layer has 32 channels

@@ -234,35 +234,31 @@ for _kind in CAMS:
 # ------------------------------------------------------------------------------------ on onnxruntime
 def layer_activations(model, tensor: str, x: np.ndarray, companions: dict | None = None,
                       batch_size: int = 64) -> np.ndarray:  # fmt: skip
-    """The values of the ONNX ``tensor`` for inputs ``x``, from onnxruntime (a session of the graph up to
-    that tensor, built once per Model and tensor): no torch conversion needed."""
-    import onnxruntime as ort
-    from onnx import helper
-
-    key = ("layer_session", tensor)
-    if key not in model.derived:
-        proto = model.proto
-        sub = type(proto)()
-        sub.CopyFrom(proto)
-        del sub.graph.output[:]
-        known = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.output]}
-        sub.graph.output.append(helper.make_tensor_value_info(tensor, known.get(tensor) or 1, None))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        model.derived[key] = ort.InferenceSession(
-            sub.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-    sess = model.derived[key]
-    names = {i.name for i in sess.get_inputs()}
+    """The values of the ONNX ``tensor`` for inputs ``x`` (batch first, with their batch-first
+    ``companions``), from onnxruntime (:meth:`onnx_explain.runtime.Runtime.layer`: the model's device,
+    threads and weights), ``batch_size`` rows per run: no torch conversion needed."""
+    run = model.runtime.layer(tensor)
     outs = []
     for i in range(0, len(x), batch_size):
-        feed = {model.input.name: x[i : i + batch_size]}
-        feed.update(
-            {k: np.asarray(v)[i : i + batch_size] for k, v in (companions or {}).items() if k in names}
-        )
-        feed.update({k: v for k, v in (model.fixed_inputs or {}).items() if k in names and k not in feed})
-        outs.append(sess.run(None, {k: v for k, v in feed.items() if k in names})[0])
+        comp = {k: np.asarray(v)[i : i + batch_size] for k, v in (companions or {}).items()}
+        outs.append(run(x[i : i + batch_size], comp)[0])
     return np.concatenate(outs)
+
+
+def _layer_and_score(scorer, model, tensor: str, xs: np.ndarray, target) -> tuple[np.ndarray, torch.Tensor]:
+    """The layer's activations and the explained score of every row, from one onnxruntime pass (the
+    layer and the scorer's output as outputs of one session): no second forward for the score."""
+    run = model.runtime.layer(tensor, scorer.name)
+    acts, scores = [], []
+    for i in range(0, len(xs), scorer.batch_size):
+        rows = xs[i : i + scorer.batch_size]
+        comp = {k: np.asarray(v)[i : i + scorer.batch_size] for k, v in scorer.companions.items()}
+        a, out = run(rows, comp)
+        scorer.out_shape = tuple(out.shape[1:])  # a box or mask target reads the rows in this shape
+        flat = torch.from_numpy(np.ascontiguousarray(out.reshape(len(rows), -1))).to(torch.float64)
+        acts.append(a)
+        scores.append(scorer.select(flat, target[i : i + scorer.batch_size]))
+    return np.concatenate(acts), torch.cat(scores)
 
 
 def _grid(a: np.ndarray, chosen: dict, spec: tuple = ("auto",), size=None) -> np.ndarray:
@@ -298,23 +294,20 @@ def eigencam(scorer, x, target, generator, layer=None, reshape="auto"):
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     spec = reshape_spec(reshape)
-    a = _grid(
-        layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size),
-        chosen,
-        spec,
-        _spatial(x, scorer.layout),
-    )
-    a = np.nan_to_num(a.astype(np.float32))
+    acts, score = _layer_and_score(scorer, model, chosen["tensor"], xs, target)
+    a = np.nan_to_num(_grid(acts, chosen, spec, _spatial(x, scorer.layout)).astype(np.float32))
     raw = []
     for act in a:
         flat = act.reshape(act.shape[0], -1).T
         flat = flat - flat.mean(axis=0)
-        _, _, vt = np.linalg.svd(flat, full_matrices=True)
+        # the reduced SVD: the first right singular vector is the full one's (LAPACK's, sign included),
+        # without the (h·w)² and C² matrices nothing reads
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
         raw.append((flat @ vt[0, :]).reshape(act.shape[1:]))
     raw = torch.from_numpy(np.float32(raw))
     cam = _post(raw, _spatial(x, scorer.layout))
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
-        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen),
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "score": score,
     }  # fmt: skip
 
 
@@ -335,14 +328,8 @@ def scorecam(scorer, x, target, generator, layer=None, reshape="auto"):
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     size = _spatial(x, scorer.layout)
-    a = torch.from_numpy(
-        _grid(
-            layer_activations(model, chosen["tensor"], xs, scorer.companions, scorer.batch_size),
-            chosen,
-            reshape_spec(reshape),
-            size,
-        )
-    )
+    acts, score = _layer_and_score(scorer, model, chosen["tensor"], xs, target)
+    a = torch.from_numpy(_grid(acts, chosen, reshape_spec(reshape), size))
     a = a.to(torch.float32)
     raws = []
     for b in range(len(x)):
@@ -362,7 +349,7 @@ def scorecam(scorer, x, target, generator, layer=None, reshape="auto"):
     raw = torch.stack(raws)
     cam = _post(raw, size)
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
-        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen),
+        "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "score": score,
     }  # fmt: skip
 
 
@@ -404,7 +391,7 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     by its own place's mask value, the class/register tokens kept as they are (OpenVINO XAI's
     ``ViTReciproCAM`` with ``cls_token=True``). Works on graphs that do not convert to torch."""
     spec = reshape_spec(reshape)
-    model, chosen, xs, a, run = _split_at(scorer, x, layer, spec)
+    model, chosen, xs, a, run, score = _split_at(scorer, x, target, layer, spec)
     tokens = a.ndim == 3
     size = _spatial(x, scorer.layout)
     _, C, h, w = _grid(a[:0], chosen, spec, size).shape
@@ -443,18 +430,20 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     cam = _post(raw, _spatial(x, scorer.layout), relu=False)
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "passes": len(a) * h * w,
+        "score": score,
     }  # fmt: skip
 
 
-def _split_at(scorer, x, layer, spec: tuple = ("auto",)):
+def _split_at(scorer, x, target, layer, spec: tuple = ("auto",)):
     """``(model, chosen layer, x as the model's dtype, the layer's activations (B, C, h, w), the head's
-    runner)``: a gradient-free CAM's view of the graph cut at the layer."""
+    runner, the explained scores)``: a gradient-free CAM's view of the graph cut at the layer (the
+    activations and the scores from one onnxruntime pass)."""
     model, chosen = _runtime_layer(scorer, layer)
     tensor = chosen["tensor"]
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    a = layer_activations(model, tensor, xs, scorer.companions, scorer.batch_size)
+    a, score = _layer_and_score(scorer, model, tensor, xs, target)
     _grid(a[:0], chosen, spec, _spatial(x, scorer.layout))  # a feature map or a token grid, else one line
-    return model, chosen, xs, a, model.runtime.head(tensor, scorer.name)
+    return model, chosen, xs, a, model.runtime.head(tensor, scorer.name), score
 
 
 def _head_rows(scorer, run, n_maps: int, make, xs: np.ndarray, b: int) -> torch.Tensor:
@@ -489,7 +478,7 @@ def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
     alone (:meth:`onnx_explain.runtime.Runtime.head`), ``batch_size`` per onnxruntime call: no torch
     conversion, and the layers before it run once per image. Post-processed as every CAM."""
     spec = reshape_spec(reshape)
-    model, chosen, xs, a, run = _split_at(scorer, x, layer, spec)
+    model, chosen, xs, a, run, score = _split_at(scorer, x, target, layer, spec)
     if a.ndim != 4:
         raise OptionError(
             f"ablationcam ablates the channels of a feature map (B, C, h, w); {chosen['tensor']!r} is a "
@@ -501,7 +490,7 @@ def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
     for b in range(len(a)):
         keys = target[b : b + 1]
         act = maps[b]  # (C, h, w)
-        y = scorer.select(_head_rows(scorer, run, 1, lambda k0, k1, b=b: a[b][None], xs, b), keys)[0]
+        y = score[b]  # the model's own score, from the pass that read the layer
         # pytorch-grad-cam's ablation: 0 when the map's minimum is 0 (after a ReLU), else min − 1e7
         value = 0.0 if float(act.min()) == 0 else float(act.min()) - 1e7
 
@@ -518,7 +507,7 @@ def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
     cam = _post(raw, _spatial(x, scorer.layout))
     return _on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "score": torch.stack(scores), "layer": _describe(chosen),
-        "passes": len(a) * (1 + maps.shape[1]),
+        "passes": len(a) * maps.shape[1],
     }  # fmt: skip
 
 
