@@ -10,6 +10,7 @@ import torch
 from .errors import InputDataError, OnnxExplainError, OptionError
 from .methods import METHODS, Explanation, Scorer
 from .methods.base import make_generator
+from .tabular import exact_method
 from .targets import Resolved, prepare_box_target, resolve, resolve_targets, with_real_tokens
 from .text import TextEncoder
 
@@ -402,7 +403,7 @@ def converted(model, device: str = "cpu", output: str = "output", data=None):
             return model.convert(output)
         return model.torch_module(device=device, space=output, probe=data)
     except (ConversionError, ParityError) as exc:
-        exact = _exact_choice(model) if _is_model(model) else None
+        exact = exact_method(model) if _is_model(model) else None
         others = runtime_methods(exact[0] if exact else None)
         if _is_model(model):  # only those meant for this kind of input
             from .layout import modality
@@ -442,7 +443,7 @@ def _auto_method(
     model = load(model, input=input_name) if isinstance(model, (str, os.PathLike)) else model
     if not _is_model(model):
         return "smoothgrad", "a torch module: gradient methods"
-    exact = _exact_choice(model.with_input(input_name))
+    exact = exact_method(model.with_input(input_name))
     if exact:
         return exact
     try:
@@ -454,32 +455,13 @@ def _auto_method(
         m.torch_module(device=device, space=output or "logit", probe=probe)
         return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
     except (ConversionError, ParityError) as exc:
-        exact = _exact_choice(model) if _is_model(model) else None
+        exact = exact_method(model) if _is_model(model) else None
         others = runtime_methods(exact[0] if exact else None)
         if not others:
             raise
         pick = next((m for m in others if METHODS[m].overview is not None), others[0])
         what = "is not certified on the data" if isinstance(exc, ParityError) else "does not convert to torch"
         return pick, f"the graph {what} ({exc}): {pick} runs on onnxruntime alone"
-
-
-def _exact_choice(model) -> tuple[str, str] | None:
-    """``(method, why)`` when ``auto`` takes an exact method: TreeSHAP for a summed tree ensemble, the
-    linear closed form for a linear model (read from the graph); None otherwise."""
-    from .tabular import TreeModelError, linear_view, tree_view
-
-    for view_of, method, what in (
-        (tree_view, "treeshap", "a tree ensemble"),
-        (linear_view, "linear_shap", "linear"),
-    ):
-        try:
-            view = view_of(model)
-        except TreeModelError:
-            continue
-        if view is None or (method == "treeshap" and view.trees.aggregate != "SUM"):
-            continue
-        return method, f"the graph is {what} ({view.describe()}): exact SHAP from the graph ({method})"
-    return None
 
 
 class _LayerOutput(torch.nn.Module):

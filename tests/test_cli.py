@@ -44,6 +44,18 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
+def test_info_without_conversion_does_not_import_torch():
+    """`info --no-convert` reads the graph and runs nothing on torch: neither torch nor onnx2torch is
+    imported (they cost seconds of start-up)."""
+    code = (
+        "import sys\nfrom onnx_explain.cli import main\n"
+        f"try:\n    main(['info', {str(ROOT / 'models' / 'digits.onnx')!r}, '--no-convert'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'onnx2torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
+
+
 def _quickstart() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     return re.search(r"## Quickstart\s+```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()

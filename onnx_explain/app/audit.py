@@ -300,9 +300,9 @@ def _conversion(model, x):
     try:
         module = model.torch_module(probe=x)
     except (ConversionError, ParityError) as exc:
-        from ..explainer import _exact_choice
+        from ..tabular import exact_method
 
-        exact = _exact_choice(model)
+        exact = exact_method(model)
         note = "gradient methods and LRP skipped; " + (
             f"{exact[0]} (exact, read from the graph) and black-box methods run instead"
             if exact
@@ -316,14 +316,14 @@ def _runtime_only(methods: dict, given, kind: str, model=None) -> dict:
     """The methods of ``methods`` that need no torch graph; when none was asked for by name, the exact
     method a tree ensemble or linear model has (TreeSHAP, linear SHAP: against the audited rows), then the
     black-box methods of the registry's overview for ``kind`` (or all of them)."""
-    from ..explainer import _exact_choice
     from ..methods import METHODS
     from ..methods.base import runtime_methods
+    from ..tabular import exact_method
 
     keep = {m: o for m, o in methods.items() if m in METHODS and METHODS[m].backend == "onnxruntime"}
     if keep or given:
         return keep
-    exact = _exact_choice(model) if model is not None else None
+    exact = exact_method(model) if model is not None else None
     names = runtime_methods(exact[0] if exact else None)
     overview = [m for m in names if METHODS[m].overview is not None and kind in METHODS[m].modalities]
     first = {exact[0]: {}} if exact else {}

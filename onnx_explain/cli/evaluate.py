@@ -8,7 +8,7 @@ import click
 
 from ..metrics import METRICS
 from ..metrics.base import OUTPUTS
-from .common import fail, handle_errors, model_options, parse_options, resolve_device
+from .common import fail, handle_errors, model_options, parse_options
 
 
 def _output_help() -> str:
@@ -93,7 +93,8 @@ def evaluate(model, inputs, att_dir, metrics, out_file, plots_dir, extra, space,
                   "device": device, "load_options": {"input": input_name, "output": output_name,
                   "allow_nonfinite": bool(ctx and ctx.meta.get("onnx_explain.allow_nonfinite"))}}  # fmt: skip
     # with --engine ray the workers run the model: here it is only read (on the CPU) for the report
-    _, ort_device = ("cpu", "cpu") if on_ray else resolve_device(device)
+    # metrics run on onnxruntime alone: its CUDA provider where it loads ('auto'), no torch to ask
+    ort_device = "cpu" if on_ray else device
     m = load_model(model, input_name, output_name, ort_device)
     if not Path(att_dir).is_dir():
         fail(f"{att_dir}: no such folder (the --out of 'onnx-explain explain')")

@@ -66,9 +66,9 @@ def info(
     m, chosen = _load_any(model, input_name, output_name, device)
     data = m.describe()
     data["notes"] = chosen + data["notes"]
-    from ..explainer import _exact_choice
+    from ..tabular import exact_method
 
-    exact = _exact_choice(m)  # a tree ensemble or linear model: exact SHAP from the graph, no torch needed
+    exact = exact_method(m)  # a tree ensemble or linear model: exact SHAP from the graph, no torch needed
     if exact:
         data["exact"] = {"method": exact[0], "why": exact[1]}
     if show_layers:

@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
-from .explain import GenerationExplanation, explain_generation
+# torch-free (onnxruntime): imported here; ``generate`` must name the function, not its module
 from .generate import Sampling, generate
-from .methods import GENERATION_METHODS
 from .model import GenerativeModel, load_generative
 
 __all__ = [
@@ -23,3 +22,22 @@ __all__ = [
     "generate",
     "load_generative",
 ]
+
+#: imported on first use (they need torch), so that reading a folder's layout (``info``) does not import it
+_LAZY = {
+    "GENERATION_METHODS": ".methods",
+    "GenerationExplanation": ".explain",
+    "explain_generation": ".explain",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -492,7 +492,7 @@ def register_method(name: str, description: str, stochastic: bool = False, **fac
 def runtime_methods(exact: str | None = None) -> list[str]:
     """The registered methods that run on onnxruntime alone (they work where the graph does not convert);
     those that read an estimator from the graph (:attr:`MethodSpec.estimator`) only when it is ``exact``
-    (the method :func:`onnx_explain.explainer._exact_choice` found for the model)."""
+    (the method :func:`onnx_explain.tabular.exact_method` found for the model)."""
     return [
         name
         for name, spec in METHODS.items()

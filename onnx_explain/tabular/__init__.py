@@ -22,6 +22,7 @@ from .linear import LINEAR_OPS, read_linear
 from .trees import TREE_OPS, TreeModelError, Trees, read_trees
 
 __all__ = [
+    "exact_method",
     "PER_COLUMN_OPS",
     "LinearView",
     "TableView",
@@ -193,3 +194,20 @@ def linear_view(model) -> LinearView | None:
     """The :class:`LinearView` of ``model`` when its graph holds a ``LinearClassifier`` or
     ``LinearRegressor`` (None otherwise); refused as :func:`tree_view` is."""
     return _view(model, "tabular.linear", LINEAR_OPS, LinearView)
+
+
+def exact_method(model) -> tuple[str, str] | None:
+    """``(method, why)`` when ``auto`` takes an exact method: TreeSHAP for a summed tree ensemble, the
+    linear closed form for a linear model (read from the graph); None otherwise."""
+    for view_of, method, what in (
+        (tree_view, "treeshap", "a tree ensemble"),
+        (linear_view, "linear_shap", "linear"),
+    ):
+        try:
+            view = view_of(model)
+        except TreeModelError:
+            continue
+        if view is None or (method == "treeshap" and view.trees.aggregate != "SUM"):
+            continue
+        return method, f"the graph is {what} ({view.describe()}): exact SHAP from the graph ({method})"
+    return None
