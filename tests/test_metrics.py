@@ -439,3 +439,96 @@ def test_sensitivity_n_with_injected_subsets_is_posthoceval_by_hand(linear):
                 deltas.append(f0[b] - model.predict(xs.reshape(1, 2, 6, 6))[0, 0])
                 sums.append(pix[b, subsets[j][b, s]].sum())
             assert r["pcc"][b, j] == pytest.approx(np.corrcoef(sums, deltas)[0, 1], rel=1e-5)
+
+
+# ---------------------------------------------------------------- localisation (docs/methods.md §3.11)
+# Signed maps where the sign matters, every value worked out by hand. Two channels that cancel at (0, 1)
+# of sample 0: the channel sum comes first, then the clip (or magnitude).
+_LOC_A = np.array([
+    [[[2, 3, 0], [1, 0, -6]], [[1, -4, 0], [0, 2, 0]]],        # h = [[3, -1, 0], [1, 2, -6]]
+    [[[-5, 1, 0], [0, 2, 0]], [[0, 0, 0], [0, 0, 0]]],         # h = [[-5, 1, 0], [0, 2, 0]]
+    [[[-1, -2, -3], [-4, -5, -6]], [[0, 0, 0], [0, 0, 0]]],    # h = [[-1, -2, -3], [-4, -5, -6]]
+], dtype=float)  # fmt: skip
+_LOC_MASKS = np.array([
+    [[1, 1, 0], [0, 0, 0]],
+    [[1, 1, 0], [0, 0, 0]],
+    [[0, 0, 0], [0, 0, 1]],
+], dtype=bool)  # fmt: skip
+
+
+def test_localisation_signed_maps_by_hand():
+    x = np.zeros((3, 2, 2, 3))
+    r = oe.evaluate(None, x, _LOC_A, "localisation", masks=_LOC_MASKS)
+    # mass: positive relevance inside / all positive relevance, of the channel sum h
+    #   0: inside 3 (the -1 of the cancelling pixel counts 0), total 3 + 1 + 2 = 6
+    #   1: inside 1 (-5 counts 0), total 1 + 2 = 3;   2: no positive relevance at all -> NaN
+    np.testing.assert_allclose(r["mass"], [3 / 6, 1 / 3, np.nan], rtol=1e-12)
+    np.testing.assert_allclose(r["scores"], r["mass"], rtol=1e-12)
+    # pointing: the signed maximum, not the largest magnitude
+    #   0: max 3 at (0, 0), inside (|-6| is outside);  1: max 2 at (1, 1), outside (|-5| is inside);
+    #   2: max -1 at (0, 0), outside (|-6| is inside)
+    np.testing.assert_array_equal(r["pointing"], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(r["mask_fraction"], [2 / 6, 2 / 6, 1 / 6], rtol=1e-12)
+    # positive=False: magnitudes of the channel sum |h| (not the sum of the channels' magnitudes)
+    #   0: (3 + 1) / (3 + 1 + 0 + 1 + 2 + 6);  1: (5 + 1) / (5 + 1 + 2);  2: 6 / 21
+    m = oe.evaluate(None, x, _LOC_A, "localisation", masks=_LOC_MASKS, positive=False)
+    np.testing.assert_allclose(m["mass"], [4 / 13, 6 / 8, 6 / 21], rtol=1e-12)
+    np.testing.assert_array_equal(m["pointing"], r["pointing"])  # the pointing game stays signed
+    # a channel-aggregated (B, H, W) map is read as it is
+    h = oe.evaluate(None, x, _LOC_A.sum(1), "localisation", masks=_LOC_MASKS)
+    np.testing.assert_allclose(h["mass"], r["mass"], rtol=1e-12)
+    np.testing.assert_array_equal(h["pointing"], r["pointing"])
+
+
+# ---------------------------------------------------------------- AUPC by hand (docs/methods.md §3.2.4)
+# f_0(z) = Σ z − 10 (a logit), so a step's mean score is f_0 of the current image plus the mean written
+# value minus the pixel it replaces. 1×1 windows on a 3×3 image: the corners h0, w0 < 3 − 1 qualify.
+_AUPC_X = np.array([[[[1, 2, 0], [3, 1, 0], [0, 0, 0]]]], dtype=float)  # f_0(x) = 7 − 10 = −3
+# candidates (raw, [0, 1]) of the 4 steps, 5 draws each; written as (c − 0.5) / 0.5 = 2c − 1
+_AUPC_CANDS = np.array([
+    [0.0, 0.6, 0.7, 0.8, 0.9],   # v = [-1, .2, .4, .6, .8]: mean .2, median .4 (closest to the mean: .2)
+    [0.2, 0.4, 0.0, 1.0, 0.9],   # v = [-.6, -.2, -1, 1, .8]: mean 0, median -.2
+    [0.1, 0.3, 0.5, 0.7, 0.9],   # mean 0, median 0
+    [0.0, 0.25, 0.5, 0.75, 1.0],  # mean 0, median 0
+]).reshape(1, 4, 5, 1, 1, 1)  # fmt: skip
+
+
+def _sum_minus_ten(z):
+    s = z.reshape(len(z), -1).sum(1)
+    return np.stack([s - 10.0, -s], 1)
+
+
+def test_aupc_by_hand_on_a_linear_model():
+    # |h| ranks the corners (0,0) 4, (1,1) 3, (1,0) 2, (0,1) 1; the 9s lie outside the eligible corners
+    # (a signed ranking would take (1,0), (0,1), (1,1), (0,0))
+    a = np.array([[[[-4, 1, 9], [2, -3, 9], [9, 9, 9]]]], dtype=float)
+    r = oe.evaluate(_sum_minus_ten, _AUPC_X, a, "aupc", target=0, kernel_size=1, num_regions=4,
+                    candidates=_AUPC_CANDS, mean=0.5, std=0.5)  # fmt: skip
+    assert r["windows"] == [[(0, 0), (1, 1), (1, 0), (0, 1)]]
+    # Σ after each step: 7 → 7 − 1 + .4 = 6.4 → 6.4 − 1 − .2 = 5.2 → 5.2 − 3 + 0 = 2.2
+    # means: (7 − 1 − 10) + .2 = −3.8; 6.4 − 1 − 10 = −4.6; 5.2 − 3 − 10 = −7.8; 2.2 − 2 − 10 = −9.8
+    np.testing.assert_allclose(r["curve"], [[-3 / 3, -3.8 / 3, -4.6 / 3, -7.8 / 3, -9.8 / 3]], rtol=1e-12)
+    # Simpson (dx = 1, 5 points) of the curve divided by |f(x)| = 3
+    want = (-3 + 4 * -3.8 + 2 * -4.6 + 4 * -7.8 + -9.8) / 3 / 3
+    assert want == pytest.approx(-7.6)
+    assert r["scores"][0] == pytest.approx(want, rel=1e-12)
+
+
+def test_aupc_objective_of_adaptive_smoothtaylor_by_hand(tmp_path):
+    # The adaptive search's 'aupc' objective on an ONNX model: logits of the asked class 0 (class 1, the
+    # predicted one, is a constant 10). All eligible pixels are 1, so the value does not depend on the
+    # order of the windows, hence not on SmoothTaylor's random roots:
+    #   Σ: 4 → 3.4 → 2.2 → 1.2;  means: −7 + .2 = −6.8, −7.6, −8.8, −9.8;  f(x) = −6
+    net = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.stack([torch.ones(9), torch.zeros(9)]))
+        net[1].bias.copy_(torch.tensor([-10.0, 10.0]))
+    x = np.array([[[[1, 1, 0], [1, 1, 0], [0, 0, 0]]]], dtype=np.float32)
+    m = oe.load(export(net, torch.from_numpy(x), tmp_path / "lin9.onnx", "legacy"))
+    e = oe.explain(m, x, "smoothtaylor_adaptive", target=0, n_roots=2, max_iteration=1, objective="aupc",
+                   objective_options={"kernel_size": 1, "num_regions": 4, "candidates": _AUPC_CANDS,
+                                      "mean": 0.5, "std": 0.5})  # fmt: skip
+    want = (-6 + 4 * -6.8 + 2 * -7.6 + 4 * -8.8 + -9.8) / 3 / 6
+    assert want == pytest.approx(-93.4 / 18)
+    assert e.extras["objective"][0] == pytest.approx(want, rel=1e-6)
+    assert all(v == pytest.approx(want, rel=1e-6) for _, v in e.extras["trace"][0])

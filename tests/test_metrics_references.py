@@ -64,6 +64,77 @@ def test_region_perturbation_matches_quantus(setup, patch, order):
     np.testing.assert_allclose(ours["quantus_curve"], theirs[:, : ours["n_regions"]], **_tol(theirs))
 
 
+class WideCNN(nn.Module):
+    """A 7 × 10 input: neither side a multiple of the patch sizes below, so Quantus pads."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 7 * 10, 5)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    torch.manual_seed(2)
+    net = WideCNN().eval()
+    x = torch.randn(3, 3, 7, 10, generator=torch.Generator().manual_seed(4))
+    model = oe.load(export(net, x, tmp_path_factory.mktemp("qw") / "wide.onnx", "legacy"))
+    y = net(x).argmax(1).numpy()
+    a = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)  # distinct values: no ties
+    return net, model, x.numpy(), y, a
+
+
+# Quantus pads (floor, ceil) of p − n mod p before tiling. patch 4: H 7 → (0, 1), W 10 → (1, 1), a 2 × 3
+# grid shifted one column; patch 3: H 7 → (1, 1), W 10 → (1, 1), a 3 × 4 grid shifted by one both ways.
+@pytest.mark.parametrize(("patch", "order"), [(4, "morf"), (3, "lerf")])
+def test_region_perturbation_with_padding_matches_quantus(wide, patch, order):
+    net, model, x, y, a = wide
+    L = 100  # every region
+    theirs = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=L, order=order, perturb_baseline=0.0,
+                                        normalise=False, abs=False, disable_warnings=True)(
+        model=net, x_batch=x, y_batch=y, a_batch=a, softmax=False, channel_first=True, device="cpu"
+    )  # fmt: skip
+    theirs = np.asarray(theirs)
+    ours = oe.evaluate(model, x, a, "region_perturbation", target=y, region=patch, n_regions=L, order=order,
+                       quantus_padding=True)  # fmt: skip
+    assert ours["n_regions"] == theirs.shape[1] == {4: 6, 3: 12}[patch]
+    np.testing.assert_allclose(ours["quantus_curve"], theirs, **_tol(theirs))
+    # the padding matters here: the unshifted grid gives other regions, hence another curve
+    plain = oe.evaluate(model, x, a, "region_perturbation", target=y, region=patch, n_regions=L, order=order)
+    assert np.abs(plain["quantus_curve"][:, :-1] - theirs[:, :-1]).max() > 1e-2
+
+
+def test_localisation_matches_quantus_where_the_definitions_meet():
+    # Quantus' RelevanceMassAccuracy is the signed ratio Σ_in a / Σ a; ours (Arras et al.) keeps the positive
+    # part of the channel sum h (positive=False: |h|). They meet on |h| (abs=True) and on clip(h, 0);
+    # PointingGame(abs=False) is our signed pointing game (distinct values: no tied maxima).
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((6, 3, 5, 7))
+    masks = rng.uniform(size=(6, 5, 7)) < 0.3
+    x, y, s = np.zeros((6, 1, 5, 7)), np.zeros(6, int), masks[:, None].astype(float)
+    h = a.sum(1)
+    # the data tell signed from magnitude: somewhere the largest |h| and the largest h fall on different sides
+    flat_m, flat_h = masks.reshape(6, -1), h.reshape(6, -1)
+    assert (flat_m[np.arange(6), flat_h.argmax(1)] != flat_m[np.arange(6), np.abs(flat_h).argmax(1)]).any()
+
+    def theirs(metric, amap, **kw):
+        m = metric(normalise=False, disable_warnings=True, **kw)
+        out = m(model=None, x_batch=x, y_batch=y, a_batch=amap[:, None], s_batch=s, channel_first=True)
+        return np.asarray(out, dtype=float)
+
+    ours = oe.evaluate(None, np.zeros((6, 3, 5, 7)), a, "localisation", masks=masks)
+    mags = oe.evaluate(None, np.zeros((6, 3, 5, 7)), a, "localisation", masks=masks, positive=False)
+    np.testing.assert_allclose(mags["mass"], theirs(quantus.RelevanceMassAccuracy, h, abs=True), rtol=1e-12)
+    np.testing.assert_allclose(
+        ours["mass"], theirs(quantus.RelevanceMassAccuracy, np.clip(h, 0, None)), rtol=1e-12
+    )
+    np.testing.assert_array_equal(ours["pointing"], theirs(quantus.PointingGame, h, abs=False))
+
+
 def test_faithfulness_correlation_matches_quantus(setup):
     net, model, x, y, a = setup
     runs, size = 12, 20
