@@ -17,6 +17,7 @@ Seeds are fixed (0); every setting is printed in the result files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -30,31 +31,65 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(ROOT / "models"))
 
 TV = {"min_size": (8, 8)}  # 32x32 maps: pyramid levels down to 8x8 (the paper's 30x30 floor leaves one level)
+SMOOTHER_MIN_DROP = 0.02  # SmoothGrad counts as smoother when its best σ lowers AUTVC by more than 2 %
 
 
+# ---------------------------------------------------------------------------------------------- verdicts
+# Each verdict is a pure function of measured numbers, so that tests/test_claims.py can check it on numbers
+# chosen by hand (it must flip where a number crosses its threshold) and on the stored result files.
+# A NaN never reproduces a claim (every comparison with it is False).
+def verdict_smoother(gradient_tv: float, tv_by_sigma: dict) -> tuple[bool, float, float]:
+    """(reproduced, best σ, relative drop): the σ > 0 of lowest AUTVC must lower the gradient's AUTVC by
+    more than ``SMOOTHER_MIN_DROP`` (σ = 0 is the gradient itself)."""
+    best = min((s for s in tv_by_sigma if s > 0), key=lambda s: tv_by_sigma[s])
+    drop = 1 - tv_by_sigma[best] / gradient_tv
+    return bool(drop > SMOOTHER_MIN_DROP), best, drop
+
+
+def verdict_additive(tv: dict) -> bool:
+    """Noise training and SmoothGrad add up: the noise-trained model with SmoothGrad has a lower AUTVC
+    than either alone (``tv[(model, map)]``)."""
+    both = tv[("digits_noise", "smoothgrad")]
+    return bool(both < tv[("digits", "smoothgrad")] and both < tv[("digits_noise", "gradient")])
+
+
+def verdict_smoothtaylor(ig_tv: float, smoothtaylor_tv: float) -> bool:
+    """SmoothTaylor is smoother than IG: a strictly lower AUTVC."""
+    return bool(smoothtaylor_tv < ig_tv)
+
+
+def verdict_rank(tau_smoothgrad: float, tau_ig: float) -> bool:
+    """SmoothGrad keeps its Kendall rank under removal better than IG: a strictly higher τ."""
+    return bool(tau_smoothgrad > tau_ig)
+
+
+# Models and data sets are made once per process (the shapes data set alone takes seconds to draw); the
+# slices handed out are copies, so no benchmark can change another's input.
+@functools.cache
 def _model(name):
     import onnx_explain as oe
 
     return oe.load(ROOT / "models" / f"{name}.onnx")
 
 
-def _digits(n):
-    from build import digits_data
+@functools.cache
+def _data(name):
+    import build
 
-    return digits_data()[2][:n]
+    return getattr(build, f"{name}_data")()
+
+
+def _digits(n):
+    return _data("digits")[2][:n].copy()
 
 
 def _shapes(n):
-    from build import shapes_data
-
-    _, _, x, _, masks = shapes_data()
-    return x[:n], masks[:n]
+    _, _, x, _, masks = _data("shapes")
+    return x[:n].copy(), masks[:n].copy()
 
 
 def _wine(n):
-    from build import wine_data
-
-    return wine_data()[2][:n]
+    return _data("wine")[2][:n].copy()
 
 
 def _write(name: str, title: str, settings: dict, table: list[str], figures=(), notes=()) -> Path:
@@ -110,16 +145,14 @@ def bench_smoothgrad(quick: bool) -> dict:
     ]
     table += [f"| SmoothGrad | 0.15 | {n} | {v[0]:.4f} | {v[1]:.3f} |" for n, v in by_n.items()]
     fig = _plot("claims_smoothgrad.png", lambda plt: _sigma_fig(plt, m, x[0], sigmas))
-    best = min((s for s in sigmas if s > 0), key=lambda s: by_sigma[s][0])
-    drop = 1 - by_sigma[best][0] / base[0]
-    smoother = drop > 0.02
+    smoother, best, drop = verdict_smoother(base[0], {s: v[0] for s, v in by_sigma.items()})
     notes = [f"Claim (Smilkov et al. 2017): SmoothGrad maps are less noisy than the gradient. Measured: the best σ "
              f"({best}) lowers AUTVC by {100 * drop:.1f} % ({base[0]:.4f} → {by_sigma[best][0]:.4f}); "
              + ("reproduced, if weakly: these 32x32 maps of upsampled 8x8 digits are blocky for every method."
-                if smoother else "NOT reproduced on this model (less than 2 %).")]  # fmt: skip
+                if smoother else f"NOT reproduced on this model (less than {100 * SMOOTHER_MIN_DROP:.0f} %).")]  # fmt: skip
     _write("smoothgrad", "SmoothGrad vs gradient: noise level and faithfulness", {"model": "digits", "samples": len(x),
            "noise": "relative", "pixel_flipping": pf, "total_variation": TV, "seed": 0}, table, [fig], notes)  # fmt: skip
-    return {"gradient": base, "sigma": by_sigma, "n": by_n, "smoother": bool(smoother)}
+    return {"gradient": base, "sigma": by_sigma, "n": by_n, "smoother": smoother}
 
 
 def _sigma_fig(plt, m, x0, sigmas):
@@ -152,15 +185,13 @@ def bench_noise(quick: bool) -> dict:
                                    oe.evaluate(m, x, a, "pixel_flipping", pixels_per_step=16)["mean"])  # fmt: skip
     table = ["| model | map | AUTVC | AOPC |", "|---|---|---|---|"]
     table += [f"| {k[0]} | {k[1]} | {v[0]:.4f} | {v[1]:.3f} |" for k, v in res.items()]
-    additive = res[("digits_noise", "smoothgrad")][0] < min(
-        res[("digits", "smoothgrad")][0], res[("digits_noise", "gradient")][0]
-    )
+    additive = verdict_additive({k: v[0] for k, v in res.items()})
     notes = ["Claim (Smilkov et al. 2017, §4.2): training with noise and SmoothGrad have an additive effect on "
              "the sharpness of the maps. Measured: the noise-trained model with SmoothGrad has the lowest AUTVC: "
              + ("yes — reproduced." if additive else "no — NOT reproduced on this model.")]  # fmt: skip
     _write("noise", "Training with noise, with and without SmoothGrad", {"samples": len(x), "noise_training_sigma": 0.5},
            table, notes=notes)  # fmt: skip
-    return {"results": {f"{k[0]}/{k[1]}": v for k, v in res.items()}, "additive": bool(additive)}
+    return {"results": {f"{k[0]}/{k[1]}": v for k, v in res.items()}, "additive": additive}
 
 
 # ---------------------------------------------------------------------------------------------- 3
@@ -181,7 +212,7 @@ def bench_smoothtaylor(quick: bool) -> dict:
            for k, a in maps.items()}  # fmt: skip
     table = ["| map | AUTVC (lower: smoother) | perturbation AUC (lower: more faithful) |", "|---|---|---|"]
     table += [f"| {k} | {v[0]:.4f} | {v[1]:.4f} |" for k, v in res.items()]
-    st_better = res["smoothtaylor σ=0.5"][0] < res["integrated_gradients"][0]
+    st_better = verdict_smoothtaylor(res["integrated_gradients"][0], res["smoothtaylor σ=0.5"][0])
     notes = ["Claim (Goh et al. 2020): SmoothTaylor maps are less noisy than Integrated Gradients, and adaptive "
              "noising improves them further. Measured AUTVC: "
              + ("SmoothTaylor below IG — reproduced." if st_better else "SmoothTaylor not below IG — NOT reproduced.")]  # fmt: skip
@@ -192,7 +223,7 @@ def bench_smoothtaylor(quick: bool) -> dict:
         table,
         notes=notes,
     )
-    return {"results": res, "smoothtaylor_smoother": bool(st_better)}
+    return {"results": res, "smoothtaylor_smoother": st_better}
 
 
 # ---------------------------------------------------------------------------------------------- 4
@@ -226,7 +257,7 @@ def bench_rank(quick: bool) -> dict:
     fig = _plot("claims_rank.png", lambda plt: _rank_fig(plt, res))
     mid = len(ratios) // 2
     sg, ig = res["smoothgrad"]["kendall_mask"][mid], res["integrated_gradients"]["kendall_mask"][mid]
-    holds = sg > ig
+    holds = verdict_rank(sg, ig)
     notes = [f"Claim (Park): under removal of the most important pixels SmoothGrad keeps its Kendall rank, IG "
              f"does not. Measured at removal ratio {ratios[mid]}: τ = {sg:.3f} (SmoothGrad) vs {ig:.3f} (IG) — "
              + ("the ordering reproduces." if holds else "the ordering does NOT reproduce on this model."),
@@ -240,7 +271,7 @@ def bench_rank(quick: bool) -> dict:
         [fig],
         notes,
     )
-    return {"results": res, "smoothgrad_more_consistent": bool(holds)}
+    return {"results": res, "smoothgrad_more_consistent": holds}
 
 
 def _rank_fig(plt, res):
@@ -261,10 +292,8 @@ def bench_faithfulness(quick: bool) -> dict:
     import onnx_explain as oe
 
     n = 4 if quick else 40
-    from build import wine_data
-
     datasets = {"digits": _digits(n), "shapes": _shapes(n)[0], "wine": _wine(min(n, 48))}
-    wine_mean = wine_data()[0].mean(0)  # the training mean: 'absent' for a standardised feature
+    wine_mean = _data("wine")[0].mean(0)  # the training mean: 'absent' for a standardised feature
     masks = _shapes(n)[1]
     methods = {"gradient": {}, "gradient_x_input": {}, "smoothgrad": {"n_samples": 10 if quick else 50},
                "integrated_gradients": {"n_steps": 16 if quick else 50}, "lrp": {"composite": "epsilon_plus"}}  # fmt: skip
