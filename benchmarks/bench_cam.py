@@ -386,9 +386,8 @@ def table(rows: list, floors: dict, args, cmd: str, elapsed: float) -> str:
         "",
         "Threads: torch `torch.set_num_threads(n)`; onnx-explain `ONNX_EXPLAIN_THREADS=n` (read by "
         "`runtime.make_session`), the floors `intra_op_num_threads=n`, numpy's BLAS (the SVD) "
-        "`threadpoolctl.threadpool_limits(n)`. The session onnx-explain's runtime CAMs "
-        "read the layer from (`methods/cam.py::layer_activations`) is made with onnxruntime's defaults and does "
-        "not read `ONNX_EXPLAIN_THREADS`: in the 1-thread rows that part of ours runs on all cores.",
+        "`threadpoolctl.threadpool_limits(n)`. The onnxruntime CAMs read the layer and the explained score "
+        "in one pass (`Runtime.layer`: the model's device, threads and weights).",
         "",
         "Rows: the onnxruntime rows our call ran, counted (prefix = the graph up to the layer, full = the whole "
         "graph, head = the graph after the layer). max |Δ| compares the [0, 1] maps after each tool's "
