@@ -6,6 +6,8 @@ for importing torch.
 
 from __future__ import annotations
 
+from .lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -73,13 +75,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'onnx_explain' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

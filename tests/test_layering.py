@@ -31,6 +31,7 @@ LAYERS = {
     "onnx_explain.errors": 0,
     "onnx_explain.options": 0,
     "onnx_explain.atomic": 0,
+    "onnx_explain.lazy": 0,
     "onnx_explain.layout": 0,
     "onnx_explain.memory": 0,
     "onnx_explain.stats": 0,

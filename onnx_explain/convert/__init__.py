@@ -6,6 +6,8 @@ black-box methods, ``evaluate``) must not import it."""
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 __all__ = ["ADDED", "NODE_ATTR", "OVERRIDDEN", "converter", "onnx_nodes", "to_fx"]
 
 _LAZY = {
@@ -18,13 +20,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

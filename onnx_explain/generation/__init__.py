@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 # torch-free (onnxruntime): imported here; ``generate`` must name the function, not its module
 from .generate import Sampling, generate
 from .model import GenerativeModel, load_generative
@@ -31,13 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
