@@ -147,6 +147,11 @@ def bench_ours(name: str, threads: int, repeats: int, tmp: str, lxt_python: str 
             a = _per_token(name, np.asarray(cp.attribution, np.float64))
             b = _per_token(name, np.load(lxt["relevance"]).astype(np.float64))
             row["lxt_cosine"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+            # the same unit, unsummed: the relevance of every embedding coordinate (BERT) or pixel channel
+            a = np.asarray(cp.attribution, np.float64).ravel()
+            b = np.load(lxt["relevance"]).astype(np.float64).ravel()
+            row["lxt_cosine_full"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+            row["lxt_max_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
     print(json.dumps({k: v for k, v in row.items() if k != "fallback"}), flush=True)
     return row
 
@@ -236,7 +241,8 @@ def report(rows: list, repeats: int, lxt: bool) -> str:
         + (
             "; LXT 2.1 (`lxt.efficient.monkey_patch`, transformers 4.57 in its own venv: AttnLRP for BERT, CP-LRP "
             "for the ViT, LXT's only map for torchvision's ViT), timed against a plain fwd+bwd in that venv; "
-            "cosine = LXT vs our same-method relevance per token/pixel"
+            "cosine = LXT vs our same-method relevance per token/pixel, and unsummed (every embedding coordinate / "
+            "pixel channel), with the largest difference relative to LXT's largest value"
             if lxt
             else ""
         )
@@ -245,8 +251,8 @@ def report(rows: list, repeats: int, lxt: bool) -> str:
         "",
         "| model | threads | fwd+bwd ONNX (s) | fwd+bwd torch (s) | ours AttnLRP (s) | ours / fwd+bwd ONNX | "
         "ours / fwd+bwd torch | CPU: ours / fwd+bwd ONNX | ours CP-LRP (s) | LXT fwd+bwd (s) | LXT (s) | "
-        "LXT / its fwd+bwd | CPU: LXT / its fwd+bwd | cosine LXT vs ours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "LXT / its fwd+bwd | CPU: LXT / its fwd+bwd | cosine LXT vs ours | cosine unsummed | max rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
 
@@ -260,7 +266,7 @@ def report(rows: list, repeats: int, lxt: bool) -> str:
             f"| {r['model']} | {r['threads']} | {f('onnx')} | {f('torch')} | {f('ours')} | "
             f"{r['ours'] / r['onnx']:.2f} | {r['ours'] / r['torch']:.2f} | {r['cpu_ours'] / r['cpu_onnx']:.2f} | "
             f"{f('ours_cp')} | {f('lxt_fwd_bwd')} | {f('lxt_lrp')} | {lxt_ratio} | {lxt_cpu} | "
-            f"{f('lxt_cosine', '{:.4f}')} |"
+            f"{f('lxt_cosine', '{:.4f}')} | {f('lxt_cosine_full', '{:.7f}')} | {f('lxt_max_rel_err', '{:.1e}')} |"
         )
     return "\n".join(lines) + "\n"
 
