@@ -109,8 +109,10 @@ def sanity_check(
     ----------
     model : Model or path
         The model; its converted graph is randomised (a copy: the model is untouched).
-    x : array_like
-        Inputs of the explained input (one input models; batch first).
+    x : array_like or dict
+        A batch of the explained input (batch first), or a dict of arrays named after the model's inputs
+        with per-sample values of the others (a recurrent state ...), as :func:`onnx_explain.explain`
+        takes it; every randomised model sees each sample's own values.
     method : str
         A registered method that runs on the converted graph (gradient, LRP, CAMs ...).
     target : optional
@@ -148,7 +150,7 @@ def sanity_check(
         (cascading or ``efficient``; None otherwise) and the settings; ``efficient`` adds ``entropy``
         ``(2, samples)``: the trained and the random model's.
     """
-    from .explainer import _out_shape, _run, converted, explain
+    from .explainer import _out_shape, _run, converted, explain, to_device
     from .methods import METHODS
     from .methods.base import make_generator
     from .model import Model, load
@@ -170,15 +172,12 @@ def sanity_check(
         model = load(model)
     if target is not None and not isinstance(target, (int, np.integer, str, list, tuple, np.ndarray)):
         raise OptionError("sanity_check explains classes: give target as a class, one per sample, or None")
-    if isinstance(x, dict):
-        raise OnnxExplainError(
-            "sanity_check explains models of one input (the others fixed with fixed_inputs=)"
-        )
     threshold = _THRESHOLD[variant] if threshold is None else float(threshold)
-    x = np.asarray(x)
     first = explain(model, x, method, target, batch_size=batch_size, seed=0, **options)
     targets = first.target
-    module = converted(model, "cpu", METHODS[method].output, (x, {}))
+    x, companions = model.split_inputs(x) if isinstance(x, dict) else (np.asarray(x), {})
+    module = converted(model, "cpu", METHODS[method].output, (x, companions))
+    comp = {k: to_device(v, "cpu") for k, v in companions.items()}  # per sample, batch first
     rand = copy.deepcopy(module)
     steps = randomisation_layers(rand)
     if not steps:
@@ -213,8 +212,10 @@ def sanity_check(
             xt = torch.from_numpy(block)
             if xt.dtype not in (torch.float32, torch.float64):
                 xt = xt.float()
-            tt = np.tile(np.asarray(targets), len(block) // len(x)) if len(rows) > 1 else targets
-            a = _run(net, xt, {}, spec, tt, batch_size, model.layout, make_generator(0), opts, out_shape)[0]
+            copies = len(block) // len(x)
+            tt = np.tile(np.asarray(targets), copies) if len(rows) > 1 else targets
+            cb = {k: torch.cat([v] * copies) for k, v in comp.items()} if copies > 1 else comp
+            a = _run(net, xt, cb, spec, tt, batch_size, model.layout, make_generator(0), opts, out_shape)[0]
             a = a.detach().cpu().numpy()
             if len(rows) == 1:  # one explanation: as the method gives it (ranking float32 is faster)
                 return a

@@ -206,16 +206,51 @@ def test_a_symbolic_batch_the_graph_does_not_honour_runs_one_row_at_a_time(tmp_p
             np.testing.assert_allclose(e.attribution[i], one.attribution[0], rtol=1e-5, atol=1e-7)
 
 
-def test_audit_takes_other_inputs_fixed_and_says_so_when_they_come_per_item(tmp_path):
+def test_audit_takes_per_item_states_from_an_npz_and_scores_them_as_the_api_does(tmp_path):
+    import json
+
     net, path = _export(tmp_path, named=True)
     rng = np.random.default_rng(4)
     npz = tmp_path / "chunk.npz"
+    z = {"audio": rng.standard_normal((3, 16)).astype(np.float32),
+         "state": rng.standard_normal((2, 3, H)).astype(np.float32), "sr": np.array(16000, np.int64)}  # fmt: skip
+    np.savez(npz, **z)
+    r = CliRunner().invoke(main, ["audit", str(path), str(npz), "--output-name", "output", "-m", "gradient",
+                                  "--metric", "deletion", "--out", str(tmp_path / "a")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["conversion"]["ok"] and report["conversion"]["parity"]["probe"] == "given"
+    assert report["lrp_coverage"]["ok"] and "gradient" in report["sanity"]
+    m = oe.load(path, input="audio", output="output")
+    e = oe.explain(m, z, "gradient")
+    want = oe.evaluate(m, z, e.attribution, "deletion")
+    got = report["scores"]["deletion"]["gradient"]
+    assert np.isclose(got["mean"], np.mean(want["scores"]), rtol=1e-5), (got, want["scores"])
+    # each item's own state matters: with the states swapped the scores change
+    swapped = {**z, "state": z["state"][:, ::-1].copy()}
+    other = oe.evaluate(m, swapped, oe.explain(m, swapped, "gradient").attribution, "deletion")
+    assert not np.allclose(other["scores"], want["scores"])
+
+
+def test_sanity_check_with_per_sample_states_is_each_sample_checked_alone(tmp_path):
+    net, path = _export(tmp_path, named=True)
+    rng = np.random.default_rng(5)
+    z = {"audio": rng.standard_normal((3, 16)).astype(np.float32),
+         "state": rng.standard_normal((2, 3, H)).astype(np.float32), "sr": np.array(16000, np.int64)}  # fmt: skip
+    m = oe.load(path, input="audio", output="output")
+    for variant in ("mprt", "efficient"):  # (smooth draws its noise for the whole batch at once)
+        whole = oe.sanity_check(m, z, "gradient_x_input", variant=variant)
+        for i in range(3):
+            one = {"audio": z["audio"][i : i + 1], "state": z["state"][:, i : i + 1], "sr": z["sr"]}
+            alone = oe.sanity_check(m, one, "gradient_x_input", variant=variant)
+            np.testing.assert_allclose(whole["similarity"][:, i], alone["similarity"][:, 0], atol=1e-6)
+            np.testing.assert_allclose(whole["original"][i], alone["original"][0], rtol=1e-5, atol=1e-7)
+
+
+def test_audit_takes_other_inputs_fixed(tmp_path):
+    net, path = _export(tmp_path, named=True)
+    rng = np.random.default_rng(4)
     audio = rng.standard_normal((3, 16)).astype(np.float32)
-    np.savez(npz, audio=audio, state=np.zeros((2, 3, H), np.float32), sr=np.array(16000, np.int64))
-    r = CliRunner().invoke(
-        main, ["audit", str(path), str(npz), "--output-name", "output", "--out", str(tmp_path / "a")]
-    )
-    assert r.exit_code == 2 and "give sr, state with --fixed" in r.output
     np.save(tmp_path / "audio.npy", audio)
     np.save(tmp_path / "state.npy", np.zeros((2, 1, H), np.float32))
     r = CliRunner().invoke(main, ["audit", str(path), str(tmp_path / "audio.npy"), "--input-name", "audio",

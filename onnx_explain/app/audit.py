@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from .io import Preprocess, read_items
+from .job import model_layout
 
 
 def default_methods(modality: str) -> dict[str, dict]:
@@ -118,6 +119,9 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         x, report["inputs"] = _read_inputs(
             model, x, Preprocess.from_model(model.input, preprocess), max_items
         )
+    elif isinstance(x, dict):  # the explained input with per-sample values of the others (a state ...)
+        x = _head(model, x, max_items)
+        report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(_shown(model, x)))], "failed": []}
     else:
         x = model.validate_input(np.asarray(x))[:max_items]
         report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(x))], "failed": []}
@@ -126,8 +130,8 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         methods = _runtime_only(methods, given, kind, model)
         report["settings"]["methods"] = methods
         report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
-    elif texts is not None:
-        report["lrp_coverage"] = _lrp_coverage_tokens(model, x)
+    elif isinstance(x, dict):  # tokens through the embedding cut, or per-sample companions
+        report["lrp_coverage"] = _lrp_coverage_explained(model, _head(model, x, 2))
     else:
         report["lrp_coverage"] = _lrp_coverage(module, x)
     if not report["lrp_coverage"]["ok"]:
@@ -151,7 +155,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         if target is None or isinstance(target, (int, np.integer)):
             report["sanity"] = _sanity(
                 model,
-                x[:sanity_items],
+                _head(model, x, sanity_items),
                 methods,
                 sanity_layers,
                 batch_size,
@@ -165,10 +169,11 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
             )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     layout = model.layout if kind == "image" else None
-    figures = render_figures(x, explanations, curves, layout, thumbnails, report["inputs"].get("columns"))
+    shown = _shown(model, x) if texts is None else x
+    figures = render_figures(shown, explanations, curves, layout, thumbnails, report["inputs"].get("columns"))
     if report.get("sanity") and (png := sanity_figure(report["sanity"])) is not None:
         figures["sanity"] = png
-    return AuditReport(report, explanations, curves, figures, views, x)
+    return AuditReport(report, explanations, curves, figures, views, shown)
 
 
 def _sanity(model, x, methods: dict, layers: int, batch_size: int, target, errors: dict,
@@ -372,18 +377,23 @@ def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]
         if it.error:
             failures.append(it.error)
             continue
-        if it.companions:
-            raise InputDataError(
-                f"{it.source}: the audit explains models whose other inputs are fixed; give "
-                f"{', '.join(sorted(it.companions))} with --fixed NAME=VALUE|FILE.npy (per-item values: explain "
-                "and evaluate take them)"
+        if good and sorted(it.companions or {}) != sorted(good[0].companions or {}):
+            failures.append(
+                f"{it.source}: gives the inputs {_names(it.companions)} per item where the first item gives "
+                f"{_names(good[0].companions)}"
             )
+            continue
         try:
-            it.x = model.validate_input(np.asarray(it.x)[None])[0]
+            if it.companions:  # per-item values of the other inputs (a state ...): checked with the item
+                xs, comps = model.split_inputs(model_layout(model, it.x, it.companions, one=True))
+                it.x, it.companions = xs[0], {k: v[0] for k, v in comps.items()}
+            else:
+                it.x = model.validate_input(np.asarray(it.x)[None])[0]
             good.append(it)
         except Exception as exc:  # noqa: BLE001
             failures.append(f"{it.source}: {exc}")
-    good = good[:max_items]
+        if len(good) == max_items:
+            break
     if not good:
         raise InputDataError(
             "no input could be read: nothing to audit" + (f" ({failures[0]})" if failures else "")
@@ -391,7 +401,29 @@ def _read_inputs(model, inputs, prep, max_items: int) -> tuple[np.ndarray, dict]
     info = {"used": [it.name for it in good], "failed": failures}
     if good[0].columns:
         info["columns"] = list(good[0].columns)  # a table's header: the features' names in the figures
-    return np.stack([it.x for it in good]), info
+    x = np.stack([it.x for it in good])
+    if not good[0].companions:
+        return x, info
+    comps = {k: np.stack([it.companions[k] for it in good]) for k in good[0].companions}
+    return model_layout(model, x, comps), info
+
+
+def _names(companions) -> str:
+    return ", ".join(sorted(companions or {})) or "none"
+
+
+def _head(model, x, n: int):
+    """The first ``n`` items of ``x``: rows of an array, or of every input of a dict in the model's layout
+    (along each input's own batch axis: a state ``[2, B, 128]`` on axis 1)."""
+    if not isinstance(x, dict):
+        return x[:n]
+    xs, comps = model.split_inputs(x)
+    return model_layout(model, xs[:n], {k: v[:n] for k, v in comps.items()})
+
+
+def _shown(model, x) -> np.ndarray:
+    """The explained input's rows, batch first (what the figures draw)."""
+    return model.split_inputs(x)[0] if isinstance(x, dict) else x
 
 
 def _lrp_coverage(module, x: np.ndarray) -> dict:
@@ -411,13 +443,13 @@ def _lrp_coverage(module, x: np.ndarray) -> dict:
     return {"ok": True, "composite": composite, "rules": rules}
 
 
-def _lrp_coverage_tokens(model, x: dict) -> dict:
-    """Whether LRP covers a token model: LRP on two texts through the embedding cut, with the default
-    composite (attnlrp where attention carries relevance); the rules and where relevance is read."""
+def _lrp_coverage_explained(model, two: dict) -> dict:
+    """Whether LRP covers a model fed several inputs per sample (tokens through the embedding cut, a state
+    ...): LRP on two items, with the default composite (attnlrp where attention carries relevance); the
+    rules and where relevance is read."""
     from ..errors import LRPCoverageError
     from ..explainer import explain
 
-    two = {k: np.asarray(v)[:2] for k, v in x.items()}
     try:
         e = explain(model, two, "lrp")
     except LRPCoverageError as exc:

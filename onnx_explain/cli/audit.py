@@ -19,7 +19,7 @@ def _defaults(choose) -> str:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)),
+@click.option("--method", "-m", "methods", multiple=True, type=click.Choice(sorted(METHODS)),
               help=f"Methods to compare, repeatable (default, by input: {_defaults(default_methods)}).")  # fmt: skip
 @click.option("--metric", "metrics", multiple=True, type=click.Choice(sorted(METRICS)),
               help=f"Metrics, repeatable (default, by input: {_defaults(default_metrics)}; texts: "
