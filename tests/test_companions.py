@@ -270,3 +270,58 @@ def test_the_explained_input_can_be_chosen_per_call(tmp_path):
     assert model.input.name == "a" and model.with_input("b") is model.with_input("b")
     with pytest.raises(oe.InputSpecError, match="no input named 'c'"):
         oe.explain(model, {"a": a, "b": b}, "gradient", input="c")
+
+
+class _DecoderStep(torch.nn.Module):
+    """A decoder step as arabic-name-romanizer's (torch legacy export): it reads only the prefix's last id,
+    embeds it (one vector per sample, not per id), and attends over encoder states ``memory``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(12, 8)
+        self.out = torch.nn.Linear(8, 5)
+
+    def forward(self, prefix, memory):
+        return torch.log_softmax(self.logits(prefix, memory), dim=-1)
+
+    def logits(self, prefix, memory):  # what gradient methods explain (the scores before LogSoftmax)
+        q = self.emb(prefix[:, -1])
+        att = torch.softmax((memory @ q[:, :, None]).squeeze(-1), dim=1)
+        return self.out(q + (att[:, :, None] * memory).sum(1))
+
+
+def test_ids_selected_before_the_lookup_name_the_node_and_a_float_input_explains(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+    from onnx_explain.errors import InputSpecError
+
+    net = _DecoderStep().eval()
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, 12, (2, 3)).astype(np.int64)
+    memory = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    path = tmp_path / "decoder.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(prefix), torch.from_numpy(memory)), str(path), dynamo=False,
+                          input_names=["prefix", "memory"], output_names=["logprobs"], opset_version=17,
+                          dynamic_axes={"prefix": {0: "b", 1: "t"}, "memory": {0: "b", 1: "s"}})  # fmt: skip
+    m = oe.load(path, input="prefix")
+    with pytest.raises(
+        InputSpecError, match=r"reaches floats first at node '[^']+' \(Gather\), of shape \(\d+, 8\)"
+    ):
+        oe.explain(m, {"prefix": prefix, "memory": memory}, "gradient", target=1)
+    np.savez(tmp_path / "step.npz", prefix=prefix, memory=memory)
+    r = CliRunner().invoke(main, ["explain", str(path), str(tmp_path / "step.npz"), "-m", "gradient",
+                                  "--input-name", "prefix", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert (
+        r.exit_code != 0
+        and "(Gather)" in r.output
+        and "--input-name" in r.output
+        and "Traceback" not in r.output
+    )
+    e = oe.explain(oe.load(path, input="memory"), {"prefix": prefix, "memory": memory}, "gradient", target=1)
+    mem = torch.from_numpy(memory).requires_grad_(True)
+    net.logits(torch.from_numpy(prefix), mem)[:, 1].sum().backward()
+    np.testing.assert_allclose(e.attribution, mem.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -29,6 +29,7 @@ def find_float_frontier(graph: fx.GraphModule, position: int, x: torch.Tensor, a
     ShapeProp(gm).propagate(*args)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     depends = {placeholders[position].name}
+    first_float = None
     for node in gm.graph.nodes:
         if node.op == "placeholder" or not any(a.name in depends for a in node.all_input_nodes):
             continue
@@ -38,9 +39,28 @@ def find_float_frontier(graph: fx.GraphModule, position: int, x: torch.Tensor, a
             continue
         if meta.dtype.is_floating_point and tuple(meta.shape[: x.dim()]) == tuple(x.shape):
             return _dequantized(gm, node).name
+        if meta.dtype.is_floating_point and first_float is None:
+            first_float = (node, tuple(meta.shape))
+    if first_float is None:
+        raise InputSpecError(
+            f"no float tensor is computed from the integer input (shape {tuple(x.shape)}): nothing to "
+            "attribute to; explain a float input instead (--input-name / input=)"
+        )
+    node, shape = first_float
     raise InputSpecError(
-        "no float tensor of the input's shape is computed from the integer input: nothing to attribute to"
+        f"the integer input (shape {tuple(x.shape)}) reaches floats first at {_where(gm, node)}, of shape "
+        f"{shape}: not one vector per id (the graph selects or mixes the ids before that), so there is "
+        "nothing to attribute per id; explain a float input instead (--input-name / input=)"
     )
+
+
+def _where(gm: fx.GraphModule, node: fx.Node) -> str:
+    """``node 'NAME' (OpType)`` of the ONNX node a converted fx node came from (or the fx node)."""
+    from ..convert.nodes import NODE_ATTR
+
+    module = gm.get_submodule(node.target) if node.op == "call_module" else None
+    name, op, _ = getattr(module, NODE_ATTR, ("", "", ""))
+    return f"node {name!r} ({op})" if name else f"the graph's {node.name!r}"
 
 
 def _dequantized(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
