@@ -236,6 +236,14 @@ def case_scatter_nd(reduction, opset):
     return make_model(nodes, [vinfo("x", [2, 4, 5])], [vinfo("y", None)], inits, opset=opset), _x((2, 4, 5))
 
 
+def case_lp_normalization(p, axis):
+    node = helper.make_node("LpNormalization", ["x"], ["y"], p=p, axis=axis)
+    x = _x((3, 4, 5))
+    x[1, :, 2] = 0.0  # a zero vector along axis 1, a zero row along axis -1: they stay zero
+    x[2, 3, :] = 0.0
+    return make_model([node], [vinfo("x", ["N", 4, 5])], [vinfo("y", None)], opset=17), x
+
+
 CASES = {
     "slice-1-attributes": lambda: case_slice(1, [1, 0], [4, -1], [1, 2], None),
     "slice-13-negative-steps": lambda: case_slice(13, [-1, 4], [-100, 0], [1, 2], [-2, -1]),
@@ -295,6 +303,11 @@ CASES = {
     "weights-via-identity-and-constant": case_weights_via_identity_and_constant,
     "averagepool-19": case_average_pool19,
     "resize-18": case_resize18,
+    **{
+        f"lpnormalization-p{p}-axis{a}": (lambda p=p, a=a: case_lp_normalization(p, a))
+        for p in (1, 2)
+        for a in (-1, 1)
+    },
 }
 
 
@@ -415,6 +428,7 @@ def test_override_list_is_exactly_the_fixed_builtins():
         "Mish",
         "LinearClassifier",
         "Normalizer",
+        "LpNormalization",
         "ArrayFeatureExtractor",
         "CastLike",
         "Size",

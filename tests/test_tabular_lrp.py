@@ -33,3 +33,61 @@ def test_lrp_through_a_scaler(composite, tmp_path):
     np.testing.assert_array_equal(e.target, alone.target)
     np.testing.assert_allclose(e.attribution, alone.attribution, rtol=1e-4, atol=1e-6)
     assert np.abs(e.attribution).sum() > 0
+
+
+def _zennit_epsilon(x, w, b, seed, target):
+    """Zennit's ε rule on the linear map X Wᵀ + b, the relevance ``seed`` put on column ``target``."""
+    import torch
+    from zennit.composites import NameMapComposite
+    from zennit.rules import Epsilon
+
+    lin = torch.nn.Sequential(torch.nn.Linear(w.shape[1], w.shape[0]))
+    with torch.no_grad():
+        lin[0].weight.copy_(torch.from_numpy(w))
+        lin[0].bias.copy_(torch.from_numpy(b))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    with NameMapComposite([(["0"], Epsilon(epsilon=1e-6))]).context(lin) as m:
+        z = m(xt)
+        grad = torch.zeros_like(z)
+        grad[torch.arange(len(x)), target] = torch.from_numpy(seed).float()
+        (r,) = torch.autograd.grad(z, xt, grad)
+    return r.numpy()
+
+
+@pytest.mark.parametrize("kind", ["multinomial", "ovr", "binary"])
+def test_lrp_of_a_linear_classifier_is_zennit_epsilon_through_its_post_transform(kind, tmp_path):
+    # skl2onnx writes ai.onnx.ml LinearClassifier: SOFTMAX (multinomial), LOGISTIC + Normalizer (one vs
+    # rest) or one coefficient row for two classes, [1 - p, p]; relevance passes the post transform as an
+    # activation's and the margin X Wᵀ + b is shared by ε (Zennit's Epsilon on the same Linear)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    classes = 2 if kind == "binary" else 3
+    X, y = make_classification(
+        200, 5, n_informative=3, random_state=1, n_classes=classes, n_clusters_per_class=1
+    )
+    X = X.astype(np.float32)
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    if kind == "ovr":
+        clf = OneVsRestClassifier(LogisticRegression(max_iter=500)).fit(X, y)
+    onx = to_onnx(clf, X[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 1})
+    assert "LinearClassifier" in [n.op_type for n in onx.graph.node]
+    onnx.save(onx, tmp_path / "lr.onnx")
+    m = oe.load(tmp_path / "lr.onnx")
+    x = X[:6]
+    e = oe.explain(m, x, "lrp")
+    rules = oe.explain(m, x, "lrp", mode="rules")  # the rule as a second graph: the same relevance
+    np.testing.assert_allclose(rules.attribution, e.attribution, rtol=1e-5, atol=1e-7)
+    probs = m.predict(x)
+    t = np.asarray(e.target)
+    seed = probs[np.arange(len(x)), t]  # the explained score, its relevance at the output
+    if kind == "ovr":
+        w = np.stack([c.coef_[0] for c in clf.estimators_]).astype(np.float32)
+        b = np.array([c.intercept_[0] for c in clf.estimators_], np.float32)
+    else:
+        w, b = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
+    if kind == "binary":  # [1 - p, p] of one margin s: both columns reach s, column 0 through -s
+        w, b = np.concatenate([-w, w]), np.concatenate([-b, b])
+    want = _zennit_epsilon(x, w, b, seed, t)
+    np.testing.assert_allclose(e.attribution, want, rtol=2e-4, atol=1e-6)
+    assert e.extras["rules"] and "linear_scores" not in str(e.extras.get("fallback_nodes"))

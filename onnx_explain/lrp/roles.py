@@ -238,6 +238,7 @@ EMBED_NORM = Role("embed_layer_norm", RX.embed_layer_norm)
 Q_ATTENTION = Role("q_attention", RX.qattention)  # quantize_dynamic's fused attention
 Q_EMBED_NORM = Role("q_embed_layer_norm", RX.q_embed_layer_norm)
 BIAS_ACTIVATION = Role("bias_activation", RX.bias_identity)
+LINEAR_SCORES = Role("linear_scores", RX.linear_scores)  # ai.onnx.ml's LinearClassifier: ε on X Wᵀ + b
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Elu",
                "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Swish", "Mish", "Clip",
@@ -252,7 +253,11 @@ register_lrp_role("BatchNormalization", IDENTITY)  # when not merged into the la
 # scikit-learn pipelines (ai.onnx.ml): a Scaler ((x − offset) · scale) and an Imputer map each column on
 # its own, as a BatchNormalization does; a Normalizer divides by the row's norm, held constant as a
 # LayerNorm's is (AttnLRP): each passes a column's relevance to that column
-register_lrp_role(("Scaler", "Imputer", "Normalizer"), IDENTITY)
+register_lrp_role(("Scaler", "Imputer", "Normalizer", "LpNormalization"), IDENTITY)
+# a LinearClassifier is a linear layer and an activation in one node: relevance passes its post transform
+# (logistic, softmax) as an activation's does and is shared by the ε rule over X Wᵀ + b, the intercept
+# absorbing its share; the label output carries none
+register_lrp_role("LinearClassifier", LINEAR_SCORES)
 register_lrp_role(ROUTING, ROUTE)
 register_lrp_role(("Add", "Sum", "Sub"), PROPORTIONAL)
 register_lrp_role(("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum"), PROPORTIONAL)

@@ -1,5 +1,6 @@
 """LRP rules for onnxruntime's fused transformer nodes (``com.microsoft`` ``Attention``,
-``MultiHeadAttention``, ``EmbedLayerNormalization``, ``BiasGelu``/``FastGelu`` with a bias), as the Norm share
+``MultiHeadAttention``, ``EmbedLayerNormalization``, ``BiasGelu``/``FastGelu`` with a bias) and for
+``ai.onnx.ml``'s ``LinearClassifier`` (a linear layer and its activation in one node), as the Norm share
 ``R_i = x_i ⊙ ∂s/∂x_i · R / s(x)`` of a *patched* forward ``s`` that computes the node's own output.
 
 The patches are those of AttnLRP (Achtibat et al., ICML 2024) in its gradient×input form (METHODS §2.6), so a
@@ -256,6 +257,34 @@ class _BiasIdentity(nn.Module):
         z = x if bias is None else x + bias
         ratio = torch.where(z != 0, out / torch.where(z != 0, z, 1.0), 0.0)
         return z * ratio.detach()
+
+
+class _LinearScores(nn.Module):
+    """A ``LinearClassifier`` (``ai.onnx.ml``) as its linear layer and its post transform: the scores
+    written as ``base · (scores / base)`` with the ratio held constant, ``base`` the margins ``X Wᵀ + b``
+    (a binary model's ``[-s, s]``). Relevance passes the post transform unchanged (the identity rule of an
+    activation; a binary model's two columns both reach its one margin, as a ``Neg`` and a ``Concat``
+    pass it) and the linear layer shares it by the ε rule, the intercept absorbing its share."""
+
+    def __init__(self, module: nn.Module, dependent):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        m = self.module
+        margins = m.margins(x)
+        scores = m.scores(margins)
+        base = torch.cat([-margins, margins], dim=1) if m.binary else margins
+        ratio = torch.where(base != 0, scores / torch.where(base != 0, base, 1.0), 0.0)
+        labels = m(x.detach())
+        labels = labels[0] if isinstance(labels, tuple) else labels
+        return (labels, base * ratio.detach()) if m.n_out == 2 else labels
+
+
+def linear_scores(stabilizer: float = 1e-6) -> ShareRule:
+    """A ``LinearClassifier``'s scores: the identity rule through its post transform, then the ε rule on
+    its linear map (:class:`_LinearScores`)."""
+    return ShareRule("epsilon", _LinearScores, stabilizer)
 
 
 def bias_identity(stabilizer: float = 1e-6) -> ShareRule:

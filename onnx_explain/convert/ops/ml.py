@@ -46,27 +46,37 @@ class OnnxLinearClassifier(nn.Module):
         self.post = post
         self.n_out = n_out
 
-    def forward(self, x: torch.Tensor):
+    @property
+    def binary(self) -> bool:
+        """One coefficient row for two classes: the scores are ``[-s, s]`` (``[1-p, p]``) of one margin."""
+        return self.weight.shape[0] == 1 and self.labels.numel() == 2
+
+    def margins(self, x: torch.Tensor) -> torch.Tensor:
+        """``X Wᵀ + b``: the scores before the post transform."""
         weight = self.weight
         if weight.shape[1] != x.shape[1]:
             # onnxruntime takes the feature count from the input and reads the first classes x features
             # coefficients, row-major, whatever their number (onnxruntime's own datasets/logreg_iris.onnx
             # declares 2 features and carries 4 per class): the same rows, for the same scores
             weight = weight.reshape(-1)[: weight.shape[0] * x.shape[1]].reshape(weight.shape[0], x.shape[1])
-        scores = x.to(weight.dtype) @ weight.T + self.bias
-        if self.weight.shape[0] == 1 and self.labels.numel() == 2:
-            s = scores[:, :1]
+        return x.to(weight.dtype) @ weight.T + self.bias
+
+    def scores(self, margins: torch.Tensor) -> torch.Tensor:
+        """The score output of ``margins`` (the post transform; a binary model's two columns)."""
+        if self.binary:
+            s = margins[:, :1]
             if self.post == "LOGISTIC":
                 p = torch.sigmoid(s)
-                scores = torch.cat([1 - p, p], dim=1)
-            elif self.post == "NONE":
-                scores = torch.cat([-s, s], dim=1)
-            else:
-                raise NotImplementedError(f"binary LinearClassifier with post_transform={self.post}")
-            label_idx = (s[:, 0] > 0).long()
-        else:
-            scores = _post_transform(scores, self.post)
-            label_idx = scores.argmax(dim=1)
+                return torch.cat([1 - p, p], dim=1)
+            if self.post == "NONE":
+                return torch.cat([-s, s], dim=1)
+            raise NotImplementedError(f"binary LinearClassifier with post_transform={self.post}")
+        return _post_transform(margins, self.post)
+
+    def forward(self, x: torch.Tensor):
+        margins = self.margins(x)
+        scores = self.scores(margins)
+        label_idx = (margins[:, 0] > 0).long() if self.binary else scores.argmax(dim=1)
         labels = self.labels[label_idx]
         return (labels, scores) if self.n_out == 2 else labels
 

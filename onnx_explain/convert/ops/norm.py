@@ -1,4 +1,5 @@
-"""LayerNormalization and BatchNormalization that need no shape information.
+"""LayerNormalization and BatchNormalization that need no shape information, and LpNormalization
+(skl2onnx's one-vs-rest classifiers normalise their probabilities with it).
 
 onnx2torch read the input rank/shape from shape inference and failed where it was unknown; its
 BatchNormalization also refused nodes that declare the optional mean/var outputs. These modules
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import converter
-from ._common import const, result
+from ._common import const, result, unsupported
 
 
 def _as_buffers(module: nn.Module, names, tensors) -> bool:
@@ -114,3 +115,30 @@ def _batch_norm(node, graph, since: int):
 
 converter("BatchNormalization", 9, override=True)(lambda node, graph: _batch_norm(node, graph, 9))
 converter("BatchNormalization", [14, 15], override=True)(lambda node, graph: _batch_norm(node, graph, 14))
+
+
+class OnnxLpNormalization(nn.Module):
+    """``x / ‖x‖_p`` along ``axis`` (p = 1 or 2); a zero row stays zero, as onnxruntime's kernel gives it."""
+
+    def __init__(self, axis: int, p: int):
+        super().__init__()
+        self.axis = axis
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = (
+            x.abs().sum(self.axis, keepdim=True)
+            if self.p == 1
+            else torch.sqrt((x * x).sum(self.axis, keepdim=True))
+        )
+        return torch.where(
+            norm == 0, torch.zeros_like(x), x / torch.where(norm == 0, torch.ones_like(norm), norm)
+        )
+
+
+@converter("LpNormalization", 1)
+def _lp_normalization(node, graph):
+    p = int(node.attributes.get("p", 2))
+    if p not in (1, 2):
+        raise unsupported(node, f"p={p} (ONNX allows 1 and 2)")
+    return result(OnnxLpNormalization(int(node.attributes.get("axis", -1)), p), node)
