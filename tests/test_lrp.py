@@ -117,49 +117,7 @@ def test_rule_matches_its_matrix_form(name, layer, sign):
     np.testing.assert_allclose(got.reshape(n, -1), want, rtol=1e-7, atol=1e-9)
 
 
-FUSED = {  # every rule with a fused Conv/Linear path, bias kept and zeroed
-    "epsilon": lambda: R.epsilon(1e-6),
-    "epsilon_zero_bias": lambda: R.epsilon(1e-6, zero_bias=True),
-    "zplus": R.zplus,
-    "zplus_zero_bias": lambda: R.zplus(zero_bias=True),
-    "alpha_beta": lambda: R.alpha_beta(2.0, 1.0),
-    "alpha1_beta0": lambda: R.alpha_beta(1.0, 0.0),
-    "alpha_beta_zero_bias": lambda: R.alpha_beta(2.0, 1.0, zero_bias=True),
-    "gamma": lambda: R.gamma(0.25),
-    "gamma_zero_bias": lambda: R.gamma(0.5, zero_bias=True),
-    "zbox": lambda: R.zbox(-1.5, 2.0),
-}
-LAYERS = {  # strides, dilations, groups and ranks the fused products must handle like the plain passes
-    "linear_3d_input": (lambda: nn.Linear(6, 5), (2, 3, 6)),
-    "conv1d_strided": (lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1), (2, 3, 9)),
-    "conv2d_dilated": (lambda: nn.Conv2d(3, 4, 3, padding=2, dilation=2), (2, 3, 6, 6)),
-    "conv2d_depthwise": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=4), (2, 4, 5, 5)),
-    "conv3d": (lambda: nn.Conv3d(2, 3, 2), (2, 2, 3, 3, 3)),
-    "conv2d_no_bias": (lambda: nn.Conv2d(3, 4, 3, stride=2, bias=False), (2, 3, 7, 7)),
-}
-
-
-@pytest.mark.parametrize("layer", list(LAYERS))
-@pytest.mark.parametrize("sign", ["signed", "relu"])
-def test_fused_passes_equal_the_separate_passes(layer, sign):
-    # the fused path (stacked and concatenated weights, xW⁻ = xW − xW⁺) against the rule's own passes run
-    # one by one through autograd-free transposed products, for every rule, with and without the output
-    make, shape = LAYERS[layer]
-    torch.manual_seed(0)
-    module = make().double()
-    x = torch.randn(shape, dtype=torch.float64)
-    x = x.clamp(min=0) if sign == "relu" else x
-    out = module(x).detach()
-    r = torch.randn(out.shape, dtype=torch.float64)
-    for name, make_rule in FUSED.items():
-        fused, plain = make_rule(), make_rule()
-        plain.fast = None
-        want = plain.relevance(module, [x], r)[0]
-        for given in (None, out):
-            got = fused.relevance(module, [x], r, given)[0]
-            torch.testing.assert_close(
-                got, want, rtol=1e-9, atol=1e-12, msg=f"{name}, output given: {given is not None}"
-            )
+# the fused and single-backward forms of every registered rule against its passes: test_lrp_rule_registry.py
 
 
 def test_fused_rules_follow_a_changed_weight():

@@ -4,7 +4,7 @@ type, composites (CNN presets, AttnLRP, CP-LRP), canonization and strict coverag
 from .composites import COMPOSITES, ROLE_RULES, register_composite
 from .graph import Assignment, LRPCoverageError, build_lrp_graph
 from .roles import LRP_ROLES, Role, register_lrp_role
-from .rules import RULES, Rule, parse_rule
+from .rules import RULES, RelevanceRule, Rule, parse_rule, register_rule
 
 __all__ = [
     "COMPOSITES",
@@ -13,10 +13,12 @@ __all__ = [
     "RULES",
     "Assignment",
     "LRPCoverageError",
+    "RelevanceRule",
     "Role",
     "Rule",
     "build_lrp_graph",
     "parse_rule",
     "register_composite",
     "register_lrp_role",
+    "register_rule",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 from dataclasses import dataclass, field
 
 import torch
@@ -727,24 +728,53 @@ def sigma_detached(module: torch.nn.Module) -> torch.nn.Module:
     return _SigmaDetached(module)
 
 
-#: rule name -> constructor; what ``--rule OP_OR_NODE=NAME[:ARGS]`` can name
-RULES: dict[str, Callable[..., Rule]] = {
-    "epsilon": epsilon,
-    "gamma": gamma,
-    "alpha_beta": alpha_beta,
-    "zplus": zplus,
-    "zbox": zbox,
-    "wsquare": wsquare,
-    "flat": flat,
-    "norm": norm,
-    "bilinear": bilinear,
-    "softmax": softmax,
-    "layer_norm": layer_norm,
-    "avgpool": avgpool,
-    "signal_take_all": signal_take_all,
-}
+@runtime_checkable
+class RelevanceRule(Protocol):
+    """What the LRP graph asks of a rule (:class:`Rule`, and the share rules of
+    :mod:`onnx_explain.lrp.rules_extra`): a name for reports, whether it reads a layer's parameters (only
+    those rules go on Conv/Linear layers) and the relevance of a node's inputs from its output's."""
+
+    name: str
+    uses_params: bool
+
+    def relevance(self, module: torch.nn.Module, inputs: list, relevance, output=None) -> list:
+        """Relevance of each of ``inputs`` given the node's output relevance (None where none flows)."""
+        ...
+
+
+#: rule name -> constructor; what ``--rule OP_OR_NODE=NAME[:ARGS]`` and composites can name
+RULES: dict[str, Callable[..., RelevanceRule]] = {}
+
+
+def register_rule(name: str, constructor: Callable[..., RelevanceRule] | None = None):
+    """Make ``constructor(*numbers) -> rule`` nameable as ``name`` (``rules={'Conv': 'name:1,2'}``,
+    ``--rule Conv=name:1,2``); usable as a decorator. A rule whose ``fast`` or ``single`` form is set is
+    checked against its own passes by ``tests/test_lrp_rule_registry.py``, whatever its name.
+
+    Raises
+    ------
+    ValueError
+        ``name`` already names a rule (or a special one: pass, gradient, stop).
+    """
+
+    def add(fn):
+        key = name.strip().lower()
+        if key in RULES or key in SPECIAL:
+            raise ValueError(f"LRP rule {name!r} is registered twice")
+        RULES[key] = fn
+        return fn
+
+    return add if constructor is None else add(constructor)
+
+
 #: rules that are not modified gradients, by name
 SPECIAL = {"pass": PASS, "gradient": GRADIENT, "stop": STOP}
+
+for _name, _make in (("epsilon", epsilon), ("gamma", gamma), ("alpha_beta", alpha_beta), ("zplus", zplus),
+                     ("zbox", zbox), ("wsquare", wsquare), ("flat", flat), ("norm", norm), ("bilinear", bilinear),
+                     ("softmax", softmax), ("layer_norm", layer_norm), ("avgpool", avgpool),
+                     ("signal_take_all", signal_take_all)):  # fmt: skip
+    register_rule(_name, _make)
 
 
 def parse_rule(spec: str | Rule | Special) -> Rule | Special:
