@@ -112,7 +112,7 @@ def explain(
     model, target = prepare_box_target(model, target)  # a (boxes, scores) pair or an NMS graph, for a box
     auto = None
     if method == "auto":
-        method, auto = _auto_method(model, output, device, input, x)
+        method, auto = auto_method(model, output, device, input, x)
     if method not in METHODS:
         choices = ", ".join(sorted(METHODS))
         raise OnnxExplainError(f"unknown method {method!r}; choose one of {choices} (or 'auto')")
@@ -148,7 +148,7 @@ def explain(
         kind = _integer_kind(model)
         if kind == "ids":
             e = _explain_ids(
-                module, xt, comp, spec, target, batch_size, generator, opts, _out_shape(model, output)
+                module, xt, comp, spec, target, batch_size, generator, opts, declared_row_shape(model, output)
             )
             e.extras.update(_quantized_note(module))
             e.extras.update(extras_in)
@@ -160,11 +160,11 @@ def explain(
     batch_size, memory_note = _fit_memory(model, module, xt, comp, batch_size, max_memory, device, output)
     if memory_note:
         extras_in["memory"] = memory_note
-    out_shape = _out_shape(model, output)
+    out_shape = declared_row_shape(model, output)
     if neuron is not None:  # the explained output is the layer's map: its channel or element a mask target
         module, out_shape = _LayerOutput(module, neuron["node"]), neuron["shape"]
         extras_in["target_layer"] = neuron["describe"]
-    result = _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape)
+    result = run_method(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape)
     attribution, targets, score, extras = result
     if auto:
         extras_in["auto"] = auto
@@ -241,7 +241,9 @@ def explain_text(
     return e
 
 
-def _run(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape, make_scorer=None):
+def run_method(
+    module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape, make_scorer=None
+):
     """(attribution, targets, explained score, extras) of ``spec`` on rows ``xt`` with per-sample
     companions ``comp``: the target is resolved into units (:mod:`onnx_explain.targets`), keyed for the
     method. ``make_scorer(target)`` builds the scorer (default: a :class:`Scorer` of ``module``);
@@ -323,8 +325,8 @@ def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, l
         return RuntimeScorer(model, batch_size, layout, space, companions=companions, target=resolved)
 
     generator = make_generator(seed, "cpu")
-    attribution, targets, score, extras = _run(
-        None, xt, companions, spec, target, batch_size, layout, generator, opts, _out_shape(model, space),
+    attribution, targets, score, extras = run_method(
+        None, xt, companions, spec, target, batch_size, layout, generator, opts, declared_row_shape(model, space),
         make_scorer,
     )  # fmt: skip
     return Explanation(
@@ -430,9 +432,7 @@ def _has_estimator(model) -> bool:
     )
 
 
-def _auto_method(
-    model, output: str | None, device: str, input_name: str | None, data=None
-) -> tuple[str, str]:
+def auto_method(model, output: str | None, device: str, input_name: str | None, data=None) -> tuple[str, str]:
     """``(method, why)`` for ``method='auto'``: SmoothGrad when the graph converts to torch with parity on
     ``data`` (the user's batch; None: conversion alone), else the first black-box method of the
     registry's overview (or any)."""
@@ -469,10 +469,10 @@ class _LayerOutput(torch.nn.Module):
     the model runs as it is, the layer's output is returned."""
 
     def __init__(self, module, node: str):
-        from .methods.cam import _layer_module
+        from .methods.cam import layer_module
 
         super().__init__()
-        self.inner, self.layer, self.store = module, _layer_module(module, node), {}
+        self.inner, self.layer, self.store = module, layer_module(module, node), {}
 
     def forward(self, *args, **kwargs):
         handle = self.layer.register_forward_hook(lambda _m, _i, out: self.store.__setitem__("out", out))
@@ -527,7 +527,7 @@ def _neuron_target(model, target, spec, method: str) -> dict | None:
             "describe": f"{what} of {chosen['tensor']} (node {chosen['node']!r}, shape {chosen['shape']})"}  # fmt: skip
 
 
-def _out_shape(model, space: str) -> tuple | None:
+def declared_row_shape(model, space: str) -> tuple | None:
     """An output row's shape when the file fixes it (else None: the first pass tells)."""
     if not _is_model(model):
         return None
@@ -582,7 +582,7 @@ def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, o
     emb_module, e, frontier = embedding_model(module, ids, comp)
     mask_name, mask = _mask_of(ids, comp)
     comp = {**comp, emb_module.ids_key: ids}
-    attribution, targets, score, extras = _run(
+    attribution, targets, score, extras = run_method(
         emb_module, e, comp, spec, target, batch_size, None, generator, opts, out_shape
     )
     # positions the mask leaves out keep what the graph gives them: exactly 0 where the model does not read

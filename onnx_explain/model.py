@@ -539,13 +539,13 @@ class Model:
         """
         import dataclasses
 
-        from .signature import _choose_input
+        from .signature import choose_input
 
         if name is None or name == self.input.name:
             return self
         sibling = self._siblings.get(name)
         if sibling is None:
-            spec = _choose_input(self.signature.inputs, name, self.source)
+            spec = choose_input(self.signature.inputs, name, self.source)
             fixed = {k: v for k, v in self.signature.fixed_inputs.items() if k != name}
             sig = dataclasses.replace(self.signature, input=spec, fixed_inputs=fixed)
             sibling = Model(

@@ -265,13 +265,13 @@ def render_figures(x, explanations: dict, curves: dict, layout: str | None, thum
     figures = {}
     if layout is not None:
         for name, e in explanations.items():
-            figures[f"heatmaps_{name}"] = _png(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
+            figures[f"heatmaps_{name}"] = png_bytes(lambda plt, e=e: _heat_fig(plt, x, e, layout, thumbnails))
     elif np.ndim(x) == 2 and explanations:
         table = {n: np.asarray(e.attribution) for n, e in explanations.items() if np.ndim(e.attribution) == 2}
         if table:
-            figures["features"] = _png(lambda plt: _feature_fig(plt, table, columns))
+            figures["features"] = png_bytes(lambda plt: _feature_fig(plt, table, columns))
     for metric, cs in curves.items():
-        figures[f"curve_{metric}"] = _png(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
+        figures[f"curve_{metric}"] = png_bytes(lambda plt, cs=cs, metric=metric: _curve_fig(plt, cs, metric))
     return figures
 
 
@@ -300,7 +300,7 @@ def sanity_figure(sanity: dict) -> bytes | None:
         ax.legend(fontsize=8)
         return f
 
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _feature_fig(plt, table: dict, columns: list | None, top: int = 15):
@@ -322,7 +322,7 @@ def _feature_fig(plt, table: dict, columns: list | None, top: int = 15):
     return fig
 
 
-def _png(fig_fn) -> bytes:
+def png_bytes(fig_fn) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

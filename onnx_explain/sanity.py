@@ -150,7 +150,7 @@ def sanity_check(
         (cascading or ``efficient``; None otherwise) and the settings; ``efficient`` adds ``entropy``
         ``(2, samples)``: the trained and the random model's.
     """
-    from .explainer import _out_shape, _run, converted, explain, to_device
+    from .explainer import converted, declared_row_shape, explain, run_method, to_device
     from .methods import METHODS
     from .methods.base import make_generator
     from .model import Model, load
@@ -193,7 +193,7 @@ def sanity_check(
         from .layers import resolve_layer
 
         opts = {**opts, "layer": resolve_layer(model.proto, opts.get("layer"))["node"]}
-    out_shape = _out_shape(model, spec.output)
+    out_shape = declared_row_shape(model, spec.output)
     rows = [np.ascontiguousarray(x)]
     if variant == "smooth":  # the noisy copies, drawn once for every model compared (the last: none)
         axes = tuple(range(1, x.ndim))
@@ -215,7 +215,9 @@ def sanity_check(
             copies = len(block) // len(x)
             tt = np.tile(np.asarray(targets), copies) if len(rows) > 1 else targets
             cb = {k: torch.cat([v] * copies) for k, v in comp.items()} if copies > 1 else comp
-            a = _run(net, xt, cb, spec, tt, batch_size, model.layout, make_generator(0), opts, out_shape)[0]
+            a = run_method(
+                net, xt, cb, spec, tt, batch_size, model.layout, make_generator(0), opts, out_shape
+            )[0]
             a = a.detach().cpu().numpy()
             if len(rows) == 1:  # one explanation: as the method gives it (ranking float32 is faster)
                 return a

@@ -255,7 +255,7 @@ class Signature:
         init_names = {t.name for t in proto.graph.initializer}
         inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in init_names]
         tensor_outs = [spec_from_value_info(v) for v in proto.graph.output]
-        chosen_in = _choose_input(inputs, input_name, source)
+        chosen_in = choose_input(inputs, input_name, source)
         fixed_inputs = dict(fixed_inputs or {})
         unknown = sorted(set(fixed_inputs) - {i.name for i in inputs})
         if unknown:
@@ -721,7 +721,7 @@ def _default_input(inputs: list) -> TensorSpec | None:
     return floats[0] if len(floats) == 1 else None
 
 
-def _choose_input(inputs: list, name: str | None, source: str) -> TensorSpec:
+def choose_input(inputs: list, name: str | None, source: str) -> TensorSpec:
     if not inputs:
         raise InputSpecError(f"{source}: the model has no inputs")
     if name is None:

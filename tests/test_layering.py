@@ -274,3 +274,43 @@ def test_the_reader_sees_lazy_imports_and_skips_type_checking_blocks(graph):
     # and on the package itself: a lazy import is an edge
     assert "onnx_explain.targets" in graph["onnx_explain.explainer"]
     assert "onnx_explain.runtime" in graph["onnx_explain.app.ray_engine"]  # inside RayWorker.__init__
+
+
+def private_imports(mods) -> list[str]:
+    """``module:line name from source`` for every private name (one leading underscore) a module of the
+    package imports by name from another of its modules (issue 26 §2: what another module uses is public)."""
+    out = []
+    for module, path in mods.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in _import_nodes(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if not (source == NAME or source.startswith(NAME + ".")):
+                continue
+            for a in node.names:
+                if (
+                    a.name.startswith("_")
+                    and not a.name.startswith("__")
+                    and f"{source}.{a.name}" not in mods
+                ):
+                    out.append(f"{module}:{node.lineno} {a.name} from {source}")
+    return out
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports(modules()) == []
+
+
+def test_the_private_import_reader_finds_one(tmp_path):
+    pkg = tmp_path / NAME
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("def _helper():\n    pass\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .a import _helper\n    return _helper\n")
+    assert private_imports(modules(pkg)) == [f"{NAME}.sub.b:2 _helper from {NAME}.sub.a"]

@@ -230,11 +230,11 @@ def test_rank_consistency_identities():
 
 
 def test_kendall_variants_differ_with_ties():
-    from onnx_explain.metrics.robustness import _kendall
+    from onnx_explain.metrics.robustness import kendall_rows
 
     u, v = np.array([1, 2, 2, 3, 0, 0.0]), np.array([1, 3, 2, 2, 0, 1.0])
-    assert _kendall(u, v, "b") == pytest.approx(0.692, abs=1e-3)
-    assert _kendall(u, v, "c") == pytest.approx(0.667, abs=1e-3)
+    assert kendall_rows(u, v, "b") == pytest.approx(0.692, abs=1e-3)
+    assert kendall_rows(u, v, "c") == pytest.approx(0.667, abs=1e-3)
 
 
 def test_total_variation_closed_forms():

@@ -67,7 +67,7 @@ def run_concepts(model, inputs, out_dir, layer, channels=None, *, mode="relevanc
 def _figure(x, r, j: int, names: list, layout: str) -> bytes:
     """One channel: each example (top row) over its conditional heatmap (bottom row)."""
     from ..heatmap import display_image, heat_map
-    from ..report import _png
+    from ..report import png_bytes
 
     idx = r["index"][:, j]
 
@@ -85,4 +85,4 @@ def _figure(x, r, j: int, names: list, layout: str) -> bytes:
         f.suptitle(f"channel {int(r['channels'][j])}: {r['mode']} maximisation", fontsize=9)
         return f
 
-    return _png(fig)
+    return png_bytes(fig)

@@ -75,7 +75,7 @@ def _figures(x, r, layout, names, worst: int) -> dict:
     if layout is None or worst <= 0:
         return {}
     from ..heatmap import display_image, heat_map
-    from ..report import _png
+    from ..report import png_bytes
 
     out = {}
     rows = r["ranking"][:worst]
@@ -95,7 +95,7 @@ def _figures(x, r, layout, names, worst: int) -> dict:
                     ax.axis("off")
             return f
 
-        out[m] = _png(fig)
+        out[m] = png_bytes(fig)
     return out
 
 

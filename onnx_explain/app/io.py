@@ -304,7 +304,7 @@ def _read_csv(path: Path):
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line (flushed and fsynced: a line is complete or absent)."""
     with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.write(json.dumps(record, default=json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -337,7 +337,7 @@ class JsonlAppender:
             view = view[os.write(self._fd, view) :]
 
     def append(self, record: dict) -> None:
-        self._write((json.dumps(record, default=_json_default) + "\n").encode())
+        self._write((json.dumps(record, default=json_default) + "\n").encode())
         if self._clock() - self._synced >= self.sync_seconds:
             os.fsync(self._fd)
             self._synced = self._clock()
@@ -365,7 +365,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return out
 
 
-def _json_default(v):
+def json_default(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, (np.integer,)):

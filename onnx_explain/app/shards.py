@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError, OnnxExplainError
-from .io import JsonlAppender, _json_default, atomic_path, remove_stale_temporaries
+from .io import JsonlAppender, atomic_path, json_default, remove_stale_temporaries
 
 FORMATS = ("files", "parquet")
 SHARD_ROWS = 10_000
@@ -208,12 +208,12 @@ def item_row(it, e, k: int, seconds: float, target_spec, attribution=None, x=Non
         "source": it.source,
         "method": e.method,
         "target": json.dumps(np.asarray(e.target[k]).tolist()),
-        "requested_target": json.dumps(target_spec, default=_json_default),
+        "requested_target": json.dumps(target_spec, default=json_default),
         "score": np.atleast_1d(np.asarray(e.score[k], dtype=np.float64)).ravel(),
         "attribution": attribution,
         "input": x,
-        "options": json.dumps(e.options, default=_json_default, sort_keys=True),
-        "extras": json.dumps(extras, default=_json_default, sort_keys=True),
+        "options": json.dumps(e.options, default=json_default, sort_keys=True),
+        "extras": json.dumps(extras, default=json_default, sort_keys=True),
         "seconds": float(seconds),
     }
     for name, v in (it.companions or {}).items():

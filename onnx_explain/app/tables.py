@@ -23,7 +23,7 @@ def table_model(path):
     ensemble's or linear model's after preprocessing; else None."""
     import onnx
 
-    from ..tabular.table import TablePipeline, _load_any
+    from ..tabular.table import TablePipeline, load_any
     from ..tabular.trees import TreeModelError
 
     try:
@@ -35,7 +35,7 @@ def table_model(path):
     strings = any(v.type.tensor_type.elem_type == onnx.TensorProto.STRING for v in inputs)
     if len(inputs) < 2 and not strings:
         return None
-    model = _load_any(path)
+    model = load_any(path)
     try:
         model.derived["tabular.pipeline"] = TablePipeline(model)
     except TreeModelError:
@@ -48,11 +48,11 @@ def explain_table_files(model, tables, out_dir, method="auto", target=None, *, b
     """Explain every row of the CSV ``tables`` into ``out_dir``; a table that cannot be read is one failure
     and the others go on. Rows are explained ``batch_size`` at a time against one background (default:
     every row of the tables), so no result depends on the batch."""
-    from ..tabular.table import TablePipeline, _load_any, explain_table, read_table_rows
+    from ..tabular.table import TablePipeline, explain_table, load_any, read_table_rows
     from .viz import save_bars, save_table_summary
 
     out_dir = Path(out_dir)
-    model = _load_any(model) if not hasattr(model, "proto") else model
+    model = load_any(model) if not hasattr(model, "proto") else model
     pipe = model.derived.get("tabular.pipeline") or TablePipeline(model)
     model.derived["tabular.pipeline"] = pipe  # explain_table finds it there
     summary = {"ok": 0, "failed": 0, "skipped": 0, "failures": []}

@@ -296,10 +296,10 @@ def explain(model, inputs, method, out_dir, target, input_name, output_name, dev
         pre["resize"] = "center-crop"
     if method == "auto":  # a gradient method when the graph converts and is certified on the first item
         from ..app.batch import first_item_data
-        from ..explainer import _auto_method
+        from ..explainer import auto_method
 
         data = None if tokenizer else first_item_data(m, inputs, pre)
-        method, why = _auto_method(m, space, torch_device, None, None if data is None else data)
+        method, why = auto_method(m, space, torch_device, None, None if data is None else data)
         click.echo(f"method auto: {method} ({why})", err=True)
     opts = method_options(method, flags, rules, parse_options(extra))
     interventional = opts.get("feature_perturbation", "interventional") == "interventional"

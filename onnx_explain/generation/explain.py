@@ -460,7 +460,7 @@ def _graph(emb, e, comp, spec, opts, also=(), seed_output=True):
     and ``seed_output`` chain an encoder's LRP graph under a decoder's (single-backward form)."""
     if spec.graph != "lrp":
         return emb, {}
-    from ..methods.lrp import _composite_options, default_composite, lrp_graph
+    from ..methods.lrp import checked_composite_options, default_composite, lrp_graph
 
     example = (e, comp)
     composite = opts.get("composite") or "auto"
@@ -468,7 +468,7 @@ def _graph(emb, e, comp, spec, opts, also=(), seed_output=True):
         composite = default_composite(emb, example)
     chained = bool(also) or not seed_output
     graph, assignments = lrp_graph(
-        emb, example, composite, _composite_options(composite, opts.get("composite_options"), {}), opts.get("rules") or {},
+        emb, example, composite, checked_composite_options(composite, opts.get("composite_options"), {}), opts.get("rules") or {},
         opts.get("fallback"), "gradient", "single" if chained else "auto", tuple(also), seed_output,
     )  # fmt: skip
     return graph, {

@@ -59,7 +59,7 @@ class Sampling:
         return (z + gumbel).argmax(-1)  # the Gumbel-max trick: a draw from softmax(z)
 
 
-def _feeds_typed(session, feeds: dict) -> dict:
+def feeds_typed(session, feeds: dict) -> dict:
     """Each feed in the dtype its graph input declares (int32 ids of some exports)."""
     kinds = getattr(session, "_onnx_explain_dtypes", None)
     if kinds is None:  # read once per session
@@ -77,12 +77,12 @@ def _feeds_typed(session, feeds: dict) -> dict:
     return out
 
 
-def _run(session, io: DecoderIO, feeds: dict, source: str = "<model>") -> tuple[np.ndarray, dict]:
+def run_step(session, io: DecoderIO, feeds: dict, source: str = "<model>") -> tuple[np.ndarray, dict]:
     from ..errors import ort_error
 
     names = [io.logits, *io.presents]
     try:
-        out = session.run(names, _feeds_typed(session, feeds))
+        out = session.run(names, feeds_typed(session, feeds))
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types, one line for the user
         raise ort_error(exc, source, "run a generation step") from None
     return out[0], dict(zip(names[1:], out[1:], strict=True))
@@ -179,7 +179,7 @@ def generate(
                 feeds[io.branch] = _TRUE
         if io.mask:
             feeds[io.mask] = mask[:, :T]
-        logits, cache = _run(session_first if first else session, io, feeds,
+        logits, cache = run_step(session_first if first else session, io, feeds,
                              str(path_first if first else gm.decoder))  # fmt: skip
         nxt = sampling.choose(logits[:, -1, :])
         if finished.any():
@@ -220,7 +220,7 @@ def encode_sources(gm, sources: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
         feeds[enc_mask] = mask
     session = gm.session(gm.encoder)
     try:
-        (states,) = session.run([hidden], _feeds_typed(session, feeds))
+        (states,) = session.run([hidden], feeds_typed(session, feeds))
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
         from ..errors import ort_error
 
@@ -259,7 +259,7 @@ def _generate_seq2seq(gm, sources, max_new_tokens, sampling, use_cache) -> list[
                 feeds[c.name] = cross[c.name] if c.part == "cross" else cache[c.present]
             if io.branch:
                 feeds[io.branch] = np.ones((1,), bool)
-        logits, cache = _run(gm.session(path), io, feeds, str(path))
+        logits, cache = run_step(gm.session(path), io, feeds, str(path))
         if first and gm.decoder_io.has_cache:  # the cross-attention cache is computed once, at the first step
             cross = {c.name: cache[_present_like(c, cache)] for c in gm.decoder_io.cache if c.part == "cross"}
         nxt = sampling.choose(logits[:, -1, :])

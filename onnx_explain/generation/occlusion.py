@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ModelRunError
 from .attribute import Targets
-from .generate import _feeds_typed, _run, positions
+from .generate import feeds_typed, positions, run_step
 
 
 def _term_values(targets: Targets, logits: np.ndarray, offset: int, fallback: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ def occlusion_decoder(gm, seq: np.ndarray, targets: Targets, baseline: int, batc
     if io.positions:
         base[io.positions] = positions(np.ones((1, L), np.int64))
     base.update(gm.empty_cache(io, 1))
-    logits, present = _run(gm.session(path), io, base, str(path))
+    logits, present = run_step(gm.session(path), io, base, str(path))
     zero = np.zeros(len(targets.pos))
     orig_vals = _term_values(targets, logits, 0, zero)[0]
     orig = _scores(targets, orig_vals[None])[0]
@@ -83,7 +83,7 @@ def occlusion_decoder(gm, seq: np.ndarray, targets: Targets, baseline: int, batc
                 feeds[cio.branch] = np.ones((1,), bool)
         else:
             feeds.update(gm.empty_cache(io, b))
-        got, _ = _run(gm.session(path), io, feeds, str(path))
+        got, _ = run_step(gm.session(path), io, feeds, str(path))
         run_tokens += b * (L - start)
         vals = _term_values(targets, got, start, orig_vals)
         out[:, idx] = orig[:, None] - _scores(targets, vals).T
@@ -119,14 +119,14 @@ def occlusion_seq2seq(
         feeds = {enc_ids: srcs}
         if enc_mask:
             feeds[enc_mask] = np.ones_like(srcs)
-        (states,) = enc.run([hidden], _feeds_typed(enc, feeds))
+        (states,) = enc.run([hidden], feeds_typed(enc, feeds))
         dfeeds = {io.ids: tgts, io.encoder_states: states}
         if io.encoder_mask:
             dfeeds[io.encoder_mask] = np.ones_like(srcs)
         if io.mask:
             dfeeds[io.mask] = np.ones_like(tgts)
         dfeeds.update(gm.empty_cache(io, len(tgts), encoder_length=S))
-        return _run(gm.session(path), io, dfeeds, str(path))[0]
+        return run_step(gm.session(path), io, dfeeds, str(path))[0]
 
     logits = run(source[None], seq[None])
     zero = np.zeros(len(targets.pos))

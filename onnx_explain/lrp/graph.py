@@ -1083,7 +1083,7 @@ def _seed_ends(gm: fx.GraphModule, position: int, seed_output: bool) -> None:
     output.args = (seeded,)
 
 
-def _example(example) -> tuple[torch.Tensor, dict]:
+def split_example(example) -> tuple[torch.Tensor, dict]:
     """``(x, companions)`` of an example given as a tensor or as ``(tensor, companion rows by name)``."""
     return example if isinstance(example, tuple) else (example, {})
 
@@ -1091,7 +1091,7 @@ def _example(example) -> tuple[torch.Tensor, dict]:
 def default_composite(converted, example) -> str:
     """``attnlrp`` for a graph with attention (a Softmax that carries relevance), else ``epsilon_plus``."""
     lrp, _ = canonize(converted)
-    x, comp = _example(example)
+    x, comp = split_example(example)
     ShapeProp(lrp.graph).propagate(*lrp.graph_args(x, companions=comp))
     try:
         found = plan(lrp.graph, lrp.position, "epsilon_plus", {}, "gradient", "gradient").attention
@@ -1178,7 +1178,7 @@ def build_lrp_graph(
     )
     lrp, report = canonize(converted, decisions)
     gm: fx.GraphModule = lrp.graph
-    x, comp = _example(example)
+    x, comp = split_example(example)
     ShapeProp(gm).propagate(*lrp.graph_args(x, companions=comp))
     the_plan = plan(gm, lrp.position, composite, dict(rules or {}), fallback, maxpool, tuple(also),
                     _composite_stabilizer(composite, options))  # fmt: skip

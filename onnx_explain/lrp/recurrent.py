@@ -24,7 +24,7 @@ def _identity(pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def _cell(self, xw, r, rb, p, h, c, acts, hidden):
     """One time step of :meth:`OnnxRecurrent._cell`, with the gates detached and identity on the signal."""
-    from ..convert.ops.recurrent import _activate
+    from ..convert.ops.recurrent import activate
 
     if self.op == "RNN":
         pre = xw + torch.matmul(h, r.transpose(0, 1)) + (rb if rb is not None else 0)
@@ -69,7 +69,7 @@ def _cell(self, xw, r, rb, p, h, c, acts, hidden):
         go = go + po * c_new
     o = self._act(acts, 0, go).detach()
     name, alpha, beta = acts[2]
-    return o * _identity(c_new, _activate(name, alpha, beta, c_new)), c_new
+    return o * _identity(c_new, activate(name, alpha, beta, c_new)), c_new
 
 
 _PATCHED: dict[type, type] = {}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.func import functional_call

@@ -22,7 +22,7 @@ from .base import register_method
 CAMS = ("gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam")
 
 
-def _layer_module(module: torch.nn.Module, layer: str) -> torch.nn.Module:
+def layer_module(module: torch.nn.Module, layer: str) -> torch.nn.Module:
     """The submodule that computes ``layer``: the module converted from the ONNX node of that name, or a
     torch submodule path."""
     from ..convert.driver import NODE_ATTR
@@ -146,7 +146,7 @@ def _scale(m: torch.Tensor) -> torch.Tensor:
     return m / (1e-7 + m.amax(dim=(1, 2), keepdim=True))
 
 
-def _spatial(x: torch.Tensor, layout: str | None) -> tuple[int, int]:
+def spatial_size(x: torch.Tensor, layout: str | None) -> tuple[int, int]:
     if layout == "NHWC":
         return x.shape[1], x.shape[2]
     if layout == "NHW":
@@ -156,7 +156,7 @@ def _spatial(x: torch.Tensor, layout: str | None) -> tuple[int, int]:
     raise OnnxExplainError(f"CAMs explain images (B, C, H, W): got an input of shape {tuple(x.shape)}")
 
 
-def _on_input(cam: torch.Tensor, x: torch.Tensor, layout: str | None) -> torch.Tensor:
+def cam_on_input(cam: torch.Tensor, x: torch.Tensor, layout: str | None) -> torch.Tensor:
     """The map ``(R, H, W)`` on every channel of ``x``'s layout."""
     if layout == "NHWC":
         return cam[..., None].expand_as(x)
@@ -169,8 +169,8 @@ def _cam(kind: str, scorer, x, target, layer, reshape="auto"):
     spec = reshape_spec(reshape)
     if layer is None:
         raise OptionError(f"{kind} needs a layer (an ONNX tensor or node name; onnx_explain.Model picks one)")
-    mod = _layer_module(scorer.module, layer)
-    size = _spatial(x, scorer.layout)
+    mod = layer_module(scorer.module, layer)
+    size = spatial_size(x, scorer.layout)
     store: dict = {}
 
     def hook(_m, _inp, out):
@@ -198,7 +198,7 @@ def _cam(kind: str, scorer, x, target, layer, reshape="auto"):
         cams.append(_post(raw, size))
         scores.append(sel.detach())
     cam = torch.cat(cams)
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+    return cam_on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.cpu().numpy(),
         "cam_raw": torch.cat(raws).cpu().numpy(),
         "score": torch.cat(scores),
@@ -295,7 +295,7 @@ def eigencam(scorer, x, target, generator, layer=None, reshape="auto"):
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     spec = reshape_spec(reshape)
     acts, score = _layer_and_score(scorer, model, chosen["tensor"], xs, target)
-    a = np.nan_to_num(_grid(acts, chosen, spec, _spatial(x, scorer.layout)).astype(np.float32))
+    a = np.nan_to_num(_grid(acts, chosen, spec, spatial_size(x, scorer.layout)).astype(np.float32))
     raw = []
     for act in a:
         flat = act.reshape(act.shape[0], -1).T
@@ -305,8 +305,8 @@ def eigencam(scorer, x, target, generator, layer=None, reshape="auto"):
         _, _, vt = np.linalg.svd(flat, full_matrices=False)
         raw.append((flat @ vt[0, :]).reshape(act.shape[1:]))
     raw = torch.from_numpy(np.float32(raw))
-    cam = _post(raw, _spatial(x, scorer.layout))
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+    cam = _post(raw, spatial_size(x, scorer.layout))
+    return cam_on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "score": score,
     }  # fmt: skip
 
@@ -327,7 +327,7 @@ def scorecam(scorer, x, target, generator, layer=None, reshape="auto"):
     ``ScoreCAM``). The masked inputs run through onnxruntime ``batch_size`` at a time."""
     model, chosen = _runtime_layer(scorer, layer)
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
-    size = _spatial(x, scorer.layout)
+    size = spatial_size(x, scorer.layout)
     acts, score = _layer_and_score(scorer, model, chosen["tensor"], xs, target)
     a = torch.from_numpy(_grid(acts, chosen, reshape_spec(reshape), size))
     a = a.to(torch.float32)
@@ -348,7 +348,7 @@ def scorecam(scorer, x, target, generator, layer=None, reshape="auto"):
         raws.append((weights[:, None, None] * a[b]).sum(0))
     raw = torch.stack(raws)
     cam = _post(raw, size)
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+    return cam_on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "score": score,
     }  # fmt: skip
 
@@ -393,7 +393,7 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
     spec = reshape_spec(reshape)
     model, chosen, xs, a, run, score = _split_at(scorer, x, target, layer, spec)
     tokens = a.ndim == 3
-    size = _spatial(x, scorer.layout)
+    size = spatial_size(x, scorer.layout)
     _, C, h, w = _grid(a[:0], chosen, spec, size).shape
     kernels = mosaic_kernels(h, w, gaussian).astype(a.dtype)
     extra = _grid_of(a.shape, spec, chosen["tensor"], size)[0] if tokens else 0
@@ -427,8 +427,8 @@ def reciprocam(scorer, x, target, generator, layer=None, gaussian: bool = True, 
             out = torch.softmax(out, dim=1)
         raws.append(scorer.select(out, keys.repeat(h * w)).reshape(h, w))
     raw = torch.stack(raws).to(torch.float32)
-    cam = _post(raw, _spatial(x, scorer.layout), relu=False)
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+    cam = _post(raw, spatial_size(x, scorer.layout), relu=False)
+    return cam_on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "layer": _describe(chosen), "passes": len(a) * h * w,
         "score": score,
     }  # fmt: skip
@@ -442,7 +442,7 @@ def _split_at(scorer, x, target, layer, spec: tuple = ("auto",)):
     tensor = chosen["tensor"]
     xs = x.detach().cpu().numpy().astype(np.dtype(model.input.dtype), copy=False)
     a, score = _layer_and_score(scorer, model, tensor, xs, target)
-    _grid(a[:0], chosen, spec, _spatial(x, scorer.layout))  # a feature map or a token grid, else one line
+    _grid(a[:0], chosen, spec, spatial_size(x, scorer.layout))  # a feature map or a token grid, else one line
     return model, chosen, xs, a, model.runtime.head(tensor, scorer.name), score
 
 
@@ -485,7 +485,7 @@ def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
             "transformer's token tensor: use gradcam, scorecam, eigencam or reciprocam there"
         )
     nhwc = spec[0] == "nhwc"
-    maps = _grid(a, chosen, spec, _spatial(x, scorer.layout))  # (B, C, h, w)
+    maps = _grid(a, chosen, spec, spatial_size(x, scorer.layout))  # (B, C, h, w)
     raws, scores = [], []
     for b in range(len(a)):
         keys = target[b : b + 1]
@@ -504,8 +504,8 @@ def ablationcam(scorer, x, target, generator, layer=None, reshape="auto"):
         raws.append((w[:, None, None] * torch.from_numpy(act.astype(np.float64))).sum(0).to(torch.float32))
         scores.append(y)
     raw = torch.stack(raws)
-    cam = _post(raw, _spatial(x, scorer.layout))
-    return _on_input(cam, x, scorer.layout).to(x.dtype), {
+    cam = _post(raw, spatial_size(x, scorer.layout))
+    return cam_on_input(cam, x, scorer.layout).to(x.dtype), {
         "cam": cam.numpy(), "cam_raw": raw.numpy(), "score": torch.stack(scores), "layer": _describe(chosen),
         "passes": len(a) * maps.shape[1],
     }  # fmt: skip

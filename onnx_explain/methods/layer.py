@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import OptionError
 from .base import register_method
-from .cam import _layer_module, _on_input, _spatial
+from .cam import cam_on_input, layer_module, spatial_size
 from .integrated_gradients import make_baselines, quadrature
 
 
@@ -81,8 +81,8 @@ def _activations(scorer, tap: _Tap, x, target):
 def _on_image(la: torch.Tensor, x: torch.Tensor, layout) -> torch.Tensor:
     """The channel sum of a layer attribution, resized to the input and put on its every channel."""
     m = la.sum(1, keepdim=True).to(torch.float32)
-    m = F.interpolate(m, size=tuple(_spatial(x, layout)), mode="bilinear", align_corners=False)[:, 0]
-    return _on_input(m, x, layout).to(x.dtype)
+    m = F.interpolate(m, size=tuple(spatial_size(x, layout)), mode="bilinear", align_corners=False)[:, 0]
+    return cam_on_input(m, x, layout).to(x.dtype)
 
 
 def _result(la: torch.Tensor, x, layout, **extras):
@@ -98,7 +98,7 @@ def _result(la: torch.Tensor, x, layout, **extras):
 def layer_gradient_x_activation(scorer, x, target, generator=None, layer=None):
     """``A ⊙ ∂y/∂A`` at ``layer``; ``extras['layer_attribution']`` is ``(B, C, h, w)``."""
     _needs_layer("layer_gradient_x_activation", layer)
-    tap = _Tap(_layer_module(scorer.module, layer), layer)
+    tap = _Tap(layer_module(scorer.module, layer), layer)
     parts = []
     try:
         for i in range(0, len(x), scorer.batch_size):
@@ -129,7 +129,7 @@ def layer_integrated_gradients(scorer, x, target, generator=None, layer=None, ba
         raise OptionError("layer_integrated_gradients takes one baseline")
     x0 = x0[0]
     B, n = len(x), len(alphas)
-    tap = _Tap(_layer_module(scorer.module, layer), layer)
+    tap = _Tap(layer_module(scorer.module, layer), layer)
     try:
         a, a0 = _activations(scorer, tap, x, target), _activations(scorer, tap, x0, target)
         diff = a - a0
@@ -180,7 +180,7 @@ def layer_conductance(scorer, x, target, generator=None, layer=None, baseline="z
     B, n = len(x), len(alphas)
     al = torch.as_tensor(alphas, dtype=x.dtype, device=x.device)
     diff = x - x0
-    tap = _Tap(_layer_module(scorer.module, layer), layer)
+    tap = _Tap(layer_module(scorer.module, layer), layer)
     acc, prev = (
         None,
         None,

@@ -31,11 +31,11 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     :func:`onnx_explain.lrp.graph.build_lrp_graph`. A model with ``If`` nodes gets one graph per set of
     branch ``decisions`` (default: those ``example`` takes)."""
     from ..lrp.branches import branch_decisions, has_if
-    from ..lrp.graph import _example, build_lrp_graph
+    from ..lrp.graph import build_lrp_graph, split_example
 
     _check_module(module)
     if decisions is None:
-        decisions = branch_decisions(module, *_example(example)) if has_if(module) else ()
+        decisions = branch_decisions(module, *split_example(example)) if has_if(module) else ()
     owner, cut = _owner(module)
     per_model = _CACHE.setdefault(owner, {})
     key = (
@@ -182,7 +182,7 @@ def lrp(
     if composite in (None, "auto"):
         _check_module(scorer.module)
         composite = default_composite(scorer.module, example)
-    opts = _composite_options(composite, composite_options, bounds)
+    opts = checked_composite_options(composite, composite_options, bounds)
 
     def graph(example, decisions=None):
         return lrp_graph(
@@ -249,7 +249,7 @@ class _Taps:
 
     def __init__(self, module, conditions, at, single: bool):
         from ..layers import node_of
-        from .cam import _layer_module
+        from .cam import layer_module
 
         self.handles, self.maps, self.single = [], [], single
         masks: dict = {}
@@ -261,7 +261,7 @@ class _Taps:
         self.at = node_of(module, at) if at is not None else None
         for name in names:
             hook = self._hook(name, sorted(masks[name]) if name in masks else None)
-            self.handles.append(_layer_module(module, name).register_forward_hook(hook))
+            self.handles.append(layer_module(module, name).register_forward_hook(hook))
 
     def _hook(self, name, channels):
         def hook(_m, _inp, out):
@@ -292,7 +292,7 @@ class _Taps:
             h.remove()
 
 
-def _composite_options(composite: str, composite_options: dict | None, bounds: dict) -> dict:
+def checked_composite_options(composite: str, composite_options: dict | None, bounds: dict) -> dict:
     """The composite's options, checked against what it takes, with the input bounds added where it
     takes them (``low``/``high`` of z^B)."""
     from ..lrp.composites import COMPOSITES

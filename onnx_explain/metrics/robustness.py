@@ -84,7 +84,7 @@ def max_sensitivity(
     return {"max_sensitivity": best, "sensitivities": sens}
 
 
-def _kendall(u: np.ndarray, v: np.ndarray, variant: str) -> float:
+def kendall_rows(u: np.ndarray, v: np.ndarray, variant: str) -> float:
     from scipy.stats import kendalltau
 
     if np.all(u == u[0]) or np.all(v == v[0]):
@@ -92,7 +92,7 @@ def _kendall(u: np.ndarray, v: np.ndarray, variant: str) -> float:
     return float(kendalltau(u, v, variant=variant).statistic)
 
 
-def _cosine(u: np.ndarray, v: np.ndarray) -> float:
+def cosine_rows(u: np.ndarray, v: np.ndarray) -> float:
     nu, nv = np.linalg.norm(u), np.linalg.norm(v)
     if nu == 0 or nv == 0:
         return float("nan")
@@ -159,12 +159,12 @@ def rank_consistency(
             else rng.standard_normal((len(steps), *x.shape))
         )
         xs = np.stack([x + e * u[i] for i, e in enumerate(steps)]).astype(x.dtype)
-        ahat = _explain_stacked(explainer, xs, target, seed)
+        ahat = explain_stacked(explainer, xs, target, seed)
     elif park_mask_from_previous or park_cumulative_inplace:
         ahat = _park_sequence(explainer, x, a0, target, seed, steps, masked, park_cumulative_inplace,
                               park_mask_from_previous)  # fmt: skip
     else:
-        ahat = _explain_stacked(explainer, np.stack([masked(x, a0, r) for r in steps]), target, seed)
+        ahat = explain_stacked(explainer, np.stack([masked(x, a0, r) for r in steps]), target, seed)
     return _consistency(a0.reshape(B, -1), ahat, steps, variant)
 
 
@@ -190,7 +190,7 @@ def _mask_top_pixels(src, attribution, r, base, agg, park: bool, channel0_only: 
     return out
 
 
-def _explain_stacked(explainer, xs, target, seed):
+def explain_stacked(explainer, xs, target, seed):
     """The attributions of a stack ``(n, B, C, H, W)`` of perturbed batches, in one explainer call, as
     ``(n, B, features)``. Rows go sample-major (every metric's convention: a sample's companion inputs
     follow its rows)."""
@@ -214,8 +214,10 @@ def _park_sequence(explainer, x, a0, target, seed, steps, masked, cumulative: bo
 def _consistency(flat0, ahat, steps, variant: str) -> dict:
     """Kendall τ and cosine of every (sample, step) against the unperturbed attribution, and their means."""
     B = len(flat0)
-    tau = np.array([[_kendall(flat0[b], ahat[i, b], variant) for i in range(len(steps))] for b in range(B)])
-    cos = np.array([[_cosine(flat0[b], ahat[i, b]) for i in range(len(steps))] for b in range(B)])
+    tau = np.array(
+        [[kendall_rows(flat0[b], ahat[i, b], variant) for i in range(len(steps))] for b in range(B)]
+    )
+    cos = np.array([[cosine_rows(flat0[b], ahat[i, b]) for i in range(len(steps))] for b in range(B)])
 
     def nanmean(v, axis=None):
         return np.nanmean(v, axis) if np.isfinite(v).any() else np.full(len(steps), np.nan)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputFileError, OptionError
 from ..text import MASK_NAMES, TextEncoder
 from .base import Predictor, register_metric
-from .robustness import TENTHS, _cosine, _explain_stacked, _kendall
+from .robustness import TENTHS, cosine_rows, explain_stacked, kendall_rows
 
 __all__ = ["FRACTIONS", "special_token_ids", "token_curve", "token_positions"]
 
@@ -320,12 +320,12 @@ def token_rank_consistency(
     xs = np.stack(
         [np.where(pos < k[:, i : i + 1], np.asarray(replace_id, x.dtype), x) for i in range(len(steps))]
     )
-    ahat = _explain_stacked(explainer, xs, target, seed).reshape(len(steps), *x.shape)
+    ahat = explain_stacked(explainer, xs, target, seed).reshape(len(steps), *x.shape)
     B = len(x)
-    tau = np.array([[_kendall(a0[b, real[b]], ahat[i, b, real[b]], variant) for i in range(len(steps))]
+    tau = np.array([[kendall_rows(a0[b, real[b]], ahat[i, b, real[b]], variant) for i in range(len(steps))]
                     for b in range(B)])  # fmt: skip
     cos = np.array(
-        [[_cosine(a0[b, real[b]], ahat[i, b, real[b]]) for i in range(len(steps))] for b in range(B)]
+        [[cosine_rows(a0[b, real[b]], ahat[i, b, real[b]]) for i in range(len(steps))] for b in range(B)]
     )
 
     def nanmean(v, axis):

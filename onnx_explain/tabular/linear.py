@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputDataError
-from .trees import TreeModelError, _attrs, _text, post_transform
+from .trees import TreeModelError, attr_text, node_attrs, post_transform
 
 __all__ = ["LINEAR_OPS", "Linear", "read_linear"]
 
@@ -78,13 +78,15 @@ class Linear:
 
 def read_linear(node: onnx.NodeProto, n_features: int) -> Linear:
     """The :class:`Linear` of a ``LinearClassifier`` / ``LinearRegressor`` node reading ``n_features``."""
-    a = _attrs(node)
+    a = node_attrs(node)
     where = f"node {node.name!r} ({node.op_type})"
     coef = np.asarray(a.get("coefficients", []), dtype=np.float64)
     intercepts = np.asarray(a.get("intercepts", []), dtype=np.float64)
-    post = _text(a.get("post_transform", b"NONE"))
+    post = attr_text(a.get("post_transform", b"NONE"))
     if node.op_type == "LinearClassifier":
-        labels = list(a.get("classlabels_ints", [])) or [_text(s) for s in a.get("classlabels_strings", [])]
+        labels = list(a.get("classlabels_ints", [])) or [
+            attr_text(s) for s in a.get("classlabels_strings", [])
+        ]
         rows = len(intercepts) or (1 if len(labels) == 2 else len(labels))
     else:
         labels = None

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .trees import TreeModelError, _attrs
+from .trees import TreeModelError, node_attrs
 
 __all__ = ["Provenance", "provenance"]
 
@@ -100,7 +100,7 @@ def provenance(proto: onnx.ModelProto, tensor: str) -> Provenance:
                 f"the estimator's columns come from {name!r}, which is not a table column input"
             )
         where = f"node {n.name!r} ({n.op_type})"
-        op, a = n.op_type, _attrs(n)
+        op, a = n.op_type, node_attrs(n)
         if op in _PER_COLUMN:
             out = prov(n.input[0])
         elif op == "OneHotEncoder":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxExplainError
-from .trees import _attrs, _text
+from .trees import attr_text, node_attrs
 
 __all__ = ["check_same_scores"]
 
@@ -49,10 +49,10 @@ def check_same_scores(out: np.ndarray, ours: np.ndarray, name: str, node, proto=
     if after:
         norms = [n for n in after if n.op_type == "Normalizer"]
         for n in norms:
-            ours = _normalize(ours, _text(_attrs(n).get("norm", b"MAX")))
+            ours = _normalize(ours, attr_text(node_attrs(n).get("norm", b"MAX")))
         if norms:
             note = "the output is then normalised per row by " + ", ".join(
-                f"{n.name or 'Normalizer'!r} ({_text(_attrs(n).get('norm', b'MAX'))})" for n in norms
+                f"{n.name or 'Normalizer'!r} ({attr_text(node_attrs(n).get('norm', b'MAX'))})" for n in norms
             )
     if out.shape != ours.shape:
         raise OnnxExplainError(

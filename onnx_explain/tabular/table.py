@@ -209,7 +209,7 @@ def explain_table(
     if method not in _METHODS:
         raise OptionError(f"explain_table takes method {', '.join(_METHODS)}, not {method!r}")
     if not isinstance(model, Model):
-        model = _load_any(model)
+        model = load_any(model)
     pipe = model.derived.get("tabular.pipeline")
     if pipe is None:
         pipe = model.derived["tabular.pipeline"] = TablePipeline(model)
@@ -267,7 +267,7 @@ def explain_table(
     )
 
 
-def _load_any(path):
+def load_any(path):
     from ..errors import InputSpecError
     from ..model import load
 

@@ -357,7 +357,7 @@ def tree_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.domain == ML and n.op_type in TREE_OPS]
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
+def node_attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for a in node.attribute:
         v = helper.get_attribute_value(a)
@@ -376,7 +376,7 @@ def _pick(a: dict, name: str, default=None):
     return (None if default is None else np.asarray(default, dtype=np.float64)), False
 
 
-def _text(v) -> str:
+def attr_text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
@@ -384,7 +384,7 @@ def read_trees(node: onnx.NodeProto) -> Trees:
     """The :class:`Trees` of one ``TreeEnsembleClassifier`` / ``TreeEnsembleRegressor`` / ``TreeEnsemble`` node."""
     if node.op_type == "TreeEnsemble":
         return _read_v5(node)
-    a = _attrs(node)
+    a = node_attrs(node)
     where = f"node {node.name!r} ({node.op_type})"
     try:
         tree_ids = np.asarray(a["nodes_treeids"], dtype=np.int64)
@@ -435,7 +435,9 @@ def read_trees(node: onnx.NodeProto) -> Trees:
     w_val, dw = _pick(a, f"{prefix}_weights", [])
     double = double or dw
     if classifier:
-        labels = list(a.get("classlabels_int64s", [])) or [_text(s) for s in a.get("classlabels_strings", [])]
+        labels = list(a.get("classlabels_int64s", [])) or [
+            attr_text(s) for s in a.get("classlabels_strings", [])
+        ]
         n_out = len(labels)
     else:
         labels = None
@@ -454,12 +456,12 @@ def read_trees(node: onnx.NodeProto) -> Trees:
         has[k, w_id] = True
     base, db = _pick(a, "base_values", [])
     double = double or db
-    post = _text(a.get("post_transform", b"NONE"))
+    post = attr_text(a.get("post_transform", b"NONE"))
     if post not in _POST:
         raise TreeModelError(f"{where}: unknown post_transform {post!r}")
     tree_set = np.unique(tree_ids)
     roots = lookup(tree_set, np.zeros(len(tree_set), dtype=np.int64), "a tree's root (node 0)")
-    aggregate = "SUM" if classifier else _text(a.get("aggregate_function", b"SUM"))
+    aggregate = "SUM" if classifier else attr_text(a.get("aggregate_function", b"SUM"))
     if aggregate not in _AGGREGATE:
         raise TreeModelError(f"{where}: unknown aggregate_function {aggregate!r}")
     trees = Trees(
@@ -532,7 +534,7 @@ def _classifier_layout(trees: Trees, raw, has, base, where: str, all_positive: b
 
 def _read_v5(node: onnx.NodeProto) -> Trees:
     """``TreeEnsemble`` (ai.onnx.ml 5): leaves are separate from branch nodes; modes are codes."""
-    a = _attrs(node)
+    a = node_attrs(node)
     where = f"node {node.name!r} ({node.op_type})"
     try:
         feat = np.asarray(a["nodes_featureids"], dtype=np.int64)

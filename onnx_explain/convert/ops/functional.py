@@ -21,7 +21,7 @@ from torch import nn
 
 from ..registry import builtin, converter
 from ._common import result, unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 from .versions import TYPE_ONLY
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -166,4 +166,4 @@ for _op in ("Conv", "ConvTranspose"):
     converter(_op, [1, 11], override=True)(_make(_op, 11))
     # versions.py aliases the opset-22 versions to onnx2torch's (initializer weights only) while it lists them
     if _op not in TYPE_ONLY:
-        converter(_op, _schema_versions(_op, [22]))(_make(_op, 11))
+        converter(_op, schema_versions(_op, [22]))(_make(_op, 11))

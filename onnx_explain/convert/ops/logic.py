@@ -22,7 +22,7 @@ from torch import nn
 
 from ..registry import builtin, converter
 from ._common import const, result, unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 _BITS = {
     torch.uint8: 8,
@@ -122,8 +122,8 @@ converter("Greater", [7, 9, 13], override=True)(_compare)
 converter("Less", [7, 9, 13], override=True)(_compare)
 converter("GreaterOrEqual", 12, override=True)(_compare)
 converter("LessOrEqual", 12, override=True)(_compare)
-converter("GreaterOrEqual", _schema_versions("GreaterOrEqual", [16]))(_compare)
-converter("LessOrEqual", _schema_versions("LessOrEqual", [16]))(_compare)
+converter("GreaterOrEqual", schema_versions("GreaterOrEqual", [16]))(_compare)
+converter("LessOrEqual", schema_versions("LessOrEqual", [16]))(_compare)
 
 
 # --- IsNaN, IsInf ---------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class OnnxIsInf(nn.Module):
         return f"negative={self.negative}, positive={self.positive}"
 
 
-@converter("IsNaN", [9, *_schema_versions("IsNaN", [20])])
+@converter("IsNaN", [9, *schema_versions("IsNaN", [20])])
 def _isnan(node, graph):
     return result(OnnxIsNaN(), node)
 
@@ -166,7 +166,7 @@ def _isinf(node, graph):
 
 
 converter("IsInf", 10, override=True)(_isinf)
-converter("IsInf", _schema_versions("IsInf", [20]))(_isinf)
+converter("IsInf", schema_versions("IsInf", [20]))(_isinf)
 
 
 # --- Trilu ----------------------------------------------------------------------------------------
@@ -240,14 +240,14 @@ def _range(node, graph):
     return result(OnnxRange(), node)
 
 
-@converter("Range", _schema_versions("Range", [27]))
+@converter("Range", schema_versions("Range", [27]))
 def _range27(node, graph):
     return result(OnnxRange(node.attributes.get("stash_type", 1)), node)
 
 
 # --- Einsum ---------------------------------------------------------------------------------------
 # Einsum-28 only added bfloat16: onnx2torch's Einsum-12 (torch.einsum) is right for it
-converter("Einsum", _schema_versions("Einsum", [28]))(builtin("Einsum", 12))
+converter("Einsum", schema_versions("Einsum", [28]))(builtin("Einsum", 12))
 
 
 # --- Mod ------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def _mod(node, graph):
 
 
 converter("Mod", [10, 13], override=True)(_mod)
-converter("Mod", _schema_versions("Mod", [28]))(_mod)
+converter("Mod", schema_versions("Mod", [28]))(_mod)
 
 
 # --- BitShift -------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ class OnnxBitShift(nn.Module):
         return "LEFT" if self.left else "RIGHT"
 
 
-@converter("BitShift", [11, *_schema_versions("BitShift", [28])])
+@converter("BitShift", [11, *schema_versions("BitShift", [28])])
 def _bitshift(node, graph):
     direction = node.attributes.get("direction", "")
     direction = direction.decode() if isinstance(direction, bytes) else direction

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..registry import converter
 from ._common import const, result, unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 _MODES = ("constant", "reflect", "edge", "wrap")
 
@@ -112,4 +112,4 @@ class OnnxPadDynamic(nn.Module):
 
 
 converter("Pad", [11, 13], override=True)(_pad_inputs)
-converter("Pad", _schema_versions("Pad", [18, 19, 21, 23, 24, 25]))(_pad_inputs)
+converter("Pad", schema_versions("Pad", [18, 19, 21, 23, 24, 25]))(_pad_inputs)

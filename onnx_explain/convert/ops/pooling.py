@@ -20,7 +20,7 @@ from torch import nn
 
 from ..registry import builtin, converter
 from ._common import result, unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -107,7 +107,7 @@ def _same_or_builtin(kind: str, builtin_version: int):
 
 for _v in (8, 10, 11, 12):
     converter("MaxPool", _v, override=True)(_same_or_builtin("max", _v))
-converter("MaxPool", _schema_versions("MaxPool", [22]))(_same_or_builtin("max", 12))
+converter("MaxPool", schema_versions("MaxPool", [22]))(_same_or_builtin("max", 12))
 for _v in (7, 10, 11):
     converter("AveragePool", _v, override=True)(_same_or_builtin("avg", _v))
-converter("AveragePool", _schema_versions("AveragePool", [19, 22]))(_same_or_builtin("avg", 11))
+converter("AveragePool", schema_versions("AveragePool", [19, 22]))(_same_or_builtin("avg", 11))

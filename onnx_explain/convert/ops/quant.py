@@ -54,7 +54,7 @@ from ._common import const, result, unsupported
 from .contrib import OnnxAttention, OnnxEmbedLayerNormRest
 from .functional import OnnxConvFunctional
 from .recurrent import OnnxLSTM
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 #: ONNX integer element type -> (torch dtype, min, max)
 _INT_TYPES = {
@@ -293,7 +293,7 @@ class OnnxDequantizeLinear(nn.Module):
         return f"axis={self.axis}, block_size={self.block_size}"
 
 
-@converter("QuantizeLinear", _schema_versions("QuantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
+@converter("QuantizeLinear", schema_versions("QuantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
 def _quantize(node, graph):
     _check_scales(node, graph, [1])
     a = node.attributes
@@ -315,7 +315,7 @@ def _quantize(node, graph):
     return result(module, node)
 
 
-@converter("DequantizeLinear", _schema_versions("DequantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
+@converter("DequantizeLinear", schema_versions("DequantizeLinear", [10, 13, 19, 21, 23, 24, 25]))
 def _dequantize(node, graph):
     _check_scales(node, graph, [1])
     a = node.attributes
@@ -463,7 +463,7 @@ class OnnxQLinearConv(nn.Module):
         return _requantize(acc, multiplier, y_zp.detach(), dtype, self.carrier)
 
 
-@converter("QLinearMatMul", _schema_versions("QLinearMatMul", [10, 21]))
+@converter("QLinearMatMul", schema_versions("QLinearMatMul", [10, 21]))
 def _qlinear_matmul(node, graph):
     _check_scales(node, graph, [1, 4, 6])
     dtype = _out_dtype(node, graph, node.input_values[7])
@@ -728,7 +728,7 @@ class OnnxDynamicQuantizeLSTM(OnnxLSTM):
 
 @converter("DynamicQuantizeLSTM", 1, domain="com.microsoft")
 def _dynamic_quantize_lstm(node, graph):
-    from .recurrent import _parse_activations
+    from .recurrent import parse_activations
 
     _check_scales(node, graph, [8, 10])
     a = node.attributes
@@ -739,7 +739,7 @@ def _dynamic_quantize_lstm(node, graph):
     if direction not in ("forward", "reverse", "bidirectional"):
         raise unsupported(node, f"direction={direction!r}")
     try:
-        acts = _parse_activations("LSTM", a, 2 if direction == "bidirectional" else 1)
+        acts = parse_activations("LSTM", a, 2 if direction == "bidirectional" else 1)
     except ValueError as exc:
         raise unsupported(node, str(exc)) from None
     clip = a.get("clip")

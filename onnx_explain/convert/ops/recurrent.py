@@ -29,7 +29,7 @@ from torch import nn
 
 from ..registry import converter
 from ._common import result, unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 #: activation (lower-case) -> (number of alphas it reads, number of betas, default alpha, default beta)
 _ACTIVATION_ARGS = {
@@ -53,7 +53,7 @@ _DEFAULT_ACTIVATIONS = {
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
-def _activate(name: str, alpha: float, beta: float, x: torch.Tensor) -> torch.Tensor:
+def activate(name: str, alpha: float, beta: float, x: torch.Tensor) -> torch.Tensor:
     """The ONNX RNN activation ``name`` (lower-case) applied to ``x``."""
     if name == "sigmoid":
         return torch.sigmoid(x)
@@ -80,7 +80,7 @@ def _activate(name: str, alpha: float, beta: float, x: torch.Tensor) -> torch.Te
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _parse_activations(op: str, attrs, n_dirs: int) -> list[tuple[tuple[str, float, float], ...]]:
+def parse_activations(op: str, attrs, n_dirs: int) -> list[tuple[tuple[str, float, float], ...]]:
     """Per direction, the activations as ``(name, alpha, beta)``; ValueError on unknown names or counts."""
     per_dir = len(_DEFAULT_ACTIVATIONS[op])
     names = list(attrs.get("activations", []) or [])
@@ -145,7 +145,7 @@ class OnnxRecurrent(nn.Module):
         self.direction = direction
         self.layout = int(layout)
         n_dirs = 2 if direction == "bidirectional" else 1
-        self.activations = activations or _parse_activations(op, {}, n_dirs)
+        self.activations = activations or parse_activations(op, {}, n_dirs)
         self.clip = clip
         self.linear_before_reset = bool(linear_before_reset)
         self.input_forget = bool(input_forget)
@@ -172,7 +172,7 @@ class OnnxRecurrent(nn.Module):
 
     def _act(self, acts, k: int, v: torch.Tensor) -> torch.Tensor:
         name, alpha, beta = acts[k]
-        return _activate(name, alpha, beta, self._pre(v))
+        return activate(name, alpha, beta, self._pre(v))
 
     def _run(self, x, w, r, b, p, h, c, lens, reverse: bool, acts):
         """One direction over time-major ``x`` [T, B, I]; returns (Y [T, B, H], h, c)."""
@@ -261,7 +261,7 @@ class OnnxRecurrent(nn.Module):
             go = go + po * c_new
         o = self._act(acts, 0, go)
         name, alpha, beta = acts[2]
-        return o * _activate(name, alpha, beta, c_new), c_new
+        return o * activate(name, alpha, beta, c_new), c_new
 
     # --- all directions ----------------------------------------------------------------------------
     def _forward(self, x, w, r, b, lens, h0, c0, p):
@@ -328,7 +328,7 @@ def _recurrent(node, graph):
     if layout not in (0, 1):
         raise unsupported(node, f"layout={layout}")
     try:
-        acts = _parse_activations(op, a, 2 if direction == "bidirectional" else 1)
+        acts = parse_activations(op, a, 2 if direction == "bidirectional" else 1)
     except ValueError as exc:
         raise unsupported(node, str(exc)) from None
     clip = a.get("clip")
@@ -341,7 +341,7 @@ def _recurrent(node, graph):
 
 
 for _op in ("LSTM", "GRU", "RNN"):
-    converter(_op, _schema_versions(_op, [7, 14, 22]))(_recurrent)
+    converter(_op, schema_versions(_op, [7, 14, 22]))(_recurrent)
 
 
 class OnnxReverseSequence(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..registry import builtin, converter
 from ._common import result
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 
 class OnnxCastLike(nn.Module):
@@ -40,12 +40,12 @@ class OnnxNonZero(nn.Module):
         return torch.stack(torch.nonzero(x, as_tuple=True))
 
 
-@converter("CastLike", _schema_versions("CastLike", [15, 19, 21, 23, 24, 25]))
+@converter("CastLike", schema_versions("CastLike", [15, 19, 21, 23, 24, 25]))
 def _castlike(node, graph):
     return result(OnnxCastLike(), node)
 
 
-@converter("Size", _schema_versions("Size", [1, 13, 19, 21, 23, 24, 25]))
+@converter("Size", schema_versions("Size", [1, 13, 19, 21, 23, 24, 25]))
 def _size(node, graph):
     return result(OnnxSize(), node)
 
@@ -87,4 +87,4 @@ def _flatten(node, graph):
 
 converter("Flatten", 1)(_flatten)
 converter("Flatten", [9, 11, 13], override=True)(_flatten)
-converter("Flatten", _schema_versions("Flatten", [21, 23, 24, 25]))(_flatten)
+converter("Flatten", schema_versions("Flatten", [21, 23, 24, 25]))(_flatten)

@@ -19,7 +19,7 @@ from ..registry import converter
 from ._common import const, result
 
 
-def _schema_versions(op_type: str, candidates, domain: str = "") -> list[int]:
+def schema_versions(op_type: str, candidates, domain: str = "") -> list[int]:
     """The members of ``candidates`` that are real since_versions of ``op_type`` in this onnx."""
     out = []
     for v in candidates:
@@ -51,7 +51,7 @@ def _reshape(node, graph):
 
 
 converter("Reshape", [5, 13, 14], override=True)(_reshape)
-converter("Reshape", _schema_versions("Reshape", [19, 21, 23, 24, 25]))(_reshape)
+converter("Reshape", schema_versions("Reshape", [19, 21, 23, 24, 25]))(_reshape)
 
 
 # --- Split ---------------------------------------------------------------------------------------

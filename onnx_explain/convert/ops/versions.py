@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..registry import builtin, converter
 from ._common import unsupported
-from .tensor import _schema_versions
+from .tensor import schema_versions
 
 #: op_type -> (onnx2torch version reused, newer versions with the same semantics)
 TYPE_ONLY: dict[str, tuple[int, list[int]]] = {
@@ -53,7 +53,7 @@ def _alias(op_type: str, base_version: int, versions: list[int], check=None) -> 
         return base(node, graph)
 
     convert.__name__ = f"{op_type}_as_{base_version}"
-    found = _schema_versions(op_type, versions)
+    found = schema_versions(op_type, versions)
     if found:
         converter(op_type, found)(convert)
 
