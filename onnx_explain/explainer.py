@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .errors import InputDataError, OnnxExplainError, OptionError
-from .methods import METHODS, Explanation, Scorer
+from .methods import METHODS, Explanation, MethodSpec, Scorer
 from .methods.base import make_generator
 from .tabular import exact_method
 from .targets import Resolved, prepare_box_target, resolve, resolve_targets, with_real_tokens
@@ -35,6 +36,21 @@ def _to_numpy(v):
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().numpy()
     return v
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """What one run of a method on rows is asked (:func:`run_method`): the method and its checked
+    options, the target as the user gave it, rows per pass, the image layout, the random generator, and an
+    output row's shape when the file fixes it (None: the first pass tells)."""
+
+    spec: MethodSpec
+    opts: dict
+    target: object
+    batch_size: int
+    layout: str | None
+    generator: torch.Generator | None
+    out_shape: tuple | None = None
 
 
 def explain(
@@ -123,7 +139,8 @@ def explain(
         target = neuron["target"]
     output = output or spec.output
     if spec.backend == "onnxruntime":
-        e = _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input, opts)
+        call = MethodCall(spec, opts, target, batch_size, layout, make_generator(seed, "cpu"))
+        e = _explain_runtime(model, x, call, output, input)
         if auto:
             e.extras["auto"] = auto
         return e
@@ -147,9 +164,10 @@ def explain(
     if x_np.dtype.kind in "iu":
         kind = _integer_kind(model)
         if kind == "ids":
-            e = _explain_ids(
-                module, xt, comp, spec, target, batch_size, generator, opts, declared_row_shape(model, output)
+            call = MethodCall(
+                spec, opts, target, batch_size, None, generator, declared_row_shape(model, output)
             )
+            e = _explain_ids(module, xt, comp, call)
             e.extras.update(_quantized_note(module))
             e.extras.update(extras_in)
             return e
@@ -164,7 +182,9 @@ def explain(
     if neuron is not None:  # the explained output is the layer's map: its channel or element a mask target
         module, out_shape = _LayerOutput(module, neuron["node"]), neuron["shape"]
         extras_in["target_layer"] = neuron["describe"]
-    result = run_method(module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape)
+    result = run_method(
+        module, xt, comp, MethodCall(spec, opts, target, batch_size, layout, generator, out_shape)
+    )
     attribution, targets, score, extras = result
     if auto:
         extras_in["auto"] = auto
@@ -241,13 +261,17 @@ def explain_text(
     return e
 
 
-def run_method(
-    module, xt, comp, spec, target, batch_size, layout, generator, opts, out_shape, make_scorer=None
-):
-    """(attribution, targets, explained score, extras) of ``spec`` on rows ``xt`` with per-sample
+def run_method(module, xt, comp, call: MethodCall, make_scorer=None):
+    """(attribution, targets, explained score, extras) of ``call.spec`` on rows ``xt`` with per-sample
     companions ``comp``: the target is resolved into units (:mod:`onnx_explain.targets`), keyed for the
-    method. ``make_scorer(target)`` builds the scorer (default: a :class:`Scorer` of ``module``);
-    ``out_shape`` is an output row's shape when the file fixes it."""
+    method. ``make_scorer(target)`` builds the scorer (default: a :class:`Scorer` of ``module``)."""
+    spec, target, batch_size, layout, out_shape = (
+        call.spec,
+        call.target,
+        call.batch_size,
+        call.layout,
+        call.out_shape,
+    )
     if make_scorer is None:
 
         def make_scorer(resolved):
@@ -286,7 +310,7 @@ def run_method(
     rows = xt if k is None else xt.repeat_interleave(k, 0)
     keys = torch.arange(len(rows), device=xt.device)
     with torch.no_grad():
-        attribution, extras = spec.fn(scorer, rows, keys, generator, **opts)
+        attribution, extras = spec.fn(scorer, rows, keys, call.generator, **call.opts)
     if on_pass:
         if bool((resolved.index < 0).any()):
             raise OnnxExplainError(f"method {spec.name!r} left a predicted class unread (reads_inputs)")
@@ -304,7 +328,7 @@ def run_method(
     return attribution, resolved.record, score, extras
 
 
-def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, layout, input_name, opts):
+def _explain_runtime(model, x, call: MethodCall, output: str, input_name: str | None) -> Explanation:
     """A black-box method: every row runs through onnxruntime on the file, nothing is converted."""
     from .methods import RuntimeScorer
     from .model import load
@@ -312,29 +336,28 @@ def _explain_runtime(model, x, spec, target, output, batch_size, device, seed, l
     if isinstance(model, (str, os.PathLike)):
         model = load(model, input=input_name)
     if not _is_model(model):
-        raise OnnxExplainError(f"method {spec.name!r} runs on onnxruntime: it needs an onnx_explain.Model")
+        raise OnnxExplainError(
+            f"method {call.spec.name!r} runs on onnxruntime: it needs an onnx_explain.Model"
+        )
     model = model.with_input(input_name)
     x_np, companions = model.split_inputs(x)
-    layout = layout or model.layout
+    layout = call.layout or model.layout
     xt = torch.from_numpy(np.ascontiguousarray(x_np))
     if xt.dtype.is_floating_point and xt.dtype not in (torch.float32, torch.float64):
         xt = xt.float()
     space = "output" if output == "output" else "logit"
 
     def make_scorer(resolved):
-        return RuntimeScorer(model, batch_size, layout, space, companions=companions, target=resolved)
+        return RuntimeScorer(model, call.batch_size, layout, space, companions=companions, target=resolved)
 
-    generator = make_generator(seed, "cpu")
-    attribution, targets, score, extras = run_method(
-        None, xt, companions, spec, target, batch_size, layout, generator, opts, declared_row_shape(model, space),
-        make_scorer,
-    )  # fmt: skip
+    call = replace(call, layout=layout, out_shape=declared_row_shape(model, space))
+    attribution, targets, score, extras = run_method(None, xt, companions, call, make_scorer)
     return Explanation(
         attribution=attribution.detach().cpu().numpy().astype(np.float32),
         target=np.asarray(targets),
         score=score.detach().cpu().numpy(),
-        method=spec.name,
-        options=opts,
+        method=call.spec.name,
+        options=call.opts,
         extras={key: _to_numpy(v) for key, v in extras.items() if key != "score"},
         layout=layout,
     )
@@ -574,7 +597,7 @@ def token_reduction(spec, opts: dict) -> str:
     return "sum"
 
 
-def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, out_shape) -> Explanation:
+def _explain_ids(module, ids, comp, call: MethodCall) -> Explanation:
     """Token ids: the graph is cut at the embedding once and every sample's rows run through it in
     batches, exactly as for float inputs; the ids travel with their sample like any companion input."""
     from .methods.embedding import embedding_model
@@ -582,9 +605,8 @@ def _explain_ids(module, ids, comp, spec, target, batch_size, generator, opts, o
     emb_module, e, frontier = embedding_model(module, ids, comp)
     mask_name, mask = _mask_of(ids, comp)
     comp = {**comp, emb_module.ids_key: ids}
-    attribution, targets, score, extras = run_method(
-        emb_module, e, comp, spec, target, batch_size, None, generator, opts, out_shape
-    )
+    attribution, targets, score, extras = run_method(emb_module, e, comp, replace(call, layout=None))
+    spec, opts = call.spec, call.opts
     # positions the mask leaves out keep what the graph gives them: exactly 0 where the model does not read
     # them (the mask's -inf/min logits), and their real share where it does (a right-padded GPT-2 reads
     # the last position, a pad, to classify)

@@ -150,7 +150,7 @@ def sanity_check(
         (cascading or ``efficient``; None otherwise) and the settings; ``efficient`` adds ``entropy``
         ``(2, samples)``: the trained and the random model's.
     """
-    from .explainer import converted, declared_row_shape, explain, run_method, to_device
+    from .explainer import MethodCall, converted, declared_row_shape, explain, run_method, to_device
     from .methods import METHODS
     from .methods.base import make_generator
     from .model import Model, load
@@ -216,7 +216,10 @@ def sanity_check(
             tt = np.tile(np.asarray(targets), copies) if len(rows) > 1 else targets
             cb = {k: torch.cat([v] * copies) for k, v in comp.items()} if copies > 1 else comp
             a = run_method(
-                net, xt, cb, spec, tt, batch_size, model.layout, make_generator(0), opts, out_shape
+                net,
+                xt,
+                cb,
+                MethodCall(spec, opts, tt, batch_size, model.layout, make_generator(0), out_shape),
             )[0]
             a = a.detach().cpu().numpy()
             if len(rows) == 1:  # one explanation: as the method gives it (ranking float32 is faster)
