@@ -16,8 +16,13 @@ started once (its start-up is not counted):
   workers write the shards.
 
 ``end to end`` is the wall time of a run (for Ray: actor start, model load and conversion per actor,
-reading, explaining, writing); ``steady`` is the rate at which items are recorded after the first batch of
-8 came back, (N - 8) / (t_last - t_8), which leaves out the fixed costs (start-up, conversion).
+reading, explaining, writing). For Ray the workers also report their own times (the run's
+``summary["workers"]``): each actor's set-up, its busy seconds inside its calls, and the wall-clock span from
+the first call's start to the last call's end over all actors (the *window*: the run without the actors'
+set-up). ``items/s in the window`` = items / window is what more workers buy once they are up; it is
+bounded by the cores (two one-thread workers on two cores: at most 2x one worker's), unlike the "steady"
+rate of earlier versions, which started its clock after the other workers' first blocks were done.
+``utilisation`` is the workers' busy seconds over (workers x window).
 """
 
 from __future__ import annotations
@@ -37,14 +42,6 @@ sys.path.insert(0, str(HERE))
 from bench_cli import IMAGENET, resnet_job  # noqa: E402
 
 
-def _stamped(record, stamps: list):
-    def wrapper(self, rec):
-        record(self, rec)
-        stamps.append(time.perf_counter())
-
-    return wrapper
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=48)
@@ -55,9 +52,8 @@ def main() -> None:
     import torch
 
     import onnx_explain as oe
-    from onnx_explain.app.batch import ManifestSink, explain_files
+    from onnx_explain.app.batch import explain_files
     from onnx_explain.app.ray_engine import explain_ray
-    from onnx_explain.app.shards import ParquetSink, WorkerShardSink
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     job = resnet_job(tmp, args.items)
@@ -85,27 +81,26 @@ def main() -> None:
     configs = {"local, 1 thread": local(1), "local, 2 threads": local(2), "ray, 1 worker": on_ray(1),
                "ray, 2 workers": on_ray(2), "local, 2 threads, parquet": local(2, **parquet),
                "ray, 2 workers, parquet (written by the workers)": on_ray(2, **parquet)}  # fmt: skip
-    stamps: list[float] = []
-    # when each item is recorded: by the local run, or by the Ray driver as its record comes back
-    ManifestSink.record = _stamped(ManifestSink.record, stamps)
-    ParquetSink.record = _stamped(ParquetSink.record, stamps)
-    WorkerShardSink.record = _stamped(WorkerShardSink.record, stamps)
     rows = {}
     for name, go in configs.items():
         out = tmp / f"out_{len(rows)}"
-        stamps.clear()
         t0 = time.perf_counter()
         summary = go(full, out)
         total = time.perf_counter() - t0
         assert summary["ok"] == args.items, summary
-        g = common["group"]
-        steady = (args.items - g) / max(1e-9, stamps[-1] - stamps[g - 1])
-        rows[name] = (total, args.items / total, steady)
-        print(f"{name:<18} end to end {total:6.1f} s = {rows[name][1]:.2f} items/s; steady {steady:.2f} items/s; "
-              f"first {g} items after {stamps[g - 1] - t0:.1f} s", flush=True)  # fmt: skip
+        workers = summary.get("workers")
+        if workers:  # Ray: the window from the first call's start to the last call's end, set-up excluded
+            window = max(w["last"] for w in workers) - min(w["first"] for w in workers)
+            setup = max(w["setup_s"] for w in workers)
+            busy = sum(w["busy_s"] for w in workers) / (len(workers) * window)
+        else:  # the local engine: the model was loaded and converted before the clock started
+            window, setup, busy = total, 0.0, None
+        rows[name] = (total, args.items / total, setup, window, args.items / window, busy)
+        print(f"{name:<18} end to end {total:6.1f} s = {rows[name][1]:.2f} items/s; set-up {setup:.1f} s; "
+              f"window {window:.1f} s = {rows[name][4]:.2f} items/s", flush=True)  # fmt: skip
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
-    base = rows["ray, 1 worker"][2]
+    base = rows["ray, 1 worker"][4]
     lines = [
         f"## ResNet-18 gradient, {args.items} images 224x224, `--heatmaps none` (`benchmarks/bench_ray.py`)",
         "",
@@ -113,21 +108,21 @@ def main() -> None:
         f"one run, the configurations one after the other; load average at the end "
         f"{os.getloadavg()[0]:.1f}. Ray {ray.__version__}, torch {torch.__version__}.",
         "",
-        "| engine | end to end | items/s end to end | items/s steady | steady / ray 1 worker |",
-        "|---|---|---|---|---|",
+        "| engine | end to end | items/s end to end | actor set-up | window | items/s in the window | / ray 1 worker | utilisation |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, (t, rate, steady) in rows.items():
-        lines.append(f"| {name} | {t:.1f} s | {rate:.2f} | {steady:.2f} | {steady / base:.2f}× |")
+    for name, (t, rate, setup, window, in_window, busy) in rows.items():
+        util = "–" if busy is None else f"{busy:.0%}"
+        lines.append(f"| {name} | {t:.1f} s | {rate:.2f} | {setup:.1f} s | {window:.1f} s | {in_window:.2f} | "
+                     f"{in_window / base:.2f}× | {util} |")  # fmt: skip
     lines += [
         "",
         "End to end includes, for Ray, starting the actors (each imports torch and onnx2torch, loads the model,",
         f"converts it and checks parity: a fixed cost per actor that a {args.items}-item run does not hide) but not",
-        "starting Ray. Steady is measured where the items are recorded (for Ray: on the driver, as records",
-        "come back), after the first 8; Ray Data hands results back in blocks, so its steady rate is the",
-        "rougher of the two. The local engine with 2 threads shares the cores with the other users of this",
-        "machine; its threads wait on each other, which is why it can be slower than 1 thread here.",
-        "With `--format parquet` (shards of 24 rows here) the local engine writes the shards on its own thread;",
-        "on Ray each worker call explains and writes one shard, and its records come back 24 at a time.",
+        "starting Ray. The window runs from the first worker call's start to the last one's end, as the workers",
+        "time them (set-up excluded, waits for input included); for the local engine it is the run itself. The",
+        "ratio to one Ray worker is bounded by the cores. With `--format parquet` (shards of 24 rows) the local",
+        "engine writes the shards on its own thread; on Ray each worker call explains and writes one shard.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -159,6 +159,12 @@ def test_images_and_rows_are_read_by_the_read_stage_and_equal_the_local_engine(
     res = explain_ray(DIGITS, inputs, tmp_path / "ray", "gradient", workers=1, readers=2, group=4,
                       heatmaps="none", worker_cls=_TakesOnlyReadItems)  # fmt: skip
     assert (res["ok"], res["failed"]) == (local["ok"], 0) == (45, 0)
+    (worker,) = res["workers"]  # one actor: its set-up, and its busy time inside its calls, within them
+    assert (
+        worker["items"] == 45
+        and worker["setup_s"] > 0
+        and 0 < worker["busy_s"] <= worker["last"] - worker["first"] + 1e-6
+    )
     want = _lines(tmp_path / "local" / "manifest.jsonl")
     assert [r["item"] for r in _lines(tmp_path / "ray" / "manifest.jsonl")] == [r["item"] for r in want]
     for r in want:

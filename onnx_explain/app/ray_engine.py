@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -110,6 +112,7 @@ class RayWorker:
     config: dict = {}  # set on the subclass that a run makes (see _execute)
 
     def __init__(self, config: dict | None = None):
+        born = time.time()  # wall clock: comparable with the driver's and the other workers' on one machine
         config = self.config if config is None else config
         threads = max(1, int(config["threads"]))
         # pinned before onnxruntime and torch start their pools: N workers on N cores, not N × N threads
@@ -142,14 +145,25 @@ class RayWorker:
                 config["tokenizer"],
                 config["max_length"] or (fixed[0] if fixed and isinstance(fixed[0], int) else None),
             )
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.setup = (born, time.time())  # imports, load, conversion and its parity check
 
     def __call__(self, batch: dict) -> dict:
+        start = time.time()
         records = []
         for first, blob in zip(batch["k"], batch["items"], strict=True):  # one row per call, as the run asks
             records += self._explain(int(first), pickle.loads(blob))
         out = np.empty(len(records), dtype=object)  # bytes as objects, not a fixed-width array
         out[:] = [pickle.dumps(r) for r in records]
-        return {"record": out}
+        timing = np.empty(len(records), dtype=object)  # the call's, on its first row (columns share a length)
+        if len(records):
+            timing[0] = {
+                "worker": self.worker,
+                "setup": self.setup,
+                "call": (start, time.time()),
+                "items": len(records),
+            }
+        return {"record": out, "timing": timing}
 
     def _explain(self, first: int, chunk: list) -> list[dict]:
         """The records of ``chunk``, the items at positions ``first``, ``first + 1`` ... of the run."""
@@ -238,7 +252,9 @@ def explain_ray(
     Returns
     -------
     dict
-        ``{'ok', 'failed', 'skipped', 'failures'}``.
+        ``{'ok', 'failed', 'skipped', 'failures', 'workers'}``: ``workers`` lists each actor's set-up
+        seconds, busy seconds (inside its calls), items and the wall-clock bounds of its calls
+        (:func:`worker_times`).
     """
     from ..model import load
 
@@ -381,8 +397,10 @@ def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, g
         num_gpus=gpus or None,
     )
     seen: set[str] = set()
+    calls_timed: list[dict] = []
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            calls_timed += [t for t in batch.get("timing", ()) if t]
             for blob in batch["record"]:
                 rec = pickle.loads(blob)
                 if rec["item"] in seen:  # defensive: a record is kept once even if a batch came back twice
@@ -396,6 +414,21 @@ def _execute(ray, run, good, prep, config, worker_cls, workers, readers, cpus, g
                     run.summary["ok"] += 1
     except Exception as exc:  # noqa: BLE001 - one line, see _reraise
         _reraise(exc)
+    run.summary["workers"] = worker_times(calls_timed)
+
+
+def worker_times(calls: list[dict]) -> list[dict]:
+    """Per worker (actor), from its calls' timings: ``setup_s`` (imports, load, conversion), ``busy_s``
+    (the time inside its calls: reading excluded, writing included), ``items``, and ``first``/``last``, the
+    wall-clock bounds of its calls (``time.time()``). What a worker spent waiting for input is neither."""
+    out = {}
+    for t in calls:
+        w = out.setdefault(t["worker"], {"worker": t["worker"], "setup_s": t["setup"][1] - t["setup"][0],
+                                         "busy_s": 0.0, "items": 0, "first": t["call"][0], "last": t["call"][1]})  # fmt: skip
+        w["busy_s"] += t["call"][1] - t["call"][0]
+        w["items"] += t["items"]
+        w["first"], w["last"] = min(w["first"], t["call"][0]), max(w["last"], t["call"][1])
+    return sorted(out.values(), key=lambda w: w["first"])
 
 
 class RayEvaluator:
