@@ -96,7 +96,7 @@ def evaluate(
     """
     spec = _metric(metric)
     spec.check_options(options)
-    from .targets import prepare_box_target
+    from .detectors import prepare_box_target
 
     model, target = prepare_box_target(model, target)  # a (boxes, scores) pair or an NMS graph, for a box
     model, x, companions = _model_and_input(model, x, spec)

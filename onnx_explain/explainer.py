@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .detectors import prepare_box_target
 from .errors import InputDataError, OnnxExplainError, OptionError
 from .methods import METHODS, Explanation, MethodSpec, Scorer
 from .methods.base import make_generator
 from .tabular import exact_method
-from .targets import Resolved, prepare_box_target, resolve, resolve_targets, with_real_tokens
+from .targets import Resolved, resolve, resolve_targets, with_real_tokens
 from .text import TextEncoder
 
 __all__ = ["explain", "resolve_targets"]

@@ -16,7 +16,6 @@ target that names only a class there is refused (the former flat arg-max over a 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,8 +28,8 @@ __all__ = [
     "BOX_LAYOUTS",
     "TARGETS",
     "Resolved",
-    "join_box_outputs",
-    "prepare_box_target",
+    "is_box_target",
+    "parse_target",
     "register_target",
     "resolve",
     "resolve_targets",
@@ -114,7 +113,7 @@ def resolve(target, out_shape: tuple, B: int, outputs: Callable[[], torch.Tensor
         A target that does not fit the output (a class of an output that is not one score vector, an
         index out of range, the wrong number of per-sample targets ...), in one line.
     """
-    target = _parse(target)
+    target = parse_target(target)
     for kind, (matches, fn) in TARGETS.items():
         if matches(target, tuple(out_shape)):
             res = fn(target, tuple(out_shape), B, outputs)
@@ -130,7 +129,7 @@ def resolve(target, out_shape: tuple, B: int, outputs: Callable[[], torch.Tensor
     )
 
 
-def _parse(target):
+def parse_target(target):
     """The command line's spellings: ``'3,predicted'``, ``'all,5'`` -> tuples; ``'box:x1,y1,x2,y2[:class]'``,
     ``'detection:K'``, ``'mask:FILE.png|.npy[:class]'``, ``'dot:FILE.npy[:mean|cls]'`` (``cosine:`` alike)
     -> dicts; the rest as given."""
@@ -451,7 +450,7 @@ def with_real_tokens(target, companions: dict, B: int):
     """An embedding target with mean pooling gets the attention mask of its samples (``real_tokens``), so
     that the mean is over each text's real tokens and a text's result never depends on the other texts
     padded into its batch; any other target is returned as it is."""
-    t = _parse(target)
+    t = parse_target(target)
     if not (isinstance(t, dict) and ("dot" in t or "cosine" in t) and t.get("pool") == "mean"):
         return target
     for name, v in (companions or {}).items():
@@ -468,7 +467,7 @@ def _only(target: dict, keys: set) -> None:
 
 
 # ----------------------------------------------------------------------------- detector boxes (D-RISE)
-def _box_matches(target, out_shape) -> bool:
+def is_box_target(target, out_shape) -> bool:
     return isinstance(target, dict) and ("box" in target or "detection" in target)
 
 
@@ -540,17 +539,9 @@ def _layout_of(out_shape, given, at_x: Callable[[], torch.Tensor]) -> tuple[str,
     return "anchors_first", f"detected: {a} values per proposal on axis 2, {k} proposals on axis 1"
 
 
-@register_target("box", _box_matches)
-def _box(target, out_shape, B, outputs) -> Resolved:
-    """The D-RISE similarity of a reference detection (box ``L_t`` in pixels x1y1x2y2, class ``c``) with the
-    proposals ``j`` of each output row: ``S = max_j IoU(L_t, L_j) · cos(P_t, P_j) · O_j`` (METHODS §1.6;
-    ``O_j = 1`` without objectness). Post-NMS rows ``[x1, y1, x2, y2, score, class]`` have a label, not a
-    class vector: ``cos`` is ``[class_j = c]`` and ``O_j`` the kept score (the kept indices are constant, the
-    gradient flows through the kept boxes and scores). ``{'detection': k}`` takes the k-th best proposal at
-    ``x`` as the reference; ``anchor='fixed'`` keeps the proposal matched at ``x`` instead of the max;
-    ``background=k`` leaves class-score column k (SSD's background) out of the class vectors."""
-    _only(target, {"box", "class", "detection", "layout", "objectness", "anchor", "background", "source"})
-    at_x = outputs().reshape(B, *out_shape).to(torch.float64)
+def _box_geometry(target, out_shape, at_x) -> dict:
+    """How a box target reads the output: its layout (and how it was found), objectness, the number of
+    classes (None for post-NMS labels), the background column and the anchor mode, each checked."""
     layout, how = _layout_of(out_shape, target.get("layout"), lambda: at_x)
     objectness = bool(target.get("objectness", False)) and layout != "post_nms"
     per = out_shape[0] if layout == "anchors_last" else out_shape[1]
@@ -569,16 +560,25 @@ def _box(target, out_shape, B, outputs) -> Resolved:
     anchor = target.get("anchor", "max")
     if anchor not in ("max", "fixed"):
         raise InputDataError(f"anchor must be 'max' or 'fixed', not {anchor!r}")
+    return {"layout": layout, "how": how, "objectness": objectness, "n_cls": n_cls, "background": bg,
+            "anchor": anchor}  # fmt: skip
 
-    def proposals(out):  # SSD's background column takes no part in the class vector (METHODS §1.6)
-        b, c_, o, lab = _proposals(out, layout, objectness)
-        if bg is not None:
-            keep = torch.ones(c_.shape[-1], dtype=c_.dtype, device=c_.device)
-            keep[int(bg)] = 0
-            c_ = c_ * keep
-        return b, c_, o, lab
 
-    boxes, cls, obj, labels = proposals(at_x)
+def _proposals_of(out: torch.Tensor, g: dict):
+    """(boxes, class vectors, objectness, labels) of an output; SSD's background column takes no part in
+    the class vector (METHODS §1.6)."""
+    b, c_, o, lab = _proposals(out, g["layout"], g["objectness"])
+    if g["background"] is not None:
+        keep = torch.ones(c_.shape[-1], dtype=c_.dtype, device=c_.device)
+        keep[int(g["background"])] = 0
+        c_ = c_ * keep
+    return b, c_, o, lab
+
+
+def _reference_detection(target, g: dict, boxes, cls, obj, labels, B: int):
+    """``(reference boxes (B, 4), classes (B,))``: the k-th best proposal at ``x`` (``detection``), or the
+    given box and class, checked."""
+    n_cls, bg = g["n_cls"], g["background"]
     if "detection" in target:
         k = target["detection"]
         conf = (cls.max(-1).values if cls is not None else 1.0) * obj
@@ -592,32 +592,52 @@ def _box(target, out_shape, B, outputs) -> Resolved:
         classes = (
             cls[torch.arange(B), j].argmax(-1) if cls is not None else labels[torch.arange(B), j]
         ).long()
+        return ref, classes
+    ref = torch.as_tensor(np.asarray(target["box"], dtype=np.float64)).reshape(-1, 4)
+    if ref.shape[0] not in (1, B) or not (ref[:, 2:] > ref[:, :2]).all():
+        raise InputDataError(
+            f"box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1 (or one per sample), not {target['box']!r}"
+        )
+    c = target.get("class")
+    if not isinstance(c, (int, np.integer)) or not 0 <= c < (n_cls if n_cls is not None else np.inf):
+        below = f"an index below the {n_cls} classes" if n_cls is not None else "a class index (>= 0)"
+        raise InputDataError(f"a box target needs 'class': {below}, not {c!r}")
+    if bg is not None and int(c) == int(bg):
+        raise InputDataError(f"class {c} is the background column: explain an object class")
+    return ref.expand(B, 4), torch.full((B,), int(c))
+
+
+def _d_rise_similarity(boxes, cls, obj, labels, ref, classes) -> torch.Tensor:
+    """``IoU(ref, box_j) · cos(class vectors) · O_j`` per row and proposal, ``(R, A)``."""
+    iou = _iou(ref.to(boxes.dtype), boxes)
+    if labels is not None:  # post-NMS: the one-hot classes' cosine is 1 for the same label, else 0
+        cos = (labels.round() == classes.to(labels.device)[:, None]).to(boxes.dtype)
     else:
-        ref = torch.as_tensor(np.asarray(target["box"], dtype=np.float64)).reshape(-1, 4)
-        if ref.shape[0] not in (1, B) or not (ref[:, 2:] > ref[:, :2]).all():
-            raise InputDataError(
-                f"box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1 (or one per sample), not {target['box']!r}"
-            )
-        ref = ref.expand(B, 4)
-        c = target.get("class")
-        if not isinstance(c, (int, np.integer)) or not 0 <= c < (n_cls if n_cls is not None else np.inf):
-            below = f"an index below the {n_cls} classes" if n_cls is not None else "a class index (>= 0)"
-            raise InputDataError(f"a box target needs 'class': {below}, not {c!r}")
-        if bg is not None and int(c) == int(bg):
-            raise InputDataError(f"class {c} is the background column: explain an object class")
-        classes = torch.full((B,), int(c))
+        pc = cls.gather(2, classes.to(cls.device)[:, None, None].expand(-1, cls.shape[1], 1)).squeeze(2)
+        norm = cls.norm(dim=-1)
+        cos = torch.where(norm > 0, pc / norm.clamp_min(1e-12), torch.zeros_like(pc))
+    return iou * cos * obj
 
-    def similarity(boxes, cls, obj, labels, ref, classes):
-        iou = _iou(ref.to(boxes.dtype), boxes)
-        if labels is not None:  # post-NMS: the one-hot classes' cosine is 1 for the same label, else 0
-            cos = (labels.round() == classes.to(labels.device)[:, None]).to(boxes.dtype)
-        else:
-            pc = cls.gather(2, classes.to(cls.device)[:, None, None].expand(-1, cls.shape[1], 1)).squeeze(2)
-            norm = cls.norm(dim=-1)
-            cos = torch.where(norm > 0, pc / norm.clamp_min(1e-12), torch.zeros_like(pc))
-        return iou * cos * obj  # (R, A)
 
-    s0 = similarity(boxes, cls, obj, labels, ref, classes)
+@register_target("box", is_box_target)
+def _box(target, out_shape, B, outputs) -> Resolved:
+    """The D-RISE similarity of a reference detection (box ``L_t`` in pixels x1y1x2y2, class ``c``) with the
+    proposals ``j`` of each output row: ``S = max_j IoU(L_t, L_j) · cos(P_t, P_j) · O_j`` (METHODS §1.6;
+    ``O_j = 1`` without objectness). Post-NMS rows ``[x1, y1, x2, y2, score, class]`` have a label, not a
+    class vector: ``cos`` is ``[class_j = c]`` and ``O_j`` the kept score (the kept indices are constant, the
+    gradient flows through the kept boxes and scores). ``{'detection': k}`` takes the k-th best proposal at
+    ``x`` as the reference; ``anchor='fixed'`` keeps the proposal matched at ``x`` instead of the max;
+    ``background=k`` leaves class-score column k (SSD's background) out of the class vectors."""
+    _only(target, {"box", "class", "detection", "layout", "objectness", "anchor", "background", "source"})
+    at_x = outputs().reshape(B, *out_shape).to(torch.float64)
+    g = _box_geometry(target, out_shape, at_x)
+
+    def proposals(out):
+        return _proposals_of(out, g)
+
+    boxes, cls, obj, labels = proposals(at_x)
+    ref, classes = _reference_detection(target, g, boxes, cls, obj, labels, B)
+    s0 = _d_rise_similarity(boxes, cls, obj, labels, ref, classes)
     matched = s0.argmax(1)
     rows0 = torch.arange(B)
     best = s0[rows0, matched]
@@ -631,183 +651,15 @@ def _box(target, out_shape, B, outputs) -> Resolved:
     def fn(out, units=None):
         b, c_, o, lab = proposals(out)
         rows = torch.arange(out.shape[0], device=out.device) if units is None else units
-        s = similarity(b, c_, o, lab, ref.to(out.device)[rows.cpu()], classes[rows.cpu()])
-        if anchor == "fixed":
+        s = _d_rise_similarity(b, c_, o, lab, ref.to(out.device)[rows.cpu()], classes[rows.cpu()])
+        if g["anchor"] == "fixed":
             return s.gather(1, matched.to(out.device)[rows.cpu()][:, None]).squeeze(1)
         return s.max(1).values
 
+    layout, how = g["layout"], g["how"]
     if "source" in target:  # what prepare_box_target made of the model's outputs
         how = f"{how}; {target['source']}"
     info = {"target": "box (D-RISE similarity)", "layout": layout, "layout_from": how,
             "matched_proposal": matched.numpy(), "matched_box": boxes[rows0, matched].numpy(),
             "matched_iou": iou0.numpy(), "reference_box": ref.numpy().copy(), "similarity_at_x": best.numpy()}  # fmt: skip
     return Resolved("box", torch.arange(B), fn=fn, record=classes.numpy(), info=info, per_unit=True)
-
-
-# ----------------------------------------------------------------------------- (boxes, scores) output pairs
-def _dims(v) -> list:
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in v.type.tensor_type.shape.dim
-    ]
-
-
-def _output_shapes(model) -> dict[str, list]:
-    """Each tensor output's shape: as declared, or — where shape inference left an axis unknown and the model
-    needs no per-sample companions — as onnxruntime gives it on a probe batch of 2."""
-    shapes = {v.name: _dims(v) for v in model.proto.graph.output if v.type.HasField("tensor_type")}
-    if (
-        any(None in d[1:] or any(isinstance(a, str) for a in d[1:]) for d in shapes.values())
-        and not model.companions
-    ):
-        probe = model.probe_batch(2)
-        for name in shapes:
-            try:
-                shapes[name] = [shapes[name][0], *model.runtime.run(name, probe).shape[1:]]
-            except Exception:  # noqa: BLE001 - an output that does not run on a probe keeps its declared shape
-                pass
-    return shapes
-
-
-def box_output_pair(model) -> tuple[str, str, str] | None:
-    """``(boxes, scores, scores layout)`` of a detector with two outputs: boxes ``(B, N, 4)`` x1y1x2y2 and
-    class scores ``(B, N, C)`` (``'anchors_first'``) or ``(B, C, N)`` (``'anchors_last'``), found from the
-    outputs' shapes (N must agree, C != N); None when the outputs are not such a pair."""
-    shapes = _output_shapes(model)
-    boxes = [n for n, d in shapes.items() if len(d) == 3 and d[2] == 4]
-    for b in boxes:
-        n = shapes[b][1]
-        for s, d in shapes.items():
-            if s == b or len(d) != 3 or n is None:
-                continue
-            if d[1] == n and d[2] != n:
-                return b, s, "anchors_first"
-            if d[2] == n and d[1] != n:
-                return b, s, "anchors_last"
-    return None
-
-
-def join_box_outputs(model, boxes: str | None = None, scores: str | None = None):
-    """A detector whose (boxes, scores) output pair is joined into one output ``(B, N, 4+C)``: boxes
-    x1y1x2y2 then class scores — the ``'xyxy'`` layout of a box target (METHODS §1.6).
-
-    Parameters
-    ----------
-    model : Model
-        A detector with an output of boxes ``(B, N, 4)`` and one of class scores ``(B, N, C)`` or
-        ``(B, C, N)``.
-    boxes, scores : str, optional
-        The two outputs' names; default: found from their shapes (:func:`box_output_pair`).
-
-    Returns
-    -------
-    Model
-        The same graph with one more node or two (a Transpose of ``(B, C, N)`` scores, a Concat), whose only
-        output is ``boxes_scores``; the same explained input, fixed inputs and device.
-
-    Raises
-    ------
-    InputDataError
-        The outputs are not such a pair, in one line.
-    """
-    found = box_output_pair(model)
-    names = _output_shapes(model)
-    if boxes is None or scores is None:
-        if found is None:
-            raise InputDataError(
-                "a box target on several outputs needs boxes (B, N, 4) and class scores (B, N, C) or (B, C, N); "
-                f"the model's outputs are {', '.join(f'{n} {d}' for n, d in names.items())}"
-            )
-        boxes, scores, scores_layout = (boxes or found[0], scores or found[1], found[2])
-    else:
-        if boxes not in names or scores not in names:
-            raise InputDataError(f"outputs {boxes!r} and {scores!r}: the model has {', '.join(names)}")
-        by_proposal = names[scores][2] == names[boxes][1] != names[scores][1]
-        scores_layout = "anchors_last" if by_proposal else "anchors_first"
-    n = names[boxes][1]
-    c = names[scores][2 if scores_layout == "anchors_first" else 1]
-    return _joined(model, boxes, scores, scores_layout == "anchors_last", n, c)
-
-
-def _joined(model, boxes: str, scores: str, scores_by_class: bool, n, c):
-    """The model computing only ``boxes_scores`` = Concat(boxes, scores as (B, N, C)) on axis 2 (the nodes
-    it does not need are dropped)."""
-    import onnx
-    from onnx import helper
-
-    from .model import load
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    g = proto.graph
-    joined = "boxes_scores"
-    src = scores
-    if scores_by_class:
-        src = scores + "__by_proposal"
-        g.node.append(helper.make_node("Transpose", [scores], [src], perm=[0, 2, 1], name="join_scores_T"))
-    g.node.append(helper.make_node("Concat", [boxes, src], [joined], axis=2, name="join_boxes_scores"))
-    elem = next((v.type.tensor_type.elem_type for v in [*g.output, *g.value_info] if v.name == boxes), 1)
-    del g.output[:]
-    width = 4 + c if isinstance(c, int) else "classes_plus_4"
-    g.output.append(
-        helper.make_tensor_value_info(joined, elem, ["batch", n if n is not None else "proposals", width])
-    )
-    needed, keep = {joined}, []
-    for node in reversed(list(g.node)):  # the nodes the joined output depends on (NMS and after: not)
-        if needed & set(node.output):
-            keep.append(node)
-            needed |= {i for i in node.input if i}
-            needed |= {i for a in node.attribute if a.g is not None for i in _graph_inputs(a.g)}
-    del g.node[:]
-    g.node.extend(reversed(keep))
-    return load(proto, input=model.input.name, output=joined, fixed_inputs=model.fixed_inputs or None,
-                device=model.device)  # fmt: skip
-
-
-def _graph_inputs(g) -> set:
-    """Names a subgraph (If/Loop body) reads from its outer scope."""
-    return {i for node in g.node for i in node.input if i}
-
-
-def cut_at_nms(model):
-    """The detector's proposals before its NonMaxSuppression (METHODS §1.6: NMS selects by int64 indices,
-    piecewise constant; gradients explain the raw proposals): NMS's boxes ``(B, N, 4)`` and scores
-    ``(B, C, N)`` joined into ``(B, N, 4+C)``. Returns ``(model, layout)`` — ``'xyxy'``, or
-    ``'anchors_first'`` (cx, cy, w, h) for ``center_point_box=1`` — or None without a NonMaxSuppression."""
-    nms = [n for n in model.proto.graph.node if n.op_type == "NonMaxSuppression"]
-    if len(nms) != 1:
-        return None
-    node = nms[0]
-    centre = any(a.name == "center_point_box" and a.i == 1 for a in node.attribute)
-    joined = _joined(model, node.input[0], node.input[1], True, None, None)
-    return joined, ("anchors_first" if centre else "xyxy")
-
-
-#: a detector -> its joined twin (:func:`join_box_outputs`), built and converted once per Model
-_JOINED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def prepare_box_target(model, target):
-    """``(model, target)`` for a call: a box target on a detector with a NonMaxSuppression gets its
-    proposals before NMS (:func:`cut_at_nms`; ``layout='post_nms'`` keeps the kept detections instead), one
-    whose boxes and class scores are two outputs gets the joined model (:func:`join_box_outputs`) with
-    ``layout='xyxy'`` — each built once per model; anything else is returned as it is."""
-    t = _parse(target)
-    if not (_box_matches(t, ()) and hasattr(model, "proto")) or t.get("layout") == "post_nms":
-        return model, target
-    joined = _JOINED.get(model)
-    if joined is None:
-        cut = cut_at_nms(model)
-        if cut is not None:
-            joined = (
-                cut[0],
-                cut[1],
-                "the graph cut at its NonMaxSuppression's inputs (proposals before NMS)",
-            )
-        elif len(model.proto.graph.output) >= 2 and box_output_pair(model) is not None:
-            joined = (join_box_outputs(model), "xyxy", "the (boxes, scores) outputs joined")
-        else:
-            return model, target
-        _JOINED[model] = joined
-    m, layout, how = joined
-    return m, {**t, "layout": t.get("layout", layout), "source": how}

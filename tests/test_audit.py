@@ -183,7 +183,7 @@ def test_a_bad_tokenizer_file_is_one_line_and_nothing_is_written(text_job, tmp_p
 def test_a_detector_is_audited_for_a_box_of_its_boxes_scores_pair(tmp_path):
     from test_targets import _export_multi, _PairDetector
 
-    from onnx_explain.targets import join_box_outputs
+    from onnx_explain.detectors import join_box_outputs
 
     x = np.random.default_rng(9).standard_normal((2, 1, 16, 16)).astype(np.float32)
     path = _export_multi(

@@ -52,6 +52,7 @@ LAYERS = {
     # targets/metrics: what is explained and how it is scored; LRP rules; heatmaps (they read the
     # metrics' channel aggregators)
     "onnx_explain.targets": 4,
+    "onnx_explain.detectors": 4,  # a box target's detector graph edits (joins, NMS cut): loads models
     "onnx_explain.metrics": 4,
     "onnx_explain.lrp": 4,
     "onnx_explain.heatmap": 4,

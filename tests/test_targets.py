@@ -282,21 +282,21 @@ def test_a_box_target_explains_its_own_cell_and_matches_the_right_anchor(anchors
 
 
 def test_command_line_spellings_of_the_dict_targets(tmp_path):
-    from onnx_explain.targets import _parse
+    from onnx_explain.targets import parse_target
 
-    assert _parse("box:8,4,12,8:1") == {"box": [8.0, 4.0, 12.0, 8.0], "class": 1}
-    assert _parse("detection:0") == {"detection": 0}
+    assert parse_target("box:8,4,12,8:1") == {"box": [8.0, 4.0, 12.0, 8.0], "class": 1}
+    assert parse_target("detection:0") == {"detection": 0}
     np.save(tmp_path / "r.npy", np.arange(5.0))
-    d = _parse(f"dot:{tmp_path / 'r.npy'}:mean")
+    d = parse_target(f"dot:{tmp_path / 'r.npy'}:mean")
     assert d["pool"] == "mean" and (d["dot"] == np.arange(5.0)).all()
     from PIL import Image
 
     Image.fromarray((np.eye(4) * 255).astype(np.uint8)).save(tmp_path / "m.png")
-    m = _parse(f"mask:{tmp_path / 'm.png'}:2")
+    m = parse_target(f"mask:{tmp_path / 'm.png'}:2")
     assert m["class"] == 2 and (m["mask"] == np.eye(4, dtype=bool)).all()
     for bad in ("box:1,2,3", "mask:/nope.png", "frobnicate:3"):
         with pytest.raises(InputDataError):
-            _parse(bad)
+            parse_target(bad)
 
 
 def test_metrics_score_a_box_target_on_every_perturbed_input(tmp_path):
@@ -404,7 +404,7 @@ def _export_multi(src, x, path, names):
 
 @pytest.mark.parametrize("scores_last", [False, True], ids=["scores_BNC", "scores_BCN"])
 def test_a_boxes_scores_pair_is_joined_and_explained_as_autograd_of_the_similarity(scores_last, tmp_path):
-    from onnx_explain.targets import box_output_pair, prepare_box_target
+    from onnx_explain.detectors import box_output_pair, prepare_box_target
 
     src = _PairDetector(scores_last).eval()
     x = np.random.default_rng(7).standard_normal((2, 1, 16, 16)).astype(np.float32)
@@ -512,7 +512,7 @@ def _with_nms(pair_path, path):
 
 
 def test_a_graph_with_nms_is_explained_on_its_proposals_before_nms(tmp_path):
-    from onnx_explain.targets import prepare_box_target
+    from onnx_explain.detectors import prepare_box_target
 
     src = _PairDetector().eval()
     x = np.random.default_rng(7).standard_normal((2, 1, 16, 16)).astype(np.float32)

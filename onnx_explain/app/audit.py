@@ -108,7 +108,7 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
     methods = _chosen_methods(methods, kind)
     report = _provenance(model, methods, batch_size, seed)
     if target is not None:
-        from ..targets import prepare_box_target
+        from ..detectors import prepare_box_target
 
         report["settings"]["target"] = target if isinstance(target, (str, int)) else repr(target)
         model, target = prepare_box_target(model, target)
