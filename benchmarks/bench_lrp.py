@@ -26,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 LOW, HIGH = -2.5, 2.5
 
 
-def bench_arch(arch: str, repeats: int, threads: int) -> list:
-    """Timings of every composite on one architecture, with ``threads`` torch threads."""
+def bench_arch(arch: str, repeats: int, threads: int, images: int = 1) -> list:
+    """Timings of every composite on one architecture, with ``threads`` torch threads, on a batch of
+    ``images`` images (each explained for its own predicted class; the floor is the same batch's gradient)."""
     import torchvision
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox, EpsilonPlus, LayerMapComposite, layer_map_base
@@ -41,7 +42,7 @@ def bench_arch(arch: str, repeats: int, threads: int) -> list:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = getattr(torchvision.models, arch)(weights=None).eval()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(LOW, HIGH)
+    x = torch.randn(images, 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(LOW, HIGH)
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, f"{arch}.onnx")
     with warnings.catch_warnings():
@@ -50,8 +51,10 @@ def bench_arch(arch: str, repeats: int, threads: int) -> list:
                           dynamic_axes={"x": {0: "batch"}})  # fmt: skip
     model = oe.load(path)
     module = model.torch_module()
-    t = int(net(x).argmax())
-    onehot = torch.eye(1000)[[t]]
+    with torch.no_grad():
+        t = net(x).argmax(1)
+    onehot = torch.eye(1000)[t]
+    rows_ = torch.arange(images)
     canon = ResNetCanonizer if arch.startswith("resnet") else VGGCanonizer
     composites = {
         # LRP-ε on every layer: the engine's own overhead (the rule costs one transposed product, like a gradient)
@@ -70,12 +73,12 @@ def bench_arch(arch: str, repeats: int, threads: int) -> list:
 
     def floor():
         z = x.clone().requires_grad_(True)
-        torch.autograd.grad(module(z)[0, t], z)
+        torch.autograd.grad(module(z)[rows_, t].sum(), z)
 
     for name, (zcomp, kw) in composites.items():
 
         def ours(kw=kw):
-            oe.explain(model, x.numpy(), "lrp", target=t, **kw)
+            oe.explain(model, x.numpy(), "lrp", target=t.numpy(), batch_size=max(64, images), **kw)
 
         def zen(zcomp=zcomp):
             with Gradient(net, zcomp()) as attributor:
@@ -103,17 +106,24 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["resnet18", "resnet50", "vgg16"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (each one a run)")
+    ap.add_argument("--images", type=int, default=1, help="images per call (one batch)")
     ap.add_argument("--out", default=str(HERE / "results" / "lrp_cnn.md"))
     args = ap.parse_args()
-    rows = [r for th in args.threads for arch in args.arch for r in bench_arch(arch, args.repeats, th)]
+    rows = [
+        r
+        for th in args.threads
+        for arch in args.arch
+        for r in bench_arch(arch, args.repeats, th, args.images)
+    ]
     lines = [
         "# LRP: onnx-explain vs a plain forward+backward and Zennit",
         "",
-        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. One 224x224 image, random weights, median of",
+        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}. "
+        f"{args.images} 224x224 image(s) per call, random weights, median of",
         f"{args.repeats} interleaved runs after a warm-up; wall-clock seconds, and the ratio of CPU seconds "
         "(`time.process_time`, robust to other jobs on a shared machine). Command: "
         f"`python benchmarks/bench_lrp.py --arch {' '.join(args.arch)} --repeats {args.repeats} "
-        f"--threads {' '.join(map(str, args.threads))}`",
+        f"--threads {' '.join(map(str, args.threads))} --images {args.images}`",
         "",
         "| model | threads | composite | forward+backward (s) | onnx-explain (s) | Zennit (s) | ours / fwd+bwd | "
         "ours / Zennit | CPU: ours / fwd+bwd |",
