@@ -32,6 +32,7 @@ LAYERS = {
     "onnx_explain.options": 0,
     "onnx_explain.atomic": 0,
     "onnx_explain.lazy": 0,
+    "onnx_explain.derived": 0,
     "onnx_explain.layout": 0,
     "onnx_explain.memory": 0,
     "onnx_explain.stats": 0,

@@ -4,7 +4,6 @@ output as a modified gradient. docs/methods.md §2.5.2; the float64 replicas in 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -12,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch.func import functional_call
 
+from ..derived import derived
 from ..errors import OptionError
 
 # ----------------------------------------------------------------------------------------- stabilisers
@@ -198,10 +198,6 @@ def _has_negative(x: torch.Tensor) -> bool:
     return x.numel() > 0 and bool(x.amin() < 0)
 
 
-#: the cached weight variants of each layer (a modified layer's weights are constant between calls)
-_WEIGHT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class _Layer:
     """A Conv1d/2d/3d (zero padding) or Linear layer as the fused rules use it: its forward and transposed
     products with any weight, the channel axis, and a cache of weight variants (clamped, stacked) that is
@@ -243,12 +239,12 @@ class _Layer:
     def cached(self, tag: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``make()``, a function of the weight, computed once per weight version."""
         w = self.weight
-        store = _WEIGHT_CACHE.setdefault(self.module, {})
+        store = derived(self.module)  # a modified layer's weights are constant between calls
         key = (w._version, w.data_ptr(), w.dtype, w.device)
-        hit = store.get(tag)
+        hit = store.get(("weights", tag))
         if hit is None or hit[0] != key:
             with torch.no_grad():
-                hit = store[tag] = (key, make().detach())
+                hit = store[("weights", tag)] = (key, make().detach())
         return hit[1]
 
     def stack_out(self, tensors: list[torch.Tensor], dim: int) -> torch.Tensor:

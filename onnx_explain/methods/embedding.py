@@ -7,12 +7,12 @@ becomes ``g(ids, e)`` with ``e`` the float tensor, differentiable in ``e`` while
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..derived import derived
 from ..errors import InputSpecError
 
 
@@ -153,10 +153,6 @@ class EmbeddingModel(nn.Module):
         return EmbeddingModel(copy.deepcopy(self.cut, memo), inputs, self.frontier)
 
 
-#: per converted model (weakly): (position, ids rank, dtype) -> (frontier, cut graph, graph up to the frontier)
-_CUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
     """For a ConvertedModel with an integer input: ``(module, e, frontier)`` where ``e`` is the float
     tensor the ids become for every sample (one pass), ``module`` the :class:`EmbeddingModel` computing
@@ -165,8 +161,9 @@ def embedding_model(wrapper, ids: torch.Tensor, companions: dict | None = None):
     The cut is made once per converted model (and ids rank): the graphs share the model's weights, so a
     weight changed in place (a randomisation test) is seen by every later call."""
     companions = companions or {}
-    key = (wrapper.position, ids.dim(), str(ids.dtype))
-    per_model = _CUTS.setdefault(wrapper, {})
+    # on the converted model: (position, ids rank, dtype) -> (frontier, cut graph, graph up to the frontier)
+    key = ("embedding_cut", wrapper.position, ids.dim(), str(ids.dtype))
+    per_model = derived(wrapper)
     if key not in per_model:
         first = {k: v[:1] for k, v in companions.items()}
         args = wrapper.graph_args(ids[:1], companions=first)

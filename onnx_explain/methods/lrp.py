@@ -3,16 +3,13 @@ chunk of rows is one forward and one (modified) backward pass."""
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
+from ..derived import derived
 from ..errors import OnnxExplainError, OptionError
 from ..options import accepted_options, check_options
 from .base import Scorer, register_method
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key(value):
@@ -37,8 +34,9 @@ def lrp_graph(module, example, composite, composite_options, rules, fallback, ma
     if decisions is None:
         decisions = branch_decisions(module, *split_example(example)) if has_if(module) else ()
     owner, cut = _owner(module)
-    per_model = _CACHE.setdefault(owner, {})
+    per_model = derived(owner)
     key = (
+        "lrp_graph",
         cut,
         composite,
         _key(composite_options),
@@ -85,7 +83,7 @@ def default_composite(module, example) -> str:
     from ..lrp.graph import default_composite as decide
 
     owner, cut = _owner(module)
-    per_model = _CACHE.setdefault(owner, {})
+    per_model = derived(owner)
     if (cut, "default_composite") not in per_model:
         per_model[(cut, "default_composite")] = decide(module, example)
     return per_model[(cut, "default_composite")]

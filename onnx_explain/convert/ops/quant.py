@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto
 from torch import fx, nn
 
+from ...derived import derived
 from ..registry import builtin, converter
 from ._common import const, result, unsupported
 from .contrib import OnnxAttention, OnnxEmbedLayerNormRest
@@ -122,18 +122,16 @@ def _type_name(elem: int) -> str:
     return TensorProto.DataType.Name(elem).lower()
 
 
-_CONSUMERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _consumers(graph) -> dict:
-    """value name -> the nodes that read it (cached per graph)."""
-    if graph not in _CONSUMERS:
+    """value name -> the nodes that read it (derived once per graph)."""
+    cache = derived(graph)
+    if "consumers" not in cache:
         table: dict = {}
         for n in graph.nodes.values():
             for name in dict.fromkeys(n.input_values):
                 table.setdefault(name, []).append(n)
-        _CONSUMERS[graph] = table
-    return _CONSUMERS[graph]
+        cache["consumers"] = table
+    return cache["consumers"]
 
 
 def _check_scales(node, graph, positions) -> None:
