@@ -218,19 +218,22 @@ def _targets(model, predictor, x: np.ndarray, target):
     fixed = shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:])
     seen = {}
 
-    def outputs():  # before any softmax: a box or a mask is read from the model's own outputs
+    def outputs():  # before any softmax, in the output's own shape: a box or a mask is read from it
         if "out" not in seen:
             space, predictor.output = (
                 predictor.output,
                 "logit" if predictor.output == "prob" else predictor.output,
             )
             try:
-                seen["out"] = torch.from_numpy(predictor(to_channels_first(x, predictor.layout)))
+                rows = predictor.rows(to_channels_first(x, predictor.layout))
+                seen["out"] = torch.from_numpy(np.asarray(rows, np.float64))
             finally:
                 predictor.output = space
         return seen["out"]
 
-    out_shape = tuple(shape[1:]) if fixed else (outputs().shape[1],)
+    # a symbolic axis (a tagger's tokens): the shape of the rows themselves, so that an element, a sum over
+    # an axis or an embedding pooled over tokens is read as explain reads it
+    out_shape = tuple(shape[1:]) if fixed else tuple(outputs().shape[1:])
     if isinstance(target, np.ndarray) and target.ndim == 1 and len(out_shape) == 1:
         target = [int(t) for t in target]
     resolved = resolve(target, out_shape, len(x), lambda: outputs().reshape(len(x), *out_shape))

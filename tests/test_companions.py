@@ -325,3 +325,53 @@ def test_ids_selected_before_the_lookup_name_the_node_and_a_float_input_explains
     mem = torch.from_numpy(memory).requires_grad_(True)
     net.logits(torch.from_numpy(prefix), mem)[:, 1].sum().backward()
     np.testing.assert_allclose(e.attribution, mem.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _MaskedTagger(torch.nn.Module):
+    """ids + attention mask (B, L) -> per-token scores (B, L, 3), a tagger as khmersm's or a NER head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.emb = torch.nn.Embedding(20, 8)
+        self.mix = torch.nn.Conv1d(8, 8, 3, padding=1)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids) * attention_mask[..., None].to(torch.float32)
+        h = torch.tanh(self.mix(h.transpose(1, 2))).transpose(1, 2)
+        return self.out(h)
+
+
+def test_audit_of_a_tagger_with_masks_scores_the_given_target(tmp_path):
+    # the audit's LRP coverage check and its metrics read the given target (before: "a class alone does not
+    # say what to explain" for a tagger's (B, L, C) output, and every metric refused its flattened rows)
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_explain.cli import main
+
+    net = _MaskedTagger().eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 20, (3, 7)).astype(np.int64)
+    mask = np.ones((3, 7), np.int64)
+    mask[1, 5:] = 0
+    path = tmp_path / "tagger.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(ids), torch.from_numpy(mask)), str(path), dynamo=False,
+                          input_names=["input_ids", "attention_mask"], output_names=["scores"], opset_version=17,
+                          dynamic_axes={n: {0: "b", 1: "len"} for n in ("input_ids", "attention_mask", "scores")})  # fmt: skip
+    np.savez(tmp_path / "texts.npz", input_ids=ids, attention_mask=mask)
+    r = CliRunner().invoke(main, ["audit", str(path), str(tmp_path / "texts.npz"), "--input-name", "input_ids",
+                                  "-m", "gradient", "-m", "lrp", "--metric", "deletion", "--target", "all,predicted",
+                                  "--out", str(tmp_path / "a")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["errors"] == {} and report["lrp_coverage"]["ok"]
+    m = oe.load(path, input="input_ids")
+    z = {"input_ids": ids, "attention_mask": mask}
+    e = oe.explain(m, z, "gradient", target="all,predicted")
+    want = oe.evaluate(m, z, e.attribution, "deletion", target="all,predicted")
+    assert np.isclose(report["scores"]["deletion"]["gradient"]["mean"], np.mean(want["scores"]), rtol=1e-5)

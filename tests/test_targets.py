@@ -555,3 +555,46 @@ def test_all_on_the_last_axis_sums_it(tagger):
 
 def whole_c(model, x) -> int:
     return int(model.predict(x).shape[-1])
+
+
+class _Tagger(torch.nn.Module):
+    """x (B, L, 4) -> per-position scores (B, L, 3), the way token taggers export with a symbolic L."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(4, 6, 3, padding=1)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.conv(x.transpose(1, 2))).transpose(1, 2))
+
+
+class _FlatTagger(_Tagger):
+    def forward(self, x):
+        return super().forward(x).flatten(1)
+
+
+@pytest.mark.parametrize("target", ["2,1", (3, 0)])
+def test_metrics_read_an_output_with_a_symbolic_axis_as_explain_does(target, tmp_path):
+    # an output [B, L, C] with L symbolic: evaluate resolves the target on the rows' own shape (before: "the
+    # output [B, 18] needs 1 part"), and scores what the same network with its output flattened scores for
+    # the flat index of that element
+    import warnings
+
+    x = np.random.default_rng(0).standard_normal((3, 6, 4)).astype(np.float32)
+    pos, cls = (2, 1) if target == "2,1" else target
+    got = {}
+    for net, flat in ((_Tagger().eval(), False), (_FlatTagger().eval(), True)):
+        path = tmp_path / f"tagger_{flat}.onnx"
+        dyn = {"x": {0: "b", 1: "len"}, "y": {0: "b", 1: "len"}}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"], dynamic_axes=dyn)  # fmt: skip
+        m = oe.load(path)
+        t = pos * 3 + cls if flat else target
+        e = oe.explain(m, x, "gradient_x_input", target=t)
+        got[flat] = (e.attribution, oe.evaluate(m, x, e.attribution, "deletion", target=t)["scores"])
+    np.testing.assert_allclose(got[False][0], got[True][0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[False][1], got[True][1], rtol=1e-6, atol=1e-7)

@@ -131,7 +131,9 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         report["settings"]["methods"] = methods
         report["lrp_coverage"] = {"ok": False, "error": "no torch graph (see conversion)"}
     elif isinstance(x, dict):  # tokens through the embedding cut, or per-sample companions
-        report["lrp_coverage"] = _lrp_coverage_explained(model, _head(model, x, 2))
+        report["lrp_coverage"] = _lrp_coverage_explained(
+            model, _head(model, x, 2), _head_target(model, target, x, 2)
+        )
     else:
         report["lrp_coverage"] = _lrp_coverage(module, x)
     if not report["lrp_coverage"]["ok"]:
@@ -443,7 +445,15 @@ def _lrp_coverage(module, x: np.ndarray) -> dict:
     return {"ok": True, "composite": composite, "rules": rules}
 
 
-def _lrp_coverage_explained(model, two: dict) -> dict:
+def _head_target(model, target, x, n: int):
+    """The target of the first ``n`` items: a list or array of one target per item is cut to them;
+    anything else (a class, ``'3,predicted'``, an element tuple, a box, a mask) applies to every item."""
+    if isinstance(target, (list, np.ndarray)) and len(target) == len(_shown(model, x)):
+        return target[:n]
+    return target
+
+
+def _lrp_coverage_explained(model, two: dict, target=None) -> dict:
     """Whether LRP covers a model fed several inputs per sample (tokens through the embedding cut, a state
     ...): LRP on two items, with the default composite (attnlrp where attention carries relevance); the
     rules and where relevance is read."""
@@ -451,7 +461,7 @@ def _lrp_coverage_explained(model, two: dict) -> dict:
     from ..explainer import explain
 
     try:
-        e = explain(model, two, "lrp")
+        e = explain(model, two, "lrp", target=target)
     except LRPCoverageError as exc:
         return {"ok": False, "error": str(exc)}
     cov = {"ok": True, "composite": e.extras["composite"], "rules": e.extras["rules"]}

@@ -108,6 +108,13 @@ class Predictor:
             return self.model.predict(x, batch_size=len(x), space=space)
         return np.asarray(self.model(x))
 
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """The model's output rows for ``x`` (the metrics' channel-first view), batch first and in the
+        output's own shape (not flattened, no softmax), ``batch_size`` rows per run."""
+        return np.concatenate(
+            [self._model_out(x[i : i + self.batch_size], i, 1) for i in range(0, len(x), self.batch_size)]
+        )
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         per = self._owner(len(x)) if self.companions or self.scalar is not None else 1
         out = np.concatenate(
