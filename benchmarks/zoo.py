@@ -4,6 +4,7 @@ archive and sha256, each explained through the installed command line exactly as
     python benchmarks/zoo.py                                  # everything -> results/zoo.md, results/zoo.json
     python benchmarks/zoo.py --quick --only silero-vad-v5 rapidocr-ort-cls-v2
     python benchmarks/zoo.py --timeout 120 --cache /data/zoo   # ONNX_EXPLAIN_ZOO_CACHE sets the default cache
+    python benchmarks/zoo.py --merge run1/zoo.json run2/zoo.json   # one report from runs of parts of the zoo
 
 What it measures, per pinned file (``ZOO``; files that cannot take part are listed in ``SKIPPED``):
 
@@ -941,6 +942,27 @@ def write_report(records: list[dict], meta: dict, md: Path, js: Path) -> None:
     md.write_text("\n".join(lines) + "\n")
 
 
+def merge_runs(paths: list[Path]) -> tuple[list[dict], dict]:
+    """The records of several runs' ``zoo.json`` in the zoo's order (a later run's record of an entry
+    replaces an earlier one's) and a meta naming every run: the runs must use the same commands."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    commands = runs[0]["meta"]["commands"]
+    if any(r["meta"]["commands"] != commands for r in runs):
+        raise SystemExit("zoo.py --merge: the runs ran different commands (one --quick, one not?)")
+    by_id = {}
+    for r in runs:
+        by_id.update({rec["id"]: rec for rec in r["records"]})
+    order = {e.id: k for k, e in enumerate(ZOO)}
+    records = sorted(by_id.values(), key=lambda rec: order.get(rec["id"], len(order)))
+    meta = dict(runs[-1]["meta"])
+    meta["command"] = "; ".join(
+        f"{r['meta']['command']} [{r['meta']['date']}, {r['meta']['versions'].get('commit', '?')}]"
+        for r in runs
+    )
+    meta["timeout"] = max(r["meta"]["timeout"] for r in runs)
+    return records, meta
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
@@ -955,7 +977,15 @@ def main(argv=None) -> int:
     p.add_argument(
         "--work", type=Path, help="keep inputs, outputs and logs here (default: a temporary folder)"
     )
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="write one report from earlier runs' zoo.json (runs nothing; a later file's record of "
+                   "an entry replaces an earlier one's)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.merge:
+        records, meta = merge_runs(args.merge)
+        write_report(records, meta, args.results / "zoo.md", args.results / "zoo.json")
+        print(f"-> {args.results / 'zoo.md'} ({len(records)} entries)")
+        return 0
     unknown = sorted(set(args.only or ()) - set(BY_ID))
     if unknown:
         p.error(f"unknown ids {unknown}; known: {', '.join(BY_ID)}")
