@@ -12,11 +12,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import OnnxExplainError
 from .io import Preprocess, atomic_write_bytes, read_items
-from .job import HEATMAPS, MANIFEST, CollectSink, ManifestSink, Run, make_sink, method_spec, model_layout
+from .job import (
+    HEATMAPS,
+    MANIFEST,
+    CollectSink,
+    ExplainJob,
+    ManifestSink,
+    Run,
+    make_sink,
+    model_layout,
+)
 from .results import attribution_names, load_attributions
 
 __all__ = [
@@ -93,43 +100,29 @@ def explain_files(
     (10⁴) rows, ``part-00000.parquet``, ... (:mod:`onnx_explain.app.shards`), each complete or absent;
     ``resume`` skips the items of the complete shards. Failures go to ``_failures.jsonl``.
     """
-    spec = method_spec(method)
-    max_memory = options.pop("max_memory", None)
-    spec.check_options(options)
-    if heatmaps not in HEATMAPS:
-        raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
+    job = ExplainJob.make(method, target, output=output, batch_size=batch_size, seed=seed, device=device,
+                          heatmap=heatmap, heatmaps=heatmaps, compress=compress, format=format, tokenizer=tokenizer,
+                          max_length=max_length, **options)  # fmt: skip
     out_dir = Path(out_dir)
     prep = Preprocess.from_model(model.input, preprocess)
     step = max(1, group)  # a sample's result does not depend on its batch, stochastic methods included
     sink = make_sink(format, out_dir, shard_rows)
     run = Run(out_dir, model, prep.layout, writers=writers, in_flight=max(2 * step, 4 * max(1, writers)),
                sink=sink)  # fmt: skip
-    if tokenizer is not None:
-        from .text import TextEncoder
-
-        fixed = (model.input.shape or (None, None))[1:2]
-        run.encoder = TextEncoder(
-            tokenizer, max_length or (fixed[0] if fixed and isinstance(fixed[0], int) else None)
-        )
+    run.encoder = job.encoder(model)
     items = read_items(
         inputs, prep, model.input, [i.name for i in model.inputs], texts=tokenizer is not None,
         batch_first=model.signature.to_batch_first,
     )  # fmt: skip
     todo = run.pending(items, resume)
-    hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
-          **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
-          "target_spec": target}  # fmt: skip
-    tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target  # a tuple names an element
-    settings = dict(target=tgt, output=output, batch_size=batch_size, device=device, seed=seed,
-                    max_memory=max_memory, **options)  # fmt: skip
-    if spec.backend == "torch" and tokenizer is None:
-        _certify_first(model, todo, output or spec.output, device)
+    if job.spec.backend == "torch" and tokenizer is None:
+        _certify_first(model, todo, job.output, device)
     bar = _progress(len(todo), quiet, method)
     try:
         for start in range(0, len(todo), step):
             chunk = run.readable(todo[start : start + step])
             if chunk:
-                run.explain_chunk(chunk, method, settings, hm)
+                run.explain_chunk(chunk, job)
             bar.update(min(step, len(todo) - start))
     finally:
         run.close()  # every item handed to the writers is written and recorded before this returns

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ __all__ = [
     "HEATMAPS",
     "MANIFEST",
     "CollectSink",
+    "ExplainJob",
+    "Writing",
     "ManifestSink",
     "Run",
     "make_sink",
@@ -38,6 +41,102 @@ MANIFEST = "manifest.jsonl"
 _JOB_ERRORS = (ParityError, MemoryBudgetError)
 #: ``heatmaps=``: the map and the panel (input, map, colour bar), the map alone, or no images at all
 HEATMAPS = ("panel", "map", "none")
+
+
+@dataclass(frozen=True)
+class Writing:
+    """How a run writes each item's results: the heatmap settings (:func:`onnx_explain.app.viz.heat_map`),
+    which images (``images``: one of :data:`HEATMAPS`), ``.npz`` compression, the output format, and the
+    target as the user gave it (for Parquet rows)."""
+
+    sign: str
+    aggregate: str = "sum"
+    percentile: float = 99.0
+    times_input: bool = False
+    overlay: bool = False
+    images: str = "panel"
+    compress: bool = False
+    format: str = "files"
+    target_spec: object = None
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """What an explain run does to every item, whichever engine executes it (the local engine,
+    :func:`onnx_explain.app.batch.explain_files`, or Ray's workers): the method, the keyword arguments of
+    :func:`onnx_explain.explain` for every group of items (``settings``), how results are written
+    (:class:`Writing`) and, for texts, the tokenizer. Made and checked once by :meth:`make`, before anything
+    is read or written."""
+
+    method: str
+    settings: dict = field(default_factory=dict)
+    writing: Writing = None
+    tokenizer: str | None = None
+    max_length: int | None = None
+
+    @classmethod
+    def make(cls, method: str, target=None, *, output=None, batch_size: int = 64, seed: int = 0, device=None,
+             heatmap: dict | None = None, heatmaps: str = "panel", compress: bool = False,
+             format: str = "files", tokenizer=None, max_length: int | None = None, **options) -> ExplainJob:  # noqa: A002  # fmt: skip
+        """The job of ``explain``'s options, checked: the method and its options, the heatmap settings
+        (``heatmap``: aggregate, percentile, times_input, overlay) and ``heatmaps``; ``device`` None leaves
+        the device to the engine (each Ray worker resolves its own).
+
+        Raises
+        ------
+        OnnxExplainError
+            An unknown method, option, heatmap setting or ``heatmaps`` value, in one line.
+        """
+        spec = method_spec(method)
+        options = dict(options)
+        max_memory = options.pop("max_memory", None)
+        spec.check_options(options)
+        if heatmaps not in HEATMAPS:
+            raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
+        settings_heat = dict(heatmap or {})
+        allowed = {"aggregate", "percentile", "times_input", "overlay", "sign"}
+        if set(settings_heat) - allowed:
+            raise OnnxExplainError(
+                f"unknown heatmap settings {sorted(set(settings_heat) - allowed)}; known: {', '.join(sorted(allowed))}"
+            )
+        writing = Writing(**{"sign": spec.sign, **settings_heat}, images=heatmaps, compress=compress,
+                          format=format, target_spec=target)  # fmt: skip
+        tgt = (
+            np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
+        )  # a tuple names an element
+        settings = dict(
+            target=tgt, output=output, batch_size=batch_size, seed=seed, max_memory=max_memory, **options
+        )
+        if device is not None:
+            settings["device"] = device
+        return cls(method, settings, writing, None if tokenizer is None else str(Path(tokenizer).resolve()),
+                   max_length)  # fmt: skip
+
+    @property
+    def spec(self):
+        """The method's registry entry."""
+        return method_spec(self.method)
+
+    @property
+    def output(self) -> str:
+        """The output space the method explains (the option, else the method's own)."""
+        return self.settings.get("output") or self.spec.output
+
+    def on_device(self, device: str) -> ExplainJob:
+        """The same job with every item explained on ``device`` (a Ray worker's own)."""
+        return replace(self, settings={**self.settings, "device": device})
+
+    def encoder(self, model):
+        """The text encoder of a job with a tokenizer (None without): ``max_length``, else the model's fixed
+        sequence length."""
+        if self.tokenizer is None:
+            return None
+        from .text import TextEncoder
+
+        fixed = (model.input.shape or (None, None))[1:2]
+        return TextEncoder(
+            self.tokenizer, self.max_length or (fixed[0] if fixed and isinstance(fixed[0], int) else None)
+        )
 
 
 def model_layout(model, x, companions, one: bool = False) -> dict:
@@ -220,13 +319,14 @@ class Run:
                 self.fail(it, f"{where}: {exc}")
         return good
 
-    def explain_chunk(self, chunk, method: str, settings: dict, hm: dict) -> None:
+    def explain_chunk(self, chunk, job: ExplainJob) -> None:
         from ..errors import OptionError
         from ..explainer import explain
 
+        hm = job.writing
         texts = [it for it in chunk if it.kind == "text"]
         if texts:
-            self.explain_texts(texts, method, settings, hm)
+            self.explain_texts(texts, job)
         for group in _same_shapes([it for it in chunk if it.kind != "text"]):  # one shape per batch
             t0 = time.perf_counter()
             x = np.stack([it.x for it in group])
@@ -234,7 +334,7 @@ class Run:
                 comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
                 x = model_layout(self.model, x, comp)
             try:
-                e = explain(self.model, x, method, **settings)
+                e = explain(self.model, x, job.method, **job.settings)
             except OptionError:
                 raise  # a usage error: the same for every item
             except _JOB_ERRORS:
@@ -250,11 +350,11 @@ class Run:
             self.explained = True
             seconds = (time.perf_counter() - t0) / len(group)
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write = _item_row if hm.get("format") == "parquet" else _write_item
+            write = _item_row if hm.format == "parquet" else _write_item
             for k, it in enumerate(group):
                 self.submit(it, write, self.out_dir, it, e, k, hm, seconds, self.layout)
 
-    def explain_texts(self, items, method: str, settings: dict, hm: dict) -> None:
+    def explain_texts(self, items, job: ExplainJob) -> None:
         """Tokenise ``items`` together (padded to the longest, mask per sample), explain, write each."""
         from ..errors import OptionError
         from ..explainer import explain
@@ -262,7 +362,7 @@ class Run:
         t0 = time.perf_counter()
         try:
             encoded = self.encoder.encode([it.text for it in items])
-            e = explain(self.model, self.encoder.batch(encoded, self.model), method, **settings)
+            e = explain(self.model, self.encoder.batch(encoded, self.model), job.method, **job.settings)
         except OptionError:
             raise
         except _JOB_ERRORS:
@@ -278,9 +378,9 @@ class Run:
         self.explained = True
         seconds = (time.perf_counter() - t0) / len(items)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write = _text_row if hm.get("format") == "parquet" else _write_text_item
+        write = _text_row if job.writing.format == "parquet" else _write_text_item
         for k, (it, enc) in enumerate(zip(items, encoded, strict=True)):
-            self.submit(it, write, self.out_dir, it, enc, e, k, hm, seconds)
+            self.submit(it, write, self.out_dir, it, enc, e, k, job.writing, seconds)
 
 
 def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
@@ -293,12 +393,12 @@ def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
     target = np.asarray(e.target[k])
     rec = text_record(it.text, enc, scores)
     title = f"{e.method}, target {target.tolist()}"
-    atomic_save_npz(out_dir / f"{it.name}.npz", hm["compress"], attribution=attribution[..., :n].astype(np.float32),
+    atomic_save_npz(out_dir / f"{it.name}.npz", hm.compress, attribution=attribution[..., :n].astype(np.float32),
                     target=target, score=np.asarray(e.score[k], dtype=np.float64), input=enc.ids,
                     method=np.asarray(e.method), options=np.asarray(json.dumps(e.options, default=str, sort_keys=True)))  # fmt: skip
     atomic_write_bytes(out_dir / f"{it.name}.json", json.dumps({**rec, "target": target.tolist(),
                        "score": np.asarray(e.score[k]).tolist(), "method": e.method}, indent=1).encode())  # fmt: skip
-    if hm["images"] != "none":
+    if hm.images != "none":
         atomic_write_bytes(out_dir / f"{it.name}.html", text_html(rec, title).encode())
     score = np.asarray(e.score[k], dtype=np.float64)
     record = {"item": it.name, "source": it.source, "status": "ok", "npz": f"{it.name}.npz", "json": f"{it.name}.json",
@@ -313,7 +413,7 @@ def _item_row(out_dir, it, e, k, hm, seconds, layout) -> dict:
     """One item's Parquet row (``--format parquet``)."""
     from .shards import item_row
 
-    return item_row(it, e, k, seconds, hm.get("target_spec"))
+    return item_row(it, e, k, seconds, hm.target_spec)
 
 
 def _text_row(out_dir, it, enc, e, k, hm, seconds) -> dict:
@@ -325,7 +425,7 @@ def _text_row(out_dir, it, enc, e, k, hm, seconds) -> dict:
     attribution = np.asarray(e.attribution[k])[..., :n]
     rec = text_record(it.text, enc, attribution if attribution.ndim == 1 else attribution[0])
     extras = {key: rec[key] for key in ("text", "tokens", "offsets", "truncated")}
-    return item_row(it, e, k, seconds, hm.get("target_spec"), attribution, np.asarray(enc.ids), extras)
+    return item_row(it, e, k, seconds, hm.target_spec, attribution, np.asarray(enc.ids), extras)
 
 
 def _same_shapes(chunk) -> list[list]:
@@ -354,7 +454,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
     npz = out_dir / f"{it.name}.npz"
     atomic_save_npz(
         npz,
-        hm["compress"],
+        hm.compress,
         attribution=attribution.astype(np.float32),
         target=np.asarray(e.target[k]),
         score=np.asarray(e.score[k], dtype=np.float64),
@@ -369,7 +469,7 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
     score = np.asarray(e.score[k], dtype=np.float64)
     record = {"item": it.name, "source": it.source, "status": "ok", "npz": npz.name, "target": e.target[k],
               "score": float(score) if score.ndim == 0 else score.tolist(), "seconds": round(seconds, 4)}  # fmt: skip
-    images = hm["images"]
+    images = hm.images
     maps = [attribution] if np.ndim(attribution) == np.ndim(it.x) else list(attribution)  # top:K gives K maps
     targets = np.atleast_1d(e.target[k]) if len(maps) > 1 else [e.target[k]]  # an element target: one map
     for j, (amap, tj) in enumerate(zip(maps, targets, strict=True)):
@@ -382,12 +482,12 @@ def _write_item(out_dir, it, e, k, hm, seconds, layout) -> dict:
             else f"{e.method}, element {tuple(np.asarray(tj).tolist())}"
         )
         if np.ndim(amap) == 3 or (np.ndim(amap) == 2 and layout == "NHW"):
-            times = it.x if hm["times_input"] else None
-            h = heat_map(amap, layout, hm["aggregate"], hm["sign"], hm["percentile"], times)
-            save_heatmap(out_dir / f"{stem}.png", h, hm["sign"])
+            times = it.x if hm.times_input else None
+            h = heat_map(amap, layout, hm.aggregate, hm.sign, hm.percentile, times)
+            save_heatmap(out_dir / f"{stem}.png", h, hm.sign)
             if images == "panel":
                 shown = it.image if it.image is not None else display_image(it.x, layout)
-                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm["sign"], title, hm["overlay"],
+                save_panel(out_dir / f"{stem}_panel.png", shown, h, hm.sign, title, hm.overlay,
                            target_shapes(e.extras, k))  # fmt: skip
             record.setdefault("png", []).append(f"{stem}.png")
         elif np.ndim(amap) == 1:

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import OnnxExplainError
 from .io import Preprocess, load_item, read_items, shippable
-from .job import HEATMAPS, CollectSink, Run, make_sink, method_spec, model_layout, one_line
+from .job import CollectSink, ExplainJob, Run, make_sink, model_layout, one_line
 from .results import attribution_names, load_attributions
 
 
@@ -122,29 +122,19 @@ class RayWorker:
         import torch
 
         torch.set_num_threads(threads)
-        from ..methods.base import METHODS
         from ..model import load
         from ..runtime import resolve_device
 
         self.config = config
         torch_device, ort_device = resolve_device(config["device"])
         self.model = load(config["model"], device=ort_device, **config["load"])
-        spec = METHODS[config["method"]]
-        if spec.backend == "torch":  # converted once per actor, not per batch
+        self.job = config["job"].on_device(torch_device)
+        if self.job.spec.backend == "torch":  # converted once per actor, not per batch
             from ..explainer import converted
 
-            converted(self.model, torch_device, config["settings"]["output"] or spec.output)
-        self.settings = {**config["settings"], "device": torch_device}
+            converted(self.model, torch_device, self.job.output)
         self.prep = Preprocess.from_model(self.model.input, config["preprocess"])
-        self.encoder = None
-        if config["tokenizer"] is not None:
-            from .text import TextEncoder
-
-            fixed = (self.model.input.shape or (None, None))[1:2]
-            self.encoder = TextEncoder(
-                config["tokenizer"],
-                config["max_length"] or (fixed[0] if fixed and isinstance(fixed[0], int) else None),
-            )
+        self.encoder = self.job.encoder(self.model)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.setup = (born, time.time())  # imports, load, conversion and its parity check
 
@@ -173,7 +163,7 @@ class RayWorker:
             good = run.readable(chunk)
             step = self.config.get("group") or len(good) or 1  # a parquet call can hold a shard's worth
             for i in range(0, len(good), step):
-                run.explain_chunk(good[i : i + step], self.config["method"], self.settings, self.config["hm"])
+                run.explain_chunk(good[i : i + step], self.job)
         finally:
             run.close()
         records = run.sink.records
@@ -258,11 +248,9 @@ def explain_ray(
     """
     from ..model import load
 
-    spec = method_spec(method)
-    max_memory = options.pop("max_memory", None)
-    spec.check_options(options)
-    if heatmaps not in HEATMAPS:
-        raise OnnxExplainError(f"heatmaps must be one of {', '.join(HEATMAPS)}, not {heatmaps!r}")
+    job = ExplainJob.make(method, target, output=output, batch_size=batch_size, seed=seed, heatmap=heatmap,
+                          heatmaps=heatmaps, compress=compress, format=format, tokenizer=tokenizer,
+                          max_length=max_length, **options)  # fmt: skip  # each worker picks its device
     if (workers is not None and workers < 1) or (readers is not None and readers < 1) or cpus_per_worker < 1 \
             or gpus_per_worker < 0:  # fmt: skip
         raise OnnxExplainError(
@@ -288,25 +276,15 @@ def explain_ray(
         sink = make_sink(format, out_dir, shard_rows)
     run = Run(out_dir, m, prep.layout, writers=0, sink=sink)
     todo = run.pending(items, resume)
-    tgt = np.asarray(target) if isinstance(target, (list, np.ndarray)) else target
-    hm = {"sign": spec.sign, "aggregate": "sum", "percentile": 99.0, "times_input": False, "overlay": False,
-          **(heatmap or {}), "images": heatmaps, "compress": compress, "format": format,
-          "target_spec": target}  # fmt: skip
     config = {
         "model": str(Path(model).resolve()),
         "load": load_options,
         "device": device,
-        "method": method,
-        "settings": dict(
-            target=tgt, output=output, batch_size=batch_size, seed=seed, max_memory=max_memory, **options
-        ),  # fmt: skip
+        "job": job,
         "preprocess": preprocess,
         "out_dir": str(out_dir.resolve()),
-        "hm": hm,
-        "tokenizer": None if tokenizer is None else str(Path(tokenizer).resolve()),
-        "max_length": max_length,
         "threads": cpus_per_worker,
-        "shards": {"run": sink._next} if format == "parquet" else None,
+        "shards": {"run": sink.next_shard} if format == "parquet" else None,
         "group": max(1, group),
     }
     joined = False

@@ -83,6 +83,11 @@ class ParquetSink:
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
         self.written: list[Path] = []
 
+    @property
+    def next_shard(self) -> int:
+        """The number the next shard written to this folder takes (after those already there)."""
+        return self._next
+
     def done(self, resume: bool) -> set[str]:
         """The items of the complete shards (with ``resume``; the temporaries of a killed run are
         removed). Without ``resume`` a folder that already holds shards is refused: new shards beside
