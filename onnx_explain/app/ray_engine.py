@@ -190,27 +190,21 @@ def explain_ray(
     cpus_per_worker: int = 1,
     gpus_per_worker: float = 0,
     readers: int | None = None,
-    output: str | None = None,
-    batch_size: int = 64,
     device: str = "cpu",
-    seed: int = 0,
     resume: bool = False,
     preprocess: dict | None = None,
-    heatmap: dict | None = None,
-    heatmaps: str = "panel",
-    compress: bool = False,
     quiet: bool = True,
     group: int = 16,
-    tokenizer=None,
-    max_length: int | None = None,
-    format: str = "files",  # noqa: A002 - the CLI's --format
     shard_rows: int | None = None,
     worker_cls=None,
     driver_model=None,
     **options,
 ) -> dict:
     """Explain every item of ``inputs`` into ``out_dir`` on Ray; outputs, ``resume`` and the returned
-    summary are those of :func:`~onnx_explain.app.batch.explain_files` (same arguments).
+    summary are those of :func:`~onnx_explain.app.batch.explain_files` (same arguments: what each item gets,
+    ``output``, ``batch_size``, ``seed``, ``heatmap``, ``heatmaps``, ``compress``, ``format``, ``tokenizer``,
+    ``max_length`` and the method's options, goes through ``options`` into the one
+    :class:`~onnx_explain.app.job.ExplainJob` the workers execute).
 
     Parameters
     ----------
@@ -248,9 +242,8 @@ def explain_ray(
     """
     from ..model import load
 
-    job = ExplainJob.make(method, target, output=output, batch_size=batch_size, seed=seed, heatmap=heatmap,
-                          heatmaps=heatmaps, compress=compress, format=format, tokenizer=tokenizer,
-                          max_length=max_length, **options)  # fmt: skip  # each worker picks its device
+    job = ExplainJob.make(method, target, **options)  # each worker picks its device
+    tokenizer, format = job.tokenizer, job.writing.format  # noqa: A001 - the CLI's --format
     if (workers is not None and workers < 1) or (readers is not None and readers < 1) or cpus_per_worker < 1 \
             or gpus_per_worker < 0:  # fmt: skip
         raise OnnxExplainError(
