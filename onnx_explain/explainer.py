@@ -470,22 +470,36 @@ def auto_method(model, output: str | None, device: str, input_name: str | None, 
     exact = exact_method(model.with_input(input_name))
     if exact:
         return exact
+
+    def black_box(why: str, exc: Exception):
+        exact = exact_method(model) if _is_model(model) else None
+        others = runtime_methods(exact[0] if exact else None)
+        if not others:
+            raise exc
+        pick = next((m for m in others if METHODS[m].overview is not None), others[0])
+        return pick, f"{why} ({exc}): {pick} runs on onnxruntime alone"
+
     try:
         m = model.with_input(input_name)
         if data is None:
             m.convert(output or "logit")
             return "smoothgrad", "the graph converts to torch: a gradient method"
         probe = data if isinstance(data, tuple) else m.split_inputs(data)
-        m.torch_module(device=device, space=output or "logit", probe=probe)
-        return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
+        module = m.torch_module(device=device, space=output or "logit", probe=probe)
     except (ConversionError, ParityError) as exc:
-        exact = exact_method(model) if _is_model(model) else None
-        others = runtime_methods(exact[0] if exact else None)
-        if not others:
-            raise
-        pick = next((m for m in others if METHODS[m].overview is not None), others[0])
         what = "is not certified on the data" if isinstance(exc, ParityError) else "does not convert to torch"
-        return pick, f"the graph {what} ({exc}): {pick} runs on onnxruntime alone"
+        return black_box(f"the graph {what}", exc)
+    ids = np.asarray(probe[0])
+    if ids.dtype.kind in "iu" and _integer_kind(m) == "ids":  # gradients need a vector per id to attribute to
+        from .errors import InputSpecError
+        from .methods.embedding import embedding_model
+
+        try:
+            embedding_model(module, torch.from_numpy(ids[:1]), {k: torch.from_numpy(np.asarray(v)[:1])
+                                                                 for k, v in probe[1].items()})  # fmt: skip
+        except InputSpecError as exc:
+            return black_box("no embedding to attribute the ids at", exc)
+    return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
 
 
 class _LayerOutput(torch.nn.Module):

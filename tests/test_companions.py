@@ -321,6 +321,8 @@ def test_ids_selected_before_the_lookup_name_the_node_and_a_float_input_explains
         and "--input-name" in r.output
         and "Traceback" not in r.output
     )
+    auto = oe.explain(m, {"prefix": prefix, "memory": memory}, "auto", target=1)  # says why, runs black-box
+    assert auto.method == "occlusion" and "no embedding to attribute the ids at" in auto.extras["auto"]
     e = oe.explain(oe.load(path, input="memory"), {"prefix": prefix, "memory": memory}, "gradient", target=1)
     mem = torch.from_numpy(memory).requires_grad_(True)
     net.logits(torch.from_numpy(prefix), mem)[:, 1].sum().backward()
