@@ -489,17 +489,28 @@ def auto_method(model, output: str | None, device: str, input_name: str | None, 
     except (ConversionError, ParityError) as exc:
         what = "is not certified on the data" if isinstance(exc, ParityError) else "does not convert to torch"
         return black_box(f"the graph {what}", exc)
-    ids = np.asarray(probe[0])
-    if ids.dtype.kind in "iu" and _integer_kind(m) == "ids":  # gradients need a vector per id to attribute to
-        from .errors import InputSpecError
-        from .methods.embedding import embedding_model
-
-        try:
-            embedding_model(module, torch.from_numpy(ids[:1]), {k: torch.from_numpy(np.asarray(v)[:1])
-                                                                 for k, v in probe[1].items()})  # fmt: skip
-        except InputSpecError as exc:
-            return black_box("no embedding to attribute the ids at", exc)
+    missing = no_embedding(m, module, probe)
+    if missing is not None:
+        return black_box("no embedding to attribute the ids at", missing)
     return "smoothgrad", "the graph converts to torch with parity on the data: a gradient method"
+
+
+def no_embedding(model, module, probe):
+    """For token or category ids: the error that says the converted graph has no vector per id to attribute
+    at (a decoder step that reads only its last id; :func:`onnx_explain.methods.embedding.find_float_frontier`),
+    else None (and None for any other input). ``probe`` is ``(x, companions)``, batch first."""
+    from .errors import InputSpecError
+    from .methods.embedding import embedding_model
+
+    ids = np.asarray(probe[0])
+    if ids.dtype.kind not in "iu" or _integer_kind(model) != "ids":
+        return None
+    try:
+        embedding_model(module, torch.from_numpy(ids[:1]), {k: torch.from_numpy(np.asarray(v)[:1])
+                                                             for k, v in probe[1].items()})  # fmt: skip
+    except InputSpecError as exc:
+        return exc
+    return None
 
 
 class _LayerOutput(torch.nn.Module):

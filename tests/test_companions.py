@@ -296,6 +296,7 @@ def test_ids_selected_before_the_lookup_name_the_node_and_a_float_input_explains
 
     from onnx_explain.cli import main
     from onnx_explain.errors import InputSpecError
+    from onnx_explain.methods import METHODS
 
     net = _DecoderStep().eval()
     rng = np.random.default_rng(0)
@@ -323,6 +324,13 @@ def test_ids_selected_before_the_lookup_name_the_node_and_a_float_input_explains
     )
     auto = oe.explain(m, {"prefix": prefix, "memory": memory}, "auto", target=1)  # says why, runs black-box
     assert auto.method == "occlusion" and "no embedding to attribute the ids at" in auto.extras["auto"]
+    report = oe.audit(
+        m, {"prefix": prefix, "memory": memory}, metrics=["deletion"], sanity_layers=0
+    ).to_dict()
+    assert "gradient methods and LRP skipped" in report["conversion"]["note"] and not report["errors"]
+    assert set(report["scores"]["deletion"]) and all(
+        METHODS[k].backend == "onnxruntime" for k in report["scores"]["deletion"]
+    )
     e = oe.explain(oe.load(path, input="memory"), {"prefix": prefix, "memory": memory}, "gradient", target=1)
     mem = torch.from_numpy(memory).requires_grad_(True)
     net.logits(torch.from_numpy(prefix), mem)[:, 1].sum().backward()

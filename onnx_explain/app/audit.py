@@ -126,6 +126,11 @@ def audit(model, x, methods: dict | list | None = None, metrics: list | None = N
         x = model.validate_input(np.asarray(x))[:max_items]
         report["inputs"] = {"used": [f"item_{i:03d}" for i in range(len(x))], "failed": []}
     module, report["conversion"] = _conversion(model, x)  # certified on the audited inputs themselves
+    if module is not None and (missing := _no_embedding(model, module, x)) is not None:
+        module = None  # ids the graph selects before any lookup: nothing per id for gradients or LRP
+        report["conversion"]["note"] = (
+            f"gradient methods and LRP skipped: {missing}; black-box methods run instead"
+        )
     if module is None:  # the graph does not convert: the methods that run on onnxruntime alone, said so
         methods = _runtime_only(methods, given, kind, model)
         report["settings"]["methods"] = methods
@@ -297,6 +302,14 @@ def _text_views(texts, explanations: dict) -> tuple[list, dict]:
         records.append({"item": name, "text": text, "tokens": enc.tokens, "offsets": [list(o) for o in enc.offsets],
                         "truncated": enc.truncated, "scores": per})  # fmt: skip
     return records, views
+
+
+def _no_embedding(model, module, x):
+    """The error saying an integer input has no vector per id in the converted graph, or None."""
+    from ..explainer import no_embedding
+
+    probe = model.split_inputs(x) if isinstance(x, dict) else (x, {})
+    return no_embedding(model, module, probe)
 
 
 def _conversion(model, x):
