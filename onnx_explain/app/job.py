@@ -9,7 +9,6 @@ differ."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -320,34 +319,23 @@ class Run:
         return good
 
     def explain_chunk(self, chunk, job: ExplainJob) -> None:
-        from ..errors import OptionError
-        from ..explainer import explain
-
         hm = job.writing
         texts = [it for it in chunk if it.kind == "text"]
         if texts:
             self.explain_texts(texts, job)
         for group in _same_shapes([it for it in chunk if it.kind != "text"]):  # one shape per batch
             t0 = time.perf_counter()
-            x = np.stack([it.x for it in group])
-            if group[0].companions:
-                comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
-                x = model_layout(self.model, x, comp)
-            try:
-                e = explain(self.model, x, job.method, **job.settings)
-            except OptionError:
-                raise  # a usage error: the same for every item
-            except _JOB_ERRORS:
-                if not self.explained:
-                    raise  # certified on the first items and refused: a model error, nothing written
-                for it in group:  # a later input shape that fails its certification: these items only
-                    self.fail(it, f"{it.source}: {one_line(sys.exc_info()[1])}")
+
+            def inputs(group=group):
+                x = np.stack([it.x for it in group])
+                if group[0].companions:
+                    comp = {k: np.stack([it.companions[k] for it in group]) for k in group[0].companions}
+                    x = model_layout(self.model, x, comp)
+                return x
+
+            e = self._explained(group, job, inputs)
+            if e is None:
                 continue
-            except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
-                for it in group:
-                    self.fail(it, f"{it.source}: {one_line(exc)}")
-                continue
-            self.explained = True
             seconds = (time.perf_counter() - t0) / len(group)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write = _item_row if hm.format == "parquet" else _write_item
@@ -356,31 +344,41 @@ class Run:
 
     def explain_texts(self, items, job: ExplainJob) -> None:
         """Tokenise ``items`` together (padded to the longest, mask per sample), explain, write each."""
-        from ..errors import OptionError
-        from ..explainer import explain
-
         t0 = time.perf_counter()
-        try:
-            encoded = self.encoder.encode([it.text for it in items])
-            e = explain(self.model, self.encoder.batch(encoded, self.model), job.method, **job.settings)
-        except OptionError:
-            raise
-        except _JOB_ERRORS:
-            if not self.explained:
-                raise
-            for it in items:
-                self.fail(it, f"{it.source}: {one_line(sys.exc_info()[1])}")
+        encoded = []
+
+        def inputs():
+            encoded.extend(self.encoder.encode([it.text for it in items]))
+            return self.encoder.batch(encoded, self.model)
+
+        e = self._explained(items, job, inputs)
+        if e is None:
             return
-        except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
-            for it in items:
-                self.fail(it, f"{it.source}: {one_line(exc)}")
-            return
-        self.explained = True
         seconds = (time.perf_counter() - t0) / len(items)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write = _text_row if job.writing.format == "parquet" else _write_text_item
         for k, (it, enc) in enumerate(zip(items, encoded, strict=True)):
             self.submit(it, write, self.out_dir, it, enc, e, k, job.writing, seconds)
+
+    def _explained(self, items, job: ExplainJob, inputs):
+        """``explain`` of ``items`` (their batch made by ``inputs()``), or None with each item reported as
+        failed. A usage error is the same for every item, and a model error on the first items (a refused
+        certification, a batch over the memory budget) means nothing can be written: both end the run."""
+        from ..errors import OptionError
+        from ..explainer import explain
+
+        try:
+            e = explain(self.model, inputs(), job.method, **job.settings)
+        except OptionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the group's items are reported, the run goes on
+            if isinstance(exc, _JOB_ERRORS) and not self.explained:
+                raise
+            for it in items:  # (a later input shape that fails its certification: these items only)
+                self.fail(it, f"{it.source}: {one_line(exc)}")
+            return None
+        self.explained = True
+        return e
 
 
 def _write_text_item(out_dir, it, enc, e, k, hm, seconds) -> dict:
