@@ -25,15 +25,22 @@ class CNN(nn.Module):
         return self.net(x)
 
 
+def _case(make, shape, seeds, folder):
+    """(net, its legacy ONNX export loaded, x, predicted classes, an attribution of distinct values)."""
+    torch.manual_seed(seeds[0])
+    net = make().eval()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seeds[1]))
+    model = oe.load(export(net, x, folder / "net.onnx", "legacy"))
+    y = net(x).argmax(1).numpy()
+    a = (
+        np.random.default_rng(seeds[2]).standard_normal(x.shape).astype(np.float32)
+    )  # distinct values: no ties
+    return net, model, x.numpy(), y, a
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.manual_seed(0)
-    net = CNN().eval()
-    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    model = oe.load(export(net, x, tmp_path_factory.mktemp("q") / "cnn.onnx", "legacy"))
-    y = net(x).argmax(1).numpy()
-    a = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)  # distinct values: no ties
-    return net, model, x.numpy(), y, a
+    return _case(CNN, (3, 3, 8, 8), (0, 1, 3), tmp_path_factory.mktemp("q"))
 
 
 def _tol(ref):
@@ -79,13 +86,7 @@ class WideCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    torch.manual_seed(2)
-    net = WideCNN().eval()
-    x = torch.randn(3, 3, 7, 10, generator=torch.Generator().manual_seed(4))
-    model = oe.load(export(net, x, tmp_path_factory.mktemp("qw") / "wide.onnx", "legacy"))
-    y = net(x).argmax(1).numpy()
-    a = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)  # distinct values: no ties
-    return net, model, x.numpy(), y, a
+    return _case(WideCNN, (3, 3, 7, 10), (2, 4, 5), tmp_path_factory.mktemp("qw"))
 
 
 # Quantus pads (floor, ceil) of p − n mod p before tiling. patch 4: H 7 → (0, 1), W 10 → (1, 1), a 2 × 3
