@@ -11,7 +11,9 @@ one concern and none changing another behind its back:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import onnx
 
 from .errors import ModelLoadError
 from .runtime import Runner
-from .signature import Signature, TensorSpec, spec_from_value_info
+from .signature import Choice, Signature, TensorSpec, spec_from_value_info
 
 __all__ = ["Model", "TensorSpec", "load"]  # and ParityReport, lazily
 
@@ -372,10 +374,23 @@ def load(
             f"{len(weights)} weight tensor(s), {size / 2**30:.2f} GiB, memory-mapped from external data and "
             "shared by onnxruntime and torch (onnxruntime's weight pre-packing is off for this model)"
         )
-    return Model._build(
-        inferred, path, source, input, output, fixed_inputs, device, notes, allow_nonfinite, bool(rewrites),
-        weights, batch_axes,
-    )  # fmt: skip
+    read = _Read(inferred, path, source, tuple(notes), bool(rewrites), weights)
+    choice = Choice(input, output, fixed_inputs, allow_nonfinite, batch_axes)
+    return Model._build(read, choice, device)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What :func:`load` read from the file: the shape-inferred ``proto``, where it came from, the
+    ``notes`` of reading, whether the proto was ``rewritten`` (onnxruntime then runs our copy, not the
+    file) and the memory-mapped external ``weights``."""
+
+    proto: onnx.ModelProto
+    path: Path | None
+    source: str
+    notes: tuple
+    rewritten: bool
+    weights: dict
 
 
 def _rewrite_before_checks(raw: onnx.ModelProto, source: str) -> list[str]:
@@ -445,46 +460,32 @@ class Model:
         self.derived: dict = {}
 
     @classmethod
-    def _build(
-        cls, proto, path, source, input_name, output_name, fixed_inputs, device, notes, allow_nonfinite,
-        rewritten=False, weights=None, batch_axes=None,
-    ):  # fmt: skip
+    def _build(cls, read: _Read, choice: Choice, device: str) -> Model:
         from .convert.prepare import tensor_outputs
 
+        proto = read.proto
         declared = [spec_from_value_info(v) for v in proto.graph.output]
         # ZipMap outputs stand for the probability tensor they wrap: onnxruntime runs the rewritten graph
         # then (it returns only graph outputs), torch always does. ``proto`` is our own copy.
         replaced = tensor_outputs(proto)
-        notes = list(notes)
-        if not allow_nonfinite:
+        notes = list(read.notes)
+        if not choice.allow_nonfinite:
             from .tabular.trees import tree_nodes
 
             if tree_nodes(proto.graph):  # trees route a missing value (NaN) as their nodes say
-                allow_nonfinite = True
+                choice = dataclasses.replace(choice, allow_nonfinite=True)
                 notes.append(
                     "tree ensemble: NaN in an input is a missing value, routed as the trees' nodes say"
                 )
-        signature = Signature.build(
-            proto,
-            declared,
-            replaced,
-            source,
-            input_name,
-            output_name,
-            fixed_inputs,
-            allow_nonfinite,
-            batch_axes,
-        )
-        notes = list(notes)
+        signature = Signature.build(proto, declared, replaced, read.source, choice)
         for old, new in replaced.items():
             notes.append(
                 f"output {old!r} (ZipMap of maps) stands for its tensor {new!r}"
                 if new
                 else f"output {old!r} is not a tensor: not explainable"
             )
-        return cls(
-            proto, path, signature, device, notes, ort_path=None if rewritten else path, weights=weights
-        )
+        ort_path = None if read.rewritten else read.path
+        return cls(proto, read.path, signature, device, notes, ort_path=ort_path, weights=read.weights)
 
     # ---------------------------------------------------------------- the signature
     @property
@@ -537,8 +538,6 @@ class Model:
         InputSpecError
             No input of that name, or one of a type onnx-explain cannot explain.
         """
-        import dataclasses
-
         from .signature import choose_input
 
         if name is None or name == self.input.name:

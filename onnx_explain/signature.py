@@ -191,6 +191,19 @@ def _decomposed_softmax(proto: onnx.ModelProto, div: onnx.NodeProto) -> str | No
 
 
 @dataclass(frozen=True)
+class Choice:
+    """What the caller chose when loading a model (:func:`onnx_explain.load`'s arguments of the same names):
+    the explained ``input`` and ``output`` (None: the only one), ``fixed_inputs`` (values of other inputs
+    shared by every sample), ``allow_nonfinite`` and ``batch_axes`` (input name -> its batch axis)."""
+
+    input: str | None = None  # noqa: A003 - mirrors load()'s argument
+    output: str | None = None
+    fixed_inputs: dict | None = None
+    allow_nonfinite: bool = False
+    batch_axes: dict | None = None
+
+
+@dataclass(frozen=True)
 class Signature:
     """The inputs and outputs of a model and which of them are explained.
 
@@ -237,14 +250,10 @@ class Signature:
         declared_outputs: list,
         replaced: dict,
         source: str,
-        input_name: str | None = None,
-        output_name: str | None = None,
-        fixed_inputs: dict | None = None,
-        allow_nonfinite: bool = False,
-        batch_axes: dict | None = None,
+        choice: Choice | None = None,
     ) -> Signature:
         """Choose the explained input and output of ``proto`` (whose ZipMap outputs are already replaced
-        by their tensors, see :func:`onnx_explain.convert.prepare.tensor_outputs`).
+        by their tensors, see :func:`onnx_explain.convert.prepare.tensor_outputs`) as ``choice`` says.
 
         Raises
         ------
@@ -252,6 +261,9 @@ class Signature:
             No input, several inputs and none chosen, an unknown name, an unsupported type, other inputs
             without values, no float output or several and none chosen.
         """
+        choice = choice or Choice()
+        input_name, output_name, batch_axes = choice.input, choice.output, choice.batch_axes
+        fixed_inputs, allow_nonfinite = choice.fixed_inputs, choice.allow_nonfinite
         init_names = {t.name for t in proto.graph.initializer}
         inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in init_names]
         tensor_outs = [spec_from_value_info(v) for v in proto.graph.output]
