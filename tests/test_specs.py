@@ -163,6 +163,37 @@ def test_a_new_metric_needs_no_edit_of_batch_audit_or_cli(digits, tmp_path):
         assert audit["settings"]["metrics"][-1] == "test_first" and "test_first" in audit["scores"]
 
 
+def test_an_evaluate_job_is_checked_before_reading_and_scores_as_evaluate(digits, tmp_path):
+    import pickle
+
+    from onnx_explain.app.job import EvaluateJob
+    from onnx_explain.app.results import load_attributions
+
+    # checked once, before any folder is read: the missing folder is never reached
+    with pytest.raises(oe.OnnxExplainError, match="unknown metric 'delition'"):
+        EvaluateJob.make(["delition"])
+    with pytest.raises(UnknownOptionError, match="'n_step' for metric 'deletion'"):
+        EvaluateJob.make(["deletion"], {"n_step": 3})
+    with pytest.raises(oe.OnnxExplainError, match="'infidelity' has them"):
+        EvaluateJob.make(["deletion", "infidelity"]).check_groupable()
+    job = EvaluateJob.make(
+        ["deletion", "pixel_flipping"], {"n_steps": 4, "pixel_flipping.n_steps": 2}, batch_size=3
+    )
+    assert job.options == {"deletion": {"n_steps": 4}, "pixel_flipping": {"n_steps": 2}}
+    assert pickle.loads(pickle.dumps(job)) == job  # what Ray's actors receive
+    explain_files(digits, [SAMPLES], tmp_path / "g", "gradient")
+    names, xs, attrs, targets, _ = load_attributions(tmp_path / "g")
+    wanted = names[::-2]
+    got_names, got = job.score(digits, tmp_path / "g", wanted=wanted)
+    assert got_names == wanted
+    idx = [names.index(n) for n in wanted]
+    for m in job.metrics:
+        want = oe.evaluate(
+            digits, xs[idx], attrs[idx], m, target=targets[idx], batch_size=5, **job.options[m]
+        )
+        np.testing.assert_allclose(got[m]["scores"], want["scores"], rtol=1e-6)
+
+
 def test_unknown_options_are_errors_everywhere(digits, tmp_path):
     x = np.load(SAMPLES)[:1]
     with pytest.raises(UnknownOptionError) as info:

@@ -12,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import OnnxExplainError
 from .io import Preprocess, atomic_write_bytes, read_items
 from .job import (
     HEATMAPS,
     MANIFEST,
     CollectSink,
+    EvaluateJob,
     ExplainJob,
     ManifestSink,
     Run,
@@ -180,39 +180,19 @@ def evaluate_dir(model, att_dir, metrics, out_file=None, plots_dir=None, batch_s
     actors instead, for metrics that draw no random numbers (a sample's score then does not depend on
     its group): the same report.
     """
-    from ..evaluation import evaluate
-    from ..metrics import METRICS
-    from ..options import route_options
-
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise OnnxExplainError(f"unknown metric {unknown[0]!r}; choose one of {', '.join(sorted(METRICS))}")
-    per_metric = route_options(options or {}, {m: METRICS[m].options for m in metrics})
+    job = EvaluateJob.make(metrics, options, batch_size=batch_size, seed=seed, output=output)
     if ray is not None:
         from .ray_engine import evaluate_ray
 
-        names, results = evaluate_ray(att_dir, metrics, per_metric, batch_size=batch_size, seed=seed, output=output,
-                                      sources=sources, **ray)  # fmt: skip
-        report = {"model": getattr(model, "source", str(model)), "attributions": str(att_dir), "items": names,
-                  "metrics": {m: _metric_entry(results[m], names, per_metric[m], plots_dir) for m in metrics}}  # fmt: skip
-        if out_file is not None:
-            _write_report(Path(out_file), report, names)
-        return report
-    names, xs, attrs, targets, companions = load_attributions(att_dir, sources)
-    if companions:  # stored as batch-first rows: back to the model's layout (a state [2, B, 128])
-        xs = model_layout(model, xs, companions)
+        names, results = evaluate_ray(att_dir, job, sources=sources, **ray)
+    else:
+        names, results = job.score(model, att_dir, sources)
     report = {
         "model": getattr(model, "source", str(model)),
         "attributions": str(att_dir),
         "items": names,
-        "metrics": {},
+        "metrics": {m: _metric_entry(results[m], names, job.options[m], plots_dir) for m in job.metrics},
     }
-    for metric in metrics:
-        opts = per_metric[metric]
-        r = evaluate(
-            model, xs, attrs, metric, target=targets, batch_size=batch_size, seed=seed, output=output, **opts
-        )
-        report["metrics"][metric] = _metric_entry(r, names, opts, plots_dir)
     if out_file is not None:
         _write_report(Path(out_file), report, names)
     return report

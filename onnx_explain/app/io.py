@@ -23,6 +23,8 @@ from ..atomic import (  # noqa: F401 - re-exported: the application's writers im
 from ..errors import InputFileError
 from .text import TEXT_SUFFIXES, read_texts  # texts: one per line (with a tokenizer)
 
+#: the file of an output folder that lists its finished items, one JSON line per item
+MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 TABLE_SUFFIXES = {".csv"}

@@ -18,12 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MemoryBudgetError, OnnxExplainError, ParityError
-from .io import JsonlAppender, atomic_save_npz, atomic_write_bytes, read_manifest, remove_stale_temporaries
+from .io import (
+    MANIFEST,
+    JsonlAppender,
+    atomic_save_npz,
+    atomic_write_bytes,
+    read_manifest,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "HEATMAPS",
     "MANIFEST",
     "CollectSink",
+    "EvaluateJob",
     "ExplainJob",
     "Writing",
     "ManifestSink",
@@ -34,7 +42,6 @@ __all__ = [
     "one_line",
 ]
 
-MANIFEST = "manifest.jsonl"
 #: errors of the model or the job rather than of one item: on the first items they end the run (nothing
 #: written); on a later input shape, only that shape's items fail
 _JOB_ERRORS = (ParityError, MemoryBudgetError)
@@ -136,6 +143,78 @@ class ExplainJob:
         return TextEncoder(
             self.tokenizer, self.max_length or (fixed[0] if fixed and isinstance(fixed[0], int) else None)
         )
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """What an evaluate run does to every group of items, whichever engine executes it (the local engine,
+    :func:`onnx_explain.app.batch.evaluate_dir`, or Ray's actors): the metrics in order, each metric's own
+    options (routed from the shared ones once: :func:`onnx_explain.options.route_options`) and the settings
+    of :func:`onnx_explain.evaluate`. Made and checked once by :meth:`make`, before anything is read."""
+
+    metrics: tuple
+    options: dict = field(default_factory=dict)
+    batch_size: int = 64
+    seed: int = 0
+    output: str | None = None
+
+    @classmethod
+    def make(cls, metrics, options: dict | None = None, *, batch_size: int = 64, seed: int = 0,
+             output: str | None = None) -> EvaluateJob:  # fmt: skip
+        """The job of ``evaluate``'s options, checked: a key of ``options`` goes to every metric that takes
+        it, ``metric.key`` to that metric only.
+
+        Raises
+        ------
+        OnnxExplainError
+            An unknown metric, or an option no metric takes (:class:`~onnx_explain.options.UnknownOptionError`).
+        """
+        from ..metrics import METRICS
+        from ..options import route_options
+
+        metrics = tuple(metrics)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise OnnxExplainError(
+                f"unknown metric {unknown[0]!r}; choose one of {', '.join(sorted(METRICS))}"
+            )
+        per_metric = route_options(options or {}, {m: METRICS[m].options for m in metrics})
+        return cls(metrics, per_metric, batch_size, seed, output)
+
+    def check_groupable(self) -> None:
+        """Refuse metrics whose per-item scores depend on how items are grouped (random draws, an
+        explainer): the Ray engine scores groups of items on different actors.
+
+        Raises
+        ------
+        OnnxExplainError
+            Naming the first such metric.
+        """
+        from ..metrics import METRICS
+
+        drawn = [m for m in self.metrics if METRICS[m].takes_seed or METRICS[m].needs_explainer]
+        if drawn:
+            raise OnnxExplainError(
+                f"--engine ray evaluates metrics without random draws or an explainer; {drawn[0]!r} has them "
+                "(its scores would depend on the grouping): evaluate it with --engine local"
+            )
+
+    def score(self, model, att_dir, sources=None, wanted=None) -> tuple[list[str], dict]:
+        """Score the finished items of an ``explain`` output folder (those made from ``sources``, or those
+        named in ``wanted``) with every metric. Returns the item names in order and, per metric,
+        :func:`onnx_explain.evaluate`'s result."""
+        from ..evaluation import evaluate
+        from .results import load_attributions
+
+        names, xs, attrs, targets, companions = load_attributions(att_dir, sources, wanted)
+        if companions:  # stored as batch-first rows: back to the model's layout (a state [2, B, 128])
+            xs = model_layout(model, xs, companions)
+        results = {
+            m: evaluate(model, xs, attrs, m, target=targets, batch_size=self.batch_size, seed=self.seed,
+                        output=self.output, **self.options[m])
+            for m in self.metrics
+        }  # fmt: skip
+        return names, results
 
 
 def model_layout(model, x, companions, one: bool = False) -> dict:

@@ -47,8 +47,8 @@ import numpy as np
 
 from ..errors import OnnxExplainError
 from .io import Preprocess, load_item, read_items, shippable
-from .job import CollectSink, ExplainJob, Run, make_sink, model_layout, one_line
-from .results import attribution_names, load_attributions
+from .job import CollectSink, EvaluateJob, ExplainJob, Run, make_sink, one_line
+from .results import attribution_names
 
 
 def require_ray():
@@ -418,16 +418,11 @@ class RayEvaluator:
         self.model = load(config["model"], device=resolve_device(config["device"])[1], **config["load"])
 
     def __call__(self, batch: dict) -> dict:
-        from ..evaluation import evaluate
-
+        job = self.config["job"]
         wanted = [self.config["names"][int(i)] for i in batch["i"]]
-        names, xs, attrs, targets, companions = load_attributions(self.config["att_dir"], None, wanted)
-        if companions:  # stored as batch-first rows: back to the model's layout
-            xs = model_layout(self.model, xs, companions)
+        names, scored = job.score(self.model, self.config["att_dir"], wanted=wanted)
         results = {}
-        for metric in self.config["metrics"]:
-            r = evaluate(self.model, xs, attrs, metric, target=targets, batch_size=self.config["batch_size"],
-                         seed=self.config["seed"], output=self.config["output"], **self.config["options"][metric])  # fmt: skip
+        for metric, r in scored.items():
             results[metric] = {k: r[k] for k in ("metric", "higher_is_better", "score", "output", "scores")}
             if "curve" in r:
                 results[metric]["curve"] = np.asarray(r["curve"])
@@ -436,15 +431,14 @@ class RayEvaluator:
         return {"record": out}
 
 
-def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict | None = None, address=None,
-                 workers: int | None = None, cpus_per_worker: int = 1, device: str = "cpu", batch_size: int = 64,
-                 seed: int = 0, output: str | None = None, sources=None, group: int = 256, quiet: bool = True,
-                 worker_cls=None) -> tuple[list[str], dict]:  # fmt: skip
-    """Score the items of an ``explain`` output folder with ``metrics`` on Ray actors, ``group`` items per
-    call (behind ``evaluate --engine ray`` and :func:`~onnx_explain.app.batch.evaluate_dir`).
+def evaluate_ray(att_dir, job: EvaluateJob, *, model, load_options: dict | None = None, address=None,
+                 workers: int | None = None, cpus_per_worker: int = 1, device: str = "cpu", sources=None,
+                 group: int = 256, quiet: bool = True, worker_cls=None) -> tuple[list[str], dict]:  # fmt: skip
+    """Score the items of an ``explain`` output folder with ``job``'s metrics on Ray actors, ``group`` items
+    per call (behind ``evaluate --engine ray`` and :func:`~onnx_explain.app.batch.evaluate_dir`).
 
-    Only metrics that draw no random numbers run here: their per-item scores do not depend on how the
-    items are grouped, so they equal the local evaluation's. ``options`` holds each metric's own options.
+    Only metrics that draw no random numbers run here (:meth:`EvaluateJob.check_groupable`): their
+    per-item scores do not depend on how the items are grouped, so they equal the local evaluation's.
 
     Returns
     -------
@@ -452,22 +446,13 @@ def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict |
         The items in order and, per metric, ``metric``, ``higher_is_better``, ``score``, ``output``,
         ``scores``, ``mean`` (NaN-aware) and ``curve`` when the metric draws one.
     """
-    from ..metrics import METRICS
-
-    drawn = [m for m in metrics if METRICS[m].takes_seed or METRICS[m].needs_explainer]
-    if drawn:
-        raise OnnxExplainError(
-            f"--engine ray evaluates metrics without random draws or an explainer; {drawn[0]!r} has them "
-            "(its scores would depend on the grouping): evaluate it with --engine local"
-        )
+    job.check_groupable()
     names = attribution_names(att_dir, sources)
     if not names:
         raise OnnxExplainError(f"{att_dir}: no finished items (from 'onnx-explain explain')")
     ray = require_ray()
     config = {"model": str(Path(model).resolve()), "load": dict(load_options or {}), "device": device,
-              "threads": cpus_per_worker, "names": names, "att_dir": str(Path(att_dir).resolve()),
-              "metrics": list(metrics), "options": options, "batch_size": batch_size, "seed": seed,
-              "output": output}  # fmt: skip
+              "threads": cpus_per_worker, "names": names, "att_dir": str(Path(att_dir).resolve()), "job": job}  # fmt: skip
     joined = connect(address, quiet)
     try:
         _quiet_data(ray, quiet)
@@ -479,13 +464,13 @@ def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict |
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
         )  # fmt: skip
         got: list[str] = []
-        parts: dict[str, list[dict]] = {m: [] for m in metrics}
+        parts: dict[str, list[dict]] = {m: [] for m in job.metrics}
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for blob in batch["record"]:
                     rec = pickle.loads(blob)
                     got += rec["names"]
-                    for m in metrics:
+                    for m in job.metrics:
                         parts[m].append(rec["results"][m])
         except Exception as exc:  # noqa: BLE001 - a RayTaskError carries the worker's exception as its cause
             _reraise(exc)
@@ -493,7 +478,7 @@ def evaluate_ray(att_dir, metrics, options: dict, *, model, load_options: dict |
         if joined:
             ray.shutdown()
     results = {}
-    for m in metrics:
+    for m in job.metrics:
         first = parts[m][0]
         scores = np.concatenate([np.asarray(p["scores"], dtype=np.float64) for p in parts[m]])
         with warnings.catch_warnings():

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError
-from .io import read_manifest
-from .job import MANIFEST
+from .io import MANIFEST, read_manifest
 
 __all__ = ["attribution_names", "load_attributions"]
 
