@@ -174,7 +174,9 @@ class Scorer:
 class RuntimeScorer(Scorer):
     """The scorer of the black-box methods: onnxruntime on the file itself (one cached session), no
     torch graph and no gradient. Same keys as :class:`Scorer`; rows are cast to the input's dtype, so
-    token ids stay integers.
+    token ids stay integers. The methods' side of the one row runner,
+    :meth:`onnx_explain.runtime.Runner.run` (the metrics' side is
+    :class:`onnx_explain.metrics.base.Predictor`): a row's key names its sample.
 
     Parameters
     ----------

@@ -34,6 +34,10 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Predictor:
     """``F(X) -> scores (N, C)`` in an explicit output space, run in chunks.
 
+    The metrics' side of the one onnxruntime row runner, :meth:`onnx_explain.runtime.Runner.run` (the
+    methods' side is :class:`onnx_explain.methods.base.RuntimeScorer`): the metrics build their rows
+    sample-major, so a row's sample follows from its position, where a method's row carries a key.
+
     Parameters
     ----------
     model : Model or callable
@@ -102,9 +106,10 @@ class Predictor:
             space = "output" if self.output == "output" else "logit"
             if self.companions:  # batch-first companions (split_inputs), each row with its sample's
                 owner = np.arange(start, start + len(x)) // per
-                comp = {k: v[owner] for k, v in self.companions.items()}
                 xv = self.model.validate_input(x)
-                return self.model.runtime.run(self.model.space_name(space), xv, len(xv), comp)
+                return self.model.runtime.run(
+                    self.model.space_name(space), xv, len(xv), self.companions, owner
+                )
             return self.model.predict(x, batch_size=len(x), space=space)
         return np.asarray(self.model(x))
 
