@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import InputDataError
 from .model import load
-from .targets import is_box_target, parse_target
+from .target_spec import is_box_target, parse_target
 
 __all__ = ["box_output_pair", "cut_at_nms", "join_box_outputs", "prepare_box_target"]
 

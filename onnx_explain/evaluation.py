@@ -202,10 +202,8 @@ def _targets(model, predictor, x: np.ndarray, target):
     class, given or predicted, or an element target), with ``scalar`` None; or, for a target that is not
     one element (a box, a mask, a sum, a callable: docs/methods.md §1.6), the resolved target as
     ``scalar`` and ``t`` all zero — the predictor then returns each row's scalar as its only column."""
-    import torch
-
     from .model import Model
-    from .targets import resolve
+    from .target_spec import class_indices, is_class_list
 
     if predictor is None:
         t = (
@@ -225,8 +223,7 @@ def _targets(model, predictor, x: np.ndarray, target):
                 "logit" if predictor.output == "prob" else predictor.output,
             )
             try:
-                rows = predictor.rows(to_channels_first(x, predictor.layout))
-                seen["out"] = torch.from_numpy(np.asarray(rows, np.float64))
+                seen["out"] = np.asarray(predictor.rows(to_channels_first(x, predictor.layout)), np.float64)
             finally:
                 predictor.output = space
         return seen["out"]
@@ -234,9 +231,18 @@ def _targets(model, predictor, x: np.ndarray, target):
     # a symbolic axis (a tagger's tokens): the shape of the rows themselves, so that an element, a sum over
     # an axis or an embedding pooled over tokens is read as explain reads it
     out_shape = tuple(shape[1:]) if fixed else tuple(outputs().shape[1:])
+    if is_class_list(target) and sum(d != 1 for d in out_shape) <= 1:
+        # classes of one score vector (what an explain folder stores): no outputs to read, no torch
+        return class_indices(target, len(x), int(np.prod(out_shape, dtype=np.int64))), None
     if isinstance(target, np.ndarray) and target.ndim == 1 and len(out_shape) == 1:
         target = [int(t) for t in target]
-    resolved = resolve(target, out_shape, len(x), lambda: outputs().reshape(len(x), *out_shape))
+    import torch
+
+    from .targets import resolve
+
+    resolved = resolve(
+        target, out_shape, len(x), lambda: torch.from_numpy(outputs()).reshape(len(x), *out_shape)
+    )
     if resolved.k is not None:
         raise InputDataError(f"the metrics score one target per sample, not {target!r}")
     if resolved.one_element:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import InputDataError
+from .target_spec import class_indices, is_box_target, parse_target
 
 __all__ = [
     "BOX_LAYOUTS",
@@ -129,72 +130,6 @@ def resolve(target, out_shape: tuple, B: int, outputs: Callable[[], torch.Tensor
     )
 
 
-def parse_target(target):
-    """The command line's spellings: ``'3,predicted'``, ``'all,5'`` -> tuples; ``'box:x1,y1,x2,y2[:class]'``,
-    ``'detection:K'``, ``'mask:FILE.png|.npy[:class]'``, ``'dot:FILE.npy[:mean|cls]'`` (``cosine:`` alike)
-    -> dicts; the rest as given."""
-    if isinstance(target, str) and ":" in target and not target.startswith("top:"):
-        return _parse_prefixed(target)
-    if isinstance(target, str) and "," in target:
-        parts = [p.strip() for p in target.split(",")]
-        return tuple(p if p in ("predicted", "all") else _int(p, target) for p in parts)
-    return target
-
-
-def _parse_prefixed(target: str) -> dict:
-    kind, _, rest = target.partition(":")
-    parts = rest.split(":")
-    if kind == "box" and 1 <= len(parts) <= 2:
-        try:
-            box = [float(v) for v in parts[0].split(",")]
-        except ValueError:
-            box = []
-        if len(box) != 4:
-            raise InputDataError(f"target {target!r}: box:x1,y1,x2,y2[:class] takes four numbers")
-        return {"box": box, "class": _int(parts[1], target) if len(parts) == 2 else 0}
-    if kind == "detection" and len(parts) == 1:
-        return {"detection": _int(parts[0], target)}
-    if kind in ("mask", "dot", "cosine") and 1 <= len(parts) <= 2:
-        data = _load_array(parts[0], target)
-        if kind == "mask":
-            # no class: the foreground (1) of a segmenter, the one channel of a one-channel map
-            return {"mask": data.astype(bool), "class": _int(parts[1], target) if len(parts) == 2 else None}
-        return {kind: data, **({"pool": parts[1]} if len(parts) == 2 else {})}
-    raise InputDataError(
-        f"target {target!r} is not understood: use predicted, INDEX, top:K, POSITION,CLASS, "
-        "box:x1,y1,x2,y2[:class], detection:K, mask:FILE[:class], dot:FILE.npy[:mean|cls] or cosine:..."
-    )
-
-
-def _load_array(path: str, whole: str) -> np.ndarray:
-    """A .npy array, or a PNG/image read as a grey mask (non-zero pixels)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputDataError(f"target {whole!r}: file {path!r} not found")
-    try:
-        if p.suffix.lower() == ".npy":
-            return np.load(p, allow_pickle=False)
-        from PIL import Image
-
-        with Image.open(p) as im:
-            return np.asarray(im.convert("L")) > 0
-    except Exception as exc:  # noqa: BLE001 - numpy and Pillow raise several types
-        raise InputDataError(
-            f"target {whole!r}: {path} cannot be read ({str(exc).splitlines()[0]})"
-        ) from None
-
-
-def _int(v, whole):
-    try:
-        return int(v)
-    except ValueError:
-        raise InputDataError(
-            f"target {whole!r}: each part is an index, 'predicted' (last) or 'all', not {v!r}"
-        ) from None
-
-
 def _score_axes(out_shape: tuple) -> list[int]:
     return [a for a, d in enumerate(out_shape) if d != 1]
 
@@ -220,21 +155,9 @@ def resolve_targets(target, scores: torch.Tensor) -> tuple[torch.Tensor, int | N
         if not 1 <= k <= C:
             raise InputDataError(f"target {target!r}: K must be between 1 and the {C} classes")
         return scores.topk(k, dim=1).indices, k
-    if isinstance(target, str):
-        try:
-            target = int(target)
-        except ValueError:
-            raise InputDataError(
-                f"target must be 'predicted', 'top:K', a class index or one per sample, not {target!r}"
-            ) from None
-    t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=scores.device)
-    if t.dim() == 0:
-        t = t.expand(B).clone()
-    if t.shape != (B,):
-        raise InputDataError(f"{t.numel()} targets given for {B} samples")
-    if (t < 0).any() or (t >= C).any():
-        raise InputDataError(f"target class out of range: the output has {C} classes")
-    return t, None
+    if isinstance(target, torch.Tensor):
+        target = target.cpu().numpy()
+    return torch.as_tensor(class_indices(target, B, C), device=scores.device), None
 
 
 def _class_matches(target, out_shape) -> bool:
@@ -467,10 +390,6 @@ def _only(target: dict, keys: set) -> None:
 
 
 # ----------------------------------------------------------------------------- detector boxes (D-RISE)
-def is_box_target(target, out_shape) -> bool:
-    return isinstance(target, dict) and ("box" in target or "detection" in target)
-
-
 #: box layouts: raw YOLO (cx, cy, w, h, [objectness], class scores) with anchors on the last or first
 #: axis; ``xyxy`` — (B, N, 4+C): boxes x1y1x2y2 then class scores (a (boxes, scores) output pair joined by
 #: :func:`join_box_outputs`); ``post_nms`` — (B, K, 6): kept detections ``[x1, y1, x2, y2, score, class]``

@@ -56,6 +56,27 @@ def test_info_without_conversion_does_not_import_torch():
     assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
 
 
+def test_evaluate_of_class_targets_does_not_import_torch(tmp_path):
+    """`evaluate` on an explain folder (class targets) runs on onnxruntime alone: no torch import, and the
+    same scores as the in-process evaluation."""
+    import onnx_explain as oe
+    from onnx_explain.app.batch import evaluate_dir, explain_files
+
+    model = ROOT / "models" / "digits.onnx"
+    explain_files(oe.load(model), [ROOT / "models" / "samples" / "digits.npy"], tmp_path / "g", "gradient")
+    report = tmp_path / "eval.json"
+    code = (
+        "import sys\nfrom onnx_explain.cli import main\n"
+        f"try:\n    main(['evaluate', {str(model)!r}, '-a', {str(tmp_path / 'g')!r}, '--metric', 'deletion', "
+        f"'--out', {str(report)!r}])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'onnx2torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
+    want = evaluate_dir(oe.load(model), tmp_path / "g", ["deletion"])["metrics"]["deletion"]["per_item"]
+    assert json.loads(report.read_text())["metrics"]["deletion"]["per_item"] == want
+
+
 def _quickstart() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     return re.search(r"## Quickstart\s+```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()

@@ -38,6 +38,7 @@ LAYERS = {
     "onnx_explain.stats": 0,
     "onnx_explain.data": 0,
     "onnx_explain.schemas": 0,
+    "onnx_explain.target_spec": 0,  # how a target is spelled (parsing, class indices): no torch, no model
     # graph: the file's signature and its conversion, and what reads the graph or the inputs alone
     "onnx_explain.signature": 1,
     "onnx_explain.convert": 1,
