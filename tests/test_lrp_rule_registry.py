@@ -91,6 +91,17 @@ def test_fused_and_single_backward_forms_equal_the_rules_own_passes(label, layer
             torch.testing.assert_close(
                 xg.detach() * grad, want_g, rtol=1e-8, atol=1e-11, msg=f"{label} single, {sign}"
             )
+            # read by a ReLU alone (``positive``): the gradient is 0 where out ≤ 0, the factors are too
+            o2, shares, factors = rule.single(R._Layer.of(module), xg, positive=True)
+            torch.testing.assert_close(o2.detach(), o, rtol=1e-12, atol=1e-14)
+            assert all(bool((f[o <= 0] == 0).all()) for f in factors), label
+            g_relu = g * (o > 0)
+            total = sum((s * (f * g_relu)).sum() for s, f in zip(shares, factors, strict=True))
+            (grad,) = torch.autograd.grad(total, xg)
+            want_g = _plain(rule).relevance(module, [x], o * g_relu)[0]
+            torch.testing.assert_close(
+                xg.detach() * grad, want_g, rtol=1e-8, atol=1e-11, msg=f"{label} single after a ReLU, {sign}"
+            )
 
 
 def test_a_registered_rule_is_nameable_everywhere_and_names_are_unique(tmp_path):

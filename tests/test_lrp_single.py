@@ -87,10 +87,58 @@ def test_the_single_backward_graph_equals_the_rule_graph(converted, composite, o
     auto, _ = build_lrp_graph(converted, x[:1], composite, options, maxpool=maxpool)
     rules, _ = build_lrp_graph(converted, x[:1], composite, options, maxpool=maxpool, mode="rules")
     assert auto.lrp_report["mode"] == "single" and rules.lrp_report["mode"] == "rules"
+    if composite in ("epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"):
+        from onnx_explain.lrp.graph import _PassesRelu
+
+        # c1 (BatchNorm merged; z^B on the input for ε-γ-box), c2 and c4 each read by a ReLU alone: the rule's
+        # ReLU form (γ: one share, not two); c3 before the residual sum keeps its passes
+        assert sum(isinstance(m, _PassesRelu) for m in auto.modules()) == (2 if "box" in composite else 3)
     want = _relevance(rules, x, target)
     got = _relevance(auto, x, target)
     assert float(want.abs().max()) > 0
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12 * float(want.abs().max()))
+
+
+class Residual(nn.Module):
+    """ResNet's basic block twice: conv-ReLU-conv, the residual sum read by a ReLU alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.a = nn.ModuleList(nn.Conv2d(6, 6, 3, padding=1) for _ in range(2))
+        self.b = nn.ModuleList(nn.Conv2d(6, 6, 3, padding=1) for _ in range(2))
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for a, b in zip(self.a, self.b, strict=True):
+            h = torch.relu(b(torch.relu(a(h))) + h)
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_a_residual_sum_before_a_relu_moves_its_stabiliser_into_the_relu(tmp_path, composite):
+    from onnx_explain.lrp.graph import _HeldConstant, _PassesRelu
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 6)
+    m = oe.load(export(Residual().eval(), x, tmp_path / "residual.onnx", "legacy"))
+    converted = copy.deepcopy(m.torch_module()).double()
+    x = torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64).clamp(
+        LOW, HIGH
+    )
+    target = torch.tensor([0, 1, 3])
+    options = {"low": LOW, "high": HIGH} if "box" in composite else {}
+    rules = {"Add": "norm:0.01"}  # a large ε, so that the moved factor matters everywhere
+    auto, _ = build_lrp_graph(converted, x[:1], composite, options, rules=rules)
+    ref, _ = build_lrp_graph(converted, x[:1], composite, options, rules=rules, mode="rules")
+    assert sum(isinstance(m, _HeldConstant) for m in auto.modules()) == 2
+    # the stem (z^B on the input for ε-γ-box) and each block's first conv
+    assert sum(isinstance(m, _PassesRelu) for m in auto.modules()) == (2 if "box" in composite else 3)
+    want = _relevance(ref, x, target)
+    assert float(want.abs().max()) > 0
+    np.testing.assert_allclose(_relevance(auto, x, target).numpy(), want.numpy(), rtol=1e-7,
+                               atol=1e-9 * float(want.abs().max()))  # fmt: skip
 
 
 def test_a_gradient_override_on_a_sum_keeps_the_rule_graph(converted):

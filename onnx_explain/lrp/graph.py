@@ -966,6 +966,8 @@ def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, single: bool = F
         setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
     if single:
         _fuse_epsilon_relu(gm)
+        _fuse_passes_relu(gm)
+        _fuse_norm_relu(gm)
         _seed_ends(gm, position, seed_output)
     gm.recompile()
     return assignments
@@ -1057,6 +1059,135 @@ def _fuse_epsilon_relu(gm: fx.GraphModule) -> int:
             setattr(gm.get_submodule(parent) if parent else gm, attr, module)
         fused += 1
     return fused
+
+
+class _ReluCarry(torch.autograd.Function):
+    """``ReLU(value)`` whose backward gives each share ``s_k`` the gradient ``g ⊙ m_k``, the factors already 0
+    where ``value ≤ 0`` (:class:`_Carry` and the ReLU after it in one: the ReLU's output is not kept).
+    ``_ReluCarry.apply(value, n, s_1..s_n, m_1..m_n)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value, n, *tensors):
+        return value.clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.n, *tensors = inputs
+        ctx.save_for_backward(*tensors[ctx.n :])
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, *(g * m for m in ctx.saved_tensors), *([None] * ctx.n))
+
+
+class _PassesRelu(nn.Module):
+    """A layer rule's single-backward passes and the ReLU that alone reads them, in one node: the rule's
+    ``single(..., positive=True)`` form (factors 0 where the ReLU passes no gradient; γ then needs one
+    share instead of two); an input the form declines (signed, for γ and αβ) runs the passes, then the
+    ReLU."""
+
+    def __init__(self, wrapper: PatchedWrapper):
+        super().__init__()
+        self.wrapper = wrapper  # found after this node by a layer tap on the layer's name (modules() order)
+        setattr(self, NODE_ATTR, getattr(wrapper, NODE_ATTR, ("", "", "")))
+
+    def forward(self, x):
+        layer = R._Layer.of(self.wrapper.module)
+        got = self.wrapper.rule.single(layer, x, positive=True)
+        if got is None:
+            return torch.relu(self.wrapper(x))
+        out, shares, factors = got
+        return _ReluCarry.apply(out, len(shares), *shares, *factors)
+
+
+def _fuse_passes_relu(gm: fx.GraphModule) -> int:
+    """A Conv/Linear layer under a rule with a single-backward form (z⁺, γ, αβ, ε with another stabiliser)
+    read by a ReLU alone: both become one node (:class:`_PassesRelu`), which keeps one factor per share
+    and not the ReLU's output, and gives γ one share and one transposed product instead of two (the same
+    relevance)."""
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        wrapper = gm.get_submodule(node.target)
+        user = next(iter(node.users))
+        if not (
+            isinstance(wrapper, PatchedWrapper)
+            and wrapper.form == "passes"
+            and wrapper.rule.single is not None
+            and R._Layer.of(wrapper.module) is not None
+            and user.op == "call_module"
+            and type(gm.get_submodule(user.target)) is nn.ReLU
+            and len(node.args) == 1
+            and not node.kwargs
+        ):
+            continue
+        relu = gm.get_submodule(user.target)
+        # the ReLU's node stays, as an identity with its name: layer taps (CRP, relevance maps) still find it
+        for target, module in ((node.target, _PassesRelu(wrapper)), (user.target, _Applied(relu))):
+            parent, _, attr = target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        fused += 1
+    return fused
+
+
+class _HeldConstant(nn.Module):
+    """A Norm-rule node whose stabiliser moved into the ReLU after it (:func:`_fuse_norm_relu`): the op
+    itself, the inputs that carry no relevance held constant."""
+
+    def __init__(self, wrapper: PatchedWrapper):
+        super().__init__()
+        self.wrapper = wrapper
+        setattr(self, NODE_ATTR, getattr(wrapper, NODE_ATTR, ("", "", "")))
+
+    def forward(self, *args, **kwargs):
+        ins, kw = self.wrapper._constants(args, kwargs)
+        return self.wrapper.module(*ins, **kw)
+
+
+def _fuse_norm_relu(gm: fx.GraphModule) -> int:
+    """A sum under the Norm rule with Zennit's stabiliser (a residual Add) read by a ReLU alone: its factor
+    ``out / st(out)`` is ``r / (r + ε)`` of the ReLU's output ``r`` wherever the ReLU passes a gradient, so
+    it moves into the ReLU's backward (:class:`_ReluEpsilon`), as for LRP-ε: the same relevance, and the
+    factor is not kept."""
+    fused = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        wrapper = gm.get_submodule(node.target)
+        user = next(iter(node.users))
+        if not (
+            isinstance(wrapper, PatchedWrapper)
+            and wrapper.form == "carrier"
+            and wrapper.rule.name == "norm"
+            and wrapper.surrogate is None
+            and _onnx(wrapper.module)[1] in ("Add", "Sum")
+            and user.op == "call_module"
+            and type(gm.get_submodule(user.target)) is nn.ReLU
+        ):
+            continue
+        eps = wrapper.rule.options.get("stabilizer")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            continue
+        relu = gm.get_submodule(user.target)
+        for target, module in (
+            (node.target, _HeldConstant(wrapper)),
+            (user.target, _EpsilonRelu(float(eps), relu)),
+        ):
+            parent, _, attr = target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        fused += 1
+    return fused
+
+
+class _Applied(nn.Identity):
+    """Where a ReLU was whose work the node before it does (:class:`_PassesRelu`): its value passes as it is."""
+
+    def __init__(self, relu: nn.Module):
+        super().__init__()
+        setattr(self, NODE_ATTR, getattr(relu, NODE_ATTR, ("", "Relu", "")))
 
 
 def _seed_ends(gm: fx.GraphModule, position: int, seed_output: bool) -> None:

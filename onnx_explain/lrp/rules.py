@@ -93,10 +93,12 @@ class Rule:
     #: the reducer's coefficients when it is ``Σ_k w_k · in_k ⊙ g_k`` with every ``in_k`` the input or a clamp
     #: of it (then the rule has a single-backward form); None for rules whose relevance is not ``x ⊙ ...``
     weights: tuple | None = None
-    #: ``single(layer, x) -> (out, shares, factors) or None``: the single-backward form of the passes for a
-    #: Conv/Linear layer, fused as in ``fast``: the layer's output, share tensors computed from ``x`` with
-    #: their graph, and constant factors, such that ``x ⊙ ∂/∂x Σ_k <shares_k, factors_k ⊙ g>`` is the rule's
-    #: relevance for ``R = out ⊙ g`` (None: the generic passes)
+    #: ``single(layer, x, positive=False) -> (out, shares, factors) or None``: the single-backward form of
+    #: the passes for a Conv/Linear layer, fused as in ``fast``: the layer's output, share tensors computed
+    #: from ``x`` with their graph, and constant factors, such that ``x ⊙ ∂/∂x Σ_k <shares_k, factors_k ⊙ g>``
+    #: is the rule's relevance for ``R = out ⊙ g`` (None: the generic passes). With ``positive`` the layer
+    #: is read by a ReLU alone, so ``g`` is 0 wherever ``out ≤ 0``: the factors are 0 there, and a rule may
+    #: use fewer shares (γ needs one)
     single: Callable | None = field(default=None, repr=False, compare=False)
 
     def relevance(
@@ -220,17 +222,43 @@ class _Layer:
             self._fwd = F.linear
             self.vjp = lambda shape, w, g: g @ w
         else:
-            conv, conv_input = {
-                torch.nn.Conv1d: (F.conv1d, torch.nn.grad.conv1d_input),
-                torch.nn.Conv2d: (F.conv2d, torch.nn.grad.conv2d_input),
-                torch.nn.Conv3d: (F.conv3d, torch.nn.grad.conv3d_input),
+            conv, conv_t = {
+                torch.nn.Conv1d: (F.conv1d, F.conv_transpose1d),
+                torch.nn.Conv2d: (F.conv2d, F.conv_transpose2d),
+                torch.nn.Conv3d: (F.conv3d, F.conv_transpose3d),
             }[type(m)]
             self._fwd = lambda x, w, b: conv(x, w, b, m.stride, m.padding, m.dilation, m.groups)
-            self.vjp = lambda shape, w, g: conv_input(shape, w, g, m.stride, m.padding, m.dilation, m.groups)
+
+            def vjp(shape, w, g):
+                # Wᵀ g as a transposed convolution (oneDNN's; ``torch.nn.grad.conv2d_input`` runs the
+                # convolution's backward on a broadcast input, 1.3-1.8x slower on CPU), its output padding
+                # the rows a strided convolution dropped
+                spatial = range(g.dim() - 2)
+                extra = [
+                    shape[2 + i]
+                    - (
+                        (g.shape[2 + i] - 1) * m.stride[i]
+                        - 2 * m.padding[i]
+                        + m.dilation[i] * (w.shape[2 + i] - 1)
+                        + 1
+                    )
+                    for i in spatial
+                ]
+                return conv_t(g, w, None, m.stride, m.padding, extra, m.groups, m.dilation)
+
+            self.vjp = vjp
 
     def fwd(self, x, w, b=None):
         """``x Wᵀ + b`` (the layer with weight ``w`` and bias ``b``)."""
         return self._fwd(x, w, b)
+
+    def share(self, x, w, b=None):
+        """``x Wᵀ + b`` for the single-backward form, whose backward needs only ``Wᵀ g``: unlike autograd's
+        product, it keeps no reference to ``x`` (the weight is a constant), so a layer's input is freed
+        once the forward has passed it (the relevance needs ``x`` only at the explained input)."""
+        if not x.requires_grad:
+            return self._fwd(x, w, b)
+        return _InputProduct.apply(x, w, b, self)
 
     def along_channels(self, b: torch.Tensor, ndim: int) -> torch.Tensor:
         """A per-output-channel vector shaped to broadcast over an output of ``ndim`` dimensions."""
@@ -284,6 +312,34 @@ class _Layer:
         return list(self.vjp(shape, w, g).chunk(len(ws), self.cdim))
 
 
+class _InputProduct(torch.autograd.Function):
+    """``layer.fwd(x, w, b)`` whose backward gives ``x`` its gradient ``Wᵀ g`` and nothing else (the weight
+    and bias are constants of the LRP graph): only the weight is saved, not ``x``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w, b, layer):
+        return layer.fwd(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, _, ctx.layer = inputs
+        ctx.shape = x.shape
+        ctx.save_for_backward(w)
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        return ctx.layer.vjp(ctx.shape, w, g), None, None, None
+
+
+def _read_by_relu(out: torch.Tensor, z: torch.Tensor, st: Callable, positive: bool) -> torch.Tensor:
+    """A single-backward factor ``out / st(z)``, 0 where ``out ≤ 0`` when a ReLU alone reads the layer
+    (``positive``: the ReLU's output over ``st(z)``)."""
+    return (out.clamp_min(0) if positive else out) / st(z)
+
+
 def _ident(x):
     return x
 
@@ -306,8 +362,8 @@ def epsilon(epsilon: float = 1e-6, zero_bias: bool = False, stabilizer: Callable
             z = z - layer.along_channels(layer.bias, z.dim())
         return x * layer.vjp(x.shape, layer.weight, r / st(z))
 
-    def single(layer, x):
-        z = layer.fwd(x, layer.weight, layer.bias)
+    def single(layer, x, positive=False):
+        z = layer.share(x, layer.weight, layer.bias)
         with torch.no_grad():
             out = z.detach()
             zb = (
@@ -315,7 +371,7 @@ def epsilon(epsilon: float = 1e-6, zero_bias: bool = False, stabilizer: Callable
                 if zero_bias and layer.bias is not None
                 else out
             )
-            return out, [z], [out / st(zb)]
+            return out, [z], [_read_by_relu(out, zb, st, positive)]
 
     # ``signed``: the default stabiliser, whose factor z / st(z) = |z| / (|z| + ε) the single-backward graph
     # applies in the backward pass alone
@@ -358,14 +414,21 @@ def gamma(gamma: float = 0.25, stabilizer: float | Callable = 1e-6, zero_bias: b
         )
         return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
 
-    def single(layer, x):
+    def single(layer, x, positive=False):
         # x ≥ 0: the shares x(W+γW⁺) = xW + γu and x(W+γW⁻) = (1+γ)xW − γu of xW and u = xW⁺, so the
         # backward is Wᵀ and W⁺ᵀ products only (as ``fast``)
         if _has_negative(x):
             return None
         w, b = layer.weight, layer.bias
-        xw = layer.fwd(x, w)
-        u = layer.fwd(x, layer.cached("pos", lambda: w.clamp(min=0)))
+        if positive:  # only out > 0 is read: the one share x(W+γW⁺) (+ b + γb⁺), one product back
+            with torch.no_grad():
+                out = layer.fwd(x, w, b)
+            bias = None if b is None or zero_bias else b + gamma * b.clamp(min=0)
+            s = layer.share(x, layer.cached(f"gamma+{gamma}", lambda: w + gamma * w.clamp(min=0)), bias)
+            with torch.no_grad():
+                return out, [s], [_read_by_relu(out, s, st, True)]
+        xw = layer.share(x, w)
+        u = layer.share(x, layer.cached("pos", lambda: w.clamp(min=0)))
         with torch.no_grad():
             out = xw if b is None else xw + layer.along_channels(b, xw.dim())
             z_pos, z_neg = xw + gamma * u, (1 + gamma) * xw - gamma * u
@@ -426,7 +489,7 @@ def alpha_beta(
         stacked = layer.cached("pos|neg", lambda: layer.stack_out([wp, w.clamp(max=0)], 0))
         return x * layer.vjp(x.shape, stacked, layer.stack_out([g_pos, g_neg], layer.cdim))
 
-    def single(layer, x):
+    def single(layer, x, positive=False):
         # x ≥ 0: the x⁻ passes vanish; the shares xW⁺ (z⁺) and xW⁻ (z⁻) are products of their own (not
         # xW − xW⁺: z⁻ ≈ 0 gives huge factors, whose difference through Wᵀ and W⁺ᵀ would cancel)
         if _has_negative(x):
@@ -435,9 +498,9 @@ def alpha_beta(
         with torch.no_grad():
             out = layer.fwd(x, w, b)
         if beta == 0:
-            shares = [layer.fwd(x, layer.cached("pos", lambda: w.clamp(min=0)))]
+            shares = [layer.share(x, layer.cached("pos", lambda: w.clamp(min=0)))]
         else:
-            both = layer.fwd(
+            both = layer.share(
                 x, layer.cached("pos|neg", lambda: layer.stack_out([w.clamp(min=0), w.clamp(max=0)], 0))
             )
             shares = list(layer.unstack_out(both, 2))
@@ -447,14 +510,14 @@ def alpha_beta(
                 if b is None or zero_bias
                 else shares[0] + layer.along_channels(b.clamp(min=0), out.dim())
             )
-            factors = [alpha * out / st(z_pos)]
+            factors = [alpha * _read_by_relu(out, z_pos, st, positive)]
             if beta != 0:
                 z_neg = (
                     shares[1]
                     if b is None or zero_bias
                     else shares[1] + layer.along_channels(b.clamp(max=0), out.dim())
                 )
-                factors.append(-beta * out / st(z_neg))
+                factors.append(-beta * _read_by_relu(out, z_neg, st, positive))
         return out, shares, factors
 
     return Rule(
@@ -491,7 +554,7 @@ def zplus(stabilizer: float = 1e-6, zero_bias: bool = False) -> Rule:
         g_pos, g_neg = layer.vjp_in(x.shape, ws, s, "pos,neg")
         return xs[0] * g_pos + xs[1] * g_neg
 
-    def single(layer, x):
+    def single(layer, x, positive=False):
         # one share z = x⁺W⁺ + x⁻W⁻ (+ b⁺); the clamps' gradients select each part's input
         w, b = layer.weight, layer.bias
         wp = layer.cached("pos", lambda: w.clamp(min=0))
@@ -499,12 +562,12 @@ def zplus(stabilizer: float = 1e-6, zero_bias: bool = False) -> Rule:
         with torch.no_grad():
             out = layer.fwd(x, w, b)
         if not _has_negative(x):
-            s = layer.fwd(x, wp, bp)
+            s = layer.share(x, wp, bp)
         else:
             ws = [wp, layer.cached("neg", lambda: w.clamp(max=0))]
             s = layer.fwd_in([x.clamp(min=0), x.clamp(max=0)], ws, bp, "pos,neg")
         with torch.no_grad():
-            return out, [s], [out / st(s)]
+            return out, [s], [_read_by_relu(out, s, st, positive)]
 
     return Rule("zplus", [_pos, _neg], [_clamp(min=0.0, zero_bias=zero_bias), _clamp(max=0.0, zero_bias=True)],
                 lambda r, o: [r / st(o[0] + o[1])] * 2, lambda i, g: i[0] * g[0] + i[1] * g[1],
