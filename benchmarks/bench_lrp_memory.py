@@ -2,6 +2,7 @@
 peak ≤ 1.3x the forward+backward's).
 
     python benchmarks/bench_lrp_memory.py
+    python benchmarks/bench_lrp_memory.py --models resnet18 vgg16 --out /tmp/memory.md
 
 Each measurement runs in a fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` (large blocks are mapped and
 returned to the system when freed, so the resident size follows what is alive): the model is loaded and the
@@ -10,7 +11,7 @@ call made once (the LRP graph is built, the weights are touched), then the kerne
 what the call itself holds at its worst, weights excluded. CPU; on a CUDA machine the same comparison would
 read ``torch.cuda.max_memory_allocated``.
 
-Cases: ResNet-18 on 8 images 224x224 (``epsilon`` on all layers, ``epsilon_plus``, ``epsilon_gamma_box``)
+Cases: ResNet-18 on 8 images 224x224 and VGG-16 on 4 (``epsilon`` on all layers, ``epsilon_plus``, ``epsilon_gamma_box``)
 and a 6-layer token-id BERT (width 384) on 16 texts of 128 tokens with masks (AttnLRP, CP-LRP); each against
 the first row of its model: a plain forward+backward of the converted module (ResNet), the ``gradient``
 method through the embedding cut (BERT: one forward and backward). Results go to ``benchmarks/results/lrp_memory.md``.
@@ -28,14 +29,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+CNN_CASES = [
+    ("fwd+bwd (converted module)", None),
+    ("gradient", {}),
+    ("lrp epsilon (all layers)", {"composite": "epsilon_plus", "rules": {"Conv": "epsilon"}}),
+    ("lrp epsilon_plus", {"composite": "epsilon_plus"}),
+    ("lrp epsilon_gamma_box", {"composite": "epsilon_gamma_box", "low": -3.0, "high": 3.0}),
+]
+#: images per call of each CNN
+IMAGES = {"resnet18": 8, "vgg16": 4}
 CASES = {
-    "resnet18": [
-        ("fwd+bwd (converted module)", None),
-        ("gradient", {}),
-        ("lrp epsilon (all layers)", {"composite": "epsilon_plus", "rules": {"Conv": "epsilon"}}),
-        ("lrp epsilon_plus", {"composite": "epsilon_plus"}),
-        ("lrp epsilon_gamma_box", {"composite": "epsilon_gamma_box", "low": -3.0, "high": 3.0}),
-    ],
+    "resnet18": CNN_CASES,
+    "vgg16": CNN_CASES,
     "bert": [
         ("gradient (the fwd+bwd)", {}),
         ("lrp attnlrp", {"composite": "attnlrp"}),
@@ -56,12 +61,12 @@ def _build(name: str, tmp: str):
     import torch
 
     path = os.path.join(tmp, f"{name}.onnx")
-    if name == "resnet18":
+    if name in IMAGES:
         import torchvision
 
         torch.manual_seed(0)
-        net = torchvision.models.resnet18(weights=None).eval()
-        x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(-3, 3)
+        net = getattr(torchvision.models, name)(weights=None).eval()
+        x = torch.randn(IMAGES[name], 3, 224, 224, generator=torch.Generator().manual_seed(1)).clamp(-3, 3)
         if not os.path.exists(path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -112,10 +117,17 @@ def worker(name: str, index: int, tmp: str) -> None:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--out", default=str(HERE / "results" / "lrp_memory.md"))
+    args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     rows = []
-    for name, cases in CASES.items():
+    for name in args.models:
+        cases = CASES[name]
         _build(name, tmp)  # once, outside the measured processes
         for i in range(len(cases)):
             p = subprocess.run([sys.executable, __file__, "--worker", name, str(i), tmp], capture_output=True,
@@ -131,7 +143,7 @@ def main() -> None:
         "",
         f"Machine: {os.cpu_count()} CPU cores, CPU. Peak = the call's resident high-water mark minus the "
         "resident size before it (weights and the built LRP graph excluded), fresh process per row, "
-        "`MALLOC_MMAP_THRESHOLD_=65536`; one thread. ResNet-18: 8 images 224x224; BERT: 6 layers x 384, 16 "
+        "`MALLOC_MMAP_THRESHOLD_=65536`; one thread. ResNet-18: 8 images 224x224; VGG-16: 4; BERT: 6 layers x 384, 16 "
         "texts x 128 tokens with masks (token ids through the embedding cut). Command: "
         "`python benchmarks/bench_lrp_memory.py`",
         "",
@@ -144,7 +156,7 @@ def main() -> None:
         ratio = f"{r['extra'] / base[name]:.2f}" if base.get(name) else "–"
         lines.append(f"| {name} | {r['label']} | {r['extra'] / 2**20:.0f} | {ratio} |")
     text = "\n".join(lines) + "\n"
-    (HERE / "results" / "lrp_memory.md").write_text(text)
+    Path(args.out).write_text(text)
     print(text)
 
 
