@@ -216,16 +216,9 @@ def _targets(model, predictor, x: np.ndarray, target):
     fixed = shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:])
     seen = {}
 
-    def outputs():  # before any softmax, in the output's own shape: a box or a mask is read from it
+    def outputs():  # before any softmax (Predictor.rows never applies one), in the output's own shape
         if "out" not in seen:
-            space, predictor.output = (
-                predictor.output,
-                "logit" if predictor.output == "prob" else predictor.output,
-            )
-            try:
-                seen["out"] = np.asarray(predictor.rows(to_channels_first(x, predictor.layout)), np.float64)
-            finally:
-                predictor.output = space
+            seen["out"] = np.asarray(predictor.rows(to_channels_first(x, predictor.layout)), np.float64)
         return seen["out"]
 
     # a symbolic axis (a tagger's tokens): the shape of the rows themselves, so that an element, a sum over

@@ -102,7 +102,6 @@ def make_session(
     model: str | bytes,
     device: str = "auto",
     threads: int | None = None,
-    quiet: bool = False,
     source: str = "<model>",
     weights: dict | None = None,
 ):
@@ -116,8 +115,6 @@ def make_session(
         Where to run. With ``'cuda'`` and no loadable CUDA provider a ``DeviceError`` is raised.
     threads : int, optional
         Intra-op threads; default: onnxruntime's choice (all physical cores), or ``ONNX_EXPLAIN_THREADS``.
-    quiet : bool
-        Kept for callers; onnxruntime never logs below fatal here (its errors become ModelRunError).
     source : str
         The file, for messages.
     weights : dict of str to numpy.ndarray, optional
@@ -294,14 +291,14 @@ class Runner:
         names = [sig.output.name]
         try:
             fixed = make_session(
-                self._ort_model, device=self.device, quiet=True, source=self.source, weights=self.weights
+                self._ort_model, device=self.device, source=self.source, weights=self.weights
             )
             ref = run_rows(
                 lambda i: fixed.run(names, sig.feed(probe[i], {k: v[i] for k, v in comp.items()}))[0],
                 n + 1, n + 1, n,
             )  # fmt: skip
             free = make_session(
-                self._serialize(rewritten), device=self.device, quiet=True, source=self.source,
+                self._serialize(rewritten), device=self.device, source=self.source,
                 weights=self.weights,
             )  # fmt: skip
             got = free.run(names, sig.feed(probe, comp))[0]
@@ -364,7 +361,7 @@ class Runner:
             reads = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
             weights = {k: v for k, v in self.weights.items() if k in reads}
             heads[(tensor, name)] = make_session(
-                self._serialize(proto), device=self.device, quiet=True, source=self.source, weights=weights
+                self._serialize(proto), device=self.device, source=self.source, weights=weights
             )
         session = heads[(tensor, name)]
         others = {i.name for i in session.get_inputs()} - {tensor}
@@ -405,7 +402,6 @@ class Runner:
             layers[(tensor, name)] = make_session(
                 self._serialize(proto),
                 device=self.device,
-                quiet=True,
                 source=self.source,
                 weights=self.weights,
             )

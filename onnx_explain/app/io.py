@@ -303,14 +303,6 @@ def _read_csv(path: Path):
     return [(cols, row) for row in rows]
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line (flushed and fsynced: a line is complete or absent)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 class JsonlAppender:
     """An append-only JSON-lines file kept open for a run (the manifest).
 

@@ -115,7 +115,8 @@ class Predictor:
 
     def rows(self, x: np.ndarray) -> np.ndarray:
         """The model's output rows for ``x`` (the metrics' channel-first view), batch first and in the
-        output's own shape (not flattened, no softmax), ``batch_size`` rows per run."""
+        output's own shape (not flattened, no softmax: the logits for ``output='prob'``), ``batch_size``
+        rows per run."""
         return np.concatenate(
             [self._model_out(x[i : i + self.batch_size], i, 1) for i in range(0, len(x), self.batch_size)]
         )
