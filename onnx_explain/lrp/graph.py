@@ -404,7 +404,8 @@ class _ScaledGradient(torch.autograd.Function):
             return g * ctx.factor, None, None
         (z,) = ctx.saved_tensors
         a = z.abs()
-        return g * (a / (a + ctx.eps)), None, None
+        a.div_(a + ctx.eps)  # in place: one output-sized temporary fewer (g may be batched: not g's)
+        return g * a, None, None
 
 
 def _carries(o) -> bool:
@@ -1024,7 +1025,9 @@ class _ReluEpsilon(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (r,) = ctx.saved_tensors
-        return g * r / (r + ctx.eps), None
+        d = r + ctx.eps
+        torch.div(r, d, out=d)  # r / (r + ε) in place of the denominator: one temporary fewer
+        return g * d, None
 
 
 class _EpsilonRelu(nn.Module):
