@@ -230,9 +230,9 @@ class _Layer:
             self._fwd = lambda x, w, b: conv(x, w, b, m.stride, m.padding, m.dilation, m.groups)
 
             def vjp(shape, w, g):
-                # Wᵀ g as a transposed convolution (oneDNN's; ``torch.nn.grad.conv2d_input`` runs the
-                # convolution's backward on a broadcast input, 1.3-1.8x slower on CPU), its output padding
-                # the rows a strided convolution dropped
+                # Wᵀ g as a transposed convolution (``torch.nn.grad.conv2d_input`` runs the convolution's
+                # backward on a broadcast input: 5-10 % slower on CPU in our measurements), its output
+                # padding the rows a strided convolution dropped
                 spatial = range(g.dim() - 2)
                 extra = [
                     shape[2 + i]
