@@ -19,6 +19,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -75,6 +77,8 @@ def main() -> None:
     m = oe.load(path)
     t = int(oe.explain(m, x, "gradient").target[0])
     kw = {"composite": args.composite} if args.composite else {}
+    if args.composite and "box" in args.composite:  # z^B's bounds: the input's own range
+        kw.update(low=float(np.min(x)), high=float(np.max(x)))
     base = _profile(lambda: oe.explain(m, x, "gradient_x_input", target=t))
     lrp = _profile(lambda: oe.explain(m, x, "lrp", target=t, **kw))
     total_b = sum(v[1] for v in base.values())
