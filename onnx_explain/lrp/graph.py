@@ -1064,25 +1064,14 @@ def _fuse_epsilon_relu(gm: fx.GraphModule) -> int:
     return fused
 
 
-class _ReluCarry(torch.autograd.Function):
+class _ReluCarry(_Carry):
     """``ReLU(value)`` whose backward gives each share ``s_k`` the gradient ``g ⊙ m_k``, the factors already 0
     where ``value ≤ 0`` (:class:`_Carry` and the ReLU after it in one: the ReLU's output is not kept).
-    ``_ReluCarry.apply(value, n, s_1..s_n, m_1..m_n)``."""
-
-    generate_vmap_rule = True
+    ``_ReluCarry.apply(value, n, s_1..s_n, m_1..m_n)``; the context and the backward are :class:`_Carry`'s."""
 
     @staticmethod
     def forward(value, n, *tensors):
         return value.clamp_min(0)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, ctx.n, *tensors = inputs
-        ctx.save_for_backward(*tensors[ctx.n :])
-
-    @staticmethod
-    def backward(ctx, g):
-        return (None, None, *(g * m for m in ctx.saved_tensors), *([None] * ctx.n))
 
 
 class _PassesRelu(nn.Module):
