@@ -963,8 +963,7 @@ def wrap(gm: fx.GraphModule, the_plan: Plan, layer_rules: list, single: bool = F
             wrapper = RuleWrapper(module, rule, step.dependent, label)
         else:
             continue
-        parent, _, attr = node.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, attr, wrapper)
+        _set_module(gm, node.target, wrapper)
     if single:
         _fuse_epsilon_relu(gm)
         _fuse_passes_relu(gm)
@@ -1040,26 +1039,35 @@ class _EpsilonRelu(nn.Module):
         return _ReluEpsilon.apply(z, self.eps)
 
 
+def _read_by_a_relu_alone(gm: fx.GraphModule):
+    """``(node, its module, the ReLU's node, the ReLU)`` for every module node whose one reader is a ReLU
+    module: where the ReLU's work can move into the node before it, or the node's into the ReLU's backward."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        if user.op == "call_module" and type(gm.get_submodule(user.target)) is nn.ReLU:
+            yield node, gm.get_submodule(node.target), user, gm.get_submodule(user.target)
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Replace the submodule at ``target`` (a dotted path) by ``module``."""
+    parent, _, attr = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+
+
 def _fuse_epsilon_relu(gm: fx.GraphModule) -> int:
     """An LRP-ε layer read by a ReLU alone: the ε factor moves into the ReLU's backward (the same
     relevance; one tensor fewer kept and three ops fewer per layer)."""
     fused = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or len(node.users) != 1:
+    for node, wrapper, user, relu in _read_by_a_relu_alone(gm):
+        if not (isinstance(wrapper, PatchedWrapper) and wrapper.form == "epsilon"):
             continue
-        wrapper = gm.get_submodule(node.target)
-        user = next(iter(node.users))
-        if not (
-            isinstance(wrapper, PatchedWrapper) and wrapper.form == "epsilon" and user.op == "call_module"
-        ):
-            continue
-        relu = gm.get_submodule(user.target)
         eps = wrapper.rule.options["epsilon"]
-        if type(relu) is not nn.ReLU or wrapper.rule.param_mods[0] != R.NO_MOD or not eps > 0:
+        if wrapper.rule.param_mods[0] != R.NO_MOD or not eps > 0:
             continue
-        for target, module in ((node.target, wrapper.module), (user.target, _EpsilonRelu(float(eps), relu))):
-            parent, _, attr = target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        _set_module(gm, node.target, wrapper.module)
+        _set_module(gm, user.target, _EpsilonRelu(float(eps), relu))
         fused += 1
     return fused
 
@@ -1100,27 +1108,19 @@ def _fuse_passes_relu(gm: fx.GraphModule) -> int:
     and not the ReLU's output, and gives γ one share and one transposed product instead of two (the same
     relevance)."""
     fused = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.users) != 1:
-            continue
-        wrapper = gm.get_submodule(node.target)
-        user = next(iter(node.users))
+    for node, wrapper, user, relu in _read_by_a_relu_alone(gm):
         if not (
             isinstance(wrapper, PatchedWrapper)
             and wrapper.form == "passes"
             and wrapper.rule.single is not None
             and R._Layer.of(wrapper.module) is not None
-            and user.op == "call_module"
-            and type(gm.get_submodule(user.target)) is nn.ReLU
             and len(node.args) == 1
             and not node.kwargs
         ):
             continue
-        relu = gm.get_submodule(user.target)
         # the ReLU's node stays, as an identity with its name: layer taps (CRP, relevance maps) still find it
-        for target, module in ((node.target, _PassesRelu(wrapper)), (user.target, _Applied(relu))):
-            parent, _, attr = target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        _set_module(gm, node.target, _PassesRelu(wrapper))
+        _set_module(gm, user.target, _Applied(relu))
         fused += 1
     return fused
 
@@ -1145,31 +1145,20 @@ def _fuse_norm_relu(gm: fx.GraphModule) -> int:
     it moves into the ReLU's backward (:class:`_ReluEpsilon`), as for LRP-ε: the same relevance, and the
     factor is not kept."""
     fused = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or len(node.users) != 1:
-            continue
-        wrapper = gm.get_submodule(node.target)
-        user = next(iter(node.users))
+    for node, wrapper, user, relu in _read_by_a_relu_alone(gm):
         if not (
             isinstance(wrapper, PatchedWrapper)
             and wrapper.form == "carrier"
             and wrapper.rule.name == "norm"
             and wrapper.surrogate is None
             and _onnx(wrapper.module)[1] in ("Add", "Sum")
-            and user.op == "call_module"
-            and type(gm.get_submodule(user.target)) is nn.ReLU
         ):
             continue
         eps = wrapper.rule.options.get("stabilizer")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             continue
-        relu = gm.get_submodule(user.target)
-        for target, module in (
-            (node.target, _HeldConstant(wrapper)),
-            (user.target, _EpsilonRelu(float(eps), relu)),
-        ):
-            parent, _, attr = target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, module)
+        _set_module(gm, node.target, _HeldConstant(wrapper))
+        _set_module(gm, user.target, _EpsilonRelu(float(eps), relu))
         fused += 1
     return fused
 
